@@ -1,0 +1,559 @@
+//! Engine step 2a: canonical channel events — what providers and routing platforms report
+//! (a conversation starts, a message arrives, an agent accepts, someone leaves).
+
+use super::domain::stable_key;
+use super::domain::{
+    ChannelKind, ConversationId, ConversationState, Customer, Direction, ExternalRef, QueueId,
+    Visibility,
+};
+use super::effect::{
+    Audience, Author, Change, Code, EndReason, NotificationBody, Refusal, Reply, TimelineEvent,
+};
+use super::input::{ChannelEvent, ConversationRef, EventBody, Sender};
+use super::{Step, TimerKind};
+
+/// What a new conversation starts with.
+struct Opening {
+    external: ExternalRef,
+    channel: ChannelKind,
+    direction: Direction,
+    subject: Option<Box<str>>,
+    customer: Customer,
+    queue: Option<QueueId>,
+}
+
+impl Step<'_> {
+    pub(super) fn channel_event(&mut self, event: ChannelEvent) {
+        let dedup_key = event
+            .id
+            .as_deref()
+            .map(|id| stable_key(&[b"event", event.source.as_str().as_bytes(), id.as_bytes()]));
+        if let Some(key) = dedup_key
+            && self.engine.state.has_seen(key)
+        {
+            self.accept(Reply {
+                replayed: true,
+                ..Reply::default()
+            });
+            return;
+        }
+        match self.event_body(event.body) {
+            Ok(reply) => {
+                if let Some(key) = dedup_key
+                    && !self.out.is_empty()
+                {
+                    self.change(Change::Seen { key });
+                }
+                self.accept(reply);
+            }
+            Err(refusal) => self.refuse(refusal),
+        }
+    }
+
+    fn event_body(&mut self, body: EventBody) -> Result<Reply, Refusal> {
+        match body {
+            EventBody::Started {
+                conversation,
+                channel,
+                direction,
+                subject,
+                customer,
+                queue,
+            } => {
+                if let Some(id) = self.engine.state.live_thread(&conversation).map(|c| c.id) {
+                    // A start for a live thread (the provider re-sent it, or an outbound
+                    // conversation got its first answer) refreshes its subject only.
+                    if subject.is_some()
+                        && self.conversation(&id).is_some_and(|c| c.subject != subject)
+                    {
+                        self.change_subject(&id, subject);
+                    }
+                    return Ok(self.reply_for(&id));
+                }
+                let id = self.open(Opening {
+                    external: conversation,
+                    channel,
+                    direction,
+                    subject,
+                    customer,
+                    queue,
+                });
+                Ok(self.reply_for(&id))
+            }
+            EventBody::Message {
+                conversation,
+                channel,
+                sender,
+                text,
+                visibility,
+                sentiment,
+                customer,
+            } => {
+                // The hot path: one lookup for what the message needs.
+                let live = self
+                    .engine
+                    .state
+                    .live_thread(&conversation)
+                    .map(|c| (c.id, c.state, !c.seats.is_empty()));
+                let (id, state, supervised) = match live {
+                    Some(live) => live,
+                    None => {
+                        let direction = if sender == Sender::Customer {
+                            Direction::Inbound
+                        } else {
+                            Direction::Outbound
+                        };
+                        let customer = customer.unwrap_or_else(|| Customer {
+                            id: conversation.key.clone(),
+                            name: None,
+                        });
+                        let id = self.open(Opening {
+                            external: conversation,
+                            channel,
+                            direction,
+                            subject: None,
+                            customer,
+                            queue: None,
+                        });
+                        (id, ConversationState::Open, false)
+                    }
+                };
+                let author = author_of(sender);
+                let sentiment = if author == Author::Customer {
+                    sentiment
+                } else {
+                    None
+                };
+                self.change(Change::Activity { id, sentiment });
+                let event = TimelineEvent::Message {
+                    author: author.clone(),
+                    text: text.clone(),
+                };
+                self.timeline(&id, visibility, event);
+                if supervised {
+                    self.relay_to_seats(
+                        &id,
+                        NotificationBody::Message {
+                            author,
+                            text,
+                            visibility,
+                        },
+                    );
+                }
+                Ok(Reply {
+                    state: Some(state),
+                    conversation: Some(id),
+                    ..Reply::default()
+                })
+            }
+            EventBody::Accepted {
+                conversation,
+                agent,
+            } => {
+                let id = self.resolve(&conversation)?;
+                if !self.engine.state.agents.contains_key(&agent) {
+                    return Err(Refusal::new(
+                        Code::UnknownAgent,
+                        format!("agent {agent} is not in the roster"),
+                    ));
+                }
+                let (state, current, queue) = {
+                    let c = self
+                        .conversation(&id)
+                        .ok_or_else(|| unknown(&conversation))?;
+                    (c.state, c.agent.clone(), c.queue.clone())
+                };
+                match state {
+                    ConversationState::Open
+                    | ConversationState::Active
+                    | ConversationState::Waiting => {}
+                    ConversationState::WrapUp | ConversationState::Closed => {
+                        return Err(Refusal::new(
+                            Code::InvalidState,
+                            format!(
+                                "conversation {id} is {state}; only open, active or waiting conversations can be accepted"
+                            ),
+                        ));
+                    }
+                }
+                if current.as_ref() == Some(&agent) {
+                    return Ok(self.reply_for(&id));
+                }
+                // The routing platform is the authority on who handles the conversation:
+                // it may hand it from one agent to another without asking us.
+                self.release_capacity(&id);
+                self.change(Change::ConsultantRemoved {
+                    id,
+                    agent: agent.clone(),
+                });
+                self.change(Change::AgentSet {
+                    id,
+                    agent: Some(agent.clone()),
+                });
+                self.timeline(
+                    &id,
+                    Visibility::Internal,
+                    TimelineEvent::Accepted {
+                        agent: agent.clone(),
+                    },
+                );
+                self.notify(
+                    Some(&id),
+                    Audience::Agent {
+                        agent: agent.clone(),
+                    },
+                    NotificationBody::Assigned {
+                        agent: Some(agent),
+                        queue,
+                    },
+                );
+                if state == ConversationState::Waiting {
+                    // Still paused: capacity is held again when it resumes.
+                } else {
+                    self.set_state(&id, ConversationState::Active);
+                    self.hold_capacity(&id);
+                }
+                Ok(self.reply_for(&id))
+            }
+            EventBody::Paused { conversation } => {
+                let id = self.resolve(&conversation)?;
+                if self.conversation(&id).map(|c| c.state) == Some(ConversationState::Active) {
+                    self.set_state(&id, ConversationState::Waiting);
+                    self.release_capacity(&id);
+                }
+                Ok(self.reply_for(&id))
+            }
+            EventBody::Resumed { conversation } => {
+                let id = self.resolve(&conversation)?;
+                let resumable = self
+                    .conversation(&id)
+                    .is_some_and(|c| c.state == ConversationState::Waiting && c.agent.is_some());
+                if resumable {
+                    self.set_state(&id, ConversationState::Active);
+                    self.hold_capacity(&id);
+                }
+                Ok(self.reply_for(&id))
+            }
+            EventBody::AgentLeft {
+                conversation,
+                agent,
+            } => {
+                let id = self.resolve(&conversation)?;
+                let (primary, consultant, state) = {
+                    let c = self
+                        .conversation(&id)
+                        .ok_or_else(|| unknown(&conversation))?;
+                    (
+                        c.agent.as_ref() == Some(&agent),
+                        c.consultants.contains(&agent),
+                        c.state,
+                    )
+                };
+                if consultant {
+                    self.change(Change::ConsultantRemoved {
+                        id,
+                        agent: agent.clone(),
+                    });
+                    self.timeline(
+                        &id,
+                        Visibility::Internal,
+                        TimelineEvent::AgentLeft { agent },
+                    );
+                } else if primary
+                    && matches!(
+                        state,
+                        ConversationState::Active | ConversationState::Waiting
+                    )
+                {
+                    // Expertflow and ChanSpy's `E` option: supervisors leave with the agent.
+                    self.drop_supervisors(&id, EndReason::AgentLeft);
+                    self.release_capacity(&id);
+                    self.change(Change::AgentSet { id, agent: None });
+                    self.timeline(
+                        &id,
+                        Visibility::Internal,
+                        TimelineEvent::AgentLeft { agent },
+                    );
+                    self.set_state(&id, ConversationState::Open);
+                } else if primary && state == ConversationState::WrapUp {
+                    // Leaving during wrap-up finishes it.
+                    self.timeline(
+                        &id,
+                        Visibility::Internal,
+                        TimelineEvent::AgentLeft { agent },
+                    );
+                    self.close(&id);
+                }
+                Ok(self.reply_for(&id))
+            }
+            EventBody::CustomerLeft { conversation } => {
+                let id = self.resolve(&conversation)?;
+                let (state, has_agent, channel) = {
+                    let c = self
+                        .conversation(&id)
+                        .ok_or_else(|| unknown(&conversation))?;
+                    (c.state, c.agent.is_some(), c.channel)
+                };
+                match state {
+                    ConversationState::Active | ConversationState::Waiting if has_agent => {
+                        self.set_state(&id, ConversationState::WrapUp);
+                        match self.engine.policy(channel).wrap_up_capacity {
+                            super::WrapUpCapacity::Always => self.hold_capacity(&id),
+                            super::WrapUpCapacity::Never => self.release_capacity(&id),
+                            super::WrapUpCapacity::For(hold) => {
+                                self.hold_capacity(&id);
+                                self.arm(self.now.plus(hold), TimerKind::WrapUpCapacity, &id);
+                            }
+                        }
+                    }
+                    ConversationState::Closed | ConversationState::WrapUp => {}
+                    _ => self.close(&id),
+                }
+                Ok(self.reply_for(&id))
+            }
+            EventBody::Closed { conversation } => {
+                let id = self.resolve(&conversation)?;
+                if self.conversation(&id).map(|c| c.state) != Some(ConversationState::Closed) {
+                    self.close(&id);
+                }
+                Ok(self.reply_for(&id))
+            }
+            EventBody::Typing {
+                conversation,
+                sender,
+            } => {
+                let id = self.resolve(&conversation)?;
+                self.relay_to_seats(
+                    &id,
+                    NotificationBody::Typing {
+                        author: author_of(sender),
+                    },
+                );
+                Ok(self.reply_for(&id))
+            }
+            EventBody::Receipt {
+                conversation,
+                message_id,
+                status,
+            } => {
+                let id = self.resolve(&conversation)?;
+                self.timeline(
+                    &id,
+                    Visibility::Internal,
+                    TimelineEvent::Receipt { message_id, status },
+                );
+                Ok(self.reply_for(&id))
+            }
+            EventBody::Sentiment {
+                conversation,
+                score,
+            } => {
+                let id = self.resolve(&conversation)?;
+                self.change(Change::Activity {
+                    id,
+                    sentiment: Some(score),
+                });
+                Ok(self.reply_for(&id))
+            }
+            EventBody::Updated {
+                conversation,
+                subject,
+                queue,
+            } => {
+                let id = self.resolve(&conversation)?;
+                let (current_subject, current_queue) = {
+                    let c = self
+                        .conversation(&id)
+                        .ok_or_else(|| unknown(&conversation))?;
+                    (c.subject.clone(), c.queue.clone())
+                };
+                if subject.is_some() && subject != current_subject {
+                    self.change_subject(&id, subject);
+                }
+                if let Some(queue) = queue
+                    && queue != current_queue
+                {
+                    if self.engine.queue(&queue).is_none() {
+                        return Err(Refusal::new(
+                            Code::UnknownQueue,
+                            format!("queue {queue} is not in the roster"),
+                        ));
+                    }
+                    self.change(Change::QueueChanged {
+                        id,
+                        queue: queue.clone(),
+                    });
+                    self.timeline(
+                        &id,
+                        Visibility::Internal,
+                        TimelineEvent::AssignedToQueue {
+                            from: current_queue,
+                            to: queue.clone(),
+                            by: None,
+                        },
+                    );
+                    self.notify(
+                        Some(&id),
+                        Audience::Conversation,
+                        NotificationBody::Assigned { agent: None, queue },
+                    );
+                }
+                Ok(self.reply_for(&id))
+            }
+            EventBody::AgentPresence { agent, presence } => {
+                let current = self
+                    .engine
+                    .state
+                    .agents
+                    .get(&agent)
+                    .map(|a| a.presence)
+                    .ok_or_else(|| {
+                        Refusal::new(
+                            Code::UnknownAgent,
+                            format!("agent {agent} is not in the roster"),
+                        )
+                    })?;
+                if current != presence {
+                    self.change(Change::PresenceChanged {
+                        agent: agent.clone(),
+                        presence,
+                    });
+                    self.notify(
+                        None,
+                        Audience::Agent { agent },
+                        NotificationBody::PresenceChanged { presence },
+                    );
+                }
+                Ok(Reply::default())
+            }
+        }
+    }
+
+    /// Starts a conversation in the queue its event names, else the plugin's default queue.
+    fn open(&mut self, opening: Opening) -> ConversationId {
+        let id = conversation_id(&opening.external, self.now.0, self.seq);
+        let plugin_queue = self
+            .engine
+            .plugin(opening.external.plugin.as_str())
+            .map(|plugin| plugin.default_queue.clone());
+        let requested = opening.queue.clone();
+        let queue = match opening.queue {
+            Some(queue) if self.engine.queue(&queue).is_some() => queue,
+            _ => plugin_queue.unwrap_or_else(|| self.engine.setup.queues[0].id.clone()),
+        };
+        let unknown_request = requested.filter(|requested| requested != &queue);
+        self.change(Change::Opened {
+            id,
+            external: opening.external,
+            channel: opening.channel,
+            direction: opening.direction,
+            subject: opening.subject,
+            customer: opening.customer,
+            queue: queue.clone(),
+        });
+        self.timeline(
+            &id,
+            Visibility::Internal,
+            TimelineEvent::Created {
+                channel: opening.channel,
+                queue: queue.clone(),
+                requested_queue: unknown_request,
+            },
+        );
+        self.notify(
+            Some(&id),
+            Audience::Conversation,
+            NotificationBody::Opened {
+                channel: opening.channel,
+                queue,
+            },
+        );
+        if let Some(timeout) = self.engine.policy(opening.channel).inactivity_timeout {
+            self.arm(self.now.plus(timeout), TimerKind::Inactivity, &id);
+        }
+        id
+    }
+
+    fn change_subject(&mut self, id: &ConversationId, subject: Option<Box<str>>) {
+        self.change(Change::SubjectChanged {
+            id: *id,
+            subject: subject.clone(),
+        });
+        self.timeline(
+            id,
+            Visibility::Internal,
+            TimelineEvent::SubjectChanged { subject },
+        );
+    }
+
+    /// Finds the conversation a channel event names; closed threads are not live.
+    fn resolve(&self, reference: &ConversationRef) -> Result<ConversationId, Refusal> {
+        let found = match reference {
+            ConversationRef::External(external) => {
+                self.engine.state.live_thread(external).map(|c| c.id)
+            }
+            ConversationRef::Id { id } => self.conversation(id).map(|c| c.id),
+        };
+        found.ok_or_else(|| unknown(reference))
+    }
+
+    /// Live traffic for the supervisors taking part (monitors included: that is what
+    /// monitoring is). Whispers never come through here.
+    fn relay_to_seats(&mut self, id: &ConversationId, body: NotificationBody) {
+        let Some(conversation) = self.conversation(id) else {
+            return;
+        };
+        if conversation.seats.is_empty() {
+            return;
+        }
+        let supervisors: Vec<_> = conversation
+            .seats
+            .iter()
+            .map(|seat| seat.supervisor.clone())
+            .collect();
+        for supervisor in supervisors {
+            self.notify(Some(id), Audience::Supervisor { supervisor }, body.clone());
+        }
+    }
+
+    pub(super) fn reply_for(&self, id: &ConversationId) -> Reply {
+        Reply {
+            conversation: Some(*id),
+            state: self.conversation(id).map(|c| c.state),
+            ..Reply::default()
+        }
+    }
+}
+
+fn author_of(sender: Sender) -> Author {
+    match sender {
+        Sender::Customer => Author::Customer,
+        Sender::Agent(agent) => Author::Agent(agent),
+        Sender::Bot(bot) => Author::Bot(bot),
+        Sender::System => Author::System,
+    }
+}
+
+fn unknown(reference: &ConversationRef) -> Refusal {
+    let named = match reference {
+        ConversationRef::External(external) => {
+            format!("thread {} of plugin {}", external.key, external.plugin)
+        }
+        ConversationRef::Id { id } => format!("conversation {id}"),
+    };
+    Refusal::new(
+        Code::UnknownConversation,
+        format!("no live conversation for {named}"),
+    )
+}
+
+/// `c-` and 20 hex digits of a stable hash of the thread, the time and the log position:
+/// opaque, URL-safe, and the same on replay.
+fn conversation_id(external: &ExternalRef, now: i64, seq: u64) -> ConversationId {
+    ConversationId::from_key(stable_key(&[
+        external.plugin.as_bytes(),
+        external.key.as_bytes(),
+        &now.to_le_bytes(),
+        &seq.to_le_bytes(),
+    ]))
+}

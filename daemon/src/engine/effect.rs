@@ -1,0 +1,486 @@
+//! Engine step 3: what an input caused — the changes to persist (the replayable log), the
+//! timeline entries, the notifications for the outbox, and the reply to the caller.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::domain::{
+    AgentId, ChannelKind, ConversationId, ConversationState, Customer, Direction, ExternalRef,
+    JoinMode, Millis, PluginId, Presence, QueueId, SupervisionMode, UserId, Visibility,
+};
+use super::input::ReceiptStatus;
+
+/// Everything one input caused. Reused across inputs (`clear`) so that the hot path does not
+/// allocate vectors.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub record: Record,
+    pub notifications: Vec<Notification>,
+    pub reply: Option<Result<Reply, Refusal>>,
+}
+
+impl Outcome {
+    pub fn clear(&mut self) {
+        self.record.seq = 0;
+        self.record.at = Millis(0);
+        self.record.changes.clear();
+        self.record.timeline.clear();
+        self.notifications.clear();
+        self.reply = None;
+    }
+
+    /// Whether the input changed anything that must be stored or sent.
+    pub fn is_empty(&self) -> bool {
+        self.record.changes.is_empty()
+            && self.record.timeline.is_empty()
+            && self.notifications.is_empty()
+    }
+
+    pub fn refusal(&self) -> Option<&Refusal> {
+        self.reply.as_ref().and_then(|reply| reply.as_ref().err())
+    }
+}
+
+/// The durable result of one input: the engine's log entry. `changes` replayed in order over
+/// the same setup rebuild the same state; the timeline is for readers and is not engine state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Position in the log; notification ids derive from it, so they are stable on replay.
+    pub seq: u64,
+    pub at: Millis,
+    pub changes: Vec<Change>,
+    pub timeline: Vec<TimelineEntry>,
+}
+
+/// A state change, small and explicit: evolving the state is a plain fold over these.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "kebab-case")]
+pub enum Change {
+    Opened {
+        id: ConversationId,
+        external: ExternalRef,
+        channel: ChannelKind,
+        direction: Direction,
+        subject: Option<Box<str>>,
+        customer: Customer,
+        queue: QueueId,
+    },
+    StateChanged {
+        id: ConversationId,
+        to: ConversationState,
+    },
+    AgentSet {
+        id: ConversationId,
+        agent: Option<AgentId>,
+    },
+    ConsultantAdded {
+        id: ConversationId,
+        agent: AgentId,
+    },
+    ConsultantRemoved {
+        id: ConversationId,
+        agent: AgentId,
+    },
+    QueueChanged {
+        id: ConversationId,
+        queue: QueueId,
+    },
+    SubjectChanged {
+        id: ConversationId,
+        subject: Option<Box<str>>,
+    },
+    SeatTaken {
+        id: ConversationId,
+        supervisor: UserId,
+        mode: SupervisionMode,
+    },
+    SeatChanged {
+        id: ConversationId,
+        supervisor: UserId,
+        mode: SupervisionMode,
+    },
+    SeatReleased {
+        id: ConversationId,
+        supervisor: UserId,
+    },
+    CapacityHeld {
+        id: ConversationId,
+        agent: AgentId,
+        units: u32,
+    },
+    CapacityReleased {
+        id: ConversationId,
+    },
+    /// A message or other sign of life; a customer message carries its sentiment.
+    Activity {
+        id: ConversationId,
+        sentiment: Option<f32>,
+    },
+    PresenceChanged {
+        agent: AgentId,
+        presence: Presence,
+    },
+    /// A closed conversation left the engine (it stays in the store).
+    Evicted {
+        id: ConversationId,
+    },
+    /// An input id was applied; a later input with the same id changes nothing.
+    Seen {
+        key: u128,
+    },
+    /// A command with an idempotency key was answered.
+    Answered {
+        key: u128,
+        fingerprint: u64,
+        reply: Result<Reply, Refusal>,
+    },
+}
+
+/// One line of a conversation's timeline: every action lands here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub conversation: ConversationId,
+    pub at: Millis,
+    pub visibility: Visibility,
+    #[serde(flatten)]
+    pub event: TimelineEvent,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum TimelineEvent {
+    Created {
+        channel: ChannelKind,
+        queue: QueueId,
+        /// A queue the event named that the roster does not know.
+        requested_queue: Option<QueueId>,
+    },
+    Message {
+        author: Author,
+        text: Arc<str>,
+    },
+    Whisper {
+        supervisor: UserId,
+        agent: Option<AgentId>,
+        text: Arc<str>,
+    },
+    StateChanged {
+        from: ConversationState,
+        to: ConversationState,
+    },
+    SupervisionStarted {
+        supervisor: UserId,
+        mode: SupervisionMode,
+    },
+    SupervisionChanged {
+        supervisor: UserId,
+        from: SupervisionMode,
+        to: SupervisionMode,
+    },
+    SupervisionEnded {
+        supervisor: UserId,
+        mode: SupervisionMode,
+        started_at: Millis,
+        reason: EndReason,
+    },
+    Accepted {
+        agent: AgentId,
+    },
+    AgentLeft {
+        agent: AgentId,
+    },
+    AssignedToAgent {
+        agent: AgentId,
+        by: UserId,
+        /// Checks the supervisor chose to bypass (audited).
+        overrides: Vec<Override>,
+    },
+    AssignedToQueue {
+        from: QueueId,
+        to: QueueId,
+        by: Option<UserId>,
+    },
+    Transferred {
+        from: AgentId,
+        to: AgentId,
+        by: UserId,
+    },
+    ForceClosed {
+        by: UserId,
+        reason: Option<Box<str>>,
+    },
+    ClosedByInactivity {
+        idle_seconds: u64,
+    },
+    CapacityReleased {
+        agent: AgentId,
+        units: u32,
+    },
+    Receipt {
+        message_id: Box<str>,
+        status: ReceiptStatus,
+    },
+    SubjectChanged {
+        subject: Option<Box<str>>,
+    },
+}
+
+/// Why a supervisor's participation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndReason {
+    Left,
+    AgentLeft,
+    Closed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "kebab-case")]
+pub enum Author {
+    Customer,
+    Agent(AgentId),
+    Bot(AgentId),
+    Supervisor(UserId),
+    System,
+}
+
+/// A check an assignment bypassed, with what it found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "check", rename_all = "kebab-case")]
+pub enum Override {
+    Presence { presence: Presence },
+    Capacity { exceeded_by: u32 },
+}
+
+/// Who must hear about something. Maps onto the outbound routing keys `channel.<plugin>`,
+/// `agent.<id>`, `supervisor.<id>` and `conversation.<id>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "kebab-case")]
+pub enum Audience {
+    /// The customer, through the conversation's channel plugin.
+    Channel {
+        plugin: PluginId,
+        thread: Box<str>,
+        customer: Box<str>,
+    },
+    Agent {
+        agent: AgentId,
+    },
+    Supervisor {
+        supervisor: UserId,
+    },
+    /// Anyone following the conversation's state (any frontend).
+    Conversation,
+}
+
+/// A notification for the outbox; `id` is stable across re-publication.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub id: Box<str>,
+    pub conversation: Option<ConversationId>,
+    pub audience: Audience,
+    pub body: NotificationBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum NotificationBody {
+    /// A message to deliver or relay.
+    Message {
+        author: Author,
+        text: Arc<str>,
+        visibility: Visibility,
+    },
+    /// A supervisor's coaching message: only ever addressed to the agent and the whisperer.
+    Whisper {
+        supervisor: UserId,
+        text: Arc<str>,
+    },
+    Typing {
+        author: Author,
+    },
+    SupervisorJoined {
+        supervisor: UserId,
+        mode: SupervisionMode,
+    },
+    SupervisorLeft {
+        supervisor: UserId,
+    },
+    /// To a supervisor: its participation ended without it asking.
+    SupervisionEnded {
+        reason: EndReason,
+    },
+    /// Policy `tell_agent_on_monitor`: the agent learns that it is being monitored.
+    MonitoringStarted {
+        supervisor: UserId,
+    },
+    /// A conversation started in a queue.
+    Opened {
+        channel: ChannelKind,
+        queue: QueueId,
+    },
+    StateChanged {
+        from: ConversationState,
+        to: ConversationState,
+    },
+    Assigned {
+        agent: Option<AgentId>,
+        queue: QueueId,
+    },
+    Transferred {
+        from: AgentId,
+        to: AgentId,
+    },
+    /// A supervisor ended the conversation; everyone is told.
+    ClosedBySupervisor {
+        supervisor: UserId,
+        reason: Option<Box<str>>,
+    },
+    /// The channel must end the provider session (hang up, resolve the thread).
+    EndSession,
+    /// Media control for plugins with the voice capability; the customer is not told.
+    Media {
+        control: MediaControl,
+    },
+    PresenceChanged {
+        presence: Presence,
+    },
+}
+
+/// Voice controls a plugin turns into provider requests (ARI snoop, bridge, hang-up).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "control", rename_all = "kebab-case")]
+pub enum MediaControl {
+    /// Listen to both directions (ARI snoop `spy=both`).
+    Listen {
+        supervisor: UserId,
+        agent: Option<AgentId>,
+    },
+    /// Speak to the agent only (ARI snoop `whisper` toward the agent's channel).
+    Coach {
+        supervisor: UserId,
+        agent: Option<AgentId>,
+    },
+    /// Join the call's bridge; `public` means the customer hears the supervisor.
+    Join { supervisor: UserId, mode: JoinMode },
+    /// Stop whatever media the supervisor had.
+    Stop { supervisor: UserId },
+}
+
+/// What a successful input answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub conversation: Option<ConversationId>,
+    /// The conversation's state afterwards.
+    pub state: Option<ConversationState>,
+    /// Checks bypassed by `override_presence` / `override_capacity`.
+    pub overrides: Vec<Override>,
+    /// The units by which the agent's capacity is now exceeded, if it is.
+    pub capacity_exceeded_by: Option<u32>,
+    /// This answer replays an earlier one (same input id or idempotency key).
+    pub replayed: bool,
+}
+
+/// A rule forbade the input. The code is stable: the API's problem `code` and the
+/// dead-letter header `switchboard-error`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub code: Code,
+    pub detail: String,
+    /// For limit refusals: who holds the slots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<UserId>,
+}
+
+impl Refusal {
+    pub fn new(code: Code, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+            holders: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.detail)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// Stable refusal codes, one per rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Code {
+    InvalidState,
+    OwnConversation,
+    AlreadyParticipating,
+    MonitorLimit,
+    NotJoined,
+    NotMonitoring,
+    NotParticipating,
+    BargeLimit,
+    ChannelNotSupported,
+    SameQueue,
+    SameAgent,
+    PresenceNotAllowed,
+    CapacityExceeded,
+    TargetIsBot,
+    NotInQueue,
+    ConfirmationRequired,
+    NotFound,
+    Forbidden,
+    UnknownAgent,
+    UnknownQueue,
+    UnknownConversation,
+    IdempotencyKeyReused,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidState => "invalid-state",
+            Self::OwnConversation => "own-conversation",
+            Self::AlreadyParticipating => "already-participating",
+            Self::MonitorLimit => "monitor-limit",
+            Self::NotJoined => "not-joined",
+            Self::NotMonitoring => "not-monitoring",
+            Self::NotParticipating => "not-participating",
+            Self::BargeLimit => "barge-limit",
+            Self::ChannelNotSupported => "channel-not-supported",
+            Self::SameQueue => "same-queue",
+            Self::SameAgent => "same-agent",
+            Self::PresenceNotAllowed => "presence-not-allowed",
+            Self::CapacityExceeded => "capacity-exceeded",
+            Self::TargetIsBot => "target-is-bot",
+            Self::NotInQueue => "not-in-queue",
+            Self::ConfirmationRequired => "confirmation-required",
+            Self::NotFound => "not-found",
+            Self::Forbidden => "forbidden",
+            Self::UnknownAgent => "unknown-agent",
+            Self::UnknownQueue => "unknown-queue",
+            Self::UnknownConversation => "unknown-conversation",
+            Self::IdempotencyKeyReused => "idempotency-key-reused",
+        }
+    }
+
+    /// The HTTP status the admin API answers with (CONTRACT.md §2).
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::NotFound | Self::UnknownConversation => 404,
+            Self::Forbidden => 403,
+            Self::UnknownAgent | Self::UnknownQueue | Self::IdempotencyKeyReused => 422,
+            _ => 409,
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,286 @@
+//! Engine step 1: the one closed set of inputs — canonical channel events (from a plugin's
+//! decode or the `canonical` routing key), commands (from the admin API) and clock ticks.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::domain::{
+    AgentId, ChannelKind, ConversationId, Customer, Direction, ExternalRef, JoinMode, PluginId,
+    Presence, QueueId, TeamId, UserId, Visibility,
+};
+
+/// Everything that can change the engine's state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "input", rename_all = "kebab-case")]
+pub enum Input {
+    Channel(ChannelEvent),
+    Command(Command),
+    /// Time passed: inactivity timeouts, wrap-up capacity release, eviction of closed
+    /// conversations. The time itself comes with every input.
+    Tick,
+}
+
+/// A canonical event, as a plugin decodes it from provider traffic or a routing platform
+/// publishes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChannelEvent {
+    /// The provider's own id of this event (message SID, wamid, ARI event id), used for
+    /// deduplication together with `source`.
+    #[serde(default)]
+    pub id: Option<Box<str>>,
+    /// The plugin that decoded it (or `canonical`).
+    pub source: PluginId,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum EventBody {
+    /// A conversation started on the provider (Chatwoot `conversation_created`, ARI
+    /// `StasisStart`). Starting a conversation that is already live updates its details.
+    Started {
+        conversation: ExternalRef,
+        channel: ChannelKind,
+        #[serde(default = "inbound")]
+        direction: Direction,
+        #[serde(default)]
+        subject: Option<Box<str>>,
+        customer: Customer,
+        /// The queue the provider routed it to; the plugin's default queue otherwise.
+        #[serde(default)]
+        queue: Option<QueueId>,
+    },
+    /// A message in the conversation. A customer message on a thread with no live
+    /// conversation starts one (SMS and WhatsApp have no start event).
+    Message {
+        conversation: ExternalRef,
+        channel: ChannelKind,
+        sender: Sender,
+        text: Arc<str>,
+        #[serde(default = "public")]
+        visibility: Visibility,
+        /// Customer sentiment of this message in [-1, 1], supplied by the plugin or computed
+        /// by the daemon before the engine sees it.
+        #[serde(default)]
+        sentiment: Option<f32>,
+        /// The customer, for a message that starts a conversation.
+        #[serde(default)]
+        customer: Option<Customer>,
+    },
+    /// The routing platform connected an agent (ARI `ChannelEnteredBridge` of the agent's leg,
+    /// Chatwoot assignee set).
+    Accepted {
+        conversation: ConversationRef,
+        agent: AgentId,
+    },
+    /// Agent or customer paused (hold): `active` -> `waiting`.
+    Paused { conversation: ConversationRef },
+    /// Resumed (unhold): `waiting` -> `active`.
+    Resumed { conversation: ConversationRef },
+    /// An agent left. The primary agent leaving puts the conversation back in its queue and
+    /// drops its supervisors.
+    AgentLeft {
+        conversation: ConversationRef,
+        agent: AgentId,
+    },
+    /// The customer left (hang-up, Chatwoot `resolved`): `wrap-up` when an agent has it,
+    /// `closed` otherwise.
+    CustomerLeft { conversation: ConversationRef },
+    /// The conversation ended for good (wrap-up finished, platform closed it).
+    Closed { conversation: ConversationRef },
+    /// Someone is typing; relayed to the supervisors taking part, never stored.
+    Typing {
+        conversation: ConversationRef,
+        sender: Sender,
+    },
+    /// A provider delivery receipt for an earlier message.
+    Receipt {
+        conversation: ConversationRef,
+        message_id: Box<str>,
+        status: ReceiptStatus,
+    },
+    /// A sentiment score the provider computed for the customer.
+    Sentiment {
+        conversation: ConversationRef,
+        score: f32,
+    },
+    /// Details changed on the provider (Chatwoot `conversation_updated`).
+    Updated {
+        conversation: ConversationRef,
+        #[serde(default)]
+        subject: Option<Box<str>>,
+        #[serde(default)]
+        queue: Option<QueueId>,
+    },
+    /// An agent's presence changed on the routing platform.
+    AgentPresence { agent: AgentId, presence: Presence },
+}
+
+fn inbound() -> Direction {
+    Direction::Inbound
+}
+
+fn public() -> Visibility {
+    Visibility::Public
+}
+
+/// A conversation as a channel event names it: by the provider's thread (plugins) or by the
+/// engine's id (routing platforms that learned it from a notification).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ConversationRef {
+    External(ExternalRef),
+    Id { id: ConversationId },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "kebab-case")]
+pub enum Sender {
+    Customer,
+    Agent(AgentId),
+    Bot(AgentId),
+    System,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReceiptStatus {
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+}
+
+/// A role from the token's `realm_access.roles`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Supervisor,
+    Admin,
+    Agent,
+    Ingest,
+}
+
+/// Who issues a command: the verified identity from the token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub id: UserId,
+    pub roles: Vec<Role>,
+    pub teams: Vec<TeamId>,
+}
+
+impl Actor {
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.has(Role::Admin)
+    }
+
+    /// Supervisors and admins supervise.
+    pub fn may_supervise(&self) -> bool {
+        self.has(Role::Supervisor) || self.is_admin()
+    }
+
+    pub fn sees_team(&self, team: &TeamId) -> bool {
+        self.is_admin() || self.teams.contains(team)
+    }
+}
+
+/// A command's `Idempotency-Key` with a fingerprint of its body: the same key and body
+/// replays the first reply; the same key with another body is refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Idempotency {
+    pub key: Box<str>,
+    pub fingerprint: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub actor: Actor,
+    #[serde(default)]
+    pub idempotency: Option<Idempotency>,
+    pub action: Action,
+}
+
+/// What a supervisor, agent, admin or channel gateway asks for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    Monitor {
+        conversation: ConversationId,
+    },
+    StopMonitor {
+        conversation: ConversationId,
+    },
+    Whisper {
+        conversation: ConversationId,
+        text: Arc<str>,
+    },
+    Join {
+        conversation: ConversationId,
+        mode: JoinMode,
+    },
+    Barge {
+        conversation: ConversationId,
+    },
+    Message {
+        conversation: ConversationId,
+        text: Arc<str>,
+        visibility: Visibility,
+    },
+    Leave {
+        conversation: ConversationId,
+    },
+    Assign {
+        conversation: ConversationId,
+        target: AssignTarget,
+        #[serde(default)]
+        override_presence: bool,
+        #[serde(default)]
+        override_capacity: bool,
+    },
+    Transfer {
+        conversation: ConversationId,
+        agent: AgentId,
+    },
+    ForceClose {
+        conversation: ConversationId,
+        reason: Option<Box<str>>,
+        confirm: bool,
+    },
+    SetPresence {
+        agent: AgentId,
+        presence: Presence,
+    },
+}
+
+impl Action {
+    /// A stable name for metrics and the timeline.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Monitor { .. } => "monitor",
+            Self::StopMonitor { .. } => "stop-monitor",
+            Self::Whisper { .. } => "whisper",
+            Self::Join { .. } => "join",
+            Self::Barge { .. } => "barge",
+            Self::Message { .. } => "message",
+            Self::Leave { .. } => "leave",
+            Self::Assign { .. } => "assign",
+            Self::Transfer { .. } => "transfer",
+            Self::ForceClose { .. } => "force-close",
+            Self::SetPresence { .. } => "set-presence",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AssignTarget {
+    Agent(AgentId),
+    Queue(QueueId),
+}

@@ -1,0 +1,357 @@
+//! Engine step 4: the state and the only code that changes it — `evolve`, a plain fold over
+//! [`Change`]s. Live decisions and replay from the log go through the same function, which is
+//! why replaying a log rebuilds exactly the state that wrote it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use foldhash::fast::RandomState;
+
+use super::domain::{
+    Agent, AgentId, CapacityHold, Conversation, ConversationId, ConversationState, ExternalRef,
+    Millis, Seat, Sentiment,
+};
+use super::effect::{Change, Record, Refusal, Reply};
+
+pub(crate) type Map<K, V> = HashMap<K, V, RandomState>;
+type Set<K> = HashSet<K, RandomState>;
+
+/// A remembered answer to a command with an idempotency key.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Answer {
+    pub fingerprint: u64,
+    pub reply: Result<Reply, Refusal>,
+    pub at: Millis,
+}
+
+/// Everything the engine decides from. Compared whole by the replay property test.
+#[derive(Clone, Debug)]
+pub struct State {
+    /// Conversations in a slab; evicted slots are reused. The indexes below map integer keys
+    /// to slots, so their entries are small enough to stay in cache and a lookup compares no
+    /// strings: on 100 000 conversations that halves the cost of a message.
+    slots: Vec<Option<Conversation>>,
+    free_slots: Vec<u32>,
+    /// Conversation id -> slot.
+    by_id: Map<ConversationId, u32>,
+    /// Provider thread ([`ExternalRef::thread_key`]) -> slot of its live (not closed)
+    /// conversation.
+    pub(crate) live_threads: Map<u128, u32>,
+    pub(crate) agents: Map<AgentId, Agent>,
+    seen: Set<u128>,
+    seen_order: VecDeque<u128>,
+    dedup_window: usize,
+    pub(crate) answers: Map<u128, Answer>,
+    answers_order: VecDeque<(Millis, u128)>,
+    idempotency_ttl: i64,
+    pub(crate) last_seq: u64,
+}
+
+impl PartialEq for State {
+    fn eq(&self, other: &Self) -> bool {
+        self.by_id.len() == other.by_id.len()
+            && self
+                .conversations()
+                .all(|c| other.conversation(c.id) == Some(c))
+            && self.live_threads.len() == other.live_threads.len()
+            && self.conversations().all(|c| {
+                self.live_thread(&c.external).map(|live| &live.id)
+                    == other.live_thread(&c.external).map(|live| &live.id)
+            })
+            && self.agents == other.agents
+            && self.seen == other.seen
+            && self.seen_order == other.seen_order
+            && self.answers == other.answers
+            && self.last_seq == other.last_seq
+    }
+}
+
+impl State {
+    pub(crate) fn new(agents: &[Agent], dedup_window: usize, idempotency_ttl: i64) -> Self {
+        Self {
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_id: Map::default(),
+            live_threads: Map::default(),
+            agents: agents
+                .iter()
+                .map(|agent| (agent.id.clone(), agent.clone()))
+                .collect(),
+            seen: Set::default(),
+            seen_order: VecDeque::new(),
+            dedup_window: dedup_window.max(1),
+            answers: Map::default(),
+            answers_order: VecDeque::new(),
+            idempotency_ttl,
+            last_seq: 0,
+        }
+    }
+
+    pub fn conversation(&self, id: ConversationId) -> Option<&Conversation> {
+        let slot = *self.by_id.get(&id)?;
+        self.slots[slot as usize].as_ref()
+    }
+
+    fn conversation_mut(&mut self, id: ConversationId) -> Option<&mut Conversation> {
+        let slot = *self.by_id.get(&id)?;
+        self.slots[slot as usize].as_mut()
+    }
+
+    /// The live conversation of a provider thread.
+    pub fn live_thread(&self, thread: &ExternalRef) -> Option<&Conversation> {
+        let slot = *self.live_threads.get(&thread.thread_key())?;
+        self.slots[slot as usize].as_ref()
+    }
+
+    /// Forgets `thread`'s live conversation if it is the one in `slot`.
+    fn end_thread(&mut self, thread: u128, slot: u32) {
+        if self.live_threads.get(&thread) == Some(&slot) {
+            self.live_threads.remove(&thread);
+        }
+    }
+
+    pub fn conversations(&self) -> impl Iterator<Item = &Conversation> {
+        self.slots.iter().flatten()
+    }
+
+    pub fn agent(&self, id: &str) -> Option<&Agent> {
+        self.agents.get(id)
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &Agent> {
+        self.agents.values()
+    }
+
+    /// The sequence number of the last applied record.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    pub(crate) fn has_seen(&self, key: u128) -> bool {
+        self.seen.contains(&key)
+    }
+
+    /// Applies a whole log record.
+    pub fn evolve_record(&mut self, record: &Record) {
+        for change in &record.changes {
+            self.evolve(record.at, change);
+        }
+        self.last_seq = self.last_seq.max(record.seq);
+    }
+
+    /// Applies one change. Changes that name something the state does not hold (a log
+    /// written under another roster) are ignored rather than trusted.
+    pub(crate) fn evolve(&mut self, at: Millis, change: &Change) {
+        match change {
+            Change::Opened {
+                id,
+                external,
+                channel,
+                direction,
+                subject,
+                customer,
+                queue,
+            } => {
+                let conversation = Conversation {
+                    id: *id,
+                    external: external.clone(),
+                    channel: *channel,
+                    direction: *direction,
+                    state: ConversationState::Open,
+                    subject: subject.clone(),
+                    customer: customer.clone(),
+                    queue: queue.clone(),
+                    agent: None,
+                    consultants: Vec::new(),
+                    seats: Vec::new(),
+                    created_at: at,
+                    accepted_at: None,
+                    wrap_up_at: None,
+                    ended_at: None,
+                    last_activity: at,
+                    sentiment: Sentiment::default(),
+                    capacity: None,
+                };
+                let slot = match self.free_slots.pop() {
+                    Some(slot) => {
+                        self.slots[slot as usize] = Some(conversation);
+                        slot
+                    }
+                    None => {
+                        self.slots.push(Some(conversation));
+                        u32::try_from(self.slots.len() - 1)
+                            .expect("fewer than 4 billion conversations")
+                    }
+                };
+                self.by_id.insert(*id, slot);
+                self.live_threads.insert(external.thread_key(), slot);
+            }
+            Change::StateChanged { id, to } => {
+                let Some(conversation) = self.conversation_mut(*id) else {
+                    return;
+                };
+                conversation.state = *to;
+                match to {
+                    ConversationState::Active if conversation.accepted_at.is_none() => {
+                        conversation.accepted_at = Some(at);
+                    }
+                    ConversationState::WrapUp => conversation.wrap_up_at = Some(at),
+                    ConversationState::Closed => {
+                        conversation.ended_at = Some(at);
+                        let thread = conversation.external.thread_key();
+                        if let Some(&slot) = self.by_id.get(id) {
+                            self.end_thread(thread, slot);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Change::AgentSet { id, agent } => {
+                if let Some(conversation) = self.conversation_mut(*id) {
+                    conversation.agent = agent.clone();
+                }
+            }
+            Change::ConsultantAdded { id, agent } => {
+                if let Some(conversation) = self.conversation_mut(*id)
+                    && !conversation.consultants.contains(agent)
+                {
+                    conversation.consultants.push(agent.clone());
+                }
+            }
+            Change::ConsultantRemoved { id, agent } => {
+                if let Some(conversation) = self.conversation_mut(*id) {
+                    conversation.consultants.retain(|held| held != agent);
+                }
+            }
+            Change::QueueChanged { id, queue } => {
+                if let Some(conversation) = self.conversation_mut(*id) {
+                    conversation.queue = queue.clone();
+                }
+            }
+            Change::SubjectChanged { id, subject } => {
+                if let Some(conversation) = self.conversation_mut(*id) {
+                    conversation.subject = subject.clone();
+                }
+            }
+            Change::SeatTaken {
+                id,
+                supervisor,
+                mode,
+            } => {
+                if let Some(conversation) = self.conversation_mut(*id) {
+                    conversation.seats.push(Seat {
+                        supervisor: supervisor.clone(),
+                        mode: *mode,
+                        since: at,
+                    });
+                }
+            }
+            Change::SeatChanged {
+                id,
+                supervisor,
+                mode,
+            } => {
+                if let Some(seat) = self.conversation_mut(*id).and_then(|conversation| {
+                    conversation
+                        .seats
+                        .iter_mut()
+                        .find(|seat| &seat.supervisor == supervisor)
+                }) {
+                    seat.mode = *mode;
+                }
+            }
+            Change::SeatReleased { id, supervisor } => {
+                if let Some(conversation) = self.conversation_mut(*id) {
+                    conversation
+                        .seats
+                        .retain(|seat| &seat.supervisor != supervisor);
+                }
+            }
+            Change::CapacityHeld { id, agent, units } => {
+                let Some(conversation) = self
+                    .by_id
+                    .get(id)
+                    .and_then(|&slot| self.slots[slot as usize].as_mut())
+                else {
+                    return;
+                };
+                if let Some(previous) = conversation.capacity.take()
+                    && let Some(held_by) = self.agents.get_mut(&previous.agent)
+                {
+                    held_by.used = held_by.used.saturating_sub(previous.units);
+                }
+                if let Some(holder) = self.agents.get_mut(agent) {
+                    holder.used += units;
+                    conversation.capacity = Some(CapacityHold {
+                        agent: agent.clone(),
+                        units: *units,
+                    });
+                }
+            }
+            Change::CapacityReleased { id } => {
+                if let Some(hold) = self
+                    .by_id
+                    .get(id)
+                    .and_then(|&slot| self.slots[slot as usize].as_mut())
+                    .and_then(|conversation| conversation.capacity.take())
+                    && let Some(agent) = self.agents.get_mut(&hold.agent)
+                {
+                    agent.used = agent.used.saturating_sub(hold.units);
+                }
+            }
+            Change::Activity { id, sentiment } => {
+                if let Some(conversation) = self.conversation_mut(*id) {
+                    conversation.last_activity = conversation.last_activity.max(at);
+                    if let Some(score) = sentiment {
+                        conversation.sentiment.observe(*score);
+                    }
+                }
+            }
+            Change::PresenceChanged { agent, presence } => {
+                if let Some(agent) = self.agents.get_mut(agent) {
+                    agent.presence = *presence;
+                }
+            }
+            Change::Evicted { id } => {
+                if let Some(slot) = self.by_id.remove(id)
+                    && let Some(conversation) = self.slots[slot as usize].take()
+                {
+                    self.end_thread(conversation.external.thread_key(), slot);
+                    self.free_slots.push(slot);
+                }
+            }
+            Change::Seen { key } => {
+                if self.seen.insert(*key) {
+                    self.seen_order.push_back(*key);
+                    while self.seen_order.len() > self.dedup_window {
+                        if let Some(oldest) = self.seen_order.pop_front() {
+                            self.seen.remove(&oldest);
+                        }
+                    }
+                }
+            }
+            Change::Answered {
+                key,
+                fingerprint,
+                reply,
+            } => {
+                let expired_before = Millis(at.0.saturating_sub(self.idempotency_ttl));
+                while let Some(&(answered_at, old)) = self.answers_order.front() {
+                    if answered_at >= expired_before {
+                        break;
+                    }
+                    self.answers_order.pop_front();
+                    self.answers.remove(&old);
+                }
+                self.answers.insert(
+                    *key,
+                    Answer {
+                        fingerprint: *fingerprint,
+                        reply: reply.clone(),
+                        at,
+                    },
+                );
+                self.answers_order.push_back((at, *key));
+            }
+        }
+    }
+}

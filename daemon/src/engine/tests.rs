@@ -1,0 +1,7 @@
+//! Engine tests: one named test per rule of the engine issue's table, each citing its
+//! source, all driven through [`Harness`], which feeds inputs and keeps every record so that
+//! replay can be checked too. The property test lives in `tests/proptest.rs` beside it.
+
+mod harness;
+mod proptests;
+mod rules;
