@@ -223,7 +223,7 @@ impl Workload {
             return Input::Tick;
         }
         let slot = n % 20;
-        let target = (n.wrapping_mul(2_654_435_761) % CONVERSATIONS as u64) as usize;
+        let target = (splitmix64(n) % CONVERSATIONS as u64) as usize;
         match slot {
             0..=15 => {
                 self.message_ids += 1;
@@ -296,6 +296,14 @@ impl Workload {
             }
         }
     }
+}
+
+/// A well-mixed, deterministic choice of conversation, independent of the input kind.
+fn splitmix64(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn live_bytes() -> isize {

@@ -93,7 +93,7 @@ impl Step<'_> {
                 let live = self
                     .engine
                     .state
-                    .live_thread(&conversation)
+                    .live_thread_mut(&conversation)
                     .map(|c| (c.id, c.state, !c.seats.is_empty()));
                 let (id, state, supervised) = match live {
                     Some(live) => live,

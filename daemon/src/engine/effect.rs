@@ -275,10 +275,46 @@ pub enum Audience {
     Conversation,
 }
 
-/// A notification for the outbox; `id` is stable across re-publication.
+/// A notification's id: the log position of the record that caused it and its index there,
+/// written `seq.index`. Stable across re-publication (the CloudEvents id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NotificationId {
+    pub seq: u64,
+    pub index: u32,
+}
+
+impl fmt::Display for NotificationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.seq, self.index)
+    }
+}
+
+impl Serialize for NotificationId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for NotificationId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.split_once('.')
+            .and_then(|(seq, index)| {
+                Some(Self {
+                    seq: seq.parse().ok()?,
+                    index: index.parse().ok()?,
+                })
+            })
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("{text:?} is not a notification id (seq.index)"))
+            })
+    }
+}
+
+/// A notification for the outbox.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
-    pub id: Box<str>,
+    pub id: NotificationId,
     pub conversation: Option<ConversationId>,
     pub audience: Audience,
     pub body: NotificationBody,

@@ -219,7 +219,10 @@ impl Step<'_> {
         audience: Audience,
         body: NotificationBody,
     ) {
-        let id = format!("{}.{}", self.seq, self.out.notifications.len()).into_boxed_str();
+        let id = NotificationId {
+            seq: self.seq,
+            index: u32::try_from(self.out.notifications.len()).unwrap_or(u32::MAX),
+        };
         self.out.notifications.push(Notification {
             id,
             conversation: conversation.cloned(),

@@ -33,6 +33,9 @@ pub struct State {
     free_slots: Vec<u32>,
     /// Conversation id -> slot.
     by_id: Map<ConversationId, u32>,
+    /// The last conversation found, with its slot: an input usually reads a conversation and
+    /// then changes it, and this saves the second index probe. Cleared when slots move.
+    recent: Option<(ConversationId, u32)>,
     /// Provider thread ([`ExternalRef::thread_key`]) -> slot of its live (not closed)
     /// conversation.
     pub(crate) live_threads: Map<u128, u32>,
@@ -71,6 +74,7 @@ impl State {
             slots: Vec::new(),
             free_slots: Vec::new(),
             by_id: Map::default(),
+            recent: None,
             live_threads: Map::default(),
             agents: agents
                 .iter()
@@ -87,12 +91,19 @@ impl State {
     }
 
     pub fn conversation(&self, id: ConversationId) -> Option<&Conversation> {
-        let slot = *self.by_id.get(&id)?;
+        let slot = match self.recent {
+            Some((recent, slot)) if recent == id => slot,
+            _ => *self.by_id.get(&id)?,
+        };
         self.slots[slot as usize].as_ref()
     }
 
     fn conversation_mut(&mut self, id: ConversationId) -> Option<&mut Conversation> {
-        let slot = *self.by_id.get(&id)?;
+        let slot = match self.recent {
+            Some((recent, slot)) if recent == id => slot,
+            _ => *self.by_id.get(&id)?,
+        };
+        self.recent = Some((id, slot));
         self.slots[slot as usize].as_mut()
     }
 
@@ -100,6 +111,14 @@ impl State {
     pub fn live_thread(&self, thread: &ExternalRef) -> Option<&Conversation> {
         let slot = *self.live_threads.get(&thread.thread_key())?;
         self.slots[slot as usize].as_ref()
+    }
+
+    /// [`Self::live_thread`], remembering the conversation for the change that follows.
+    pub(crate) fn live_thread_mut(&mut self, thread: &ExternalRef) -> Option<&Conversation> {
+        let slot = *self.live_threads.get(&thread.thread_key())?;
+        let conversation = self.slots[slot as usize].as_ref()?;
+        self.recent = Some((conversation.id, slot));
+        Some(conversation)
     }
 
     /// Forgets `thread`'s live conversation if it is the one in `slot`.
@@ -312,6 +331,7 @@ impl State {
                 }
             }
             Change::Evicted { id } => {
+                self.recent = None;
                 if let Some(slot) = self.by_id.remove(id)
                     && let Some(conversation) = self.slots[slot as usize].take()
                 {
