@@ -4,5 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod engine;
 pub mod sentiment;
+pub mod telemetry;

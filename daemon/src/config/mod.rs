@@ -1,0 +1,565 @@
+//! Configuration, the first step of every command: the TOML file plus
+//! `SWITCHBOARD_<SECTION>__<KEY>` environment overrides -> raw sections ([`raw`]) -> checked,
+//! typed [`Config`]. Every problem is reported at once with file, line and column; the CLI
+//! exits 64 on any. The only module that imports `toml`.
+
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use crate::engine::{Agent, ChannelPolicy, PerChannel, PluginPolicy, Queue, Setup, Team};
+
+/// The default configuration file, relative to the working directory.
+pub const DEFAULT_FILE: &str = "config/switchboard.toml";
+/// Prefix of environment overrides: `SWITCHBOARD_AMQP__URL` sets `[amqp] url`.
+pub const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+/// A checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub file: PathBuf,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    /// `None`: the embedded transport.
+    pub amqp: Option<AmqpConfig>,
+    pub auth: AuthConfig,
+    pub engine: EngineConfig,
+    pub policies: PerChannel<ChannelPolicy>,
+    pub teams: Vec<Team>,
+    pub queues: Vec<Queue>,
+    pub agents: Vec<Agent>,
+    pub supervisors: Vec<SupervisorConfig>,
+    pub plugins: Vec<PluginConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct AmqpConfig {
+    pub url: Secret,
+    pub inbound_exchange: String,
+    pub inbound_queue: String,
+    pub dead_letter_queue: String,
+    pub outbound_exchange: String,
+    pub prefetch: u16,
+    pub delivery_limit: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub hs256_secret: Option<Secret>,
+    pub rs256_public_key_file: Option<PathBuf>,
+    pub jwks_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub dedup_window: usize,
+    pub closed_retention: Duration,
+    pub idempotency_ttl: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct SupervisorConfig {
+    pub id: String,
+    pub name: String,
+    pub teams: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PluginConfig {
+    pub id: String,
+    /// Resolved against the config file's directory.
+    pub file: PathBuf,
+    pub default_queue: crate::engine::QueueId,
+    pub enabled: bool,
+    pub memory_limit: u64,
+    pub time_limit: Duration,
+    /// The plugin's own `[plugins.<id>.config]` table, as TOML text for the plugin.
+    pub settings: Secret,
+}
+
+/// A value that must never reach a log: `Debug` and `Display` print a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Config {
+    /// The engine's setup: the roster and policies from this file, the plugins as the
+    /// plugin host describes them (their channel kind and capabilities come from the plugin).
+    pub fn engine_setup(&self, plugins: Vec<PluginPolicy>) -> Setup {
+        Setup {
+            teams: self.teams.clone(),
+            queues: self.queues.clone(),
+            agents: self.agents.clone(),
+            plugins,
+            policies: self.policies.clone(),
+            dedup_window: self.engine.dedup_window,
+            closed_retention: millis(self.engine.closed_retention),
+            idempotency_ttl: millis(self.engine.idempotency_ttl),
+        }
+    }
+}
+
+pub(crate) fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Where a problem is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A position in the file (1-based).
+    File { line: usize, column: usize },
+    /// An environment override.
+    Env { variable: String },
+    /// The file as a whole (a missing section or key).
+    Whole,
+}
+
+/// One thing wrong with the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub location: Location,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        match &self.location {
+            Location::File { line, column } => {
+                write!(f, "{file}:{line}:{column}: {}", self.message)
+            }
+            Location::Env { variable } => {
+                write!(
+                    f,
+                    "{file}: environment variable {variable}: {}",
+                    self.message
+                )
+            }
+            Location::Whole => write!(f, "{file}: {}", self.message),
+        }
+    }
+}
+
+/// Every problem found, in file order.
+#[derive(Clone, Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads `file` with the process environment's overrides.
+pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name.contains("__"))
+        .collect();
+    load_with_env(file, &env)
+}
+
+/// Loads `file` with the given overrides (tests pass their own).
+pub fn load_with_env(file: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|error| ConfigError {
+        problems: vec![Problem {
+            file: file.to_path_buf(),
+            location: Location::Whole,
+            message: format!("cannot read the configuration file: {error}"),
+        }],
+    })?;
+    parse(file, &text, env)
+}
+
+/// Parses configuration text; `file` names it in problems and anchors relative paths.
+pub fn parse(file: &Path, text: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let mut sink = Problems::new(file, text);
+    let (root, syntax) = DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        for error in syntax {
+            sink.at(error.span(), error.message().to_owned());
+        }
+        return Err(sink.finish());
+    }
+    let mut root = root.into_inner();
+    sink.apply_env(&mut root, env);
+    let sections = Sections::read(&mut sink, root);
+    match validate::validate(&mut sink, sections) {
+        Some(config) if sink.problems.is_empty() => Ok(config),
+        _ => Err(sink.finish()),
+    }
+}
+
+/// The sections as deserialized; a section that failed to deserialize is absent and its
+/// problem is already recorded.
+#[derive(Debug, Default)]
+struct Sections {
+    server: raw::Server,
+    store: raw::Store,
+    amqp: raw::Amqp,
+    auth: raw::Auth,
+    engine: raw::Engine,
+    policies: Vec<(Spanned<String>, raw::Policy)>,
+    teams: Vec<raw::Team>,
+    queues: Vec<raw::Queue>,
+    agents: Vec<raw::Agent>,
+    supervisors: Vec<raw::Supervisor>,
+    plugins: Vec<(Spanned<String>, raw::Plugin)>,
+}
+
+const SECTIONS: &[&str] = &[
+    "server",
+    "store",
+    "amqp",
+    "auth",
+    "engine",
+    "policy",
+    "teams",
+    "queues",
+    "agents",
+    "supervisors",
+    "plugins",
+];
+
+impl Sections {
+    fn read(sink: &mut Problems<'_>, root: DeTable<'_>) -> Self {
+        let mut sections = Self::default();
+        for (key, value) in root {
+            let name = key.get_ref().as_ref();
+            match name {
+                "server" => sections.server = sink.section(value, "server").unwrap_or_default(),
+                "store" => sections.store = sink.section(value, "store").unwrap_or_default(),
+                "amqp" => sections.amqp = sink.section(value, "amqp").unwrap_or_default(),
+                "auth" => sections.auth = sink.section(value, "auth").unwrap_or_default(),
+                "engine" => sections.engine = sink.section(value, "engine").unwrap_or_default(),
+                "teams" => sections.teams = sink.section(value, "teams").unwrap_or_default(),
+                "queues" => sections.queues = sink.section(value, "queues").unwrap_or_default(),
+                "agents" => sections.agents = sink.section(value, "agents").unwrap_or_default(),
+                "supervisors" => {
+                    sections.supervisors = sink.section(value, "supervisors").unwrap_or_default();
+                }
+                "policy" => {
+                    for (channel, table) in sink.table_entries(value, "policy") {
+                        let path = format!("policy.{}", channel.get_ref());
+                        if let Some(policy) = sink.section(table, &path) {
+                            sections.policies.push((channel, policy));
+                        }
+                    }
+                }
+                "plugins" => {
+                    for (id, table) in sink.table_entries(value, "plugins") {
+                        let path = format!("plugins.{}", id.get_ref());
+                        if let Some(plugin) = sink.section(table, &path) {
+                            sections.plugins.push((id, plugin));
+                        }
+                    }
+                }
+                _ => sink.at(
+                    Some(key.span()),
+                    format!("unknown section `{name}` (known: {})", SECTIONS.join(", ")),
+                ),
+            }
+        }
+        sections
+    }
+}
+
+/// Collects problems with positions.
+struct Problems<'t> {
+    file: PathBuf,
+    text: &'t str,
+    /// Spans at or after this offset are environment overrides (index = offset - base).
+    env_base: usize,
+    env_names: Vec<String>,
+    problems: Vec<(usize, Problem)>,
+}
+
+impl<'t> Problems<'t> {
+    fn new(file: &Path, text: &'t str) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            text,
+            env_base: text.len() + 1,
+            env_names: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    fn finish(mut self) -> ConfigError {
+        self.problems.sort_by_key(|(offset, _)| *offset);
+        ConfigError {
+            problems: self
+                .problems
+                .into_iter()
+                .map(|(_, problem)| problem)
+                .collect(),
+        }
+    }
+
+    /// A problem at a span of the document (or of an environment override).
+    fn at(&mut self, span: Option<std::ops::Range<usize>>, message: String) {
+        let Some(span) = span else {
+            self.whole(message);
+            return;
+        };
+        let location = if span.start >= self.env_base {
+            let variable = self
+                .env_names
+                .get(span.start - self.env_base)
+                .cloned()
+                .unwrap_or_default();
+            Location::Env { variable }
+        } else {
+            let (line, column) = line_column(self.text, span.start);
+            Location::File { line, column }
+        };
+        self.problems.push((
+            span.start,
+            Problem {
+                file: self.file.clone(),
+                location,
+                message,
+            },
+        ));
+    }
+
+    fn whole(&mut self, message: String) {
+        self.problems.push((
+            0,
+            Problem {
+                file: self.file.clone(),
+                location: Location::Whole,
+                message,
+            },
+        ));
+    }
+
+    fn at_spanned<T>(&mut self, value: &Spanned<T>, message: String) {
+        self.at(Some(value.span()), message);
+    }
+
+    /// Puts `SWITCHBOARD_<SECTION>__<KEY>` overrides into the document. Values are TOML
+    /// scalars when they parse as an integer, float or boolean, strings otherwise.
+    fn apply_env<'i>(&mut self, root: &mut DeTable<'i>, env: &'i [(String, String)]) {
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let Some((section, key)) = path.split_once("__") else {
+                continue;
+            };
+            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            let offset = self.env_base + self.env_names.len();
+            self.env_names.push(name.clone());
+            let span = offset..offset + 1;
+            let scalar = DeValue::parse(value.as_str())
+                .ok()
+                .map(Spanned::into_inner)
+                .filter(|parsed| parsed.is_integer() || parsed.is_float() || parsed.is_bool());
+            let parsed = scalar.unwrap_or_else(|| DeValue::String(value.as_str().into()));
+            let section_key = Spanned::new(span.clone(), section.clone().into());
+            let table = root
+                .entry(section_key)
+                .or_insert_with(|| Spanned::new(span.clone(), DeValue::Table(DeTable::new())));
+            match table.get_mut() {
+                DeValue::Table(table) => {
+                    table.insert(
+                        Spanned::new(span.clone(), key.into()),
+                        Spanned::new(span, parsed),
+                    );
+                }
+                _ => self.at(
+                    Some(span),
+                    format!("`{section}` is not a table, so `{section}.{key}` cannot be set"),
+                ),
+            }
+        }
+    }
+
+    /// Deserializes one section, recording every unknown key and the first type error.
+    fn section<T: DeserializeOwned>(
+        &mut self,
+        value: Spanned<DeValue<'_>>,
+        path: &str,
+    ) -> Option<T> {
+        let tree = value.clone();
+        let mut unknown: Vec<Vec<Segment>> = Vec::new();
+        let deserializer = ValueDeserializer::from(value);
+        let result = serde_ignored::deserialize(deserializer, |ignored| {
+            let mut segments = Vec::new();
+            segments_of(&ignored, &mut segments);
+            unknown.push(segments);
+        });
+        for segments in unknown {
+            let (span, name) = key_span(&tree, &segments);
+            let shown = if name.is_empty() {
+                path.to_owned()
+            } else {
+                format!("{path}.{name}")
+            };
+            self.at(span, format!("unknown key `{shown}`"));
+        }
+        match result {
+            Ok(section) => Some(section),
+            Err(error) => {
+                let span = error.span().or_else(|| Some(tree.span()));
+                self.at(span, format!("in `{path}`: {}", error.message()));
+                None
+            }
+        }
+    }
+
+    /// The entries of a table of tables (`[policy.voice]`, `[plugins.web-chat]`).
+    fn table_entries<'i>(
+        &mut self,
+        value: Spanned<DeValue<'i>>,
+        path: &str,
+    ) -> Vec<(Spanned<String>, Spanned<DeValue<'i>>)> {
+        let span = value.span();
+        match value.into_inner() {
+            DeValue::Table(table) => table
+                .into_iter()
+                .map(|(key, value)| (Spanned::new(key.span(), key.get_ref().to_string()), value))
+                .collect(),
+            _ => {
+                self.at(Some(span), format!("`{path}` must be a table"));
+                Vec::new()
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+fn segments_of(path: &serde_ignored::Path<'_>, out: &mut Vec<Segment>) {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => {}
+        Path::Seq { parent, index } => {
+            segments_of(parent, out);
+            out.push(Segment::Index(*index));
+        }
+        Path::Map { parent, key } => {
+            segments_of(parent, out);
+            out.push(Segment::Key(key.clone()));
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => segments_of(parent, out),
+    }
+}
+
+/// The span of the key a path ends in, and the path written with dots.
+fn key_span(
+    tree: &Spanned<DeValue<'_>>,
+    segments: &[Segment],
+) -> (Option<std::ops::Range<usize>>, String) {
+    let mut node = tree;
+    let mut span = Some(tree.span());
+    let mut names = Vec::new();
+    for segment in segments {
+        match segment {
+            Segment::Key(name) => {
+                names.push(name.clone());
+                let Some(table) = node.get_ref().as_table() else {
+                    break;
+                };
+                match table
+                    .iter()
+                    .find(|(key, _)| key.get_ref().as_ref() == name.as_str())
+                {
+                    Some((key, value)) => {
+                        span = Some(key.span());
+                        node = value;
+                    }
+                    None => break,
+                }
+            }
+            Segment::Index(index) => {
+                names.push(index.to_string());
+                let Some(item) = node
+                    .get_ref()
+                    .as_array()
+                    .and_then(|array| array.get(*index))
+                else {
+                    break;
+                };
+                span = Some(item.span());
+                node = item;
+            }
+        }
+    }
+    (span, names.join("."))
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..text.floor_char_boundary(offset)];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |last| last.chars().count())
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,159 @@
+//! Configuration step 1: the TOML file as written — one serde struct per section, one doc
+//! comment per key (this is the key reference). Unknown keys are collected by `config::load`
+//! and reported, all of them, with their position.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// `[server]`: the admin HTTP API.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Server {
+    /// Address and port the admin API listens on. Default `127.0.0.1:8080`.
+    pub listen: Option<Spanned<String>>,
+    /// How long SIGTERM/SIGINT waits for in-flight work before exiting, e.g. `"10s"`.
+    /// Default `10s`.
+    pub shutdown_grace: Option<Spanned<String>>,
+}
+
+/// `[store]`: the embedded durable store.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Store {
+    /// Directory of the store, relative to the working directory. Default `./data`.
+    pub path: Option<String>,
+}
+
+/// `[amqp]`: RabbitMQ. Without `url` the daemon runs on its embedded transport.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Amqp {
+    /// Broker URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`. Unset: embedded transport.
+    pub url: Option<Spanned<String>>,
+    /// Inbound topic exchange. Default `switchboard.inbound`.
+    pub inbound_exchange: Option<String>,
+    /// Inbound quorum queue, bound with `#`. Default `switchboard.inbound`.
+    pub inbound_queue: Option<String>,
+    /// Dead-letter queue for messages that cannot be handled. Default `switchboard.dead`.
+    pub dead_letter_queue: Option<String>,
+    /// Outbound topic exchange. Default `switchboard.outbound`.
+    pub outbound_exchange: Option<String>,
+    /// Unacknowledged deliveries in flight (the batch size bound). Default 300.
+    pub prefetch: Option<Spanned<u16>>,
+    /// Redeliveries before the broker dead-letters a message (`x-delivery-limit`). Default 5.
+    pub delivery_limit: Option<Spanned<u32>>,
+}
+
+/// `[auth]`: JWT bearer tokens as Keycloak issues them.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Auth {
+    /// Expected `iss` claim. Required.
+    pub issuer: Option<Spanned<String>>,
+    /// Expected `aud` claim. Required.
+    pub audience: Option<Spanned<String>>,
+    /// Shared secret for HS256 tokens (also what `switchboard token` signs with).
+    pub hs256_secret: Option<Spanned<String>>,
+    /// PEM file with the RS256 public key.
+    pub rs256_public_key_file: Option<Spanned<String>>,
+    /// JWKS file with RS256 keys (selected by `kid`).
+    pub jwks_file: Option<Spanned<String>>,
+}
+
+/// `[engine]`: bounds of the supervision engine's memory.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Engine {
+    /// Input ids remembered for deduplication. Default 1 000 000.
+    pub dedup_window: Option<Spanned<u64>>,
+    /// How long a closed conversation stays in memory (it stays in the store). Default `1h`.
+    pub closed_retention: Option<Spanned<String>>,
+    /// How long an `Idempotency-Key` replays its first answer. Default `24h`.
+    pub idempotency_ttl: Option<Spanned<String>>,
+}
+
+/// `[policy.<channel>]`: rules that differ between platforms, per channel kind
+/// (`web`, `sms`, `whatsapp`, `messaging`, `voice`). Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Policy {
+    /// Supervisors listening at once. Default 1 on voice, 5 elsewhere.
+    pub monitor_limit: Option<Spanned<u32>>,
+    /// Tell the agent when silent monitoring starts. Default false.
+    pub tell_agent_on_monitor: Option<bool>,
+    /// Supervisors may transfer. Default true except on voice.
+    pub transfer: Option<bool>,
+    /// Capacity units an active conversation takes. Default 1.
+    pub capacity_units: Option<Spanned<u32>>,
+    /// Capacity during wrap-up: `"always"`, `"never"` or a duration such as `"2m"`.
+    /// Default `always`.
+    pub wrap_up_capacity: Option<Spanned<String>>,
+    /// Silence after which a conversation closes, or `"none"`. Default `24h` on WhatsApp,
+    /// `2h` on SMS, none elsewhere.
+    pub inactivity_timeout: Option<Spanned<String>>,
+}
+
+/// `[[teams]]`: units of supervisor scoping (Keycloak groups).
+#[derive(Debug, Deserialize)]
+pub(crate) struct Team {
+    /// Team id: the group name without its leading `/`.
+    pub id: Spanned<String>,
+    /// Display name. Default: the id.
+    pub name: Option<String>,
+}
+
+/// `[[queues]]`: where conversations wait for an agent.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Queue {
+    pub id: Spanned<String>,
+    /// Display name. Default: the id.
+    pub name: Option<String>,
+    /// The team that owns the queue (and whose supervisors see its conversations).
+    pub team: Spanned<String>,
+    /// Presences an agent may have to be assigned from this queue.
+    /// Default `["available", "busy"]`.
+    pub allowed_presences: Option<Vec<Spanned<String>>>,
+}
+
+/// `[[agents]]`: the roster.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Agent {
+    /// Agent id: the `sub` of the agent's token.
+    pub id: Spanned<String>,
+    /// Display name. Default: the id.
+    pub name: Option<String>,
+    /// Capacity units. Default 3.
+    pub capacity: Option<u32>,
+    /// Queues the agent serves.
+    #[serde(default)]
+    pub queues: Vec<Spanned<String>>,
+    /// Extra teams (the teams of its queues are implied).
+    #[serde(default)]
+    pub teams: Vec<Spanned<String>>,
+    /// Presence at start. Default `offline`.
+    pub presence: Option<Spanned<String>>,
+    /// A bot: never the target of an assignment or transfer.
+    #[serde(default)]
+    pub bot: bool,
+}
+
+/// `[[supervisors]]`: known supervisors (display names, and `switchboard token` defaults).
+#[derive(Debug, Deserialize)]
+pub(crate) struct Supervisor {
+    pub id: Spanned<String>,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub teams: Vec<Spanned<String>>,
+}
+
+/// `[plugins.<id>]`: a channel plugin.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Plugin {
+    /// The plugin's `.wasm` component, relative to the config file's directory.
+    pub file: Spanned<String>,
+    /// Queue for new conversations whose events name none.
+    pub default_queue: Spanned<String>,
+    /// Load it (default true).
+    pub enabled: Option<bool>,
+    /// Memory cap per instance, e.g. `"64MiB"`. Default 64 MiB.
+    pub memory_limit: Option<Spanned<String>>,
+    /// Time budget per call, e.g. `"100ms"`. Default 100 ms.
+    pub time_limit: Option<Spanned<String>>,
+    /// The plugin's own settings (secrets included), handed to the plugin as TOML.
+    #[serde(default)]
+    pub config: toml::Table,
+}

@@ -1,0 +1,536 @@
+//! Configuration step 2: raw sections -> typed [`Config`], checking values and references
+//! (queues name known teams, agents known queues, ...). Every problem is recorded with its
+//! position; nothing stops at the first.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::{
+    AmqpConfig, AuthConfig, Config, EngineConfig, PluginConfig, Problems, Secret, Sections,
+    ServerConfig, StoreConfig, SupervisorConfig, millis, raw,
+};
+use crate::engine::{
+    Agent, ChannelKind, Presence, Queue, QueueId, Setup, Team, TeamId, WrapUpCapacity,
+};
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+const DEFAULT_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
+const DEFAULT_TIME_LIMIT: Duration = Duration::from_millis(100);
+const DEFAULT_AGENT_CAPACITY: u32 = 3;
+
+pub(super) fn validate(sink: &mut Problems<'_>, sections: Sections) -> Option<Config> {
+    let server = server(sink, sections.server);
+    let store = StoreConfig {
+        path: sections
+            .store
+            .path
+            .unwrap_or_else(|| "./data".to_owned())
+            .into(),
+    };
+    let amqp = amqp(sink, sections.amqp);
+    let file = sink.file.clone();
+    let auth = auth(sink, sections.auth, &file);
+    let engine = engine(sink, sections.engine);
+    let policies = policies(sink, sections.policies);
+    let teams = teams(sink, sections.teams);
+    let team_ids: HashSet<&str> = teams.iter().map(|team| team.id.as_str()).collect();
+    let queues = queues(sink, sections.queues, &team_ids);
+    let queue_ids: HashSet<&str> = queues.iter().map(|queue| queue.id.as_str()).collect();
+    let agents = agents(sink, sections.agents, &team_ids, &queue_ids);
+    let supervisors = supervisors(sink, sections.supervisors, &team_ids);
+    let plugins = plugins(sink, sections.plugins, &queue_ids);
+    if queues.is_empty() {
+        sink.whole(
+            "at least one `[[queues]]` entry is required: every conversation lands in a queue"
+                .to_owned(),
+        );
+    }
+    Some(Config {
+        file: sink.file.clone(),
+        server: server?,
+        store,
+        amqp,
+        auth: auth?,
+        engine,
+        policies,
+        teams,
+        queues,
+        agents,
+        supervisors,
+        plugins,
+    })
+}
+
+fn server(sink: &mut Problems<'_>, raw: raw::Server) -> Option<ServerConfig> {
+    let listen = match raw.listen {
+        Some(listen) => match listen.get_ref().parse() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                sink.at_spanned(
+                    &listen,
+                    format!("`server.listen` must be an address and port such as {DEFAULT_LISTEN}, not {:?}", listen.get_ref()),
+                );
+                None
+            }
+        },
+        None => DEFAULT_LISTEN.parse().ok(),
+    };
+    let shutdown_grace = duration(sink, raw.shutdown_grace.as_ref(), "server.shutdown_grace")
+        .unwrap_or(DEFAULT_GRACE);
+    Some(ServerConfig {
+        listen: listen?,
+        shutdown_grace,
+    })
+}
+
+fn amqp(sink: &mut Problems<'_>, raw: raw::Amqp) -> Option<AmqpConfig> {
+    let url = raw.url?;
+    let scheme_ok = url.get_ref().starts_with("amqp://") || url.get_ref().starts_with("amqps://");
+    if !scheme_ok {
+        // Never echo the URL: it usually carries the broker password.
+        sink.at_spanned(
+            &url,
+            "`amqp.url` must start with amqp:// or amqps://".to_owned(),
+        );
+    }
+    let prefetch = raw.prefetch.map_or(300, Spanned::into_inner);
+    if prefetch == 0 {
+        sink.whole("`amqp.prefetch` must be at least 1".to_owned());
+    }
+    let delivery_limit = raw.delivery_limit.map_or(5, Spanned::into_inner);
+    Some(AmqpConfig {
+        url: Secret::new(url.into_inner()),
+        inbound_exchange: raw
+            .inbound_exchange
+            .unwrap_or_else(|| "switchboard.inbound".to_owned()),
+        inbound_queue: raw
+            .inbound_queue
+            .unwrap_or_else(|| "switchboard.inbound".to_owned()),
+        dead_letter_queue: raw
+            .dead_letter_queue
+            .unwrap_or_else(|| "switchboard.dead".to_owned()),
+        outbound_exchange: raw
+            .outbound_exchange
+            .unwrap_or_else(|| "switchboard.outbound".to_owned()),
+        prefetch,
+        delivery_limit,
+    })
+}
+
+fn auth(sink: &mut Problems<'_>, raw: raw::Auth, file: &Path) -> Option<AuthConfig> {
+    let issuer = required(sink, raw.issuer, "auth.issuer");
+    let audience = required(sink, raw.audience, "auth.audience");
+    if raw.hs256_secret.is_none() && raw.rs256_public_key_file.is_none() && raw.jwks_file.is_none()
+    {
+        sink.whole(
+            "`[auth]` needs a key: `hs256_secret`, `rs256_public_key_file` or `jwks_file`"
+                .to_owned(),
+        );
+    }
+    if let Some(secret) = &raw.hs256_secret
+        && secret.get_ref().len() < 32
+    {
+        sink.at_spanned(
+            secret,
+            "`auth.hs256_secret` must be at least 32 bytes long (RFC 7518 §3.2)".to_owned(),
+        );
+    }
+    let base = file.parent().unwrap_or(Path::new("."));
+    Some(AuthConfig {
+        issuer: issuer?,
+        audience: audience?,
+        hs256_secret: raw
+            .hs256_secret
+            .map(|secret| Secret::new(secret.into_inner())),
+        rs256_public_key_file: raw
+            .rs256_public_key_file
+            .map(|path| base.join(path.into_inner())),
+        jwks_file: raw.jwks_file.map(|path| base.join(path.into_inner())),
+    })
+}
+
+fn engine(sink: &mut Problems<'_>, raw: raw::Engine) -> EngineConfig {
+    let dedup_window = raw.dedup_window.map_or(1_000_000, Spanned::into_inner);
+    EngineConfig {
+        dedup_window: usize::try_from(dedup_window.max(1)).unwrap_or(usize::MAX),
+        closed_retention: duration(
+            sink,
+            raw.closed_retention.as_ref(),
+            "engine.closed_retention",
+        )
+        .unwrap_or(Duration::from_secs(3600)),
+        idempotency_ttl: duration(sink, raw.idempotency_ttl.as_ref(), "engine.idempotency_ttl")
+            .unwrap_or(Duration::from_secs(24 * 3600)),
+    }
+}
+
+fn policies(
+    sink: &mut Problems<'_>,
+    raw: Vec<(Spanned<String>, raw::Policy)>,
+) -> crate::engine::PerChannel<crate::engine::ChannelPolicy> {
+    let mut policies = Setup::default_policies();
+    for (channel_name, raw) in raw {
+        let Some(channel) = ChannelKind::parse(channel_name.get_ref()) else {
+            let known: Vec<&str> = ChannelKind::ALL.iter().map(|kind| kind.as_str()).collect();
+            sink.at_spanned(
+                &channel_name,
+                format!(
+                    "unknown channel `{}` in `[policy]` (known: {})",
+                    channel_name.get_ref(),
+                    known.join(", ")
+                ),
+            );
+            continue;
+        };
+        let path = format!("policy.{channel}");
+        let policy = policies.get_mut(channel);
+        if let Some(limit) = raw.monitor_limit {
+            if *limit.get_ref() == 0 {
+                sink.at_spanned(&limit, format!("`{path}.monitor_limit` must be at least 1"));
+            }
+            policy.monitor_limit = limit.into_inner();
+        }
+        if let Some(tell) = raw.tell_agent_on_monitor {
+            policy.tell_agent_on_monitor = tell;
+        }
+        if let Some(transfer) = raw.transfer {
+            policy.transfer = transfer;
+        }
+        if let Some(units) = raw.capacity_units {
+            if *units.get_ref() == 0 {
+                sink.at_spanned(
+                    &units,
+                    format!("`{path}.capacity_units` must be at least 1"),
+                );
+            }
+            policy.capacity_units = units.into_inner();
+        }
+        if let Some(wrap) = raw.wrap_up_capacity {
+            policy.wrap_up_capacity = match wrap.get_ref().as_str() {
+                "always" => WrapUpCapacity::Always,
+                "never" => WrapUpCapacity::Never,
+                text => match humantime::parse_duration(text) {
+                    Ok(hold) => WrapUpCapacity::For(millis(hold)),
+                    Err(_) => {
+                        sink.at_spanned(
+                            &wrap,
+                            format!("`{path}.wrap_up_capacity` must be \"always\", \"never\" or a duration such as \"2m\", not {text:?}"),
+                        );
+                        continue;
+                    }
+                },
+            };
+        }
+        if let Some(timeout) = raw.inactivity_timeout {
+            policy.inactivity_timeout = if timeout.get_ref() == "none" {
+                None
+            } else {
+                duration(sink, Some(&timeout), &format!("{path}.inactivity_timeout")).map(millis)
+            };
+        }
+    }
+    policies
+}
+
+fn teams(sink: &mut Problems<'_>, raw: Vec<raw::Team>) -> Vec<Team> {
+    let mut seen = HashSet::new();
+    let mut teams = Vec::new();
+    for team in raw {
+        let id = team.id.get_ref().trim_start_matches('/').to_owned();
+        if !valid_id(&id) {
+            sink.at_spanned(
+                &team.id,
+                format!(
+                    "team id {:?} must be letters, digits, `-`, `_` or `.`",
+                    team.id.get_ref()
+                ),
+            );
+            continue;
+        }
+        if !seen.insert(id.clone()) {
+            sink.at_spanned(&team.id, format!("team `{id}` is defined twice"));
+            continue;
+        }
+        teams.push(Team {
+            name: team.name.unwrap_or_else(|| id.clone()).into(),
+            id: id.as_str().into(),
+        });
+    }
+    teams
+}
+
+fn queues(sink: &mut Problems<'_>, raw: Vec<raw::Queue>, teams: &HashSet<&str>) -> Vec<Queue> {
+    let mut seen = HashSet::new();
+    let mut queues = Vec::new();
+    for queue in raw {
+        let id = queue.id.get_ref().clone();
+        if !valid_id(&id) {
+            sink.at_spanned(
+                &queue.id,
+                format!("queue id {id:?} must be letters, digits, `-`, `_` or `.`"),
+            );
+            continue;
+        }
+        if !seen.insert(id.clone()) {
+            sink.at_spanned(&queue.id, format!("queue `{id}` is defined twice"));
+        }
+        let team = queue.team.get_ref().trim_start_matches('/');
+        if !teams.contains(team) {
+            sink.at_spanned(
+                &queue.team,
+                format!("queue `{id}` names unknown team `{team}`"),
+            );
+        }
+        let allowed_presences = match queue.allowed_presences {
+            None => vec![Presence::Available, Presence::Busy],
+            Some(list) => list
+                .iter()
+                .filter_map(|name| presence(sink, name))
+                .collect(),
+        };
+        queues.push(Queue {
+            name: queue.name.unwrap_or_else(|| id.clone()).into(),
+            id: id.as_str().into(),
+            team: TeamId::from(team),
+            allowed_presences,
+        });
+    }
+    queues
+}
+
+fn agents(
+    sink: &mut Problems<'_>,
+    raw: Vec<raw::Agent>,
+    teams: &HashSet<&str>,
+    queues: &HashSet<&str>,
+) -> Vec<Agent> {
+    let mut seen = HashSet::new();
+    let mut agents = Vec::new();
+    for agent in raw {
+        let id = agent.id.get_ref().clone();
+        if !valid_id(&id) {
+            sink.at_spanned(
+                &agent.id,
+                format!("agent id {id:?} must be letters, digits, `-`, `_` or `.`"),
+            );
+            continue;
+        }
+        if !seen.insert(id.clone()) {
+            sink.at_spanned(&agent.id, format!("agent `{id}` is defined twice"));
+        }
+        for queue in &agent.queues {
+            if !queues.contains(queue.get_ref().as_str()) {
+                sink.at_spanned(
+                    queue,
+                    format!("agent `{id}` names unknown queue `{}`", queue.get_ref()),
+                );
+            }
+        }
+        for team in &agent.teams {
+            if !teams.contains(team.get_ref().trim_start_matches('/')) {
+                sink.at_spanned(
+                    team,
+                    format!("agent `{id}` names unknown team `{}`", team.get_ref()),
+                );
+            }
+        }
+        let presence = agent
+            .presence
+            .as_ref()
+            .map_or(Some(Presence::Offline), |name| presence(sink, name))
+            .unwrap_or(Presence::Offline);
+        agents.push(Agent {
+            name: agent.name.unwrap_or_else(|| id.clone()).into(),
+            id: id.as_str().into(),
+            presence,
+            capacity: agent.capacity.unwrap_or(DEFAULT_AGENT_CAPACITY),
+            used: 0,
+            queues: agent
+                .queues
+                .iter()
+                .map(|queue| QueueId::from(queue.get_ref().as_str()))
+                .collect(),
+            teams: agent
+                .teams
+                .iter()
+                .map(|team| TeamId::from(team.get_ref().trim_start_matches('/')))
+                .collect(),
+            bot: agent.bot,
+        });
+    }
+    agents
+}
+
+fn supervisors(
+    sink: &mut Problems<'_>,
+    raw: Vec<raw::Supervisor>,
+    teams: &HashSet<&str>,
+) -> Vec<SupervisorConfig> {
+    raw.into_iter()
+        .map(|supervisor| {
+            for team in &supervisor.teams {
+                if !teams.contains(team.get_ref().trim_start_matches('/')) {
+                    sink.at_spanned(
+                        team,
+                        format!(
+                            "supervisor `{}` names unknown team `{}`",
+                            supervisor.id.get_ref(),
+                            team.get_ref()
+                        ),
+                    );
+                }
+            }
+            let id = supervisor.id.into_inner();
+            SupervisorConfig {
+                name: supervisor.name.unwrap_or_else(|| id.clone()),
+                id,
+                teams: supervisor
+                    .teams
+                    .into_iter()
+                    .map(|team| team.into_inner().trim_start_matches('/').to_owned())
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn plugins(
+    sink: &mut Problems<'_>,
+    raw: Vec<(Spanned<String>, raw::Plugin)>,
+    queues: &HashSet<&str>,
+) -> Vec<PluginConfig> {
+    let base = sink.file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut plugins = Vec::new();
+    for (id, plugin) in raw {
+        // Handed to the plugin verbatim; serializing a parsed table cannot fail.
+        let settings = toml::to_string(&plugin.config).unwrap_or_default();
+        let name = id.get_ref().clone();
+        if !valid_id(&name) || name == "canonical" {
+            sink.at_spanned(
+                &id,
+                format!(
+                    "plugin id {name:?} must be letters, digits, `-` or `_`, and not `canonical`"
+                ),
+            );
+        }
+        if !queues.contains(plugin.default_queue.get_ref().as_str()) {
+            sink.at_spanned(
+                &plugin.default_queue,
+                format!(
+                    "plugin `{name}` names unknown default queue `{}`",
+                    plugin.default_queue.get_ref()
+                ),
+            );
+        }
+        let path = format!("plugins.{name}");
+        let memory_limit = match &plugin.memory_limit {
+            None => DEFAULT_MEMORY_LIMIT,
+            Some(limit) => bytes(limit.get_ref()).unwrap_or_else(|| {
+                sink.at_spanned(
+                    limit,
+                    format!(
+                        "`{path}.memory_limit` must be a size such as \"64MiB\", not {:?}",
+                        limit.get_ref()
+                    ),
+                );
+                DEFAULT_MEMORY_LIMIT
+            }),
+        };
+        let time_limit = duration(
+            sink,
+            plugin.time_limit.as_ref(),
+            &format!("{path}.time_limit"),
+        )
+        .unwrap_or(DEFAULT_TIME_LIMIT);
+        plugins.push(PluginConfig {
+            file: base.join(plugin.file.get_ref()),
+            default_queue: plugin.default_queue.get_ref().as_str().into(),
+            enabled: plugin.enabled.unwrap_or(true),
+            memory_limit,
+            time_limit,
+            settings: Secret::new(settings),
+            id: name,
+        });
+    }
+    plugins
+}
+
+fn required<T>(sink: &mut Problems<'_>, value: Option<Spanned<T>>, key: &str) -> Option<T> {
+    match value {
+        Some(value) => Some(value.into_inner()),
+        None => {
+            sink.whole(format!("`{key}` is required"));
+            None
+        }
+    }
+}
+
+fn duration(
+    sink: &mut Problems<'_>,
+    value: Option<&Spanned<String>>,
+    key: &str,
+) -> Option<Duration> {
+    let value = value?;
+    match humantime::parse_duration(value.get_ref()) {
+        Ok(duration) => Some(duration),
+        Err(_) => {
+            sink.at_spanned(
+                value,
+                format!(
+                    "`{key}` must be a duration such as \"10s\", \"5m\" or \"2h\", not {:?}",
+                    value.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn presence(sink: &mut Problems<'_>, name: &Spanned<String>) -> Option<Presence> {
+    let parsed = Presence::parse(name.get_ref());
+    if parsed.is_none() {
+        let known: Vec<&str> = Presence::ALL
+            .iter()
+            .map(|presence| presence.as_str())
+            .collect();
+        sink.at_spanned(
+            name,
+            format!(
+                "unknown presence {:?} (known: {})",
+                name.get_ref(),
+                known.join(", ")
+            ),
+        );
+    }
+    parsed
+}
+
+/// `64MiB`, `512KiB`, `1GiB` or a plain byte count.
+pub(super) fn bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |at| text.split_at(at));
+    let number: u64 = number.parse().ok()?;
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(scale)
+}
+
+/// Ids appear in URLs, routing keys and headers: keep them plain.
+pub(super) fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
