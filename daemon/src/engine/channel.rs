@@ -182,14 +182,7 @@ impl Step<'_> {
                 // The routing platform is the authority on who handles the conversation:
                 // it may hand it from one agent to another without asking us.
                 self.release_capacity(&id);
-                self.change(Change::ConsultantRemoved {
-                    id,
-                    agent: agent.clone(),
-                });
-                self.change(Change::AgentSet {
-                    id,
-                    agent: Some(agent.clone()),
-                });
+                self.make_primary(&id, &agent);
                 self.timeline(
                     &id,
                     Visibility::Internal,

@@ -553,10 +553,7 @@ impl Step<'_> {
             overrides.push(Override::Capacity { exceeded_by });
         }
         let queue_id = conversation.queue.clone();
-        self.change(Change::AgentSet {
-            id: *id,
-            agent: Some(agent_id.clone()),
-        });
+        self.make_primary(id, &agent_id);
         self.timeline(
             id,
             Visibility::Internal,
@@ -643,14 +640,7 @@ impl Step<'_> {
         let active = conversation.state == ConversationState::Active;
         let channel = Self::channel_audience(conversation);
         let queue = conversation.queue.clone();
-        self.change(Change::ConsultantRemoved {
-            id: *id,
-            agent: agent_id.clone(),
-        });
-        self.change(Change::AgentSet {
-            id: *id,
-            agent: Some(agent_id.clone()),
-        });
+        self.make_primary(id, &agent_id);
         self.change(Change::ConsultantAdded {
             id: *id,
             agent: previous.clone(),
@@ -893,7 +883,12 @@ impl Step<'_> {
     }
 
     /// Ends one supervisor's participation; a silent monitor's end is as silent as its start.
-    fn release_seat(&mut self, id: &ConversationId, supervisor: &UserId, reason: EndReason) {
+    pub(super) fn release_seat(
+        &mut self,
+        id: &ConversationId,
+        supervisor: &UserId,
+        reason: EndReason,
+    ) {
         let Some(conversation) = self.conversation(id) else {
             return;
         };

@@ -232,6 +232,8 @@ pub enum TimelineEvent {
 #[serde(rename_all = "kebab-case")]
 pub enum EndReason {
     Left,
+    /// The supervisor became the conversation's agent.
+    BecameAgent,
     AgentLeft,
     Closed,
 }

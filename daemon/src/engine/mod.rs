@@ -324,6 +324,31 @@ impl Step<'_> {
         );
     }
 
+    /// Makes `agent` the primary agent. Someone who handles a conversation does not also
+    /// supervise it (D365, Flex): a seat the agent held ends, and a consultant is promoted.
+    fn make_primary(&mut self, id: &ConversationId, agent: &AgentId) {
+        let supervisor = UserId::new(agent.as_str());
+        if self
+            .conversation(id)
+            .is_some_and(|conversation| conversation.seat(&supervisor).is_some())
+        {
+            self.release_seat(id, &supervisor, EndReason::BecameAgent);
+        }
+        if self
+            .conversation(id)
+            .is_some_and(|conversation| conversation.consultants.contains(agent))
+        {
+            self.change(Change::ConsultantRemoved {
+                id: *id,
+                agent: agent.clone(),
+            });
+        }
+        self.change(Change::AgentSet {
+            id: *id,
+            agent: Some(agent.clone()),
+        });
+    }
+
     /// Drops every supervisor (the primary agent left, or the conversation closes).
     fn drop_supervisors(&mut self, id: &ConversationId, reason: EndReason) {
         let Some(seats) = self.conversation(id).map(|c| c.seats.clone()) else {

@@ -339,7 +339,11 @@ fn supervisor_of(id: &str, teams: &[&str]) -> Actor {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // 256 cases in every test run; `PROPTEST_CASES=20000` for a long soak.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn random_inputs_keep_the_invariants_and_replay_exactly(steps in proptest::collection::vec(step(), 1..160)) {

@@ -1034,3 +1034,32 @@ fn monitors_receive_live_messages_until_they_leave() {
     let message = customer_says(&mut h, &id, "Hello?", None);
     assert!(message.notifications.is_empty());
 }
+
+// Found by the property test: a supervisor who becomes the conversation's agent (the routing
+// platform hands it over, or a supervisor assigns or transfers it) stops supervising it, so
+// nobody ever supervises their own conversation (D365, Flex, ChanSpy).
+#[test]
+fn a_supervisor_who_becomes_the_agent_stops_supervising() {
+    let mut h = Harness::new();
+    let lead = supervisor("lead", &["support"]);
+    let id = h.active("web-chat", "a-1");
+    h.command(&lead, join(&id, JoinMode::Public)).ok();
+    let handed = h.accept(&id, "lead");
+    assert!(h.conversation(&id).seats.is_empty());
+    assert!(handed.timeline_events().iter().any(|event| matches!(
+        event,
+        TimelineEvent::SupervisionEnded {
+            reason: EndReason::BecameAgent,
+            ..
+        }
+    )));
+
+    let other = h.active("web-chat", "a-2");
+    h.command(&lead, monitor(&other)).ok();
+    h.command(&supervisor("sup-1", &["support"]), transfer(&other, "lead"))
+        .ok();
+    assert_eq!(h.conversation(&other).agent, Some(AgentId::from("lead")));
+    assert!(h.conversation(&other).seats.is_empty());
+    h.assert_invariants();
+    h.assert_replays();
+}
