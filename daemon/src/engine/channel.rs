@@ -393,32 +393,7 @@ impl Step<'_> {
                 }
                 Ok(self.reply_for(&id))
             }
-            EventBody::AgentPresence { agent, presence } => {
-                let current = self
-                    .engine
-                    .state
-                    .agents
-                    .get(&agent)
-                    .map(|a| a.presence)
-                    .ok_or_else(|| {
-                        Refusal::new(
-                            Code::UnknownAgent,
-                            format!("agent {agent} is not in the roster"),
-                        )
-                    })?;
-                if current != presence {
-                    self.change(Change::PresenceChanged {
-                        agent: agent.clone(),
-                        presence,
-                    });
-                    self.notify(
-                        None,
-                        Audience::Agent { agent },
-                        NotificationBody::PresenceChanged { presence },
-                    );
-                }
-                Ok(Reply::default())
-            }
+            EventBody::AgentPresence { agent, presence } => self.change_presence(agent, presence),
         }
     }
 

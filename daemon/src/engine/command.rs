@@ -750,30 +750,7 @@ impl Step<'_> {
                 format!("only agent {agent} itself, an admin or ingest may set its presence"),
             ));
         }
-        let current = self
-            .engine
-            .state
-            .agents
-            .get(&agent)
-            .map(|agent| agent.presence)
-            .ok_or_else(|| {
-                Refusal::new(
-                    Code::UnknownAgent,
-                    format!("agent {agent} is not in the roster"),
-                )
-            })?;
-        if current != presence {
-            self.change(Change::PresenceChanged {
-                agent: agent.clone(),
-                presence,
-            });
-            self.notify(
-                None,
-                Audience::Agent { agent },
-                NotificationBody::PresenceChanged { presence },
-            );
-        }
-        Ok(Reply::default())
+        self.change_presence(agent, presence)
     }
 
     /// An assignment or transfer target the actor may see; never a bot (D365).

@@ -324,6 +324,34 @@ impl Step<'_> {
         );
     }
 
+    /// Sets an agent's presence (a routing-platform event or a command).
+    fn change_presence(&mut self, agent: AgentId, presence: Presence) -> Result<Reply, Refusal> {
+        let current = self
+            .engine
+            .state
+            .agents
+            .get(&agent)
+            .map(|agent| agent.presence)
+            .ok_or_else(|| {
+                Refusal::new(
+                    Code::UnknownAgent,
+                    format!("agent {agent} is not in the roster"),
+                )
+            })?;
+        if current != presence {
+            self.change(Change::PresenceChanged {
+                agent: agent.clone(),
+                presence,
+            });
+            self.notify(
+                None,
+                Audience::Agent { agent },
+                NotificationBody::PresenceChanged { presence },
+            );
+        }
+        Ok(Reply::default())
+    }
+
     /// Makes `agent` the primary agent. Someone who handles a conversation does not also
     /// supervise it (D365, Flex): a seat the agent held ends, and a consultant is promoted.
     fn make_primary(&mut self, id: &ConversationId, agent: &AgentId) {
