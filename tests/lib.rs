@@ -1,1 +1,41 @@
-//! Shared helpers for the end-to-end tests in `tests/tests/`.
+//! Shared helpers for the end-to-end tests in `tests/tests/`: where the plugins built by
+//! `tests/build.rs` are, and a plugin host to load them with.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use switchboard::plugin::{Plugin, PluginHost, PluginSettings};
+
+/// The directory of the components built by `tests/build.rs`.
+pub fn plugins_dir() -> PathBuf {
+    PathBuf::from(env!("SWITCHBOARD_TEST_PLUGINS"))
+}
+
+/// A built component by crate name (`sms-twilio` -> `sms_twilio.wasm`).
+pub fn component(name: &str) -> PathBuf {
+    plugins_dir().join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// A host with a compile cache in a fresh temporary directory.
+pub fn host() -> PluginHost {
+    PluginHost::new(64 << 20, None).expect("the plugin host starts")
+}
+
+/// Loads a plugin with its settings (TOML text) and the default limits.
+pub fn load(host: &PluginHost, id: &str, settings: &str) -> Plugin {
+    try_load(host, id, settings).unwrap_or_else(|error| panic!("{error}"))
+}
+
+pub fn try_load(
+    host: &PluginHost,
+    id: &str,
+    settings: &str,
+) -> Result<Plugin, switchboard::plugin::LoadError> {
+    host.load(PluginSettings {
+        id: id.to_owned(),
+        file: component(id),
+        memory_limit: 64 << 20,
+        time_limit: Duration::from_millis(100),
+        settings: settings.to_owned(),
+    })
+}

@@ -1,0 +1,371 @@
+//! Plugin step, at the boundary: the host bindings of `plugin-sdk/wit` and the conversions
+//! between WIT types and the daemon's own (`engine` events and notifications, the request
+//! types of [`super`]). WIT types never leave the `plugin` module.
+
+use std::sync::Arc;
+
+use crate::engine::{self, ChannelKind, ExternalRef, Millis, PluginId};
+
+wasmtime::component::bindgen!({
+    path: "../plugin-sdk/wit",
+    world: "channel",
+});
+
+use exports::switchboard::channel::plugin as wit_plugin;
+use switchboard::channel::types as wit;
+
+pub(super) use Channel as ChannelBindings;
+pub(super) use ChannelPre as ChannelBindingsPre;
+pub(super) use wit_plugin::Guest as PluginExports;
+
+/// The API version this host implements, as written in the WIT package.
+pub const API_VERSION: &str = "0.1.0";
+
+/// An inbound provider request, as the transport or the HTTP API received it.
+#[derive(Clone, Debug, Default)]
+pub struct InboundRequest {
+    pub method: String,
+    pub url: String,
+    /// Lowercase names.
+    pub headers: Vec<(String, String)>,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+    pub received_at: Millis,
+}
+
+/// A provider-native request a plugin encoded, for the delivery worker.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct OutboundRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    #[serde(skip)]
+    pub body: Vec<u8>,
+}
+
+/// A notification addressed to the customer's side of a conversation, with the facts a plugin
+/// needs to encode it.
+#[derive(Clone, Debug)]
+pub struct ChannelNotification {
+    pub notification: engine::Notification,
+    pub thread: String,
+    pub customer: String,
+    pub customer_last_message_at: Option<Millis>,
+    pub now: Millis,
+}
+
+/// What a plugin says about itself.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PluginDescription {
+    pub id: String,
+    pub version: String,
+    pub channel: ChannelKind,
+    pub description: String,
+    /// The WIT package version it was built against.
+    pub api_version: String,
+    /// Optional interfaces it exports (`voice-controls`) and what they declare.
+    pub capabilities: Vec<String>,
+}
+
+impl From<&InboundRequest> for wit::Inbound {
+    fn from(request: &InboundRequest) -> Self {
+        Self {
+            method: request.method.clone(),
+            url: request.url.clone(),
+            headers: request
+                .headers
+                .iter()
+                .map(|(name, value)| wit::Header {
+                    name: name.to_ascii_lowercase(),
+                    value: value.clone(),
+                })
+                .collect(),
+            content_type: request.content_type.clone(),
+            body: request.body.clone(),
+            received_at: request.received_at.0,
+        }
+    }
+}
+
+impl From<wit::OutboundRequest> for OutboundRequest {
+    fn from(request: wit::OutboundRequest) -> Self {
+        Self {
+            method: request.method,
+            url: request.url,
+            headers: request
+                .headers
+                .into_iter()
+                .map(|header| (header.name, header.value))
+                .collect(),
+            body: request.body,
+        }
+    }
+}
+
+pub(super) fn channel_kind(kind: wit::ChannelKind) -> ChannelKind {
+    match kind {
+        wit::ChannelKind::Web => ChannelKind::Web,
+        wit::ChannelKind::Sms => ChannelKind::Sms,
+        wit::ChannelKind::Whatsapp => ChannelKind::Whatsapp,
+        wit::ChannelKind::Messaging => ChannelKind::Messaging,
+        wit::ChannelKind::Voice => ChannelKind::Voice,
+    }
+}
+
+/// The typed error a plugin returned.
+pub(super) fn failure(error: wit::PluginError) -> (super::FailureKind, String) {
+    match error {
+        wit::PluginError::InvalidPayload(detail) => (super::FailureKind::InvalidPayload, detail),
+        wit::PluginError::Unauthorized(detail) => (super::FailureKind::Unauthorized, detail),
+        wit::PluginError::Unsupported(detail) => (super::FailureKind::Unsupported, detail),
+        wit::PluginError::Config(detail) => (super::FailureKind::Config, detail),
+    }
+}
+
+/// Converts decoded events; every thread is qualified by the plugin that named it.
+pub(super) fn events(
+    plugin: &PluginId,
+    channel: ChannelKind,
+    events: Vec<wit::Event>,
+) -> Vec<engine::ChannelEvent> {
+    events
+        .into_iter()
+        .map(|event| engine::ChannelEvent {
+            id: event.id.map(String::into_boxed_str),
+            source: plugin.clone(),
+            body: event_body(plugin, channel, event.body),
+        })
+        .collect()
+}
+
+fn thread(plugin: &PluginId, key: String) -> ExternalRef {
+    ExternalRef {
+        plugin: plugin.clone(),
+        key: key.into_boxed_str(),
+    }
+}
+
+fn reference(plugin: &PluginId, key: String) -> engine::ConversationRef {
+    engine::ConversationRef::External(thread(plugin, key))
+}
+
+fn event_body(plugin: &PluginId, channel: ChannelKind, body: wit::EventBody) -> engine::EventBody {
+    use engine::EventBody as E;
+    match body {
+        wit::EventBody::Started(started) => E::Started {
+            conversation: thread(plugin, started.thread),
+            channel,
+            direction: match started.direction {
+                wit::Direction::Inbound => engine::Direction::Inbound,
+                wit::Direction::Outbound => engine::Direction::Outbound,
+            },
+            subject: started.subject.map(String::into_boxed_str),
+            customer: customer(started.customer),
+            queue: started.queue.map(engine::QueueId::new),
+        },
+        wit::EventBody::Message(message) => E::Message {
+            conversation: thread(plugin, message.thread),
+            channel,
+            sender: sender(message.sender),
+            text: Arc::from(message.text),
+            visibility: visibility(message.visibility),
+            sentiment: message.sentiment,
+            customer: message.customer.map(customer),
+        },
+        wit::EventBody::Accepted(accepted) => E::Accepted {
+            conversation: reference(plugin, accepted.thread),
+            agent: accepted.agent.as_str().into(),
+        },
+        wit::EventBody::Paused(key) => E::Paused {
+            conversation: reference(plugin, key),
+        },
+        wit::EventBody::Resumed(key) => E::Resumed {
+            conversation: reference(plugin, key),
+        },
+        wit::EventBody::AgentLeft(left) => E::AgentLeft {
+            conversation: reference(plugin, left.thread),
+            agent: left.agent.as_str().into(),
+        },
+        wit::EventBody::CustomerLeft(key) => E::CustomerLeft {
+            conversation: reference(plugin, key),
+        },
+        wit::EventBody::Closed(key) => E::Closed {
+            conversation: reference(plugin, key),
+        },
+        wit::EventBody::Typing(typing) => E::Typing {
+            conversation: reference(plugin, typing.thread),
+            sender: sender(typing.sender),
+        },
+        wit::EventBody::Receipt(receipt) => E::Receipt {
+            conversation: reference(plugin, receipt.thread),
+            message_id: receipt.message_id.into_boxed_str(),
+            status: match receipt.status {
+                wit::ReceiptStatus::Sent => engine::ReceiptStatus::Sent,
+                wit::ReceiptStatus::Delivered => engine::ReceiptStatus::Delivered,
+                wit::ReceiptStatus::Read => engine::ReceiptStatus::Read,
+                wit::ReceiptStatus::Failed => engine::ReceiptStatus::Failed,
+            },
+        },
+        wit::EventBody::Sentiment(score) => E::Sentiment {
+            conversation: reference(plugin, score.thread),
+            score: score.score,
+        },
+        wit::EventBody::Updated(update) => E::Updated {
+            conversation: reference(plugin, update.thread),
+            subject: update.subject.map(String::into_boxed_str),
+            queue: update.queue.map(engine::QueueId::new),
+        },
+        wit::EventBody::AgentPresence(change) => E::AgentPresence {
+            agent: change.agent.as_str().into(),
+            presence: match change.presence {
+                wit::Presence::Available => engine::Presence::Available,
+                wit::Presence::Busy => engine::Presence::Busy,
+                wit::Presence::DoNotDisturb => engine::Presence::DoNotDisturb,
+                wit::Presence::Away => engine::Presence::Away,
+                wit::Presence::Offline => engine::Presence::Offline,
+            },
+        },
+    }
+}
+
+fn customer(customer: wit::Customer) -> engine::Customer {
+    engine::Customer {
+        id: customer.id.into_boxed_str(),
+        name: customer.name.map(String::into_boxed_str),
+    }
+}
+
+fn sender(sender: wit::Sender) -> engine::Sender {
+    match sender {
+        wit::Sender::Customer => engine::Sender::Customer,
+        wit::Sender::Agent(id) => engine::Sender::Agent(id.as_str().into()),
+        wit::Sender::Bot(id) => engine::Sender::Bot(id.as_str().into()),
+        wit::Sender::System => engine::Sender::System,
+    }
+}
+
+fn visibility(visibility: wit::Visibility) -> engine::Visibility {
+    match visibility {
+        wit::Visibility::Public => engine::Visibility::Public,
+        wit::Visibility::Internal => engine::Visibility::Internal,
+        wit::Visibility::Whisper => engine::Visibility::Whisper,
+    }
+}
+
+/// The WIT notification for a channel notification, or `None` for a body that never goes
+/// to a channel (whispers, agent-side notices): those are refused here a second time, after
+/// the engine, so that no bug upstream can leak a whisper to a customer.
+pub(super) fn notification(channel: &ChannelNotification) -> Option<wit::Notification> {
+    use engine::NotificationBody as N;
+    let body = match &channel.notification.body {
+        N::Message {
+            author,
+            text,
+            visibility: engine::Visibility::Public,
+        } => wit::NotificationBody::Message(wit::TextMessage {
+            author: match author {
+                engine::Author::Customer => wit::Author::Customer,
+                engine::Author::Agent(id) => wit::Author::Agent(id.to_string()),
+                engine::Author::Bot(id) => wit::Author::Bot(id.to_string()),
+                engine::Author::Supervisor(id) => wit::Author::Supervisor(id.to_string()),
+                engine::Author::System => wit::Author::System,
+            },
+            text: text.to_string(),
+        }),
+        N::SupervisorJoined { supervisor, mode } => {
+            wit::NotificationBody::SupervisorJoined(wit::SupervisorEvent {
+                supervisor: supervisor.to_string(),
+                mode: match mode {
+                    engine::SupervisionMode::Monitor => wit::SupervisionMode::Monitor,
+                    engine::SupervisionMode::Whisper => wit::SupervisionMode::Whisper,
+                    engine::SupervisionMode::ConsultInternal => {
+                        wit::SupervisionMode::ConsultInternal
+                    }
+                    engine::SupervisionMode::ConsultPublic => wit::SupervisionMode::ConsultPublic,
+                    engine::SupervisionMode::Barge => wit::SupervisionMode::Barge,
+                },
+            })
+        }
+        N::SupervisorLeft { supervisor } => {
+            wit::NotificationBody::SupervisorLeft(supervisor.to_string())
+        }
+        N::Transferred { from, to } => wit::NotificationBody::Transferred(wit::Transfer {
+            from: from.to_string(),
+            to: to.to_string(),
+        }),
+        N::ClosedBySupervisor { supervisor, reason } => {
+            wit::NotificationBody::ClosedBySupervisor(wit::Closing {
+                supervisor: supervisor.to_string(),
+                reason: reason.as_deref().map(str::to_owned),
+            })
+        }
+        N::EndSession => wit::NotificationBody::EndSession,
+        N::Media { control } => wit::NotificationBody::Media(match control {
+            engine::MediaControl::Listen { supervisor, agent } => {
+                wit::MediaControl::Listen(wit::SupervisorMedia {
+                    supervisor: supervisor.to_string(),
+                    agent: agent.as_ref().map(ToString::to_string),
+                })
+            }
+            engine::MediaControl::Coach { supervisor, agent } => {
+                wit::MediaControl::Coach(wit::SupervisorMedia {
+                    supervisor: supervisor.to_string(),
+                    agent: agent.as_ref().map(ToString::to_string),
+                })
+            }
+            engine::MediaControl::Join { supervisor, mode } => {
+                wit::MediaControl::Join(wit::JoinMedia {
+                    supervisor: supervisor.to_string(),
+                    public: *mode == engine::JoinMode::Public,
+                })
+            }
+            engine::MediaControl::Stop { supervisor } => {
+                wit::MediaControl::Stop(supervisor.to_string())
+            }
+        }),
+        N::Message { .. }
+        | N::Whisper { .. }
+        | N::Typing { .. }
+        | N::MonitoringStarted { .. }
+        | N::SupervisionEnded { .. }
+        | N::Opened { .. }
+        | N::StateChanged { .. }
+        | N::Assigned { .. }
+        | N::PresenceChanged { .. } => return None,
+    };
+    Some(wit::Notification {
+        id: channel.notification.id.to_string(),
+        conversation: channel
+            .notification
+            .conversation
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        thread: channel.thread.clone(),
+        customer: channel.customer.clone(),
+        customer_last_message_at: channel.customer_last_message_at.map(|at| at.0),
+        now: channel.now.0,
+        body,
+    })
+}
+
+pub(super) fn describe(
+    info: wit::PluginInfo,
+    api_version: &str,
+    capabilities: Vec<String>,
+) -> PluginDescription {
+    PluginDescription {
+        id: info.id,
+        version: info.version,
+        channel: channel_kind(info.channel),
+        description: info.description,
+        api_version: api_version.to_owned(),
+        capabilities,
+    }
+}
+
+/// The WIT error type, for the call signatures in [`super`].
+pub(super) type WitPluginError = wit::PluginError;
+
+pub(super) fn wit_inbound(request: &InboundRequest) -> wit::Inbound {
+    request.into()
+}

@@ -1,0 +1,101 @@
+//! The plugin author's side of the plugin step of the flow: the `switchboard:channel` WIT
+//! bindings, the [`Plugin`] trait to implement, [`export_plugin!`] to export it, and the
+//! helpers every channel needs (form bodies, constant-time HMAC checks, JSON, settings).
+//!
+//! ```ignore
+//! use switchboard_plugin_sdk::{Plugin, types::*};
+//!
+//! struct Echo;
+//!
+//! impl Plugin for Echo {
+//!     fn describe() -> PluginInfo { /* id, version, channel, description */ }
+//!     fn configure(settings: String) -> Result<(), PluginError> { Ok(()) }
+//!     fn decode(request: Inbound) -> Result<Vec<Event>, PluginError> { Ok(vec![]) }
+//!     fn encode(notification: Notification) -> Result<Vec<OutboundRequest>, PluginError> { Ok(vec![]) }
+//! }
+//!
+//! switchboard_plugin_sdk::export_plugin!(Echo);
+//! ```
+//!
+//! See `plugin-sdk/README.md` for the walk-through and the build command.
+
+pub mod form;
+pub mod settings;
+pub mod signature;
+
+#[doc(hidden)]
+pub mod bindings {
+    //! Generated from `plugin-sdk/wit` (world `channel`).
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "channel",
+        pub_export_macro: true,
+        export_macro_name: "export_channel",
+        default_bindings_module: "switchboard_plugin_sdk::bindings",
+        additional_derives: [PartialEq, Clone],
+    });
+}
+
+/// The trait a plugin implements: `describe`, `configure`, `decode`, `encode`.
+pub use bindings::exports::switchboard::channel::plugin::Guest as Plugin;
+/// The WIT types: requests, events, notifications, errors.
+pub use bindings::switchboard::channel::types;
+
+pub use serde_json as json;
+
+use types::{Header, Inbound, PluginError};
+
+/// Exports a [`Plugin`] implementation as the component's `plugin` interface. On a native
+/// build (tests, benchmarks comparing wasm with native) it expands to nothing, so several
+/// plugins can be linked into one program.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ident) => {
+        #[cfg(target_family = "wasm")]
+        $crate::bindings::export_channel!($plugin with_types_in $crate::bindings);
+    };
+}
+
+/// Writes a line to the daemon's log, tagged with the plugin's id.
+pub fn log(level: bindings::switchboard::channel::host::Level, message: &str) {
+    #[cfg(target_family = "wasm")]
+    bindings::switchboard::channel::host::log(level, message);
+    #[cfg(not(target_family = "wasm"))]
+    let _ = (level, message);
+}
+
+pub use bindings::switchboard::channel::host::Level as LogLevel;
+
+/// The value of a request header (names are lowercase on the wire).
+pub fn header<'a>(request: &'a Inbound, name: &str) -> Option<&'a str> {
+    find_header(&request.headers, name)
+}
+
+/// The value of a header in a list, matched case-insensitively.
+pub fn find_header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|header| header.name.eq_ignore_ascii_case(name))
+        .map(|header| header.value.as_str())
+}
+
+/// A header for an outbound request.
+pub fn header_pair(name: &str, value: impl Into<String>) -> Header {
+    Header {
+        name: name.to_owned(),
+        value: value.into(),
+    }
+}
+
+/// Parses a JSON body into `T`, or says what is wrong with it.
+pub fn json_body<T: serde::de::DeserializeOwned>(request: &Inbound) -> Result<T, PluginError> {
+    serde_json::from_slice(&request.body).map_err(|error| {
+        PluginError::InvalidPayload(format!("body is not the expected JSON: {error}"))
+    })
+}
+
+/// The body as UTF-8 text.
+pub fn text_body(request: &Inbound) -> Result<&str, PluginError> {
+    std::str::from_utf8(&request.body)
+        .map_err(|_| PluginError::InvalidPayload("body is not UTF-8".to_owned()))
+}

@@ -1,0 +1,431 @@
+//! The `sms-twilio` channel plugin (plugin step of the flow): Twilio Programmable Messaging
+//! inbound webhooks and status callbacks -> canonical events; supervisor notifications -> the
+//! Messages API request. Field mapping and settings: `plugins/sms-twilio/README.md`.
+
+use serde::Deserialize;
+use switchboard_plugin_sdk::settings::{self, Settings};
+use switchboard_plugin_sdk::types::*;
+use switchboard_plugin_sdk::{Plugin, form, header, header_pair, signature};
+
+/// `[plugins.sms-twilio.config]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `AC...`: the account the Messages API request goes to.
+    pub account_sid: String,
+    /// Verifies `X-Twilio-Signature` when set (and signs outbound requests with Basic auth
+    /// when `outbound_auth = "basic"`). Unset: inbound signatures are not checked.
+    #[serde(default)]
+    pub auth_token: Option<String>,
+    /// The sending number (`From`), unless `messaging_service_sid` is set.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// `MG...`: send through a Messaging Service instead of a fixed number.
+    #[serde(default)]
+    pub messaging_service_sid: Option<String>,
+    /// `basic` (default): outbound requests carry `Authorization: Basic` from the account SID
+    /// and auth token. `none`: the delivery worker adds credentials (they then never travel
+    /// through the broker).
+    #[serde(default = "basic")]
+    pub outbound_auth: String,
+    /// Status callback URL for messages Switchboard sends.
+    #[serde(default)]
+    pub status_callback: Option<String>,
+    /// What the customer reads when a supervisor joins publicly.
+    #[serde(default = "joined_notice")]
+    pub joined_notice: String,
+    /// What the customer reads when a supervisor closes the conversation.
+    #[serde(default = "closed_notice")]
+    pub closed_notice: String,
+}
+
+fn basic() -> String {
+    "basic".to_owned()
+}
+
+fn joined_notice() -> String {
+    "A supervisor has joined this conversation.".to_owned()
+}
+
+fn closed_notice() -> String {
+    "This conversation has been closed. Reply to start a new one.".to_owned()
+}
+
+static CONFIG: Settings<Config> = Settings::new();
+
+#[derive(Debug)]
+pub struct SmsTwilio;
+
+impl Plugin for SmsTwilio {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            id: "sms-twilio".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            channel: ChannelKind::Sms,
+            description: "Twilio Programmable Messaging: inbound SMS/MMS webhooks, status callbacks, Messages API".to_owned(),
+        }
+    }
+
+    fn configure(settings: String) -> Result<(), PluginError> {
+        let config: Config = settings::parse(&settings)?;
+        if config.from.is_none() && config.messaging_service_sid.is_none() {
+            return Err(PluginError::Config(
+                "set `from` or `messaging_service_sid`".to_owned(),
+            ));
+        }
+        if !matches!(config.outbound_auth.as_str(), "basic" | "none") {
+            return Err(PluginError::Config(
+                "`outbound_auth` is \"basic\" or \"none\"".to_owned(),
+            ));
+        }
+        CONFIG.set(config);
+        Ok(())
+    }
+
+    fn decode(request: Inbound) -> Result<Vec<Event>, PluginError> {
+        decode(CONFIG.get()?, &request)
+    }
+
+    fn encode(notification: Notification) -> Result<Vec<OutboundRequest>, PluginError> {
+        encode(CONFIG.get()?, &notification)
+    }
+}
+
+switchboard_plugin_sdk::export_plugin!(SmsTwilio);
+
+/// Inbound webhook or status callback -> events.
+pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginError> {
+    let is_form = request
+        .content_type
+        .as_deref()
+        .is_none_or(|kind| kind.starts_with("application/x-www-form-urlencoded"));
+    if !is_form {
+        return Err(PluginError::InvalidPayload(format!(
+            "Twilio webhooks are form-encoded, not {}",
+            request.content_type.as_deref().unwrap_or("")
+        )));
+    }
+    let params = form::parse(&request.body);
+    if let Some(token) = &config.auth_token {
+        let provided = header(request, "x-twilio-signature").ok_or_else(|| {
+            PluginError::Unauthorized("X-Twilio-Signature header is missing".to_owned())
+        })?;
+        if !valid_signature(token, &request.url, &params, provided) {
+            return Err(PluginError::Unauthorized(
+                "X-Twilio-Signature does not match the URL and parameters".to_owned(),
+            ));
+        }
+    }
+    let sid = form::get(&params, "MessageSid")
+        .or_else(|| form::get(&params, "SmsSid"))
+        .ok_or_else(|| {
+            PluginError::InvalidPayload(
+                "MessageSid is missing: not a Twilio messaging webhook".to_owned(),
+            )
+        })?;
+    let status = form::get(&params, "MessageStatus").or_else(|| form::get(&params, "SmsStatus"));
+    match status {
+        // A message from the customer (inbound webhooks carry no status, or `received`).
+        None | Some("received") | Some("receiving") => {
+            inbound_message(sid, &params).map(|event| vec![event])
+        }
+        Some(status) => status_callback(sid, status, &params),
+    }
+}
+
+fn inbound_message(sid: &str, params: &[(String, String)]) -> Result<Event, PluginError> {
+    let from = form::require(params, "From")?;
+    let mut text = form::get(params, "Body").unwrap_or_default().to_owned();
+    let media: usize = form::get(params, "NumMedia")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // MMS: list each attachment so the transcript shows what the customer sent.
+    for index in 0..media.min(10) {
+        if let Some(url) = form::get(params, &format!("MediaUrl{index}")) {
+            let kind = form::get(params, &format!("MediaContentType{index}")).unwrap_or("media");
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&format!("[{kind}] {url}"));
+        }
+    }
+    if text.is_empty() {
+        return Err(PluginError::InvalidPayload(
+            "the message has neither Body nor media".to_owned(),
+        ));
+    }
+    Ok(Event {
+        id: Some(sid.to_owned()),
+        body: EventBody::Message(Message {
+            thread: from.to_owned(),
+            sender: Sender::Customer,
+            text,
+            visibility: Visibility::Public,
+            sentiment: None,
+            customer: Some(Customer {
+                id: from.to_owned(),
+                // WhatsApp-over-Twilio senders have a profile name; SMS senders do not.
+                name: form::get(params, "ProfileName").map(str::to_owned),
+            }),
+        }),
+    })
+}
+
+fn status_callback(
+    sid: &str,
+    status: &str,
+    params: &[(String, String)],
+) -> Result<Vec<Event>, PluginError> {
+    let status = match status {
+        "queued" | "accepted" | "scheduled" | "sending" => return Ok(Vec::new()),
+        "sent" => ReceiptStatus::Sent,
+        "delivered" => ReceiptStatus::Delivered,
+        "read" => ReceiptStatus::Read,
+        "failed" | "undelivered" | "canceled" => ReceiptStatus::Failed,
+        other => {
+            return Err(PluginError::Unsupported(format!(
+                "unknown MessageStatus {other:?}"
+            )));
+        }
+    };
+    // The customer is the recipient of a message we sent.
+    let to = form::require(params, "To")?;
+    Ok(vec![Event {
+        // One callback per status: the id must include it, or `delivered` would be taken for a
+        // duplicate of `sent`.
+        id: Some(format!("{sid}:{}", status_name(status))),
+        body: EventBody::Receipt(Receipt {
+            thread: to.to_owned(),
+            message_id: sid.to_owned(),
+            status,
+        }),
+    }])
+}
+
+fn status_name(status: ReceiptStatus) -> &'static str {
+    match status {
+        ReceiptStatus::Sent => "sent",
+        ReceiptStatus::Delivered => "delivered",
+        ReceiptStatus::Read => "read",
+        ReceiptStatus::Failed => "failed",
+    }
+}
+
+/// Twilio's request validation: HMAC-SHA1 (auth token) over the URL followed by each
+/// parameter name and value, names sorted (and values of a repeated name sorted), base64.
+/// Twilio may sign the URL with or without the default port, so both forms are tried.
+pub fn valid_signature(
+    token: &str,
+    url: &str,
+    params: &[(String, String)],
+    provided: &str,
+) -> bool {
+    url_variants(url).iter().any(|url| {
+        signature::verify_sha1_base64(
+            token.as_bytes(),
+            &[signed_data(url, params).as_bytes()],
+            provided,
+        )
+    })
+}
+
+/// The string Twilio signs.
+pub fn signed_data(url: &str, params: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = params.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut data = String::with_capacity(url.len() + 64 * sorted.len());
+    data.push_str(url);
+    for (name, value) in sorted {
+        data.push_str(name);
+        data.push_str(value);
+    }
+    data
+}
+
+/// The URL as given, plus the same URL with the default port added or removed.
+fn url_variants(url: &str) -> Vec<String> {
+    let mut variants = vec![url.to_owned()];
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return variants;
+    };
+    let default_port = match scheme {
+        "https" => "443",
+        "http" => "80",
+        _ => return variants,
+    };
+    let (authority, path) = rest.find('/').map_or((rest, ""), |at| rest.split_at(at));
+    let (userinfo, host_port) = authority
+        .rsplit_once('@')
+        .map_or(("", authority), |(user, host)| (user, host));
+    let userinfo = if userinfo.is_empty() {
+        String::new()
+    } else {
+        format!("{userinfo}@")
+    };
+    match host_port.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => {
+            variants.push(format!("{scheme}://{userinfo}{host}{path}"));
+        }
+        _ => variants.push(format!(
+            "{scheme}://{userinfo}{host_port}:{default_port}{path}"
+        )),
+    }
+    variants
+}
+
+/// Notification -> Messages API request (or nothing: SMS has no session to end and no media).
+pub fn encode(
+    config: &Config,
+    notification: &Notification,
+) -> Result<Vec<OutboundRequest>, PluginError> {
+    let text = match &notification.body {
+        NotificationBody::Message(message) => message.text.clone(),
+        NotificationBody::SupervisorJoined(joined) => match joined.mode {
+            SupervisionMode::ConsultPublic | SupervisionMode::Barge => config.joined_notice.clone(),
+            // An internal consultant is invisible to an SMS customer.
+            _ => return Ok(Vec::new()),
+        },
+        NotificationBody::ClosedBySupervisor(_) => config.closed_notice.clone(),
+        NotificationBody::SupervisorLeft(_)
+        | NotificationBody::Transferred(_)
+        | NotificationBody::EndSession
+        | NotificationBody::Media(_) => return Ok(Vec::new()),
+    };
+    let mut fields: Vec<(&str, &str)> = vec![
+        ("To", notification.customer.as_str()),
+        ("Body", text.as_str()),
+    ];
+    match (&config.messaging_service_sid, &config.from) {
+        (Some(service), _) => fields.push(("MessagingServiceSid", service)),
+        (None, Some(from)) => fields.push(("From", from)),
+        (None, None) => {
+            return Err(PluginError::Config(
+                "set `from` or `messaging_service_sid`".to_owned(),
+            ));
+        }
+    }
+    if let Some(callback) = &config.status_callback {
+        fields.push(("StatusCallback", callback));
+    }
+    let mut headers = vec![header_pair(
+        "content-type",
+        "application/x-www-form-urlencoded",
+    )];
+    // Twilio deduplicates retried API requests carrying the same idempotency token.
+    headers.push(header_pair(
+        "i-twilio-idempotency-token",
+        notification.id.clone(),
+    ));
+    if config.outbound_auth == "basic" {
+        let token = config.auth_token.as_deref().ok_or_else(|| {
+            PluginError::Config("`outbound_auth = \"basic\"` needs `auth_token`".to_owned())
+        })?;
+        let credentials = signature::base64(format!("{}:{token}", config.account_sid).as_bytes());
+        headers.push(header_pair("authorization", format!("Basic {credentials}")));
+    }
+    Ok(vec![OutboundRequest {
+        method: "POST".to_owned(),
+        url: format!(
+            "https://api.twilio.com/2010-04-01/Accounts/{}/Messages.json",
+            config.account_sid
+        ),
+        headers,
+        body: form::encode(fields),
+    }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    // The vectors of twilio-python's tests/unit/test_request_validator.py.
+    const URI: &str = "https://mycompany.com/myapp.php?foo=1&bar=2";
+
+    fn twilio_params() -> Vec<(String, String)> {
+        pairs(&[
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Digits", "1234"),
+            ("From", "+14158675309"),
+            ("To", "+18005551212"),
+            ("Caller", "+14158675309"),
+        ])
+    }
+
+    #[test]
+    fn twilio_sdk_signature_vector() {
+        assert!(valid_signature(
+            "12345",
+            URI,
+            &twilio_params(),
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+        ));
+        assert!(!valid_signature(
+            "12346",
+            URI,
+            &twilio_params(),
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+        ));
+        let mut tampered = twilio_params();
+        tampered[1].1 = "9999".to_owned();
+        assert!(!valid_signature(
+            "12345",
+            URI,
+            &tampered,
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+        ));
+    }
+
+    #[test]
+    fn twilio_sdk_duplicate_parameter_vector() {
+        let params = pairs(&[
+            ("Sid", "CA123"),
+            ("SidAccount", "AC123"),
+            ("Digits", "5678"),
+            ("Digits", "1234"),
+        ]);
+        assert!(valid_signature(
+            "12345",
+            URI,
+            &params,
+            "IK+Dwps556ElfBT0I3Rgjkr1wJU="
+        ));
+    }
+
+    #[test]
+    fn twilio_sdk_port_vectors() {
+        let with_port = URI.replace(".com", ".com:1234");
+        assert!(valid_signature(
+            "12345",
+            &with_port,
+            &twilio_params(),
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+        ));
+        let http_with_port = with_port.replace("https", "http");
+        assert!(valid_signature(
+            "12345",
+            &http_with_port,
+            &twilio_params(),
+            "Zmvh+3yNM1Phv2jhDCwEM3q5ebU="
+        ));
+        assert!(valid_signature(
+            "12345",
+            URI,
+            &twilio_params(),
+            "kvajT1Ptam85bY51eRf/AJRuM3w="
+        ));
+        let http = URI.replace("https", "http");
+        assert!(valid_signature(
+            "12345",
+            &http,
+            &twilio_params(),
+            "0ZXoZLH/DfblKGATFgpif+LLRf4="
+        ));
+    }
+}
