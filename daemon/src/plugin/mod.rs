@@ -280,6 +280,11 @@ impl Plugin {
         &self.stats
     }
 
+    /// Whether the version in use was loaded from the compile cache (not compiled).
+    pub fn loaded_from_cache(&self) -> bool {
+        self.current.load().from_cache
+    }
+
     /// The content hash of the version in use.
     pub fn version_hash(&self) -> String {
         self.current.load().hash.clone()
@@ -380,6 +385,7 @@ impl Plugin {
 struct Loaded {
     description: PluginDescription,
     hash: String,
+    from_cache: bool,
     source_hash: String,
     voice: bool,
     pre: ChannelBindingsPre<Sandbox>,
@@ -461,6 +467,7 @@ impl Loaded {
                 .any(|capability| capability == "voice-controls"),
             description,
             hash: compiled.hash,
+            from_cache: compiled.from_cache,
             source_hash: runtime_source_hash(&bytes),
             pre,
             runtime: runtime.clone(),
