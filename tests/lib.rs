@@ -39,3 +39,12 @@ pub fn try_load(
         settings: settings.to_owned(),
     })
 }
+
+/// A provider payload from `tests/fixtures/<provider>/<name>`.
+pub fn fixture(provider: &str, name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(provider)
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}

@@ -119,12 +119,13 @@ impl Step<'_> {
                     }
                 };
                 let author = author_of(sender);
-                let sentiment = if author == Author::Customer {
-                    sentiment
-                } else {
-                    None
-                };
-                self.change(Change::Activity { id, sentiment });
+                let customer = author == Author::Customer;
+                let sentiment = if customer { sentiment } else { None };
+                self.change(Change::Activity {
+                    id,
+                    customer,
+                    sentiment,
+                });
                 let event = TimelineEvent::Message {
                     author: author.clone(),
                     text: text.clone(),
@@ -344,6 +345,7 @@ impl Step<'_> {
                 let id = self.resolve(&conversation)?;
                 self.change(Change::Activity {
                     id,
+                    customer: false,
                     sentiment: Some(score),
                 });
                 Ok(self.reply_for(&id))

@@ -417,6 +417,7 @@ impl Step<'_> {
         let author = Author::Supervisor(actor.id.clone());
         self.change(Change::Activity {
             id: *id,
+            customer: false,
             sentiment: None,
         });
         self.timeline(

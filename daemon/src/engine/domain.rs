@@ -538,6 +538,8 @@ pub struct Conversation {
     pub accepted_at: Option<Millis>,
     pub wrap_up_at: Option<Millis>,
     pub ended_at: Option<Millis>,
+    /// When the customer last wrote (WhatsApp's 24-hour window counts from it).
+    pub last_customer_message: Option<Millis>,
     pub capacity: Option<CapacityHold>,
 }
 

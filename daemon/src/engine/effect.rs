@@ -116,6 +116,9 @@ pub enum Change {
     /// A message or other sign of life; a customer message carries its sentiment.
     Activity {
         id: ConversationId,
+        /// The customer wrote (service windows count from the customer's last message).
+        #[serde(default)]
+        customer: bool,
         sentiment: Option<f32>,
     },
     PresenceChanged {

@@ -187,6 +187,7 @@ impl State {
                     wrap_up_at: None,
                     ended_at: None,
                     last_activity: at,
+                    last_customer_message: None,
                     sentiment: Sentiment::default(),
                     capacity: None,
                 };
@@ -317,9 +318,16 @@ impl State {
                     agent.used = agent.used.saturating_sub(hold.units);
                 }
             }
-            Change::Activity { id, sentiment } => {
+            Change::Activity {
+                id,
+                customer,
+                sentiment,
+            } => {
                 if let Some(conversation) = self.conversation_mut(*id) {
                     conversation.last_activity = conversation.last_activity.max(at);
+                    if *customer {
+                        conversation.last_customer_message = Some(at);
+                    }
                     if let Some(score) = sentiment {
                         conversation.sentiment.observe(*score);
                     }

@@ -1,0 +1,426 @@
+//! The `whatsapp-cloud` channel plugin (plugin step of the flow): Meta WhatsApp Cloud API
+//! webhooks (batched `entry[].changes[].value` with `messages[]` and `statuses[]`) ->
+//! canonical events; supervisor notifications -> the Graph API `/messages` request, refused
+//! outside the 24-hour customer service window. Mapping and settings: `README.md` beside it.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::json;
+use switchboard_plugin_sdk::settings::{self, Settings};
+use switchboard_plugin_sdk::types::*;
+use switchboard_plugin_sdk::{Plugin, header, header_pair, signature};
+
+/// Meta's customer service window: free-form messages only within 24 hours of the
+/// customer's last message.
+pub const SERVICE_WINDOW_MILLIS: i64 = 24 * 60 * 60 * 1000;
+
+/// `[plugins.whatsapp-cloud.config]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The business phone number id messages are sent from.
+    pub phone_number_id: String,
+    /// Graph API version, e.g. `v21.0`.
+    #[serde(default = "graph_version")]
+    pub graph_version: String,
+    /// The app secret: verifies `X-Hub-Signature-256` when set.
+    #[serde(default)]
+    pub app_secret: Option<String>,
+    /// A system-user access token: outbound requests carry `Authorization: Bearer` when set
+    /// (otherwise the delivery worker adds it).
+    #[serde(default)]
+    pub access_token: Option<String>,
+    #[serde(default = "joined_notice")]
+    pub joined_notice: String,
+    #[serde(default = "closed_notice")]
+    pub closed_notice: String,
+}
+
+fn graph_version() -> String {
+    "v21.0".to_owned()
+}
+
+fn joined_notice() -> String {
+    "A supervisor has joined this conversation.".to_owned()
+}
+
+fn closed_notice() -> String {
+    "This conversation has been closed.".to_owned()
+}
+
+static CONFIG: Settings<Config> = Settings::new();
+
+#[derive(Debug)]
+pub struct WhatsappCloud;
+
+impl Plugin for WhatsappCloud {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            id: "whatsapp-cloud".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            channel: ChannelKind::Whatsapp,
+            description:
+                "Meta WhatsApp Cloud API: webhooks (messages, statuses) and the /messages endpoint"
+                    .to_owned(),
+        }
+    }
+
+    fn configure(settings: String) -> Result<(), PluginError> {
+        CONFIG.set(settings::parse(&settings)?);
+        Ok(())
+    }
+
+    fn decode(request: Inbound) -> Result<Vec<Event>, PluginError> {
+        decode(CONFIG.get()?, &request)
+    }
+
+    fn encode(notification: Notification) -> Result<Vec<OutboundRequest>, PluginError> {
+        encode(CONFIG.get()?, &notification)
+    }
+}
+
+switchboard_plugin_sdk::export_plugin!(WhatsappCloud);
+
+#[derive(Deserialize)]
+struct Webhook<'a> {
+    #[serde(borrow)]
+    object: Cow<'a, str>,
+    #[serde(borrow, default)]
+    entry: Vec<Entry<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Entry<'a> {
+    #[serde(borrow, default)]
+    changes: Vec<Change<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Change<'a> {
+    #[serde(borrow)]
+    field: Cow<'a, str>,
+    #[serde(borrow)]
+    value: Value<'a>,
+}
+
+#[derive(Deserialize)]
+struct Value<'a> {
+    #[serde(borrow, default)]
+    contacts: Vec<Contact<'a>>,
+    #[serde(borrow, default)]
+    messages: Vec<WaMessage<'a>>,
+    #[serde(borrow, default)]
+    statuses: Vec<Status<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Contact<'a> {
+    #[serde(borrow)]
+    wa_id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    profile: Option<Profile<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Profile<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WaMessage<'a> {
+    #[serde(borrow)]
+    from: Cow<'a, str>,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    text: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    image: Option<Media<'a>>,
+    #[serde(borrow, default)]
+    video: Option<Media<'a>>,
+    #[serde(borrow, default)]
+    audio: Option<Media<'a>>,
+    #[serde(borrow, default)]
+    document: Option<Media<'a>>,
+    #[serde(borrow, default)]
+    sticker: Option<Media<'a>>,
+    #[serde(borrow, default)]
+    interactive: Option<Interactive<'a>>,
+    #[serde(borrow, default)]
+    button: Option<Button<'a>>,
+    #[serde(borrow, default)]
+    location: Option<Location<'a>>,
+    #[serde(borrow, default)]
+    reaction: Option<Reaction<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Text<'a> {
+    #[serde(borrow)]
+    body: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct Media<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    mime_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    caption: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    filename: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Interactive<'a> {
+    #[serde(borrow, default)]
+    button_reply: Option<Reply<'a>>,
+    #[serde(borrow, default)]
+    list_reply: Option<Reply<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Reply<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    title: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct Button<'a> {
+    #[serde(borrow)]
+    text: Cow<'a, str>,
+    #[serde(borrow, default)]
+    payload: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Location<'a> {
+    latitude: f64,
+    longitude: f64,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    address: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Reaction<'a> {
+    #[serde(borrow, default)]
+    emoji: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Status<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+    #[serde(borrow)]
+    recipient_id: Cow<'a, str>,
+}
+
+/// A webhook -> events: every message and status of every change of every entry (Meta
+/// batches them).
+pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginError> {
+    if let Some(secret) = &config.app_secret {
+        let provided = header(request, "x-hub-signature-256").ok_or_else(|| {
+            PluginError::Unauthorized("X-Hub-Signature-256 header is missing".to_owned())
+        })?;
+        let hex = provided.strip_prefix("sha256=").ok_or_else(|| {
+            PluginError::Unauthorized("X-Hub-Signature-256 must start with sha256=".to_owned())
+        })?;
+        if !signature::verify_sha256_hex(secret.as_bytes(), &[&request.body], hex) {
+            return Err(PluginError::Unauthorized(
+                "X-Hub-Signature-256 does not match the body".to_owned(),
+            ));
+        }
+    }
+    let webhook: Webhook<'_> = serde_json::from_slice(&request.body)
+        .map_err(|error| PluginError::InvalidPayload(format!("not a WhatsApp webhook: {error}")))?;
+    if webhook.object != "whatsapp_business_account" {
+        return Err(PluginError::Unsupported(format!(
+            "webhook object {:?} is not whatsapp_business_account",
+            webhook.object
+        )));
+    }
+    let mut events = Vec::new();
+    for change in webhook.entry.iter().flat_map(|entry| &entry.changes) {
+        if change.field != "messages" {
+            continue;
+        }
+        for message in &change.value.messages {
+            let name = change
+                .value
+                .contacts
+                .iter()
+                .find(|contact| contact.wa_id == message.from)
+                .and_then(|contact| contact.profile.as_ref())
+                .and_then(|profile| profile.name.as_deref());
+            if let Some(event) = message_event(message, name) {
+                events.push(event);
+            }
+        }
+        for status in &change.value.statuses {
+            if let Some(event) = status_event(status)? {
+                events.push(event);
+            }
+        }
+    }
+    Ok(events)
+}
+
+fn message_event(message: &WaMessage<'_>, name: Option<&str>) -> Option<Event> {
+    let text = message_text(message)?;
+    Some(Event {
+        id: Some(message.id.to_string()),
+        body: EventBody::Message(Message {
+            thread: message.from.to_string(),
+            sender: Sender::Customer,
+            text,
+            visibility: Visibility::Public,
+            sentiment: None,
+            customer: Some(Customer {
+                id: message.from.to_string(),
+                name: name.map(str::to_owned),
+            }),
+        }),
+    })
+}
+
+/// What the transcript shows for each message type; `None` for types that carry nothing to
+/// show (`system`, `unsupported`, a removed reaction).
+fn message_text(message: &WaMessage<'_>) -> Option<String> {
+    let media = |label: &str, media: &Option<Media<'_>>| {
+        media.as_ref().map(|media| {
+            let mut text = format!("[{label}");
+            if let Some(kind) = &media.mime_type {
+                text.push_str(&format!(" {kind}"));
+            }
+            text.push_str(&format!(" media:{}]", media.id));
+            if let Some(name) = &media.filename {
+                text.push_str(&format!(" {name}"));
+            }
+            if let Some(caption) = &media.caption {
+                text.push_str(&format!(" {caption}"));
+            }
+            text
+        })
+    };
+    match message.kind.as_ref() {
+        "text" => message.text.as_ref().map(|text| text.body.to_string()),
+        "image" => media("image", &message.image),
+        "video" => media("video", &message.video),
+        "audio" => media("audio", &message.audio),
+        "document" => media("document", &message.document),
+        "sticker" => media("sticker", &message.sticker),
+        "interactive" => message.interactive.as_ref().and_then(|interactive| {
+            interactive
+                .button_reply
+                .as_ref()
+                .or(interactive.list_reply.as_ref())
+                .map(|reply| format!("{} [{}]", reply.title, reply.id))
+        }),
+        "button" => message.button.as_ref().map(|button| match &button.payload {
+            Some(payload) => format!("{} [{payload}]", button.text),
+            None => button.text.to_string(),
+        }),
+        "location" => message.location.as_ref().map(|location| {
+            let place = [location.name.as_deref(), location.address.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "[location {:.6},{:.6}] {place}",
+                location.latitude, location.longitude
+            )
+            .trim_end()
+            .to_owned()
+        }),
+        "reaction" => message
+            .reaction
+            .as_ref()
+            .and_then(|reaction| reaction.emoji.as_ref())
+            .map(|emoji| format!("[reaction] {emoji}")),
+        _ => None,
+    }
+}
+
+fn status_event(status: &Status<'_>) -> Result<Option<Event>, PluginError> {
+    let receipt_status = match status.status.as_ref() {
+        "sent" => ReceiptStatus::Sent,
+        "delivered" => ReceiptStatus::Delivered,
+        "read" => ReceiptStatus::Read,
+        "failed" => ReceiptStatus::Failed,
+        // `deleted` and `warning` are informational.
+        "deleted" | "warning" => return Ok(None),
+        other => {
+            return Err(PluginError::Unsupported(format!(
+                "unknown status {other:?}"
+            )));
+        }
+    };
+    Ok(Some(Event {
+        id: Some(format!("{}:{}", status.id, status.status)),
+        body: EventBody::Receipt(Receipt {
+            thread: status.recipient_id.to_string(),
+            message_id: status.id.to_string(),
+            status: receipt_status,
+        }),
+    }))
+}
+
+/// Notification -> Graph API `/messages` request.
+pub fn encode(
+    config: &Config,
+    notification: &Notification,
+) -> Result<Vec<OutboundRequest>, PluginError> {
+    let text = match &notification.body {
+        NotificationBody::Message(message) => message.text.clone(),
+        NotificationBody::SupervisorJoined(joined) => match joined.mode {
+            SupervisionMode::ConsultPublic | SupervisionMode::Barge => config.joined_notice.clone(),
+            _ => return Ok(Vec::new()),
+        },
+        NotificationBody::ClosedBySupervisor(_) => config.closed_notice.clone(),
+        NotificationBody::SupervisorLeft(_)
+        | NotificationBody::Transferred(_)
+        | NotificationBody::EndSession
+        | NotificationBody::Media(_) => return Ok(Vec::new()),
+    };
+    let within_window = notification
+        .customer_last_message_at
+        .is_some_and(|last| notification.now - last < SERVICE_WINDOW_MILLIS);
+    if !within_window {
+        return Err(PluginError::Unsupported(
+            "outside WhatsApp's 24-hour customer service window: the customer has not written in the last 24 hours, so only an approved template message may be sent".to_owned(),
+        ));
+    }
+    let body = json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": notification.customer,
+        "type": "text",
+        "text": { "preview_url": false, "body": text },
+    });
+    let mut headers = vec![header_pair("content-type", "application/json")];
+    if let Some(token) = &config.access_token {
+        headers.push(header_pair("authorization", format!("Bearer {token}")));
+    }
+    Ok(vec![OutboundRequest {
+        method: "POST".to_owned(),
+        url: format!(
+            "https://graph.facebook.com/{}/{}/messages",
+            config.graph_version, config.phone_number_id
+        ),
+        headers,
+        body: serde_json::to_vec(&body)
+            .map_err(|error| PluginError::InvalidPayload(error.to_string()))?,
+    }])
+}
