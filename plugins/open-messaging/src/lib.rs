@@ -1,0 +1,374 @@
+//! The `open-messaging` channel plugin (plugin step of the flow): Genesys Cloud Open
+//! Messaging normalized messages — inbound customer messages, receipts and typing events, and
+//! the outbound webhook's agent messages (`X-Hub-Signature-256`, base64 HMAC-SHA256) ->
+//! canonical events; supervisor notifications -> the agentless outbound message API.
+//! Mapping and settings: `README.md` beside it.
+
+use serde::Deserialize;
+use serde_json::json;
+use switchboard_plugin_sdk::settings::{self, Settings};
+use switchboard_plugin_sdk::types::*;
+use switchboard_plugin_sdk::{Plugin, header, header_pair, json_body, signature};
+
+/// `[plugins.open-messaging.config]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Open Messaging integration id (the `fromAddress` of agentless messages).
+    pub integration_id: String,
+    /// Genesys Cloud API base, e.g. `https://api.mypurecloud.com`.
+    #[serde(default = "api_base")]
+    pub api_base: String,
+    /// `outboundNotificationWebhookSignatureSecretToken`: when set, every request must carry a
+    /// valid `X-Hub-Signature-256` (the middleware signs inbound copies the same way).
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    /// An OAuth bearer token for the API when set; otherwise the delivery worker adds it.
+    #[serde(default)]
+    pub access_token: Option<String>,
+    #[serde(default = "joined_notice")]
+    pub joined_notice: String,
+    #[serde(default = "closed_notice")]
+    pub closed_notice: String,
+}
+
+fn api_base() -> String {
+    "https://api.mypurecloud.com".to_owned()
+}
+
+fn joined_notice() -> String {
+    "A supervisor has joined this conversation.".to_owned()
+}
+
+fn closed_notice() -> String {
+    "This conversation has been closed.".to_owned()
+}
+
+static CONFIG: Settings<Config> = Settings::new();
+
+#[derive(Debug)]
+pub struct OpenMessaging;
+
+impl Plugin for OpenMessaging {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            id: "open-messaging".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            channel: ChannelKind::Messaging,
+            description: "Genesys Cloud Open Messaging: normalized messages, receipts, typing, agentless outbound".to_owned(),
+        }
+    }
+
+    fn configure(settings: String) -> Result<(), PluginError> {
+        CONFIG.set(settings::parse(&settings)?);
+        Ok(())
+    }
+
+    fn decode(request: Inbound) -> Result<Vec<Event>, PluginError> {
+        decode(CONFIG.get()?, &request)
+    }
+
+    fn encode(notification: Notification) -> Result<Vec<OutboundRequest>, PluginError> {
+        encode(CONFIG.get()?, &notification)
+    }
+}
+
+switchboard_plugin_sdk::export_plugin!(OpenMessaging);
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Normalized {
+    #[serde(default)]
+    id: Option<String>,
+    channel: Channel,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    direction: Option<String>,
+    #[serde(default)]
+    originating_entity: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    events: Vec<ChannelEvent>,
+    #[serde(default)]
+    content: Vec<Content>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Channel {
+    #[serde(default)]
+    message_id: Option<String>,
+    #[serde(default)]
+    from: Option<Party>,
+    #[serde(default)]
+    to: Option<Party>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Party {
+    id: String,
+    #[serde(default)]
+    nickname: Option<String>,
+    #[serde(default)]
+    first_name: Option<String>,
+    #[serde(default)]
+    last_name: Option<String>,
+}
+
+impl Party {
+    fn name(&self) -> Option<String> {
+        let full = [self.first_name.as_deref(), self.last_name.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if full.is_empty() {
+            self.nickname.clone()
+        } else {
+            Some(full)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChannelEvent {
+    event_type: String,
+    #[serde(default)]
+    typing: Option<TypingEvent>,
+}
+
+#[derive(Deserialize)]
+struct TypingEvent {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Content {
+    content_type: String,
+    #[serde(default)]
+    attachment: Option<Attachment>,
+    #[serde(default)]
+    button_response: Option<ButtonResponse>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Attachment {
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    filename: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ButtonResponse {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    payload: Option<String>,
+}
+
+/// One normalized message -> events.
+pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginError> {
+    if let Some(secret) = &config.webhook_secret {
+        let provided = header(request, "x-hub-signature-256").ok_or_else(|| {
+            PluginError::Unauthorized("X-Hub-Signature-256 header is missing".to_owned())
+        })?;
+        let encoded = provided.strip_prefix("sha256=").ok_or_else(|| {
+            PluginError::Unauthorized("X-Hub-Signature-256 must start with sha256=".to_owned())
+        })?;
+        if !signature::verify_sha256_base64(secret.as_bytes(), &[&request.body], encoded) {
+            return Err(PluginError::Unauthorized(
+                "X-Hub-Signature-256 does not match the body".to_owned(),
+            ));
+        }
+    }
+    let message: Normalized = json_body(request)?;
+    let outbound = match message.direction.as_deref() {
+        Some("Outbound") => true,
+        Some("Inbound") | None => false,
+        Some(other) => {
+            return Err(PluginError::InvalidPayload(format!(
+                "unknown direction {other:?}"
+            )));
+        }
+    };
+    // The customer is who writes inbound and who is written to outbound.
+    let customer = if outbound {
+        message.channel.to.as_ref()
+    } else {
+        message.channel.from.as_ref()
+    }
+    .ok_or_else(|| {
+        PluginError::InvalidPayload("channel.from / channel.to is missing".to_owned())
+    })?;
+    let thread = customer.id.clone();
+    let message_id = message
+        .id
+        .clone()
+        .or_else(|| message.channel.message_id.clone());
+    match message.kind.as_str() {
+        "Text" | "Structured" => {
+            let text = text_of(&message);
+            if text.is_empty() {
+                return Ok(Vec::new());
+            }
+            let sender = if !outbound {
+                Sender::Customer
+            } else if message.originating_entity.as_deref() == Some("Bot") {
+                Sender::Bot("genesys-bot".to_owned())
+            } else {
+                Sender::Agent("genesys-agent".to_owned())
+            };
+            Ok(vec![Event {
+                id: message_id,
+                body: EventBody::Message(Message {
+                    thread,
+                    customer: (!outbound).then(|| Customer {
+                        id: customer.id.clone(),
+                        name: customer.name(),
+                    }),
+                    sender,
+                    text,
+                    visibility: Visibility::Public,
+                    sentiment: None,
+                }),
+            }])
+        }
+        "Receipt" => {
+            let status = match message.status.as_deref() {
+                Some("Sent" | "Published") => ReceiptStatus::Sent,
+                Some("Delivered") => ReceiptStatus::Delivered,
+                Some("Read") => ReceiptStatus::Read,
+                Some("Failed" | "Removed") => ReceiptStatus::Failed,
+                other => {
+                    return Err(PluginError::InvalidPayload(format!(
+                        "receipt status {other:?} is not known"
+                    )));
+                }
+            };
+            let id = message_id.ok_or_else(|| {
+                PluginError::InvalidPayload("receipt without a message id".to_owned())
+            })?;
+            Ok(vec![Event {
+                id: Some(format!(
+                    "{id}:{}",
+                    message.status.as_deref().unwrap_or_default()
+                )),
+                body: EventBody::Receipt(Receipt {
+                    thread,
+                    message_id: id,
+                    status,
+                }),
+            }])
+        }
+        "Event" => Ok(message
+            .events
+            .iter()
+            .filter(|event| event.event_type == "Typing")
+            .filter(|event| {
+                event
+                    .typing
+                    .as_ref()
+                    .is_none_or(|typing| typing.kind == "On")
+            })
+            .map(|_| Event {
+                id: None,
+                body: EventBody::Typing(Typing {
+                    thread: thread.clone(),
+                    sender: if outbound {
+                        Sender::Agent("genesys-agent".to_owned())
+                    } else {
+                        Sender::Customer
+                    },
+                }),
+            })
+            .collect()),
+        other => Err(PluginError::Unsupported(format!(
+            "normalized message type {other:?} is not mapped"
+        ))),
+    }
+}
+
+fn text_of(message: &Normalized) -> String {
+    let mut text = message.text.clone().unwrap_or_default();
+    for content in &message.content {
+        let line = match content.content_type.as_str() {
+            "Attachment" => content.attachment.as_ref().map(|attachment| {
+                let kind = attachment.media_type.as_deref().unwrap_or("File");
+                let name = attachment.filename.as_deref().unwrap_or_default();
+                format!(
+                    "[{kind}] {} {name}",
+                    attachment.url.as_deref().unwrap_or_default()
+                )
+                .trim_end()
+                .to_owned()
+            }),
+            "ButtonResponse" => content.button_response.as_ref().map(|button| {
+                match (&button.text, &button.payload) {
+                    (Some(text), Some(payload)) => format!("{text} [{payload}]"),
+                    (Some(text), None) => text.clone(),
+                    (None, Some(payload)) => format!("[{payload}]"),
+                    (None, None) => String::new(),
+                }
+            }),
+            _ => None,
+        };
+        if let Some(line) = line.filter(|line| !line.is_empty()) {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&line);
+        }
+    }
+    text
+}
+
+/// Notification -> the agentless outbound message request.
+pub fn encode(
+    config: &Config,
+    notification: &Notification,
+) -> Result<Vec<OutboundRequest>, PluginError> {
+    let text = match &notification.body {
+        NotificationBody::Message(message) => message.text.clone(),
+        NotificationBody::SupervisorJoined(joined) => match joined.mode {
+            SupervisionMode::ConsultPublic | SupervisionMode::Barge => config.joined_notice.clone(),
+            _ => return Ok(Vec::new()),
+        },
+        NotificationBody::ClosedBySupervisor(_) => config.closed_notice.clone(),
+        NotificationBody::SupervisorLeft(_)
+        | NotificationBody::Transferred(_)
+        | NotificationBody::EndSession
+        | NotificationBody::Media(_) => return Ok(Vec::new()),
+    };
+    let body = json!({
+        "fromAddress": config.integration_id,
+        "toAddress": notification.customer,
+        "toAddressMessengerType": "open",
+        "textBody": text,
+    });
+    let mut headers = vec![header_pair("content-type", "application/json")];
+    if let Some(token) = &config.access_token {
+        headers.push(header_pair("authorization", format!("Bearer {token}")));
+    }
+    Ok(vec![OutboundRequest {
+        method: "POST".to_owned(),
+        url: format!(
+            "{}/api/v2/conversations/messages/agentless",
+            config.api_base.trim_end_matches('/')
+        ),
+        headers,
+        body: serde_json::to_vec(&body)
+            .map_err(|error| PluginError::InvalidPayload(error.to_string()))?,
+    }])
+}

@@ -1,0 +1,432 @@
+//! The `voice-ari` channel plugin (plugin step of the flow): Asterisk ARI events (`StasisStart`,
+//! `StasisEnd`, `ChannelStateChange`, `ChannelHold`/`ChannelUnhold`, `ChannelHangupRequest`,
+//! `ChannelDestroyed`, `ChannelEnteredBridge`/`ChannelLeftBridge`, `ChannelDtmfReceived`) ->
+//! canonical events; supervision media controls -> ARI REST requests (snoop `spy=both` to
+//! listen, a whisper snoop to coach, the call's bridge to join or barge, hang-up to end).
+//! It exports `voice-controls`. Mapping, conventions and settings: `README.md` beside it.
+
+// wit-bindgen's export glue, expanded in this crate, is unsafe FFI by nature.
+#![allow(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::Value;
+
+wit_bindgen::generate!({
+    path: "../../plugin-sdk/wit",
+    world: "voice-channel",
+});
+
+use exports::switchboard::channel::plugin::Guest as Plugin;
+use exports::switchboard::channel::voice_controls::Guest as VoiceControls;
+use switchboard::channel::types::*;
+
+/// `[plugins.voice-ari.config]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// ARI base URL, e.g. `http://127.0.0.1:8088/ari`.
+    pub ari_url: String,
+    /// The Stasis application the calls run in.
+    pub application: String,
+    /// ARI credentials (Basic auth on every request) when set.
+    #[serde(default)]
+    pub ari_user: Option<String>,
+    #[serde(default)]
+    pub ari_password: Option<String>,
+    /// Endpoint (`PJSIP/1001`, or the endpoint name `1001`) -> Switchboard agent id. A channel
+    /// of a mapped endpoint is an agent's leg; every other channel is a customer's.
+    #[serde(default)]
+    pub agent_endpoints: BTreeMap<String, String>,
+    /// Switchboard supervisor id -> the endpoint to ring for listening, coaching and joining.
+    #[serde(default)]
+    pub supervisor_endpoints: BTreeMap<String, String>,
+    /// Record DTMF digits on the timeline. Off by default: callers type card numbers into
+    /// IVRs, and a supervision timeline must not keep them.
+    #[serde(default)]
+    pub record_dtmf: bool,
+    /// A sound played to the call when a supervisor joins publicly (e.g. `beep`); none when
+    /// unset.
+    #[serde(default)]
+    pub joined_sound: Option<String>,
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+fn config() -> Result<&'static Config, PluginError> {
+    CONFIG
+        .get()
+        .ok_or_else(|| PluginError::Config("the plugin was not configured".to_owned()))
+}
+
+#[derive(Debug)]
+pub struct VoiceAri;
+
+impl Plugin for VoiceAri {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            id: "voice-ari".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            channel: ChannelKind::Voice,
+            description: "Asterisk ARI: Stasis call events, snoop/bridge supervision, hang-up"
+                .to_owned(),
+        }
+    }
+
+    fn configure(settings: String) -> Result<(), PluginError> {
+        let config: Config = toml::from_str(&settings)
+            .map_err(|error| PluginError::Config(error.message().to_owned()))?;
+        let _ = CONFIG.set(config);
+        Ok(())
+    }
+
+    fn decode(request: Inbound) -> Result<Vec<Event>, PluginError> {
+        decode(config()?, &request)
+    }
+
+    fn encode(notification: Notification) -> Result<Vec<OutboundRequest>, PluginError> {
+        encode(config()?, &notification)
+    }
+}
+
+impl VoiceControls for VoiceAri {
+    fn controls() -> Vec<String> {
+        ["listen", "coach", "join", "stop"]
+            .map(str::to_owned)
+            .to_vec()
+    }
+}
+
+#[cfg(target_family = "wasm")]
+export!(VoiceAri);
+
+/// A channel as ARI describes it.
+struct Leg<'a> {
+    id: &'a str,
+    name: &'a str,
+    caller_name: Option<&'a str>,
+    caller_number: Option<&'a str>,
+}
+
+impl<'a> Leg<'a> {
+    fn of(event: &'a Value) -> Result<Self, PluginError> {
+        let channel = event
+            .get("channel")
+            .ok_or_else(|| PluginError::InvalidPayload("ARI event without `channel`".to_owned()))?;
+        let text = |value: Option<&'a Value>| {
+            value
+                .and_then(Value::as_str)
+                .filter(|text| !text.is_empty())
+        };
+        Ok(Self {
+            id: text(channel.get("id"))
+                .ok_or_else(|| PluginError::InvalidPayload("channel without `id`".to_owned()))?,
+            name: text(channel.get("name")).unwrap_or_default(),
+            caller_name: text(channel.get("caller").and_then(|caller| caller.get("name"))),
+            caller_number: text(
+                channel
+                    .get("caller")
+                    .and_then(|caller| caller.get("number")),
+            ),
+        })
+    }
+
+    /// `PJSIP/1001-0000002a` -> `PJSIP/1001` and `1001`.
+    fn endpoint(&self) -> (&'a str, &'a str) {
+        let without_sequence = self
+            .name
+            .rsplit_once('-')
+            .map_or(self.name, |(endpoint, _)| endpoint);
+        let bare = without_sequence
+            .split_once('/')
+            .map_or(without_sequence, |(_, endpoint)| endpoint);
+        (without_sequence, bare)
+    }
+
+    /// The Switchboard agent this leg belongs to, if it is an agent's.
+    fn agent(&self, config: &Config) -> Option<String> {
+        let (full, bare) = self.endpoint();
+        config
+            .agent_endpoints
+            .get(full)
+            .or_else(|| config.agent_endpoints.get(bare))
+            .cloned()
+    }
+}
+
+/// One ARI event -> events.
+pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginError> {
+    let event: Value = serde_json::from_slice(&request.body)
+        .map_err(|error| PluginError::InvalidPayload(format!("not an ARI event: {error}")))?;
+    let kind = event
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| PluginError::InvalidPayload("ARI event without `type`".to_owned()))?;
+    let timestamp = event
+        .get("timestamp")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    // ARI events carry no id; the type, the channel and the timestamp identify one.
+    let id = |leg: &str| Some(format!("{kind}:{leg}:{timestamp}"));
+    let one = |id: Option<String>, body: EventBody| Ok(vec![Event { id, body }]);
+    match kind {
+        "StasisStart" => {
+            let leg = Leg::of(&event)?;
+            let args: Vec<&str> = event
+                .get("args")
+                .and_then(Value::as_array)
+                .map(|args| args.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            // Agent and supervisor legs, snoops: our own legs entering the application.
+            if leg.agent(config).is_some() || args.iter().any(|arg| arg.starts_with("role=")) {
+                return Ok(Vec::new());
+            }
+            let queue = args
+                .iter()
+                .find_map(|arg| arg.strip_prefix("queue="))
+                .map(str::to_owned);
+            let number = leg.caller_number.unwrap_or(leg.id);
+            one(
+                id(leg.id),
+                EventBody::Started(Started {
+                    thread: leg.id.to_owned(),
+                    direction: Direction::Inbound,
+                    subject: event
+                        .get("channel")
+                        .and_then(|channel| channel.get("dialplan"))
+                        .and_then(|plan| plan.get("exten"))
+                        .and_then(Value::as_str)
+                        .map(|exten| format!("Call to {exten}")),
+                    customer: Customer {
+                        id: number.to_owned(),
+                        name: leg.caller_name.map(str::to_owned),
+                    },
+                    queue,
+                }),
+            )
+        }
+        "StasisEnd" | "ChannelHangupRequest" | "ChannelDestroyed" => {
+            let leg = Leg::of(&event)?;
+            if leg.agent(config).is_some() {
+                // The agent's departure is reported by ChannelLeftBridge.
+                return Ok(Vec::new());
+            }
+            one(id(leg.id), EventBody::CustomerLeft(leg.id.to_owned()))
+        }
+        "ChannelStateChange" => Ok(Vec::new()),
+        "ChannelHold" | "ChannelUnhold" => {
+            let leg = Leg::of(&event)?;
+            if leg.agent(config).is_some() {
+                return Ok(Vec::new());
+            }
+            let thread = leg.id.to_owned();
+            let body = if kind == "ChannelHold" {
+                EventBody::Paused(thread)
+            } else {
+                EventBody::Resumed(thread)
+            };
+            one(id(leg.id), body)
+        }
+        "ChannelEnteredBridge" | "ChannelLeftBridge" => {
+            let leg = Leg::of(&event)?;
+            let bridge = event
+                .get("bridge")
+                .and_then(|bridge| bridge.get("id"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    PluginError::InvalidPayload("bridge event without `bridge.id`".to_owned())
+                })?;
+            // Convention: each call's bridge is named after the customer's channel.
+            let Some(agent) = leg.agent(config) else {
+                return Ok(Vec::new());
+            };
+            let reference = AgentRef {
+                thread: bridge.to_owned(),
+                agent,
+            };
+            let body = if kind == "ChannelEnteredBridge" {
+                EventBody::Accepted(reference)
+            } else {
+                EventBody::AgentLeft(reference)
+            };
+            one(id(leg.id), body)
+        }
+        "ChannelDtmfReceived" => {
+            let leg = Leg::of(&event)?;
+            if !config.record_dtmf || leg.agent(config).is_some() {
+                return Ok(Vec::new());
+            }
+            let digit = event.get("digit").and_then(Value::as_str).unwrap_or("?");
+            one(
+                id(leg.id),
+                EventBody::Message(Message {
+                    thread: leg.id.to_owned(),
+                    sender: Sender::Customer,
+                    text: format!("[dtmf] {digit}"),
+                    visibility: Visibility::Internal,
+                    sentiment: None,
+                    customer: None,
+                }),
+            )
+        }
+        other => Err(PluginError::Unsupported(format!(
+            "ARI event {other:?} is not mapped"
+        ))),
+    }
+}
+
+/// Supervision media and session control -> ARI REST requests.
+pub fn encode(
+    config: &Config,
+    notification: &Notification,
+) -> Result<Vec<OutboundRequest>, PluginError> {
+    let call = notification.thread.as_str();
+    let ari = config.ari_url.trim_end_matches('/');
+    let app = &config.application;
+    let request = |method: &str, path: String, query: &[(&str, &str)]| -> OutboundRequest {
+        let mut url = format!("{ari}{path}");
+        if !query.is_empty() {
+            let mut serializer = form_urlencoded::Serializer::new(String::new());
+            for (key, value) in query {
+                serializer.append_pair(key, value);
+            }
+            url.push('?');
+            url.push_str(&serializer.finish());
+        }
+        OutboundRequest {
+            method: method.to_owned(),
+            url,
+            headers: auth(config),
+            body: Vec::new(),
+        }
+    };
+    // A snoop on the customer's leg plus the supervisor's phone, which the Stasis application
+    // bridges when it answers (`appArgs` tell it which snoop it belongs to).
+    let snoop =
+        |supervisor: &str, spy: &str, whisper: &str| -> Result<Vec<OutboundRequest>, PluginError> {
+            let snoop_id = format!("snoop-{supervisor}-{call}");
+            let mut requests = vec![request(
+                "POST",
+                format!("/channels/{call}/snoop"),
+                &[
+                    ("spy", spy),
+                    ("whisper", whisper),
+                    ("app", app),
+                    (
+                        "appArgs",
+                        &format!("role=snoop,supervisor={supervisor},call={call}"),
+                    ),
+                    ("snoopId", &snoop_id),
+                ],
+            )];
+            requests.push(ring_supervisor(
+                config,
+                supervisor,
+                call,
+                &format!("role=supervisor,snoop={snoop_id}"),
+                &request,
+            )?);
+            Ok(requests)
+        };
+    match &notification.body {
+        NotificationBody::Media(MediaControl::Listen(media)) => {
+            snoop(&media.supervisor, "both", "none")
+        }
+        // `whisper=in` mixes the supervisor into the audio Asterisk receives from the customer's
+        // leg: the other bridge members (the agent) hear it, the customer does not.
+        NotificationBody::Media(MediaControl::Coach(media)) => {
+            snoop(&media.supervisor, "both", "in")
+        }
+        NotificationBody::Media(MediaControl::Join(join)) => {
+            if join.public {
+                Ok(vec![ring_supervisor(
+                    config,
+                    &join.supervisor,
+                    call,
+                    &format!("role=supervisor,bridge={call}"),
+                    &request,
+                )?])
+            } else {
+                snoop(&join.supervisor, "both", "in")
+            }
+        }
+        NotificationBody::Media(MediaControl::Stop(supervisor)) => Ok(vec![
+            request(
+                "DELETE",
+                format!("/channels/snoop-{supervisor}-{call}"),
+                &[],
+            ),
+            request("DELETE", format!("/channels/leg-{supervisor}-{call}"), &[]),
+        ]),
+        NotificationBody::EndSession => Ok(vec![request(
+            "DELETE",
+            format!("/channels/{call}"),
+            &[("reason", "normal")],
+        )]),
+        NotificationBody::SupervisorJoined(joined)
+            if matches!(
+                joined.mode,
+                SupervisionMode::ConsultPublic | SupervisionMode::Barge
+            ) =>
+        {
+            Ok(config
+                .joined_sound
+                .iter()
+                .map(|sound| {
+                    request(
+                        "POST",
+                        format!("/channels/{call}/play"),
+                        &[("media", &format!("sound:{sound}"))],
+                    )
+                })
+                .collect())
+        }
+        // Voice has no text: messages and the other notices have no ARI equivalent.
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Builds one ARI request: method, path, query pairs.
+type RequestBuilder<'a> = dyn Fn(&str, String, &[(&str, &str)]) -> OutboundRequest + 'a;
+
+/// Rings the supervisor's endpoint into the application.
+fn ring_supervisor(
+    config: &Config,
+    supervisor: &str,
+    call: &str,
+    args: &str,
+    request: &RequestBuilder<'_>,
+) -> Result<OutboundRequest, PluginError> {
+    let endpoint = config.supervisor_endpoints.get(supervisor).ok_or_else(|| {
+        PluginError::Config(format!(
+            "no `supervisor_endpoints` entry for supervisor {supervisor:?}"
+        ))
+    })?;
+    Ok(request(
+        "POST",
+        "/channels".to_owned(),
+        &[
+            ("endpoint", endpoint),
+            ("app", &config.application),
+            ("appArgs", args),
+            ("channelId", &format!("leg-{supervisor}-{call}")),
+            ("callerId", "Switchboard supervisor"),
+        ],
+    ))
+}
+
+fn auth(config: &Config) -> Vec<Header> {
+    match (&config.ari_user, &config.ari_password) {
+        (Some(user), Some(password)) => vec![Header {
+            name: "authorization".to_owned(),
+            value: format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            ),
+        }],
+        _ => Vec::new(),
+    }
+}

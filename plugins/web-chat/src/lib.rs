@@ -1,0 +1,532 @@
+//! The `web-chat` channel plugin (plugin step of the flow): Chatwoot webhook events
+//! (`conversation_created`, `message_created`, `conversation_status_changed`,
+//! `conversation_updated`, typing) -> canonical events; supervisor notifications -> Chatwoot's
+//! create-message and toggle-status API requests. Mapping and settings: `README.md` beside it.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use switchboard_plugin_sdk::settings::{self, Settings};
+use switchboard_plugin_sdk::types::*;
+use switchboard_plugin_sdk::{Plugin, header, header_pair, json_body, signature};
+
+/// `[plugins.web-chat.config]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Chatwoot's base URL, e.g. `https://chat.example.com`.
+    pub base_url: String,
+    /// The Chatwoot account whose conversations this plugin carries.
+    pub account_id: u64,
+    /// The webhook's secret: verifies `X-Chatwoot-Signature` when set.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    /// How old `X-Chatwoot-Timestamp` may be, in seconds (replay protection). Default 300.
+    #[serde(default = "freshness")]
+    pub freshness_seconds: i64,
+    /// An access token for the API (`api_access_token` header) when set; otherwise the
+    /// delivery worker adds it.
+    #[serde(default)]
+    pub api_access_token: Option<String>,
+    /// Chatwoot user id -> Switchboard agent id. Assignments to unmapped users are not
+    /// reported (the routing platform's roster and Switchboard's must agree).
+    #[serde(default)]
+    pub agents: BTreeMap<String, String>,
+    /// Chatwoot team name -> Switchboard queue id.
+    #[serde(default)]
+    pub teams: BTreeMap<String, String>,
+    #[serde(default = "joined_notice")]
+    pub joined_notice: String,
+    #[serde(default = "closed_notice")]
+    pub closed_notice: String,
+}
+
+fn freshness() -> i64 {
+    300
+}
+
+fn joined_notice() -> String {
+    "A supervisor has joined the conversation.".to_owned()
+}
+
+fn closed_notice() -> String {
+    "This conversation was closed by a supervisor.".to_owned()
+}
+
+static CONFIG: Settings<Config> = Settings::new();
+
+#[derive(Debug)]
+pub struct WebChat;
+
+impl Plugin for WebChat {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            id: "web-chat".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            channel: ChannelKind::Web,
+            description: "Chatwoot web chat: webhook events and the messages API".to_owned(),
+        }
+    }
+
+    fn configure(settings: String) -> Result<(), PluginError> {
+        let config: Config = settings::parse(&settings)?;
+        if !config.base_url.starts_with("http://") && !config.base_url.starts_with("https://") {
+            return Err(PluginError::Config(
+                "`base_url` must be an http(s) URL".to_owned(),
+            ));
+        }
+        CONFIG.set(config);
+        Ok(())
+    }
+
+    fn decode(request: Inbound) -> Result<Vec<Event>, PluginError> {
+        decode(CONFIG.get()?, &request)
+    }
+
+    fn encode(notification: Notification) -> Result<Vec<OutboundRequest>, PluginError> {
+        encode(CONFIG.get()?, &notification)
+    }
+}
+
+switchboard_plugin_sdk::export_plugin!(WebChat);
+
+/// One webhook event -> events.
+pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginError> {
+    if let Some(secret) = &config.webhook_secret {
+        verify(config, secret, request)?;
+    }
+    let payload: Value = json_body(request)?;
+    let event = payload
+        .get("event")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            PluginError::InvalidPayload("no `event` field: not a Chatwoot webhook".to_owned())
+        })?;
+    // Chatwoot numbers each delivery; a redelivered webhook carries the same id.
+    let delivery = header(request, "x-chatwoot-delivery").map(str::to_owned);
+    let id = |suffix: &str| {
+        delivery
+            .clone()
+            .map(|delivery| format!("{delivery}:{suffix}"))
+    };
+    match event {
+        "conversation_created" => {
+            let conversation = Conversation::from(&payload)?;
+            let mut events = vec![Event {
+                id: id("started")
+                    .or_else(|| Some(format!("conversation_created:{}", conversation.thread))),
+                body: EventBody::Started(Started {
+                    thread: conversation.thread.clone(),
+                    direction: Direction::Inbound,
+                    subject: conversation.subject.clone(),
+                    customer: conversation.customer.clone(),
+                    queue: conversation
+                        .team
+                        .as_deref()
+                        .and_then(|team| config.teams.get(team))
+                        .cloned(),
+                }),
+            }];
+            if let Some(agent) = conversation
+                .assignee
+                .as_deref()
+                .and_then(|user| config.agents.get(user))
+            {
+                events.push(Event {
+                    id: id("accepted"),
+                    body: EventBody::Accepted(AgentRef {
+                        thread: conversation.thread.clone(),
+                        agent: agent.clone(),
+                    }),
+                });
+            }
+            Ok(events)
+        }
+        "message_created" => message_created(config, &payload, delivery),
+        "conversation_status_changed" => {
+            let conversation = Conversation::from(&payload)?;
+            let thread = conversation.thread;
+            let body = match conversation.status.as_str() {
+                "resolved" => EventBody::Closed(thread),
+                "snoozed" => EventBody::Paused(thread),
+                "open" => EventBody::Resumed(thread),
+                // `pending` (waiting for a bot or triage) changes nothing we track.
+                _ => return Ok(Vec::new()),
+            };
+            Ok(vec![Event {
+                id: id(&conversation.status),
+                body,
+            }])
+        }
+        "conversation_updated" => conversation_updated(config, &payload, delivery),
+        "conversation_typing_on" => {
+            let conversation = payload.get("conversation").ok_or_else(|| {
+                PluginError::InvalidPayload("typing event without `conversation`".to_owned())
+            })?;
+            let thread = Conversation::from(conversation)?.thread;
+            let user = payload.get("user");
+            let is_contact = user
+                .and_then(|user| user.get("type"))
+                .and_then(Value::as_str)
+                .is_some_and(|kind| kind.eq_ignore_ascii_case("contact"));
+            let sender = if is_contact {
+                Sender::Customer
+            } else {
+                Sender::Agent(agent_of(config, user.and_then(|user| user.get("id"))))
+            };
+            // Typing is relayed live and never stored, so it needs no id.
+            Ok(vec![Event {
+                id: None,
+                body: EventBody::Typing(Typing { thread, sender }),
+            }])
+        }
+        // Chatwoot events that say nothing about a supervised conversation.
+        "conversation_typing_off"
+        | "conversation_opened"
+        | "contact_created"
+        | "contact_updated"
+        | "webwidget_triggered"
+        | "message_updated"
+        | "inbox_created"
+        | "inbox_updated" => Ok(Vec::new()),
+        other => Err(PluginError::Unsupported(format!(
+            "Chatwoot event {other:?} is not mapped"
+        ))),
+    }
+}
+
+/// `X-Chatwoot-Signature: sha256=<hex HMAC-SHA256(secret, "{timestamp}.{body}")>`, with a
+/// freshness window on `X-Chatwoot-Timestamp` against the time Switchboard received it.
+fn verify(config: &Config, secret: &str, request: &Inbound) -> Result<(), PluginError> {
+    let timestamp = header(request, "x-chatwoot-timestamp").ok_or_else(|| {
+        PluginError::Unauthorized("X-Chatwoot-Timestamp header is missing".to_owned())
+    })?;
+    let seconds: i64 = timestamp.trim().parse().map_err(|_| {
+        PluginError::Unauthorized("X-Chatwoot-Timestamp is not a Unix time".to_owned())
+    })?;
+    let age = request.received_at / 1000 - seconds;
+    if age.abs() > config.freshness_seconds {
+        return Err(PluginError::Unauthorized(format!(
+            "X-Chatwoot-Timestamp is {age} s away from now (window {} s): stale or replayed",
+            config.freshness_seconds
+        )));
+    }
+    let provided = header(request, "x-chatwoot-signature").ok_or_else(|| {
+        PluginError::Unauthorized("X-Chatwoot-Signature header is missing".to_owned())
+    })?;
+    let hex = provided.strip_prefix("sha256=").ok_or_else(|| {
+        PluginError::Unauthorized("X-Chatwoot-Signature must start with sha256=".to_owned())
+    })?;
+    if !signature::verify_sha256_hex(
+        secret.as_bytes(),
+        &[timestamp.as_bytes(), b".", &request.body],
+        hex,
+    ) {
+        return Err(PluginError::Unauthorized(
+            "X-Chatwoot-Signature does not match".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// What every conversation payload carries that we need.
+struct Conversation {
+    thread: String,
+    status: String,
+    subject: Option<String>,
+    customer: Customer,
+    assignee: Option<String>,
+    team: Option<String>,
+}
+
+impl Conversation {
+    /// Reads a Chatwoot conversation object (a conversation event's payload, or the
+    /// `conversation` of a message).
+    fn from(value: &Value) -> Result<Self, PluginError> {
+        let id = value.get("id").and_then(Value::as_u64).ok_or_else(|| {
+            PluginError::InvalidPayload("conversation has no numeric `id`".to_owned())
+        })?;
+        let meta = value.get("meta");
+        let sender = meta.and_then(|meta| meta.get("sender"));
+        let customer = Customer {
+            id: sender
+                .and_then(|sender| sender.get("id"))
+                .map(|id| format!("contact-{}", scalar(id)))
+                .unwrap_or_else(|| format!("conversation-{id}")),
+            name: sender
+                .and_then(|sender| sender.get("name"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        };
+        let subject = value
+            .get("additional_attributes")
+            .and_then(|attributes| attributes.get("mail_subject"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok(Self {
+            thread: id.to_string(),
+            status: value
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("open")
+                .to_owned(),
+            subject,
+            customer,
+            assignee: meta
+                .and_then(|meta| meta.get("assignee"))
+                .and_then(|assignee| assignee.get("id"))
+                .map(scalar),
+            team: meta
+                .and_then(|meta| meta.get("team"))
+                .and_then(|team| team.get("name"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        })
+    }
+}
+
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn agent_of(config: &Config, user: Option<&Value>) -> String {
+    let user = user.map(scalar).unwrap_or_default();
+    config
+        .agents
+        .get(&user)
+        .cloned()
+        .unwrap_or_else(|| format!("chatwoot-user-{user}"))
+}
+
+fn message_created(
+    config: &Config,
+    payload: &Value,
+    delivery: Option<String>,
+) -> Result<Vec<Event>, PluginError> {
+    let conversation = payload
+        .get("conversation")
+        .ok_or_else(|| PluginError::InvalidPayload("message without `conversation`".to_owned()))?;
+    let conversation = Conversation::from(conversation)?;
+    let message_id = payload
+        .get("id")
+        .map(scalar)
+        .ok_or_else(|| PluginError::InvalidPayload("message without `id`".to_owned()))?;
+    let message_type = payload.get("message_type").map(scalar).unwrap_or_default();
+    let private = payload
+        .get("private")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let sender = payload.get("sender");
+    let sender_type = sender
+        .and_then(|sender| sender.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let sender = match (message_type.as_str(), sender_type.as_str()) {
+        // Chatwoot's numeric message types: 0 incoming, 1 outgoing, 2 activity, 3 template.
+        ("incoming" | "0", _) => Sender::Customer,
+        ("outgoing" | "1", "agent_bot") => Sender::Bot(format!(
+            "chatwoot-bot-{}",
+            sender
+                .and_then(|s| s.get("id"))
+                .map(scalar)
+                .unwrap_or_default()
+        )),
+        ("outgoing" | "1", _) => {
+            Sender::Agent(agent_of(config, sender.and_then(|sender| sender.get("id"))))
+        }
+        // Activity lines ("Conversation was resolved by …") and templates are Chatwoot's own.
+        _ => return Ok(Vec::new()),
+    };
+    let mut text = payload
+        .get("content")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(attachments) = payload.get("attachments").and_then(Value::as_array) {
+        for attachment in attachments {
+            let kind = attachment
+                .get("file_type")
+                .and_then(Value::as_str)
+                .unwrap_or("file");
+            let url = attachment
+                .get("data_url")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&format!("[{kind}] {url}"));
+        }
+    }
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![Event {
+        id: Some(delivery.map_or_else(
+            || format!("message:{message_id}"),
+            |delivery| format!("{delivery}:message"),
+        )),
+        body: EventBody::Message(Message {
+            thread: conversation.thread,
+            // The message's own sender is the contact (the conversation object of a message
+            // event does not always carry `meta.sender`).
+            customer: matches!(sender, Sender::Customer).then(|| Customer {
+                id: payload
+                    .get("sender")
+                    .and_then(|sender| sender.get("id"))
+                    .map(|id| format!("contact-{}", scalar(id)))
+                    .unwrap_or_else(|| conversation.customer.id.clone()),
+                name: payload
+                    .get("sender")
+                    .and_then(|sender| sender.get("name"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .or_else(|| conversation.customer.name.clone()),
+            }),
+            sender,
+            text,
+            visibility: if private {
+                Visibility::Internal
+            } else {
+                Visibility::Public
+            },
+            sentiment: None,
+        }),
+    }])
+}
+
+fn conversation_updated(
+    config: &Config,
+    payload: &Value,
+    delivery: Option<String>,
+) -> Result<Vec<Event>, PluginError> {
+    let conversation = Conversation::from(payload)?;
+    let mut events = Vec::new();
+    let changes = payload
+        .get("changed_attributes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for change in &changes {
+        let Some(object) = change.as_object() else {
+            continue;
+        };
+        for (attribute, values) in object {
+            let previous = values
+                .get("previous_value")
+                .filter(|value| !value.is_null());
+            let current = values.get("current_value").filter(|value| !value.is_null());
+            let id = delivery
+                .as_ref()
+                .map(|delivery| format!("{delivery}:{attribute}"));
+            match attribute.as_str() {
+                "assignee_id" => {
+                    if let Some(agent) = current
+                        .map(scalar)
+                        .and_then(|user| config.agents.get(&user))
+                    {
+                        events.push(Event {
+                            id,
+                            body: EventBody::Accepted(AgentRef {
+                                thread: conversation.thread.clone(),
+                                agent: agent.clone(),
+                            }),
+                        });
+                    } else if current.is_none()
+                        && let Some(agent) = previous
+                            .map(scalar)
+                            .and_then(|user| config.agents.get(&user))
+                    {
+                        events.push(Event {
+                            id,
+                            body: EventBody::AgentLeft(AgentRef {
+                                thread: conversation.thread.clone(),
+                                agent: agent.clone(),
+                            }),
+                        });
+                    }
+                }
+                "team_id" => {
+                    if let Some(queue) = conversation
+                        .team
+                        .as_deref()
+                        .and_then(|team| config.teams.get(team))
+                    {
+                        events.push(Event {
+                            id,
+                            body: EventBody::Updated(Update {
+                                thread: conversation.thread.clone(),
+                                subject: None,
+                                queue: Some(queue.clone()),
+                            }),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(events)
+}
+
+/// Notification -> Chatwoot API requests.
+pub fn encode(
+    config: &Config,
+    notification: &Notification,
+) -> Result<Vec<OutboundRequest>, PluginError> {
+    let conversation_url = format!(
+        "{}/api/v1/accounts/{}/conversations/{}",
+        config.base_url.trim_end_matches('/'),
+        config.account_id,
+        notification.thread
+    );
+    let message = |content: &str| -> Result<OutboundRequest, PluginError> {
+        request(
+            config,
+            format!("{conversation_url}/messages"),
+            json!({ "content": content, "message_type": "outgoing", "private": false }),
+        )
+    };
+    match &notification.body {
+        NotificationBody::Message(text) => Ok(vec![message(&text.text)?]),
+        NotificationBody::SupervisorJoined(joined) => Ok(vec![match joined.mode {
+            SupervisionMode::ConsultPublic | SupervisionMode::Barge => {
+                message(&config.joined_notice)?
+            }
+            // Internal consultants are told to the agent with a private note.
+            _ => request(
+                config,
+                format!("{conversation_url}/messages"),
+                json!({ "content": format!("Supervisor {} joined (internal).", joined.supervisor), "message_type": "outgoing", "private": true }),
+            )?,
+        }]),
+        NotificationBody::ClosedBySupervisor(_) => Ok(vec![message(&config.closed_notice)?]),
+        NotificationBody::EndSession => Ok(vec![request(
+            config,
+            format!("{conversation_url}/toggle_status"),
+            json!({ "status": "resolved" }),
+        )?]),
+        NotificationBody::SupervisorLeft(_)
+        | NotificationBody::Transferred(_)
+        | NotificationBody::Media(_) => Ok(Vec::new()),
+    }
+}
+
+fn request(config: &Config, url: String, body: Value) -> Result<OutboundRequest, PluginError> {
+    let mut headers = vec![header_pair("content-type", "application/json")];
+    if let Some(token) = &config.api_access_token {
+        headers.push(header_pair("api_access_token", token.clone()));
+    }
+    Ok(OutboundRequest {
+        method: "POST".to_owned(),
+        url,
+        headers,
+        body: serde_json::to_vec(&body)
+            .map_err(|error| PluginError::InvalidPayload(error.to_string()))?,
+    })
+}

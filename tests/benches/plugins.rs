@@ -1,0 +1,142 @@
+//! Plugin benchmark (issue 3): decode throughput of each bundled plugin on its typical
+//! payload through the wasm host, and the same mapping code compiled natively, in one run;
+//! plus a plugin's cold start from the precompiled cache.
+//!
+//! Run: `cargo bench -p switchboard-tests --bench plugins`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use switchboard::engine::Millis;
+use switchboard::plugin::{InboundRequest, PluginHost, PluginSettings};
+use switchboard_plugin_sdk::{settings, types};
+use switchboard_tests::{component, fixture};
+
+/// One plugin's typical payload and the settings it runs with.
+struct Case {
+    id: &'static str,
+    settings: &'static str,
+    request: InboundRequest,
+    native: Box<dyn Fn(&types::Inbound) -> usize>,
+}
+
+fn request(url: &str, content_type: &str, body: Vec<u8>) -> InboundRequest {
+    InboundRequest {
+        method: "POST".to_owned(),
+        url: url.to_owned(),
+        headers: vec![("content-type".to_owned(), content_type.to_owned())],
+        content_type: Some(content_type.to_owned()),
+        body,
+        received_at: Millis(1_800_000_000_000),
+    }
+}
+
+fn native_request(request: &InboundRequest) -> types::Inbound {
+    types::Inbound {
+        method: request.method.clone(),
+        url: request.url.clone(),
+        headers: request
+            .headers
+            .iter()
+            .map(|(name, value)| types::Header {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        content_type: request.content_type.clone(),
+        body: request.body.clone(),
+        received_at: request.received_at.0,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    const WHATSAPP: &str = "phone_number_id = \"106540352242922\"\n";
+    const SMS: &str =
+        "account_sid = \"AC00000000000000000000000000000000\"\nfrom = \"+15005550006\"\n";
+    let whatsapp_config: whatsapp_cloud::Config = settings::parse(WHATSAPP).unwrap();
+    let sms_config: sms_twilio::Config = settings::parse(SMS).unwrap();
+    vec![
+        Case {
+            id: "whatsapp-cloud",
+            settings: WHATSAPP,
+            request: request(
+                "https://switchboard.example.com/v1/inbound/whatsapp-cloud",
+                "application/json",
+                fixture("whatsapp", "text.json"),
+            ),
+            native: Box::new(move |request| {
+                whatsapp_cloud::decode(&whatsapp_config, request)
+                    .unwrap()
+                    .len()
+            }),
+        },
+        Case {
+            id: "sms-twilio",
+            settings: SMS,
+            request: request(
+                "https://switchboard.example.com/v1/inbound/sms-twilio",
+                "application/x-www-form-urlencoded",
+                fixture("twilio", "inbound-sms.form"),
+            ),
+            native: Box::new(move |request| {
+                sms_twilio::decode(&sms_config, request).unwrap().len()
+            }),
+        },
+    ]
+}
+
+fn decode(c: &mut Criterion) {
+    let host = PluginHost::new(64 << 20, None).unwrap();
+    for case in cases() {
+        let plugin = host
+            .load(PluginSettings {
+                id: case.id.to_owned(),
+                file: component(case.id),
+                memory_limit: 64 << 20,
+                time_limit: Duration::from_millis(100),
+                settings: case.settings.to_owned(),
+            })
+            .unwrap();
+        let mut group = c.benchmark_group(format!("decode/{}", case.id));
+        group.throughput(Throughput::Elements(1));
+        group.measurement_time(Duration::from_secs(5));
+        group.bench_function(format!("wasm ({} bytes)", case.request.body.len()), |b| {
+            b.iter(|| black_box(plugin.decode(black_box(&case.request)).unwrap().len()))
+        });
+        let native = native_request(&case.request);
+        group.bench_function("native", |b| {
+            b.iter(|| black_box((case.native)(black_box(&native))))
+        });
+        group.finish();
+    }
+}
+
+fn cold_start(c: &mut Criterion) {
+    let cache =
+        std::env::temp_dir().join(format!("switchboard-bench-cache-{}", std::process::id()));
+    let host = PluginHost::new(64 << 20, Some(cache.clone())).unwrap();
+    let settings = PluginSettings {
+        id: "whatsapp-cloud".to_owned(),
+        file: component("whatsapp-cloud"),
+        memory_limit: 64 << 20,
+        time_limit: Duration::from_millis(100),
+        settings: "phone_number_id = \"106540352242922\"\n".to_owned(),
+    };
+    // Fill the cache once; every measured load reads the precompiled component back.
+    host.load(settings.clone()).unwrap();
+    c.bench_function(
+        "cold_start/whatsapp-cloud (precompiled cache: load, instantiate, describe, configure)",
+        |b| {
+            b.iter(|| {
+                let plugin = host.load(settings.clone()).unwrap();
+                assert!(plugin.loaded_from_cache());
+                black_box(plugin)
+            })
+        },
+    );
+    let _ = std::fs::remove_dir_all(cache);
+}
+
+criterion_group!(benches, decode, cold_start);
+criterion_main!(benches);

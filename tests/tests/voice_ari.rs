@@ -1,0 +1,294 @@
+//! `voice-ari` through the real plugin host, on Asterisk ARI events shaped like the ARI
+//! documentation's (`tests/fixtures/ari/`): the call's lifecycle, the agent's leg entering and
+//! leaving the call's bridge, hold, DTMF; its `voice-controls` export; and the ARI requests
+//! for listening (snoop `spy=both`), coaching (whisper snoop), barging and hanging up.
+
+use switchboard::engine::*;
+use switchboard::plugin::{CallError, ChannelNotification, FailureKind, InboundRequest, Plugin};
+use switchboard_tests::{fixture, host, load};
+
+const SETTINGS: &str = r#"
+ari_url = "http://127.0.0.1:8088/ari"
+application = "switchboard"
+ari_user = "switchboard"
+ari_password = "ari-secret"
+agent_endpoints = { "PJSIP/1001" = "a-ana" }
+supervisor_endpoints = { "sup-sam" = "PJSIP/1101" }
+joined_sound = "beep"
+"#;
+
+const CALL: &str = "1749418783.42";
+
+fn event(name: &str) -> InboundRequest {
+    InboundRequest {
+        method: "POST".to_owned(),
+        url: "ws://127.0.0.1:8088/ari/events?app=switchboard".to_owned(),
+        headers: Vec::new(),
+        content_type: Some("application/json".to_owned()),
+        body: fixture("ari", name),
+        received_at: Millis(1_800_000_000_000),
+    }
+}
+
+fn plugin(settings: &str) -> Plugin {
+    load(&host(), "voice-ari", settings)
+}
+
+fn bodies(plugin: &Plugin, name: &str) -> Vec<EventBody> {
+    plugin
+        .decode(&event(name))
+        .unwrap()
+        .into_iter()
+        .map(|event| event.body)
+        .collect()
+}
+
+#[test]
+fn it_declares_voice_controls() {
+    let plugin = plugin(SETTINGS);
+    assert!(plugin.voice_controls());
+    let description = plugin.description();
+    assert_eq!(description.channel, ChannelKind::Voice);
+    assert!(
+        description
+            .capabilities
+            .contains(&"voice-controls".to_owned())
+    );
+    assert!(description.capabilities.contains(&"voice:coach".to_owned()));
+    // Plugins without the export do not.
+    assert!(
+        !load(
+            &host(),
+            "sms-twilio",
+            "account_sid = \"AC0\"\nfrom = \"+1\"\n"
+        )
+        .voice_controls()
+    );
+}
+
+#[test]
+fn the_call_lifecycle() {
+    let plugin = plugin(SETTINGS);
+    match &bodies(&plugin, "stasis-start.json")[..] {
+        [
+            EventBody::Started {
+                conversation,
+                customer,
+                queue,
+                channel,
+                ..
+            },
+        ] => {
+            assert_eq!(conversation.key.as_ref(), CALL);
+            assert_eq!(*channel, ChannelKind::Voice);
+            assert_eq!(customer.id.as_ref(), "+14155551234");
+            assert_eq!(customer.name.as_deref(), Some("Ada Lovelace"));
+            assert_eq!(queue.as_ref().map(|q| q.as_str()), Some("support-voice"));
+        }
+        other => panic!("{other:#?}"),
+    }
+    match &bodies(&plugin, "agent-entered-bridge.json")[..] {
+        [
+            EventBody::Accepted {
+                conversation: ConversationRef::External(thread),
+                agent,
+            },
+        ] => {
+            assert_eq!(thread.key.as_ref(), CALL);
+            assert_eq!(agent.as_str(), "a-ana");
+        }
+        other => panic!("{other:#?}"),
+    }
+    assert!(matches!(
+        &bodies(&plugin, "hold.json")[..],
+        [EventBody::Paused { .. }]
+    ));
+    assert!(matches!(
+        &bodies(&plugin, "unhold.json")[..],
+        [EventBody::Resumed { .. }]
+    ));
+    assert!(bodies(&plugin, "state-change.json").is_empty());
+    assert!(matches!(
+        &bodies(&plugin, "agent-left-bridge.json")[..],
+        [EventBody::AgentLeft { .. }]
+    ));
+    for name in ["hangup.json", "destroyed.json", "stasis-end.json"] {
+        assert!(
+            matches!(&bodies(&plugin, name)[..], [EventBody::CustomerLeft { .. }]),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn dtmf_digits_are_not_recorded_unless_asked() {
+    assert!(bodies(&plugin(SETTINGS), "dtmf.json").is_empty());
+    let recording = plugin(&format!("{SETTINGS}record_dtmf = true\n"));
+    assert!(matches!(
+        &bodies(&recording, "dtmf.json")[..],
+        [EventBody::Message {
+            visibility: Visibility::Internal,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn malformed_events_are_typed_errors() {
+    let plugin = plugin(SETTINGS);
+    for (body, expected) in [
+        (&b"{"[..], FailureKind::InvalidPayload),
+        (b"{\"channel\":{}}", FailureKind::InvalidPayload),
+        (b"{\"type\":\"StasisStart\"}", FailureKind::InvalidPayload),
+        (
+            b"{\"type\":\"BridgeCreated\",\"bridge\":{}}",
+            FailureKind::Unsupported,
+        ),
+    ] {
+        let mut request = event("hold.json");
+        request.body = body.to_vec();
+        match plugin.decode(&request) {
+            Err(CallError::Plugin { kind, .. }) => {
+                assert_eq!(kind, expected, "{}", String::from_utf8_lossy(body))
+            }
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(body)),
+        }
+    }
+}
+
+fn notification(body: NotificationBody) -> ChannelNotification {
+    ChannelNotification {
+        notification: Notification {
+            id: NotificationId { seq: 5, index: 0 },
+            conversation: ConversationId::parse("c-0123456789abcdef0123"),
+            audience: Audience::Channel {
+                plugin: "voice-ari".into(),
+                thread: CALL.into(),
+                customer: "+14155551234".into(),
+            },
+            body,
+        },
+        thread: CALL.to_owned(),
+        customer: "+14155551234".to_owned(),
+        customer_last_message_at: None,
+        now: Millis(1_800_000_000_000),
+    }
+}
+
+fn urls(plugin: &Plugin, body: NotificationBody) -> Vec<String> {
+    plugin
+        .encode(&notification(body))
+        .unwrap()
+        .into_iter()
+        .map(|request| format!("{} {}", request.method, request.url))
+        .collect()
+}
+
+#[test]
+fn listen_coach_barge_stop_and_hang_up_become_ari_requests() {
+    let plugin = plugin(SETTINGS);
+    let supervisor = UserId::from("sup-sam");
+    let listen = urls(
+        &plugin,
+        NotificationBody::Media {
+            control: MediaControl::Listen {
+                supervisor: supervisor.clone(),
+                agent: Some("a-ana".into()),
+            },
+        },
+    );
+    assert_eq!(listen.len(), 2, "{listen:?}");
+    assert!(listen[0].starts_with(&format!("POST http://127.0.0.1:8088/ari/channels/{CALL}/snoop?spy=both&whisper=none&app=switchboard")), "{listen:?}");
+    assert!(listen[0].contains("snoopId=snoop-sup-sam-"), "{listen:?}");
+    assert!(
+        listen[1].starts_with(
+            "POST http://127.0.0.1:8088/ari/channels?endpoint=PJSIP%2F1101&app=switchboard"
+        ),
+        "{listen:?}"
+    );
+
+    let coach = urls(
+        &plugin,
+        NotificationBody::Media {
+            control: MediaControl::Coach {
+                supervisor: supervisor.clone(),
+                agent: None,
+            },
+        },
+    );
+    assert!(
+        coach[0].contains("spy=both&whisper=in"),
+        "the whisper reaches the agent only: {coach:?}"
+    );
+
+    let barge = urls(
+        &plugin,
+        NotificationBody::Media {
+            control: MediaControl::Join {
+                supervisor: supervisor.clone(),
+                mode: JoinMode::Public,
+            },
+        },
+    );
+    assert_eq!(barge.len(), 1);
+    assert!(
+        barge[0].contains(&format!("appArgs=role%3Dsupervisor%2Cbridge%3D{CALL}")),
+        "{barge:?}"
+    );
+
+    let stop = urls(
+        &plugin,
+        NotificationBody::Media {
+            control: MediaControl::Stop { supervisor },
+        },
+    );
+    assert_eq!(
+        stop,
+        vec![
+            format!("DELETE http://127.0.0.1:8088/ari/channels/snoop-sup-sam-{CALL}"),
+            format!("DELETE http://127.0.0.1:8088/ari/channels/leg-sup-sam-{CALL}"),
+        ]
+    );
+
+    let hang_up = plugin
+        .encode(&notification(NotificationBody::EndSession))
+        .unwrap();
+    assert_eq!(hang_up[0].method, "DELETE");
+    assert_eq!(
+        hang_up[0].url,
+        format!("http://127.0.0.1:8088/ari/channels/{CALL}?reason=normal")
+    );
+    assert!(
+        hang_up[0]
+            .headers
+            .iter()
+            .any(|(name, value)| name == "authorization" && value.starts_with("Basic "))
+    );
+
+    // Text has no ARI equivalent.
+    let message = NotificationBody::Message {
+        author: Author::Supervisor("sup-sam".into()),
+        text: "hi".into(),
+        visibility: Visibility::Public,
+    };
+    assert!(plugin.encode(&notification(message)).unwrap().is_empty());
+}
+
+#[test]
+fn an_unknown_supervisor_endpoint_is_a_config_error() {
+    let plugin = plugin(SETTINGS);
+    let request = notification(NotificationBody::Media {
+        control: MediaControl::Listen {
+            supervisor: "sup-nobody".into(),
+            agent: None,
+        },
+    });
+    match plugin.encode(&request) {
+        Err(CallError::Plugin {
+            kind: FailureKind::Config,
+            detail,
+            ..
+        }) => assert!(detail.contains("sup-nobody"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+}
