@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchboard::config;
+use switchboard::cli::{self, CliError, DecodeRequest};
+use switchboard::config::{self, Config};
 use switchboard::telemetry::{self, LogFormat};
 
 /// sysexits' EX_USAGE: the configuration (or the command line) is wrong.
@@ -34,42 +35,164 @@ struct Cli {
 enum Command {
     /// Validate the configuration and print every problem (exit 64 if there is any).
     CheckConfig,
+    /// Channel plugins: list, inspect, decode.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCommand {
+    /// The configured plugins and what each says about itself.
+    List,
+    /// A plugin file's API version, channel kind and capabilities.
+    Inspect {
+        /// The plugin's `.wasm` component.
+        file: PathBuf,
+    },
+    /// Run a plugin's decode on a payload and print the canonical events (or its error).
+    Decode {
+        /// A plugin id from the configuration, or a `.wasm` file.
+        plugin: String,
+        /// The provider payload, byte for byte.
+        #[arg(long)]
+        body: PathBuf,
+        /// A request header, `Name: value` (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// The URL the provider called (signature schemes sign it).
+        #[arg(long)]
+        url: Option<String>,
+        /// The payload's content type.
+        #[arg(long)]
+        content_type: Option<String>,
+        /// The plugin's settings as TOML (instead of its `[plugins.<id>.config]`).
+        #[arg(long)]
+        plugin_config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let config = match config::load(&cli.config) {
-        Ok(config) => config,
-        Err(error) => {
-            // Problems go to stderr as plain lines (`file:line:column: message`), the format
-            // editors and CI annotate.
-            #[allow(clippy::print_stderr)]
+    let default_config = cli.config == PathBuf::from(config::DEFAULT_FILE);
+    let result = match cli.command {
+        Command::CheckConfig => load(&cli.config).map(|config| {
+            let summary = format!(
+                "{}: ok ({} teams, {} queues, {} agents, {} plugins, {})",
+                config.file.display(),
+                config.teams.len(),
+                config.queues.len(),
+                config.agents.len(),
+                config.plugins.len(),
+                if config.amqp.is_some() {
+                    "AMQP transport"
+                } else {
+                    "embedded transport"
+                }
+            );
+            Output::Text(summary)
+        }),
+        Command::Plugins { command } => match command {
+            PluginsCommand::List => load(&cli.config)
+                .and_then(|config| cli::list(&config).map(Output::Json).map_err(Failure::from)),
+            PluginsCommand::Inspect { file } => {
+                cli::inspect(&file).map(Output::Json).map_err(Failure::from)
+            }
+            PluginsCommand::Decode {
+                plugin,
+                body,
+                headers,
+                url,
+                content_type,
+                plugin_config,
+            } => {
+                // A plugin given as a file needs no configuration when there is none.
+                let config = if default_config && !cli.config.exists() {
+                    Ok(None)
+                } else {
+                    load(&cli.config).map(Some)
+                };
+                config.and_then(|config| {
+                    cli::decode(
+                        config.as_ref(),
+                        DecodeRequest {
+                            plugin,
+                            body,
+                            headers,
+                            url,
+                            content_type,
+                            plugin_config,
+                        },
+                    )
+                    .map(Output::Json)
+                    .map_err(Failure::from)
+                })
+            }
+        },
+    };
+    finish(result)
+}
+
+enum Output {
+    Text(String),
+    Json(serde_json::Value),
+}
+
+enum Failure {
+    Config(config::ConfigError),
+    Usage(String),
+    Failed(String),
+}
+
+impl From<CliError> for Failure {
+    fn from(error: CliError) -> Self {
+        match error {
+            CliError::Usage(message) => Self::Usage(message),
+            CliError::Failed(message) => Self::Failed(message),
+        }
+    }
+}
+
+fn load(file: &std::path::Path) -> Result<Config, Failure> {
+    config::load(file).map_err(Failure::Config)
+}
+
+/// Prints the outcome: results on stdout, problems on stderr as plain lines (the
+/// `file:line:column: message` format editors and CI annotate).
+#[allow(clippy::print_stdout, clippy::print_stderr)]
+fn finish(result: Result<Output, Failure>) -> ExitCode {
+    match result {
+        Ok(Output::Text(text)) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(Output::Json(value)) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
+            // A decode that ended in the plugin's error is a failure for scripts.
+            if value.get("error").is_some() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(Failure::Config(error)) => {
             for problem in &error.problems {
                 eprintln!("{problem}");
             }
-            return ExitCode::from(EXIT_CONFIG);
+            ExitCode::from(EXIT_CONFIG)
         }
-    };
-    match cli.command {
-        Command::CheckConfig => {
-            #[allow(clippy::print_stdout)]
-            {
-                println!(
-                    "{}: ok ({} teams, {} queues, {} agents, {} plugins, {})",
-                    config.file.display(),
-                    config.teams.len(),
-                    config.queues.len(),
-                    config.agents.len(),
-                    config.plugins.len(),
-                    if config.amqp.is_some() {
-                        "AMQP transport"
-                    } else {
-                        "embedded transport"
-                    }
-                );
-            }
-            ExitCode::SUCCESS
+        Err(Failure::Usage(message)) => {
+            eprintln!("switchboard: {message}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Failed(message)) => {
+            eprintln!("switchboard: {message}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,0 +1,153 @@
+//! `switchboard plugins inspect` and `plugins decode` (the functions the binary runs) on every
+//! bundled plugin and a documented sample of its provider: the plugin author's everyday tools.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use switchboard::cli::{self, DecodeRequest};
+use switchboard_tests::component;
+
+fn fixture_path(provider: &str, name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(provider)
+        .join(name)
+}
+
+fn settings_file(text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "switchboard-cli-{}-{}.toml",
+        std::process::id(),
+        text.len()
+    ));
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path
+}
+
+#[test]
+fn inspect_describes_every_bundled_plugin() {
+    for (id, channel, voice) in [
+        ("web-chat", "web", false),
+        ("sms-twilio", "sms", false),
+        ("whatsapp-cloud", "whatsapp", false),
+        ("open-messaging", "messaging", false),
+        ("voice-ari", "voice", true),
+    ] {
+        let description = cli::inspect(&component(id)).unwrap();
+        assert_eq!(description["id"], id);
+        assert_eq!(description["channel"], channel);
+        assert_eq!(description["api_version"], "0.1.0");
+        let capabilities = description["capabilities"].as_array().unwrap();
+        assert_eq!(
+            capabilities.iter().any(|c| c == "voice-controls"),
+            voice,
+            "{id}"
+        );
+    }
+}
+
+#[test]
+fn decode_turns_each_documented_sample_into_canonical_events() {
+    let cases = [
+        (
+            "web-chat",
+            "base_url = \"https://chat.example.com\"\naccount_id = 1\n",
+            "chatwoot",
+            "message_created_incoming.json",
+            "application/json",
+            "message",
+        ),
+        (
+            "sms-twilio",
+            "account_sid = \"AC0\"\nfrom = \"+15005550006\"\n",
+            "twilio",
+            "inbound-sms.form",
+            "application/x-www-form-urlencoded",
+            "message",
+        ),
+        (
+            "whatsapp-cloud",
+            "phone_number_id = \"106540352242922\"\n",
+            "whatsapp",
+            "text.json",
+            "application/json",
+            "message",
+        ),
+        (
+            "open-messaging",
+            "integration_id = \"2b6f4a2e\"\n",
+            "genesys",
+            "inbound-text.json",
+            "application/json",
+            "message",
+        ),
+        (
+            "voice-ari",
+            "ari_url = \"http://127.0.0.1:8088/ari\"\napplication = \"switchboard\"\n",
+            "ari",
+            "stasis-start.json",
+            "application/json",
+            "started",
+        ),
+    ];
+    for (id, settings, provider, sample, content_type, kind) in cases {
+        let output = cli::decode(
+            None,
+            DecodeRequest {
+                plugin: component(id).display().to_string(),
+                body: fixture_path(provider, sample),
+                headers: vec![format!("Content-Type: {content_type}")],
+                url: None,
+                content_type: None,
+                plugin_config: Some(settings_file(settings)),
+            },
+        )
+        .unwrap();
+        assert_eq!(output["plugin"], id);
+        let events = output["events"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{id}: {output}"));
+        assert_eq!(events.len(), 1, "{id}: {output}");
+        assert_eq!(events[0]["type"], kind, "{id}: {output}");
+        assert_eq!(events[0]["source"], id);
+    }
+}
+
+#[test]
+fn decode_prints_the_plugins_typed_error() {
+    let output = cli::decode(
+        None,
+        DecodeRequest {
+            plugin: component("whatsapp-cloud").display().to_string(),
+            body: fixture_path("chatwoot", "message_created_incoming.json"),
+            headers: Vec::new(),
+            url: None,
+            content_type: Some("application/json".to_owned()),
+            plugin_config: Some(settings_file(
+                "phone_number_id = \"1\"\napp_secret = \"s\"\n",
+            )),
+        },
+    )
+    .unwrap();
+    assert_eq!(output["error"]["kind"], "unauthorized", "{output}");
+}
+
+#[test]
+fn decode_of_something_that_is_not_a_plugin_is_a_usage_error() {
+    let error = cli::decode(
+        None,
+        DecodeRequest {
+            plugin: "no-such-plugin".to_owned(),
+            body: fixture_path("ari", "hold.json"),
+            headers: Vec::new(),
+            url: None,
+            content_type: None,
+            plugin_config: None,
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(error, cli::CliError::Usage(_)), "{error}");
+}
