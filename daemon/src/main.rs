@@ -76,7 +76,7 @@ enum PluginsCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let default_config = cli.config == PathBuf::from(config::DEFAULT_FILE);
+    let default_config = cli.config == std::path::Path::new(config::DEFAULT_FILE);
     let result = match cli.command {
         Command::CheckConfig => load(&cli.config).map(|config| {
             let summary = format!(
