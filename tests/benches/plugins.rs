@@ -54,8 +54,14 @@ fn cases() -> Vec<Case> {
     const WHATSAPP: &str = "phone_number_id = \"106540352242922\"\n";
     const SMS: &str =
         "account_sid = \"AC00000000000000000000000000000000\"\nfrom = \"+15005550006\"\n";
+    const WEB: &str = "base_url = \"https://chat.example.com\"\naccount_id = 1\n";
+    const OPEN: &str = "integration_id = \"2b6f4a2e-8c3d-4a6b-9f5e-1d2c3b4a5e6f\"\n";
+    const VOICE: &str = "ari_url = \"http://127.0.0.1:8088/ari\"\napplication = \"switchboard\"\n";
     let whatsapp_config: whatsapp_cloud::Config = settings::parse(WHATSAPP).unwrap();
     let sms_config: sms_twilio::Config = settings::parse(SMS).unwrap();
+    let web_config: web_chat::Config = settings::parse(WEB).unwrap();
+    let open_config: open_messaging::Config = settings::parse(OPEN).unwrap();
+    let voice_config: voice_ari::Config = toml::from_str(VOICE).unwrap();
     vec![
         Case {
             id: "whatsapp-cloud",
@@ -83,7 +89,73 @@ fn cases() -> Vec<Case> {
                 sms_twilio::decode(&sms_config, request).unwrap().len()
             }),
         },
+        Case {
+            id: "web-chat",
+            settings: WEB,
+            request: request(
+                "https://switchboard.example.com/v1/inbound/web-chat",
+                "application/json",
+                fixture("chatwoot", "message_created_incoming.json"),
+            ),
+            native: Box::new(move |request| web_chat::decode(&web_config, request).unwrap().len()),
+        },
+        Case {
+            id: "open-messaging",
+            settings: OPEN,
+            request: request(
+                "https://switchboard.example.com/v1/inbound/open-messaging",
+                "application/json",
+                fixture("genesys", "inbound-text.json"),
+            ),
+            native: Box::new(move |request| {
+                open_messaging::decode(&open_config, request).unwrap().len()
+            }),
+        },
+        Case {
+            id: "voice-ari",
+            settings: VOICE,
+            request: request(
+                "ws://127.0.0.1:8088/ari/events?app=switchboard",
+                "application/json",
+                fixture("ari", "stasis-start.json"),
+            ),
+            native: Box::new(move |request| {
+                let inbound = voice_inbound(request);
+                voice_ari::decode(&voice_config, &inbound).unwrap().len()
+            }),
+        },
     ]
+}
+
+/// voice-ari has bindings of its own (it exports `voice-controls`), so its request type is
+/// its own too.
+fn voice_inbound(request: &types::Inbound) -> voice_ari::switchboard::channel::types::Inbound {
+    voice_ari::switchboard::channel::types::Inbound {
+        method: request.method.clone(),
+        url: request.url.clone(),
+        headers: Vec::new(),
+        content_type: request.content_type.clone(),
+        body: request.body.clone(),
+        received_at: request.received_at,
+    }
+}
+
+/// The fixed cost of a call through the host: a plugin that returns at once.
+fn call_overhead(c: &mut Criterion) {
+    let host = PluginHost::new(64 << 20, None).unwrap();
+    let plugin = host
+        .load(PluginSettings {
+            id: "hostile-trap".to_owned(),
+            file: component("hostile-trap"),
+            memory_limit: 64 << 20,
+            time_limit: Duration::from_millis(100),
+            settings: String::new(),
+        })
+        .unwrap();
+    let empty = request("https://x/", "text/plain", b"ok".to_vec());
+    c.bench_function("call_overhead/decode returning no events", |b| {
+        b.iter(|| black_box(plugin.decode(black_box(&empty)).unwrap().len()))
+    });
 }
 
 fn decode(c: &mut Criterion) {
@@ -138,5 +210,5 @@ fn cold_start(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(cache);
 }
 
-criterion_group!(benches, decode, cold_start);
+criterion_group!(benches, call_overhead, decode, cold_start);
 criterion_main!(benches);

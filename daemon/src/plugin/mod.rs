@@ -328,7 +328,7 @@ impl Plugin {
     pub fn reload_if_changed(&self) -> Result<Option<PluginDescription>, LoadError> {
         let bytes = read(&self.settings.file)?;
         let current = self.current.load();
-        if current.source_hash == runtime_source_hash(&bytes) {
+        if current.source_hash == source_hash(&bytes) {
             return Ok(None);
         }
         drop(current);
@@ -468,7 +468,7 @@ impl Loaded {
             description,
             hash: compiled.hash,
             from_cache: compiled.from_cache,
-            source_hash: runtime_source_hash(&bytes),
+            source_hash: compiled.source_hash,
             pre,
             runtime: runtime.clone(),
             plugin,
@@ -754,7 +754,7 @@ fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
     })
 }
 
-fn runtime_source_hash(bytes: &[u8]) -> String {
+fn source_hash(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     format!("{:x}", sha2::Sha256::digest(bytes))
 }

@@ -83,9 +83,11 @@ impl Runtime {
     }
 
     /// Validates, checks the API version, and compiles (or loads from the cache) a plugin.
+    /// A cache hit skips full validation: the cache is keyed by the SHA-256 of these very
+    /// bytes, which were validated before they were compiled and cached.
     pub(super) fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Compiled, LoadError> {
-        let api_version = inspect(path, bytes)?;
-        let key = format!("{:x}-{}", Sha256::digest(bytes), self.compatibility);
+        let source_hash = format!("{:x}", Sha256::digest(bytes));
+        let key = format!("{source_hash}-{}", self.compatibility);
         let cached = self
             .cache_dir
             .as_ref()
@@ -93,12 +95,14 @@ impl Runtime {
         if let Some(cached) = &cached
             && cached.exists()
         {
+            let api_version = api_version(path, bytes)?;
             match load_cached(&self.engine, cached) {
                 Ok(component) => {
                     return Ok(Compiled {
                         component,
                         api_version,
                         hash: key,
+                        source_hash,
                         from_cache: true,
                     });
                 }
@@ -108,6 +112,8 @@ impl Runtime {
                 }
             }
         }
+        validate(path, bytes)?;
+        let api_version = api_version(path, bytes)?;
         let component =
             Component::new(&self.engine, bytes).map_err(|error| LoadError::Compile {
                 path: path.to_path_buf(),
@@ -122,6 +128,7 @@ impl Runtime {
             component,
             api_version,
             hash: key,
+            source_hash,
             from_cache: false,
         })
     }
@@ -131,8 +138,10 @@ impl Runtime {
 pub(super) struct Compiled {
     pub(super) component: Component,
     pub(super) api_version: String,
-    /// Content hash of the `.wasm` (and engine compatibility).
+    /// Content hash of the `.wasm` and the engine's compatibility hash.
     pub(super) hash: String,
+    /// SHA-256 of the `.wasm` alone (reload detects a changed file with it).
+    pub(super) source_hash: String,
     pub(super) from_cache: bool,
 }
 
@@ -175,9 +184,8 @@ fn start_ticker(engine: &Engine) {
     }
 }
 
-/// Validates the whole file and finds which `switchboard:channel` version it exports,
-/// before anything is compiled or instantiated.
-fn inspect(path: &Path, bytes: &[u8]) -> Result<String, LoadError> {
+/// Validates the whole file before anything is compiled or instantiated.
+fn validate(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
     let invalid = |reason: String| LoadError::Invalid {
         path: path.to_path_buf(),
         reason,
@@ -194,6 +202,16 @@ fn inspect(path: &Path, bytes: &[u8]) -> Result<String, LoadError> {
     validator
         .validate_all(bytes)
         .map_err(|error| invalid(error.to_string()))?;
+    Ok(())
+}
+
+/// Which `switchboard:channel` version the component exports, from its top-level export
+/// names; refused before instantiation when the host does not support it.
+fn api_version(path: &Path, bytes: &[u8]) -> Result<String, LoadError> {
+    let invalid = |reason: String| LoadError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
     let mut depth = 0usize;
     let mut exported = Vec::new();
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
@@ -292,12 +310,12 @@ mod tests {
     #[test]
     fn core_modules_and_junk_are_refused_before_compiling() {
         let core = b"\0asm\x01\0\0\0";
-        let error = inspect(Path::new("core.wasm"), core).unwrap_err();
+        let error = validate(Path::new("core.wasm"), core).unwrap_err();
         assert!(
             error.to_string().contains("core WebAssembly module"),
             "{error}"
         );
-        let error = inspect(Path::new("junk.wasm"), b"hello").unwrap_err();
+        let error = validate(Path::new("junk.wasm"), b"hello").unwrap_err();
         assert!(
             error.to_string().contains("not a WebAssembly component"),
             "{error}"
