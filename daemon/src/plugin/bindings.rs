@@ -11,8 +11,8 @@ wasmtime::component::bindgen!({
     world: "channel",
 });
 
+use self::switchboard::channel::types as wit;
 use exports::switchboard::channel::plugin as wit_plugin;
-use switchboard::channel::types as wit;
 
 pub(super) use Channel as ChannelBindings;
 pub(super) use ChannelPre as ChannelBindingsPre;
