@@ -170,3 +170,32 @@ fn the_ownership_check_catches_a_stray_import() {
         "wasmtime"
     ));
 }
+
+/// The daemon's one unsafe block (loading compiled plugins it cached itself) lives in
+/// `plugin/runtime.rs` with its safety argument; nowhere else.
+#[test]
+fn unsafe_code_only_where_it_is_argued() {
+    let mut found = Vec::new();
+    for file in rust_files() {
+        let path = relative(&file);
+        if !path.starts_with("daemon/src/") || path == "daemon/src/plugin/runtime.rs" {
+            continue;
+        }
+        let text = fs::read_to_string(&file).expect("readable source");
+        if text
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .any(|line| {
+                line.contains("unsafe {")
+                    || line.contains("unsafe fn")
+                    || line.contains("allow(unsafe_code)")
+            })
+        {
+            found.push(path);
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "unsafe code outside plugin/runtime.rs: {found:?}"
+    );
+}
