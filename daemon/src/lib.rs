@@ -11,4 +11,5 @@ pub mod config;
 pub mod engine;
 pub mod plugin;
 pub mod sentiment;
+pub mod store;
 pub mod telemetry;

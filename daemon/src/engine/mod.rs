@@ -18,7 +18,7 @@ mod command;
 mod tick;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -28,7 +28,7 @@ pub use domain::*;
 pub use effect::*;
 pub use input::*;
 pub use policy::*;
-pub use state::State;
+pub use state::{Snapshot, State};
 
 use state::Map;
 
@@ -92,6 +92,26 @@ impl Engine {
         let mut engine = Self::new(setup);
         for record in records {
             engine.state.evolve_record(record);
+        }
+        engine.rebuild_timers();
+        engine
+    }
+
+    /// Rebuilds an engine from a snapshot and the records written after it.
+    pub fn restore<'a>(
+        setup: Setup,
+        snapshot: Option<Snapshot>,
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Self {
+        let mut engine = Self::new(setup);
+        let after = snapshot.as_ref().map_or(0, |snapshot| snapshot.last_seq);
+        if let Some(snapshot) = snapshot {
+            engine.state.restore(snapshot);
+        }
+        for record in records {
+            if record.seq > after {
+                engine.state.evolve_record(record);
+            }
         }
         engine.rebuild_timers();
         engine

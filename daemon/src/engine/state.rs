@@ -16,7 +16,7 @@ pub(crate) type Map<K, V> = HashMap<K, V, RandomState>;
 type Set<K> = HashSet<K, RandomState>;
 
 /// A remembered answer to a command with an idempotency key.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Answer {
     pub fingerprint: u64,
     pub reply: Result<Reply, Refusal>,
@@ -47,6 +47,18 @@ pub struct State {
     answers_order: VecDeque<(Millis, u128)>,
     idempotency_ttl: i64,
     pub(crate) last_seq: u64,
+}
+
+/// Everything [`State`] holds, in a form the store can keep: restoring it and then
+/// replaying the records after `last_seq` rebuilds the state exactly.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub last_seq: u64,
+    conversations: Vec<Conversation>,
+    agents: Vec<Agent>,
+    /// In the order they were seen, so the window evicts the same ids after a restore.
+    seen: Vec<u128>,
+    answers: Vec<(u128, Answer)>,
 }
 
 impl PartialEq for State {
@@ -88,6 +100,54 @@ impl State {
             idempotency_ttl,
             last_seq: 0,
         }
+    }
+
+    /// The state as a snapshot (conversations in slot order, so a restore reuses the same
+    /// layout).
+    pub fn snapshot(&self) -> Snapshot {
+        let mut answers: Vec<(u128, Answer)> = self
+            .answers_order
+            .iter()
+            .filter_map(|(_, key)| self.answers.get(key).map(|answer| (*key, answer.clone())))
+            .collect();
+        answers.dedup_by_key(|(key, _)| *key);
+        Snapshot {
+            last_seq: self.last_seq,
+            conversations: self.conversations().cloned().collect(),
+            agents: self.agents.values().cloned().collect(),
+            seen: self.seen_order.iter().copied().collect(),
+            answers,
+        }
+    }
+
+    /// Rebuilds a state from a snapshot. Agents of the snapshot that the roster no longer
+    /// has are dropped; roster agents the snapshot lacks keep their configured values.
+    pub(crate) fn restore(&mut self, snapshot: Snapshot) {
+        for agent in snapshot.agents {
+            if let Some(current) = self.agents.get_mut(&agent.id) {
+                current.presence = agent.presence;
+                current.used = agent.used;
+            }
+        }
+        for conversation in snapshot.conversations {
+            let slot = u32::try_from(self.slots.len()).expect("fewer than 4 billion conversations");
+            if conversation.state != ConversationState::Closed {
+                self.live_threads
+                    .insert(conversation.external.thread_key(), slot);
+            }
+            self.by_id.insert(conversation.id, slot);
+            self.slots.push(Some(conversation));
+        }
+        for key in snapshot.seen {
+            if self.seen.insert(key) {
+                self.seen_order.push_back(key);
+            }
+        }
+        for (key, answer) in snapshot.answers {
+            self.answers_order.push_back((answer.at, key));
+            self.answers.insert(key, answer);
+        }
+        self.last_seq = snapshot.last_seq;
     }
 
     pub fn conversation(&self, id: ConversationId) -> Option<&Conversation> {

@@ -2,6 +2,6 @@
 //! source, all driven through [`Harness`], which feeds inputs and keeps every record so that
 //! replay can be checked too. The property test lives in `tests/proptest.rs` beside it.
 
-mod harness;
+pub(crate) mod harness;
 mod proptests;
 mod rules;

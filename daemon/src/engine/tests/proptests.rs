@@ -361,3 +361,31 @@ proptest! {
         h.assert_replays();
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(64),
+        ..ProptestConfig::default()
+    })]
+
+    /// A snapshot taken anywhere, serialized as the store keeps it, plus the records after it
+    /// rebuild the same state; and the restored engine goes on exactly like the original.
+    #[test]
+    fn snapshot_plus_later_records_restore_the_same_state(
+        before in proptest::collection::vec(step(), 1..80),
+        after in proptest::collection::vec(step(), 0..80),
+    ) {
+        let mut h = Harness::new();
+        for step in before {
+            run(&mut h, step);
+        }
+        let snapshot = h.engine.state().snapshot();
+        let stored: Snapshot = serde_json::from_str(&serde_json::to_string(&snapshot).unwrap()).unwrap();
+        let cut = h.records.len();
+        for step in after {
+            run(&mut h, step);
+        }
+        let restored = Engine::restore(demo_setup(), Some(stored), &h.records[cut..]);
+        prop_assert!(restored.state() == h.engine.state());
+    }
+}
