@@ -48,3 +48,36 @@ pub fn fixture(provider: &str, name: &str) -> Vec<u8> {
         .join(name);
     std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
+
+/// The broker the tests use (`SWITCHBOARD_TEST_AMQP_URL`, default the local RabbitMQ).
+pub fn amqp_url() -> String {
+    std::env::var("SWITCHBOARD_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// Whether broker tests must run: `SWITCHBOARD_REQUIRE_AMQP=1` (CI) turns a missing broker
+/// into a failure instead of a loud skip.
+pub fn amqp_required() -> bool {
+    std::env::var("SWITCHBOARD_REQUIRE_AMQP").is_ok_and(|value| value == "1")
+}
+
+/// Topology names of this test run only, so no run sees another's leftovers.
+pub fn amqp_names(test: &str) -> switchboard::config::AmqpConfig {
+    let run = format!(
+        "{test}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_nanos())
+            .unwrap_or(0)
+    );
+    switchboard::config::AmqpConfig {
+        url: switchboard::config::Secret::new(amqp_url()),
+        inbound_exchange: format!("test.{run}.inbound"),
+        inbound_queue: format!("test.{run}.inbound"),
+        dead_letter_queue: format!("test.{run}.dead"),
+        outbound_exchange: format!("test.{run}.outbound"),
+        prefetch: 300,
+        delivery_limit: 5,
+    }
+}

@@ -13,3 +13,4 @@ pub mod plugin;
 pub mod sentiment;
 pub mod store;
 pub mod telemetry;
+pub mod transport;

@@ -3,14 +3,14 @@
 //! their timeline entries, and the rendered outbound messages (the outbox) together; on start
 //! the daemon rebuilds its state from the last snapshot plus the records after it.
 //!
-//! [`Store`] is the seam for a PostgreSQL store shared by several daemons; [`redb`] is the
+//! [`Store`] is the seam for a PostgreSQL store shared by several daemons; [`RedbStore`] (in `embedded`) is the
 //! embedded default. The only module that imports redb.
 
-mod redb;
+mod embedded;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::redb::RedbStore;
+pub use self::embedded::RedbStore;
 use crate::engine::{ConversationId, Millis, NotificationId, Record, Snapshot, TimelineEntry};
 
 /// A rendered outbound message, ready to publish as it is (after a crash it goes out again

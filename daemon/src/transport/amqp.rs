@@ -1,0 +1,433 @@
+//! Transport step, AMQP 0-9-1 (RabbitMQ): the topology of CONTRACT.md §3, inbound deliveries
+//! with manual acknowledgements, dead-lettering with a reason, and outbound publication with
+//! publisher confirms (persistent, mandatory, CloudEvents binary mode). The only module that
+//! imports lapin; its types never leave it.
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    ExchangeKind,
+};
+
+use super::{InboundMessage, TransportError};
+use crate::config::AmqpConfig;
+use crate::store::OutboxEntry;
+
+/// `cloudEvents_source` of everything Switchboard publishes.
+pub const CLOUDEVENTS_SOURCE: &str = "switchboard";
+
+/// A connection with a consuming channel (prefetch) and a publishing channel (confirms).
+pub struct AmqpTransport {
+    connection: Connection,
+    consume: Channel,
+    publish: Channel,
+    names: AmqpConfig,
+}
+
+impl std::fmt::Debug for AmqpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpTransport")
+            .field("inbound_queue", &self.names.inbound_queue)
+            .field("connected", &self.connection.status().connected())
+            .finish_non_exhaustive()
+    }
+}
+
+fn broker(error: lapin::Error) -> TransportError {
+    TransportError::Broker(error.to_string())
+}
+
+fn quorum(extra: impl IntoIterator<Item = (&'static str, AMQPValue)>) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    for (key, value) in extra {
+        arguments.insert(key.into(), value);
+    }
+    arguments
+}
+
+impl AmqpTransport {
+    /// Connects (the URL is a secret: errors never echo it), opens the channels and declares
+    /// the topology.
+    pub async fn connect(config: &AmqpConfig, name: &str) -> Result<Self, TransportError> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(name.into())
+            .enable_auto_recover();
+        let connection = Connection::connect(config.url.expose(), properties)
+            .await
+            .map_err(broker)?;
+        let consume = connection.create_channel().await.map_err(broker)?;
+        consume
+            .basic_qos(config.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(broker)?;
+        let publish = connection.create_channel().await.map_err(broker)?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broker)?;
+        let transport = Self {
+            connection,
+            consume,
+            publish,
+            names: config.clone(),
+        };
+        transport.declare().await?;
+        Ok(transport)
+    }
+
+    /// Declares what the daemon needs (idempotent): the two topic exchanges, the inbound
+    /// quorum queue bound with `#` (an explicit delivery limit, dead-lettering to the dead
+    /// queue), and the dead queue.
+    async fn declare(&self) -> Result<(), TransportError> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        for exchange in [&self.names.inbound_exchange, &self.names.outbound_exchange] {
+            self.consume
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    ExchangeKind::Topic,
+                    durable,
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(broker)?;
+        }
+        self.consume
+            .queue_declare(
+                self.names.dead_letter_queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                quorum([]),
+            )
+            .await
+            .map_err(broker)?;
+        let inbound = quorum([
+            (
+                "x-delivery-limit",
+                AMQPValue::LongInt(i32::try_from(self.names.delivery_limit).unwrap_or(i32::MAX)),
+            ),
+            ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
+            (
+                "x-dead-letter-routing-key",
+                AMQPValue::LongString(self.names.dead_letter_queue.as_str().into()),
+            ),
+        ]);
+        self.consume
+            .queue_declare(
+                self.names.inbound_queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                inbound,
+            )
+            .await
+            .map_err(broker)?;
+        self.consume
+            .queue_bind(
+                self.names.inbound_queue.as_str().into(),
+                self.names.inbound_exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker)?;
+        Ok(())
+    }
+
+    /// Whether the connection is up (for `/readyz`).
+    pub fn connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// Starts consuming the inbound queue.
+    pub async fn consume(&self, tag: &str) -> Result<Deliveries, TransportError> {
+        let consumer = self
+            .consume
+            .basic_consume(
+                self.names.inbound_queue.as_str().into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker)?;
+        Ok(Deliveries { consumer })
+    }
+
+    /// Sends a message the daemon cannot handle to the dead queue, with its reason, and waits
+    /// for the broker's confirmation (the caller acknowledges it only afterwards).
+    pub async fn dead_letter(
+        &self,
+        message: &InboundMessage,
+        code: &str,
+        detail: &str,
+    ) -> Result<(), TransportError> {
+        let mut headers = FieldTable::default();
+        for (name, value) in &message.headers {
+            headers.insert(
+                name.as_str().into(),
+                AMQPValue::LongString(value.as_str().into()),
+            );
+        }
+        headers.insert(
+            "switchboard-error".into(),
+            AMQPValue::LongString(code.into()),
+        );
+        headers.insert(
+            "switchboard-error-detail".into(),
+            AMQPValue::LongString(detail.into()),
+        );
+        headers.insert(
+            "switchboard-routing-key".into(),
+            AMQPValue::LongString(message.routing_key.as_str().into()),
+        );
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        if let Some(content_type) = &message.content_type {
+            properties = properties.with_content_type(content_type.as_str().into());
+        }
+        if let Some(id) = &message.message_id {
+            properties = properties.with_message_id(id.as_str().into());
+        }
+        self.confirmed(
+            ShortString::from(""),
+            self.names.dead_letter_queue.as_str().into(),
+            &message.body,
+            properties,
+        )
+        .await
+    }
+
+    /// Publishes an outbox entry in CloudEvents binary mode (attributes as `cloudEvents_`
+    /// headers), persistent and mandatory, and waits for the broker's confirmation.
+    pub async fn publish(&self, entry: &OutboxEntry) -> Result<(), TransportError> {
+        let mut headers = FieldTable::default();
+        let mut header = |name: &str, value: &str| {
+            headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+        };
+        header("cloudEvents_specversion", "1.0");
+        header("cloudEvents_id", &entry.id);
+        header("cloudEvents_source", CLOUDEVENTS_SOURCE);
+        header("cloudEvents_type", &entry.event_type);
+        header("cloudEvents_time", &rfc3339(entry.time.0));
+        if let Some(subject) = &entry.subject {
+            header("cloudEvents_subject", subject);
+        }
+        for (name, value) in &entry.headers {
+            header(name, value);
+        }
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(entry.content_type.as_str().into())
+            .with_message_id(entry.id.as_str().into())
+            .with_headers(headers);
+        self.confirmed(
+            self.names.outbound_exchange.as_str().into(),
+            entry.routing_key.as_str().into(),
+            &entry.body,
+            properties,
+        )
+        .await
+    }
+
+    async fn confirmed(
+        &self,
+        exchange: ShortString,
+        routing_key: ShortString,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), TransportError> {
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = self
+            .publish
+            .basic_publish(exchange, routing_key.clone(), options, body, properties)
+            .await
+            .map_err(broker)?
+            .await
+            .map_err(broker)?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            // Mandatory and nobody bound to this key: the broker has it nowhere to put. That is
+            // the subscribers' business, not a reason to publish forever.
+            Confirmation::Ack(Some(_)) => {
+                tracing::debug!(routing_key = %routing_key, "published message had no subscriber");
+                Ok(())
+            }
+            Confirmation::Nack(_) => Err(TransportError::Rejected(format!(
+                "broker refused a message for {routing_key}"
+            ))),
+            Confirmation::NotRequested => Err(TransportError::Broker(
+                "publisher confirms are off".to_owned(),
+            )),
+        }
+    }
+
+    /// Deletes the topology (tests use names of their own and clean up after themselves).
+    pub async fn delete_topology(&self) -> Result<(), TransportError> {
+        for queue in [&self.names.inbound_queue, &self.names.dead_letter_queue] {
+            self.consume
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map_err(broker)?;
+        }
+        for exchange in [&self.names.inbound_exchange, &self.names.outbound_exchange] {
+            self.consume
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await
+                .map_err(broker)?;
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        let _ = self
+            .connection
+            .close(200, "switchboard shutting down".into())
+            .await;
+    }
+}
+
+/// Acknowledges a delivery and every earlier one on its channel.
+#[derive(Clone)]
+pub struct AmqpAck(lapin::Acker);
+
+impl std::fmt::Debug for AmqpAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AmqpAck")
+    }
+}
+
+impl AmqpAck {
+    /// Acknowledges this delivery and all before it (`multiple`), after their effects were
+    /// committed. `Ok(false)`: the channel was replaced by recovery, so the broker redelivers
+    /// them and deduplication makes that harmless.
+    pub async fn ack_through(&self) -> Result<bool, TransportError> {
+        self.0
+            .ack(BasicAckOptions { multiple: true })
+            .await
+            .map_err(broker)
+    }
+}
+
+/// The inbound queue's deliveries.
+pub struct Deliveries {
+    consumer: Consumer,
+}
+
+impl std::fmt::Debug for Deliveries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deliveries")
+    }
+}
+
+impl Deliveries {
+    /// The next delivery; `None` when the consumer ended (cancelled by the server, channel
+    /// closed): the caller consumes again.
+    pub async fn next(&mut self) -> Option<Result<InboundMessage, TransportError>> {
+        let delivery = self.consumer.next().await?;
+        Some(delivery.map_err(broker).map(|delivery| {
+            let headers: Vec<(String, String)> = delivery
+                .properties
+                .headers()
+                .as_ref()
+                .map(|table| {
+                    table
+                        .inner()
+                        .iter()
+                        .filter_map(|(name, value)| {
+                            text(value).map(|value| (name.to_string().to_ascii_lowercase(), value))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            InboundMessage {
+                ack: Some(AmqpAck(delivery.acker.clone())),
+                delivery_tag: delivery.delivery_tag,
+                routing_key: delivery.routing_key.to_string(),
+                content_type: delivery
+                    .properties
+                    .content_type()
+                    .as_ref()
+                    .map(ToString::to_string),
+                message_id: delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(ToString::to_string),
+                redelivered: delivery.redelivered,
+                headers,
+                body: delivery.data,
+            }
+        }))
+    }
+}
+
+/// A header value as text (providers' headers are strings; numbers are written out).
+fn text(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(text) => Some(text.to_string()),
+        AMQPValue::ShortString(text) => Some(text.to_string()),
+        AMQPValue::Boolean(flag) => Some(flag.to_string()),
+        AMQPValue::ShortShortInt(n) => Some(n.to_string()),
+        AMQPValue::ShortShortUInt(n) => Some(n.to_string()),
+        AMQPValue::ShortInt(n) => Some(n.to_string()),
+        AMQPValue::ShortUInt(n) => Some(n.to_string()),
+        AMQPValue::LongInt(n) => Some(n.to_string()),
+        AMQPValue::LongUInt(n) => Some(n.to_string()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        AMQPValue::Timestamp(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// RFC 3339 in UTC with milliseconds, from Unix milliseconds (CloudEvents `time`).
+pub fn rfc3339(millis: i64) -> String {
+    let seconds = millis.div_euclid(1000);
+    let milli = millis.rem_euclid(1000);
+    let days = seconds.div_euclid(86_400);
+    let second_of_day = seconds.rem_euclid(86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let year = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = if month <= 2 { year + 1 } else { year };
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_from_unix_millis() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::rfc3339(1_749_416_383_123),
+            "2025-06-08T20:59:43.123Z"
+        );
+        assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}

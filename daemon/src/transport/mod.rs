@@ -1,0 +1,32 @@
+//! Transport step of the flow: how provider traffic arrives and notifications leave.
+//! [`amqp`] is RabbitMQ (the only lapin importer); the embedded in-process transport, the
+//! default without a broker, arrives with the daemon's wiring.
+
+pub mod amqp;
+
+/// One inbound message, as any transport delivers it.
+#[derive(Clone, Debug)]
+pub struct InboundMessage {
+    /// Acknowledges this message and the ones before it, once everything they caused is
+    /// durable (`None` for transports without acknowledgements).
+    pub ack: Option<amqp::AmqpAck>,
+    pub delivery_tag: u64,
+    /// The plugin id, or `canonical`.
+    pub routing_key: String,
+    pub content_type: Option<String>,
+    /// Deduplication key when the sender set one.
+    pub message_id: Option<String>,
+    pub redelivered: bool,
+    /// The original request headers (lowercase), including `switchboard-url`.
+    pub headers: Vec<(String, String)>,
+    /// The provider payload, byte for byte.
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("broker: {0}")]
+    Broker(String),
+    #[error("broker refused: {0}")]
+    Rejected(String),
+}
