@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod pipeline;
 pub mod plugin;
 pub mod sentiment;
 pub mod store;

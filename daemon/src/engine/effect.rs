@@ -131,10 +131,12 @@ pub enum Change {
     },
     /// An input id was applied; a later input with the same id changes nothing.
     Seen {
+        #[serde(with = "hex128")]
         key: u128,
     },
     /// A command with an idempotency key was answered.
     Answered {
+        #[serde(with = "hex128")]
         key: u128,
         fingerprint: u64,
         reply: Result<Reply, Refusal>,
@@ -523,5 +525,22 @@ impl Code {
 impl fmt::Display for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// 128-bit keys as 32 hex digits: JSON numbers cannot carry them through the buffering that
+/// internally tagged enums need.
+mod hex128 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(key: &u128, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{key:032x}"))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<u128, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        u128::from_str_radix(&text, 16).map_err(serde::de::Error::custom)
     }
 }

@@ -389,3 +389,52 @@ proptest! {
         prop_assert!(restored.state() == h.engine.state());
     }
 }
+
+/// Every kind of change survives the store's JSON encoding (the log is replayed from it).
+#[test]
+fn records_round_trip_through_json() {
+    let mut h = Harness::new();
+    let thread = h.thread("whatsapp-cloud");
+    h.input(Input::Channel(ChannelEvent {
+        id: Some("wamid.1".into()),
+        source: "whatsapp-cloud".into(),
+        body: EventBody::Message {
+            conversation: thread,
+            channel: ChannelKind::Whatsapp,
+            sender: Sender::Customer,
+            text: text("hello"),
+            visibility: Visibility::Public,
+            sentiment: Some(0.5),
+            customer: None,
+        },
+    }));
+    let sup = supervisor("sup-1", &["support"]);
+    let id = h.engine.state().conversations().next().unwrap().id;
+    h.accept(&id, "a-1");
+    h.input(Input::Command(Command {
+        actor: sup,
+        idempotency: Some(Idempotency {
+            key: "k".into(),
+            fingerprint: 7,
+        }),
+        action: Action::Monitor { conversation: id },
+    }));
+    let decoded: Vec<Record> = h
+        .records
+        .iter()
+        .map(|record| serde_json::from_str(&serde_json::to_string(record).unwrap()).unwrap())
+        .collect();
+    assert_eq!(decoded, h.records);
+    assert!(
+        decoded
+            .iter()
+            .flat_map(|r| &r.changes)
+            .any(|c| matches!(c, Change::Seen { .. }))
+    );
+    assert!(
+        decoded
+            .iter()
+            .flat_map(|r| &r.changes)
+            .any(|c| matches!(c, Change::Answered { .. }))
+    );
+}

@@ -1,0 +1,218 @@
+//! The pipeline over real plugins and the real store: a provider webhook becomes a
+//! conversation and outbox entries in one commit; a redelivery changes nothing; what cannot be
+//! handled is dead-lettered with its code; a canonical event from the routing platform is
+//! applied; and a restart rebuilds the same state from the store.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard::config;
+use switchboard::engine::{Engine, Millis};
+use switchboard::pipeline::{Disposition, Pipeline, plugin_policy};
+use switchboard::plugin::{Plugin, PluginHost, PluginSettings};
+use switchboard::store::{RedbStore, Store};
+use switchboard::transport::InboundMessage;
+use switchboard_tests::{component, fixture};
+
+const NOW: Millis = Millis(1_800_000_000_000);
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "switchboard-pipeline-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The shipped configuration's roster with the test-built plugins.
+fn open_pipeline(store_dir: &Path) -> Pipeline {
+    let config = config::load_with_env(
+        Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/switchboard.toml"
+        )),
+        &[],
+    )
+    .unwrap();
+    let host = PluginHost::new(64 << 20, None).unwrap();
+    let mut plugins: Vec<Arc<Plugin>> = Vec::new();
+    let mut policies = Vec::new();
+    for configured in config
+        .plugins
+        .iter()
+        .filter(|plugin| ["whatsapp-cloud", "sms-twilio"].contains(&plugin.id.as_str()))
+    {
+        let plugin = Arc::new(
+            host.load(PluginSettings {
+                id: configured.id.clone(),
+                file: component(&configured.id),
+                memory_limit: 64 << 20,
+                time_limit: Duration::from_millis(100),
+                settings: configured.settings.expose().to_owned(),
+            })
+            .unwrap(),
+        );
+        policies.push(plugin_policy(&plugin, &configured.default_queue));
+        plugins.push(plugin);
+    }
+    let store = RedbStore::open(store_dir).unwrap();
+    let recovery = store.recover().unwrap();
+    let engine = Engine::restore(
+        config.engine_setup(policies),
+        recovery.snapshot,
+        &recovery.records,
+    );
+    Pipeline::new(engine, plugins, Arc::new(store))
+}
+
+fn message(routing_key: &str, body: Vec<u8>, message_id: Option<&str>) -> InboundMessage {
+    InboundMessage {
+        ack: None,
+        delivery_tag: 1,
+        routing_key: routing_key.to_owned(),
+        content_type: Some("application/json".to_owned()),
+        message_id: message_id.map(str::to_owned),
+        redelivered: false,
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+        body,
+    }
+}
+
+#[test]
+fn webhook_to_conversation_and_outbox_in_one_commit_and_back_after_a_restart() {
+    let dir = temp_dir();
+    let mut pipeline = open_pipeline(&dir);
+    let webhook = message(
+        "whatsapp-cloud",
+        fixture("whatsapp", "text.json"),
+        Some("amqp-1"),
+    );
+    assert_eq!(
+        pipeline
+            .process(std::slice::from_ref(&webhook), NOW)
+            .unwrap(),
+        vec![Disposition::Done]
+    );
+    let conversation = pipeline
+        .engine()
+        .state()
+        .conversations()
+        .next()
+        .expect("a conversation")
+        .clone();
+    assert_eq!(
+        conversation.queue.as_str(),
+        "support-chat",
+        "the plugin's default queue"
+    );
+    assert_eq!(conversation.customer.name.as_deref(), Some("Sheena Nelson"));
+    assert!(
+        conversation.sentiment.samples == 1,
+        "the customer message was scored"
+    );
+
+    // A redelivery of the same message changes nothing.
+    let seq = pipeline.engine().state().last_seq();
+    assert_eq!(
+        pipeline.process(&[webhook], NOW).unwrap(),
+        vec![Disposition::Done]
+    );
+    assert_eq!(pipeline.engine().state().last_seq(), seq);
+
+    // The routing platform connects an agent (canonical JSON).
+    let accepted = format!(
+        r#"{{"id":"route-7","source":"canonical","type":"accepted","conversation":{{"id":"{}"}},"agent":"a-ana"}}"#,
+        conversation.id
+    );
+    assert_eq!(
+        pipeline
+            .process(&[message("canonical", accepted.into_bytes(), None)], NOW)
+            .unwrap(),
+        vec![Disposition::Done]
+    );
+    let after = pipeline
+        .engine()
+        .state()
+        .conversation(conversation.id)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        after.agent.as_ref().map(|agent| agent.as_str()),
+        Some("a-ana")
+    );
+
+    // What cannot be handled is dead-lettered with a stable code.
+    let dispositions = pipeline
+        .process(
+            &[
+                message("whatsapp-cloud", b"{not json".to_vec(), None),
+                message("fax-machine", b"hello".to_vec(), None),
+                message("canonical", br#"{"source":"canonical","type":"accepted","conversation":{"id":"c-00000000000000000000"},"agent":"a-ana"}"#.to_vec(), None),
+            ],
+            NOW,
+        )
+        .unwrap();
+    let codes: Vec<&str> = dispositions
+        .iter()
+        .map(|disposition| match disposition {
+            Disposition::DeadLetter { code, .. } => code.as_str(),
+            Disposition::Done => "done",
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        vec!["invalid-payload", "unknown-plugin", "unknown-conversation"]
+    );
+
+    // A restart rebuilds the same state from the store.
+    let state = pipeline.engine().state().clone();
+    drop(pipeline);
+    let restarted = open_pipeline(&dir);
+    assert!(*restarted.engine().state() == state);
+}
+
+#[test]
+fn notifications_are_rendered_into_the_outbox() {
+    let dir = temp_dir();
+    {
+        let mut pipeline = open_pipeline(&dir);
+        let webhook = message(
+            "whatsapp-cloud",
+            fixture("whatsapp", "batched.json"),
+            Some("amqp-2"),
+        );
+        assert_eq!(
+            pipeline.process(&[webhook], NOW).unwrap(),
+            vec![Disposition::Done]
+        );
+    }
+    let store = RedbStore::open(&dir).unwrap();
+    let pending = store.pending(100).unwrap();
+    let opened: Vec<_> = pending
+        .iter()
+        .filter(|entry| entry.event_type == "dev.switchboard.conversation.opened")
+        .collect();
+    assert_eq!(
+        opened.len(),
+        2,
+        "two customers, two conversations: {pending:#?}"
+    );
+    for entry in &opened {
+        assert!(
+            entry.routing_key.starts_with("conversation.c-"),
+            "{}",
+            entry.routing_key
+        );
+        assert_eq!(
+            entry.subject.as_deref(),
+            entry.routing_key.strip_prefix("conversation.")
+        );
+        assert_eq!(entry.content_type, "application/json");
+    }
+}
