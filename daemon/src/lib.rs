@@ -6,6 +6,7 @@
 // itself) is `plugin::runtime::load_cached`, with its safety argument.
 #![deny(unsafe_code)]
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -33,6 +33,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the daemon until SIGTERM or SIGINT.
+    Serve,
     /// Validate the configuration and print every problem (exit 64 if there is any).
     CheckConfig,
     /// Channel plugins: list, inspect, decode.
@@ -78,6 +80,9 @@ fn main() -> ExitCode {
     telemetry::init(cli.log_format);
     let default_config = cli.config == std::path::Path::new(config::DEFAULT_FILE);
     let result = match cli.command {
+        Command::Serve => load(&cli.config).and_then(|config| {
+            serve(config).map_err(|error| Failure::Failed(format!("{error:#}")))
+        }),
         Command::CheckConfig => load(&cli.config).map(|config| {
             let summary = format!(
                 "{}: ok ({} teams, {} queues, {} agents, {} plugins, {})",
@@ -135,6 +140,46 @@ fn main() -> ExitCode {
     finish(result)
 }
 
+/// Runs the daemon; SIGTERM/SIGINT stop it gracefully within `server.shutdown_grace`.
+fn serve(config: Config) -> anyhow::Result<Output> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let grace = config.server.shutdown_grace;
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            signals.cancel();
+        });
+        let daemon = tokio::spawn(switchboard::app::run(config, shutdown.clone()));
+        tokio::select! {
+            finished = daemon => finished??,
+            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace = ?grace, "in-flight work did not finish within the grace period");
+            }
+        }
+        Ok(Output::Text(String::new()))
+    })
+}
+
+async fn wait_for_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
 enum Output {
     Text(String),
     Json(serde_json::Value),
@@ -165,7 +210,9 @@ fn load(file: &std::path::Path) -> Result<Config, Failure> {
 fn finish(result: Result<Output, Failure>) -> ExitCode {
     match result {
         Ok(Output::Text(text)) => {
-            println!("{text}");
+            if !text.is_empty() {
+                println!("{text}");
+            }
             ExitCode::SUCCESS
         }
         Ok(Output::Json(value)) => {

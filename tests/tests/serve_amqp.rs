@@ -1,0 +1,242 @@
+//! The daemon end to end on a real RabbitMQ (`app::run` in-process): a provider webhook
+//! published to the inbound exchange becomes a conversation, and its CloudEvent reaches a
+//! subscriber of the outbound exchange; a poison message is dead-lettered with its reason while
+//! the stream goes on; a redelivered message changes nothing; shutdown is clean. Names are this
+//! run's own and are deleted afterwards.
+
+use std::path::Path;
+use std::time::Duration;
+
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use switchboard::config;
+use switchboard_tests::{amqp_names, amqp_required, amqp_url, component, fixture};
+use tokio_util::sync::CancellationToken;
+
+#[allow(clippy::print_stderr)]
+async fn client() -> Option<Connection> {
+    match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+        Ok(connection) => Some(connection),
+        Err(error) if amqp_required() => {
+            panic!("SWITCHBOARD_REQUIRE_AMQP=1 but no broker answers: {error}")
+        }
+        Err(error) => {
+            eprintln!(
+                "SKIPPED: no RabbitMQ at the test URL ({error}); set SWITCHBOARD_REQUIRE_AMQP=1 to fail instead"
+            );
+            None
+        }
+    }
+}
+
+fn header(properties: &BasicProperties, name: &str) -> Option<String> {
+    properties.headers().as_ref().and_then(|table| {
+        table
+            .inner()
+            .iter()
+            .find(|(key, _)| key.as_str() == name)
+            .and_then(|(_, value)| match value {
+                AMQPValue::LongString(text) => Some(text.to_string()),
+                _ => None,
+            })
+    })
+}
+
+async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    message_id: &str,
+) {
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_message_id(message_id.into())
+                .with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// Polls a queue until a message arrives or the time is up.
+async fn get(
+    channel: &Channel,
+    queue: &str,
+    within: Duration,
+) -> Option<lapin::message::BasicGetMessage> {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            return Some(message);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_in_cloudevent_out_poison_dead_lettered_redelivery_harmless() {
+    let Some(client) = client().await else { return };
+    let names = amqp_names("serve");
+    let store = std::env::temp_dir().join(format!("switchboard-serve-{}", names.inbound_queue));
+    let mut config = config::load_with_env(
+        Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/switchboard.toml"
+        )),
+        &[],
+    )
+    .unwrap();
+    config.store.path = store.clone();
+    config.amqp = Some(names.clone());
+    for plugin in &mut config.plugins {
+        plugin.file = component(&plugin.id);
+    }
+    let shutdown = CancellationToken::new();
+    let daemon = tokio::spawn(switchboard::app::run(config, shutdown.clone()));
+
+    let channel = client.create_channel().await.unwrap();
+    // Wait until the daemon declared its topology, then subscribe to conversation events.
+    let mut declared = false;
+    for _ in 0..100 {
+        let probe = client.create_channel().await.unwrap();
+        if probe
+            .exchange_declare(
+                names.outbound_exchange.as_str().into(),
+                lapin::ExchangeKind::Topic,
+                lapin::options::ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok()
+        {
+            declared = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(declared, "the daemon declared its topology");
+    let subscriber = format!("{}.subscriber", names.outbound_exchange);
+    channel
+        .queue_declare(
+            subscriber.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            subscriber.as_str().into(),
+            names.outbound_exchange.as_str().into(),
+            "conversation.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let webhook = fixture("whatsapp", "text.json");
+    publish(
+        &channel,
+        &names.inbound_exchange,
+        "whatsapp-cloud",
+        &webhook,
+        "gateway-1",
+    )
+    .await;
+    publish(
+        &channel,
+        &names.inbound_exchange,
+        "whatsapp-cloud",
+        b"{\"truncated",
+        "gateway-2",
+    )
+    .await;
+
+    let opened = get(&channel, &subscriber, Duration::from_secs(15))
+        .await
+        .expect("a conversation event");
+    let properties = &opened.delivery.properties;
+    assert_eq!(
+        header(properties, "cloudEvents_type").as_deref(),
+        Some("dev.switchboard.conversation.opened")
+    );
+    assert_eq!(
+        header(properties, "cloudEvents_specversion").as_deref(),
+        Some("1.0")
+    );
+    let subject = header(properties, "cloudEvents_subject").expect("the conversation id");
+    assert!(subject.starts_with("c-"));
+    assert_eq!(
+        opened.delivery.routing_key.as_str(),
+        format!("conversation.{subject}")
+    );
+
+    let dead = get(&channel, &names.dead_letter_queue, Duration::from_secs(15))
+        .await
+        .expect("the poison message was dead-lettered");
+    assert_eq!(dead.delivery.data, b"{\"truncated");
+    assert_eq!(
+        header(&dead.delivery.properties, "switchboard-error").as_deref(),
+        Some("invalid-payload")
+    );
+
+    // The gateway retries the first webhook: nothing new happens.
+    publish(
+        &channel,
+        &names.inbound_exchange,
+        "whatsapp-cloud",
+        &webhook,
+        "gateway-1",
+    )
+    .await;
+    assert!(
+        get(&channel, &subscriber, Duration::from_secs(2))
+            .await
+            .is_none(),
+        "a redelivery must not open a second conversation"
+    );
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), daemon)
+        .await
+        .expect("shuts down in time")
+        .unwrap()
+        .unwrap();
+
+    // Clean up this run's topology.
+    let cleanup = client.create_channel().await.unwrap();
+    for queue in [&names.inbound_queue, &names.dead_letter_queue] {
+        cleanup
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await
+            .unwrap();
+    }
+    for exchange in [&names.inbound_exchange, &names.outbound_exchange] {
+        cleanup
+            .exchange_delete(exchange.as_str().into(), Default::default())
+            .await
+            .unwrap();
+    }
+    let _ = std::fs::remove_dir_all(store);
+}
