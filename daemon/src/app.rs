@@ -219,8 +219,8 @@ async fn handle_batch(
     if let Some(last) = batch.last().and_then(|message| message.ack.as_ref())
         && !last.ack_through().await?
     {
-        // The channel was replaced by recovery: the broker redelivers; deduplication holds.
-        tracing::warn!("acknowledgement lost to a channel recovery; messages will be redelivered");
+        // The channel is gone: the broker redelivers; deduplication holds. Reconnect.
+        anyhow::bail!("acknowledgement lost with the channel; messages will be redelivered");
     }
     daemon.outbox_ready.notify_one();
     Ok(())

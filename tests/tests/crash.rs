@@ -19,6 +19,10 @@ use switchboard_tests::{amqp_names, amqp_required, amqp_url, plugins_dir};
 
 const MESSAGES: usize = 10_000;
 
+/// The fault tests run one at a time: forcing the broker's connections closed would also cut
+/// a test running beside it.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The `switchboard` binary `cargo test --workspace` built next to this test.
 fn binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -154,6 +158,7 @@ async fn publish_range(channel: &Channel, exchange: &str, range: std::ops::Range
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::print_stderr)]
 async fn kill_9_mid_stream_then_restart_applies_everything_exactly_once() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let client = match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
         Ok(client) => client,
         Err(error) if amqp_required() => {
@@ -288,6 +293,151 @@ async fn kill_9_mid_stream_then_restart_applies_everything_exactly_once() {
         queue_depth(&client, &names.dead_letter_queue).await,
         0,
         "nothing was dead-lettered"
+    );
+
+    for queue in [&subscriber, &names.inbound_queue, &names.dead_letter_queue] {
+        channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await
+            .unwrap();
+    }
+    for exchange in [&names.inbound_exchange, &names.outbound_exchange] {
+        channel
+            .exchange_delete(exchange.as_str().into(), Default::default())
+            .await
+            .unwrap();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::print_stderr)]
+async fn broker_connections_force_closed_mid_stream_lose_and_duplicate_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let client = match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+        Ok(client) => client,
+        Err(error) if amqp_required() => {
+            panic!("SWITCHBOARD_REQUIRE_AMQP=1 but no broker answers: {error}")
+        }
+        Err(error) => {
+            eprintln!(
+                "SKIPPED: no RabbitMQ at the test URL ({error}); set SWITCHBOARD_REQUIRE_AMQP=1 to fail instead"
+            );
+            return;
+        }
+    };
+    let names = amqp_names("reconnect");
+    let dir = std::env::temp_dir().join(format!("switchboard-reconnect-{}", names.inbound_queue));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = config_file(&dir, &names);
+    let mut daemon = start(&config);
+    wait_for_topology(&client, &names).await;
+    let subscriber = format!("{}.subscriber", names.outbound_exchange);
+    {
+        let channel = client.create_channel().await.unwrap();
+        channel
+            .queue_declare(
+                subscriber.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                subscriber.as_str().into(),
+                names.outbound_exchange.as_str().into(),
+                "conversation.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+    const TOTAL: usize = 4_000;
+    // Stream the first half, force-close the daemon's connections mid-stream (the test's own
+    // connection goes too), then stream the rest on a new connection.
+    {
+        let publisher = client.create_channel().await.unwrap();
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        publish_range(&publisher, &names.inbound_exchange, 0..TOTAL / 2).await;
+    }
+    while queue_depth(&client, &subscriber).await < 500 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let closed = Command::new("rabbitmqctl")
+        .args([
+            "close_all_connections",
+            "switchboard test: force-closed mid-stream",
+        ])
+        .output()
+        .expect("rabbitmqctl is installed with the broker");
+    assert!(
+        closed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&closed.stderr)
+    );
+    let client = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = client.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_range(&channel, &names.inbound_exchange, TOTAL / 2..TOTAL).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let inbound = queue_depth(&client, &names.inbound_queue).await;
+        let published = queue_depth(&client, &subscriber).await;
+        if inbound == 0 && published as usize >= TOTAL {
+            break;
+        }
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "the daemon must stay up when the broker drops it"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stalled: {inbound} inbound left, {published} published"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    nix_terminate(&daemon);
+    assert!(daemon.wait().unwrap().success());
+
+    let mut ids = HashSet::new();
+    while let Some(message) = channel
+        .basic_get(subscriber.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        if header(&message.delivery.properties, "cloudEvents_type").as_deref()
+            == Some("dev.switchboard.conversation.opened")
+        {
+            ids.insert(header(&message.delivery.properties, "cloudEvents_id").unwrap());
+        }
+    }
+    assert_eq!(ids.len(), TOTAL);
+    let store = switchboard::store::RedbStore::open(&dir.join("data")).unwrap();
+    let recovery = switchboard::store::Store::recover(&store).unwrap();
+    let config = switchboard::config::load_with_env(&config, &[]).unwrap();
+    let engine = switchboard::engine::Engine::restore(
+        config.engine_setup(Vec::new()),
+        recovery.snapshot,
+        &recovery.records,
+    );
+    assert_eq!(engine.state().conversations().count(), TOTAL);
+    assert!(
+        engine
+            .state()
+            .conversations()
+            .all(|c| c.sentiment.samples == 1),
+        "each message applied exactly once"
     );
 
     for queue in [&subscriber, &names.inbound_queue, &names.dead_letter_queue] {

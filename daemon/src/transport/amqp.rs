@@ -59,9 +59,11 @@ impl AmqpTransport {
     /// Connects (the URL is a secret: errors never echo it), opens the channels and declares
     /// the topology.
     pub async fn connect(config: &AmqpConfig, name: &str) -> Result<Self, TransportError> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(name.into())
-            .enable_auto_recover();
+        // No lapin auto-recovery: a recovered channel reuses delivery tags, so an
+        // acknowledgement from before the recovery could acknowledge deliveries that were not
+        // processed yet. `app` rebuilds connection, channels and consumer instead; stale
+        // acknowledgements then fail harmlessly and their messages are redelivered.
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
         let connection = Connection::connect(config.url.expose(), properties)
             .await
             .map_err(broker)?;
@@ -313,7 +315,7 @@ impl std::fmt::Debug for AmqpAck {
 
 impl AmqpAck {
     /// Acknowledges this delivery and all before it (`multiple`), after their effects were
-    /// committed. `Ok(false)`: the channel was replaced by recovery, so the broker redelivers
+    /// committed. An error or `Ok(false)` means the channel is gone: the broker redelivers
     /// them and deduplication makes that harmless.
     pub async fn ack_through(&self) -> Result<bool, TransportError> {
         self.0
