@@ -2,8 +2,8 @@
 //! -> pipeline, driven by the transport. Owns the tasks and their shutdown: stop consuming,
 //! finish and acknowledge the batch in flight, flush the outbox, exit.
 //!
-//! With `[amqp] url` the daemon consumes RabbitMQ: a batch (up to the prefetch, or what
-//! arrived within a few milliseconds) is decoded, applied and committed once (group commit),
+//! With `[amqp] url` the daemon consumes RabbitMQ: a batch (the deliveries already buffered,
+//! up to the prefetch) is decoded, applied and committed once (group commit),
 //! dead letters are published and confirmed, then the batch is acknowledged through its last
 //! delivery; a separate task publishes the outbox with confirms and marks entries sent.
 
@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures_util::FutureExt as _;
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -22,8 +23,6 @@ use crate::store::{RedbStore, Store};
 use crate::transport::InboundMessage;
 use crate::transport::amqp::AmqpTransport;
 
-/// How long a batch waits for more deliveries before it is committed.
-const BATCH_WINDOW: Duration = Duration::from_millis(5);
 /// How often the clock ticks (inactivity timeouts, wrap-up capacity, eviction).
 const TICK: Duration = Duration::from_secs(1);
 /// A snapshot is written after this many records, and the log behind it dropped.
@@ -175,26 +174,29 @@ async fn consume(
                 None => anyhow::bail!("the broker ended the consumer"),
             },
         };
-        // Group commit: take what else is already there, up to the prefetch.
+        // Group commit without an artificial wait: the first delivery plus whatever is already
+        // buffered, up to the prefetch. Under load, deliveries pile up while the previous
+        // commit's fsync runs, so batches grow exactly when they help.
         let mut batch = vec![first];
-        let window = tokio::time::sleep(BATCH_WINDOW);
-        tokio::pin!(window);
         while batch.len() < usize::from(amqp.prefetch) {
-            tokio::select! {
-                () = &mut window => break,
-                next = deliveries.next() => match next {
-                    Some(delivery) => batch.push(delivery?),
-                    None => break,
-                },
+            match deliveries.next().now_or_never() {
+                Some(Some(delivery)) => batch.push(delivery?),
+                _ => break,
             }
         }
         since_snapshot += batch.len() as u64;
         handle_batch(daemon, transport, &batch).await?;
         if since_snapshot >= SNAPSHOT_EVERY {
             since_snapshot = 0;
-            let pipeline = daemon.pipeline.lock().await;
-            let snapshot = pipeline.engine().state().snapshot();
-            tokio::task::block_in_place(|| daemon.store.write_snapshot(&snapshot))?;
+            // Copy the state under the lock (cheap), write it without: serializing a large
+            // state must not stall the stream.
+            let snapshot = daemon.pipeline.lock().await.engine().state().snapshot();
+            let store = daemon.store.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(error) = store.write_snapshot(&snapshot) {
+                    tracing::error!(error = %error, "cannot write a snapshot; the log keeps growing");
+                }
+            });
         }
     }
 }
@@ -258,13 +260,16 @@ async fn drain_outbox(daemon: &Daemon, transport: &AmqpTransport) {
         if pending.is_empty() {
             return;
         }
+        // The page goes out back to back; only confirmed entries are marked sent, the others
+        // stay for the next round (consumers deduplicate by id, so order across a retry is not
+        // promised).
+        let results = transport.publish_all(&pending).await;
         let mut sent = Vec::with_capacity(pending.len());
-        for entry in &pending {
-            match transport.publish(entry).await {
+        for (entry, result) in pending.iter().zip(results) {
+            match result {
                 Ok(()) => sent.push(entry.id.clone()),
                 Err(error) => {
-                    tracing::warn!(error = %error, id = %entry.id, "outbox publication failed; retrying later");
-                    break;
+                    tracing::warn!(error = %error, id = %entry.id, "outbox publication failed; retrying later")
                 }
             }
         }

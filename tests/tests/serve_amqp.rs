@@ -109,29 +109,30 @@ async fn webhook_in_cloudevent_out_poison_dead_lettered_redelivery_harmless() {
     let daemon = tokio::spawn(switchboard::app::run(config, shutdown.clone()));
 
     let channel = client.create_channel().await.unwrap();
-    // Wait until the daemon declared its topology, then subscribe to conversation events.
-    let mut declared = false;
-    for _ in 0..100 {
+    // Wait until the daemon consumes: its queue, binding and exchanges exist by then (a message
+    // published to the inbound exchange before the binding would be unroutable and dropped).
+    let mut consuming = false;
+    for _ in 0..300 {
         let probe = client.create_channel().await.unwrap();
-        if probe
-            .exchange_declare(
-                names.outbound_exchange.as_str().into(),
-                lapin::ExchangeKind::Topic,
-                lapin::options::ExchangeDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        if let Ok(queue) = probe
+            .queue_declare(
+                names.inbound_queue.as_str().into(),
+                passive,
                 FieldTable::default(),
             )
             .await
-            .is_ok()
+            && queue.consumer_count() > 0
         {
-            declared = true;
+            consuming = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(declared, "the daemon declared its topology");
+    assert!(consuming, "the daemon started consuming");
     let subscriber = format!("{}.subscriber", names.outbound_exchange);
     channel
         .queue_declare(

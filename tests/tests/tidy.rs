@@ -68,7 +68,7 @@ const OWNERS: &[(&str, &str)] = &[
     ("wasmtime", "daemon/src/plugin/"),
     ("wasmtime_wasi", "daemon/src/plugin/"),
     ("wasmparser", "daemon/src/plugin/"),
-    ("lapin", "daemon/src/transport/amqp.rs"),
+    ("lapin", "daemon/src/transport/amqp/"),
     ("axum", "daemon/src/admin/"),
     ("jsonwebtoken", "daemon/src/admin/"),
     ("redb", "daemon/src/store/"),

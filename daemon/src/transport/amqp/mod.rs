@@ -15,6 +15,8 @@ use lapin::{
     ExchangeKind,
 };
 
+pub mod load;
+
 use super::{InboundMessage, TransportError};
 use crate::config::AmqpConfig;
 use crate::store::OutboxEntry;
@@ -22,11 +24,14 @@ use crate::store::OutboxEntry;
 /// `cloudEvents_source` of everything Switchboard publishes.
 pub const CLOUDEVENTS_SOURCE: &str = "switchboard";
 
-/// A connection with a consuming channel (prefetch) and a publishing channel (confirms).
+/// A connection with a consuming channel (prefetch) and two confirm-mode publishing channels:
+/// one for the outbox, one for dead letters. Each has a single publisher task, so confirms are
+/// never interleaved between tasks on one channel.
 pub struct AmqpTransport {
     connection: Connection,
     consume: Channel,
     publish: Channel,
+    dead: Channel,
     names: AmqpConfig,
 }
 
@@ -77,10 +82,15 @@ impl AmqpTransport {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(broker)?;
+        let dead = connection.create_channel().await.map_err(broker)?;
+        dead.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broker)?;
         let transport = Self {
             connection,
             consume,
             publish,
+            dead,
             names: config.clone(),
         };
         transport.declare().await?;
@@ -203,6 +213,7 @@ impl AmqpTransport {
             properties = properties.with_message_id(id.as_str().into());
         }
         self.confirmed(
+            &self.dead,
             ShortString::from(""),
             self.names.dead_letter_queue.as_str().into(),
             &message.body,
@@ -211,32 +222,46 @@ impl AmqpTransport {
         .await
     }
 
+    /// Publishes entries back to back and then collects their confirmations (one round trip
+    /// for the page instead of one per entry). The result says which were confirmed.
+    pub async fn publish_all(&self, entries: &[OutboxEntry]) -> Vec<Result<(), TransportError>> {
+        let mut pending = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (properties, routing_key) = cloudevent(entry);
+            let options = BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            };
+            pending.push(
+                self.publish
+                    .basic_publish(
+                        self.names.outbound_exchange.as_str().into(),
+                        routing_key,
+                        options,
+                        &entry.body,
+                        properties,
+                    )
+                    .await,
+            );
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for confirm in pending {
+            results.push(match confirm {
+                Ok(confirm) => confirmation(confirm.await.map_err(broker)),
+                Err(error) => Err(broker(error)),
+            });
+        }
+        results
+    }
+
     /// Publishes an outbox entry in CloudEvents binary mode (attributes as `cloudEvents_`
     /// headers), persistent and mandatory, and waits for the broker's confirmation.
     pub async fn publish(&self, entry: &OutboxEntry) -> Result<(), TransportError> {
-        let mut headers = FieldTable::default();
-        let mut header = |name: &str, value: &str| {
-            headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
-        };
-        header("cloudEvents_specversion", "1.0");
-        header("cloudEvents_id", &entry.id);
-        header("cloudEvents_source", CLOUDEVENTS_SOURCE);
-        header("cloudEvents_type", &entry.event_type);
-        header("cloudEvents_time", &rfc3339(entry.time.0));
-        if let Some(subject) = &entry.subject {
-            header("cloudEvents_subject", subject);
-        }
-        for (name, value) in &entry.headers {
-            header(name, value);
-        }
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type(entry.content_type.as_str().into())
-            .with_message_id(entry.id.as_str().into())
-            .with_headers(headers);
+        let (properties, routing_key) = cloudevent(entry);
         self.confirmed(
+            &self.publish,
             self.names.outbound_exchange.as_str().into(),
-            entry.routing_key.as_str().into(),
+            routing_key,
             &entry.body,
             properties,
         )
@@ -245,6 +270,7 @@ impl AmqpTransport {
 
     async fn confirmed(
         &self,
+        channel: &Channel,
         exchange: ShortString,
         routing_key: ShortString,
         body: &[u8],
@@ -254,28 +280,13 @@ impl AmqpTransport {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirm = self
-            .publish
-            .basic_publish(exchange, routing_key.clone(), options, body, properties)
+        let confirm = channel
+            .basic_publish(exchange, routing_key, options, body, properties)
             .await
             .map_err(broker)?
             .await
             .map_err(broker)?;
-        match confirm {
-            Confirmation::Ack(None) => Ok(()),
-            // Mandatory and nobody bound to this key: the broker has it nowhere to put. That is
-            // the subscribers' business, not a reason to publish forever.
-            Confirmation::Ack(Some(_)) => {
-                tracing::debug!(routing_key = %routing_key, "published message had no subscriber");
-                Ok(())
-            }
-            Confirmation::Nack(_) => Err(TransportError::Rejected(format!(
-                "broker refused a message for {routing_key}"
-            ))),
-            Confirmation::NotRequested => Err(TransportError::Broker(
-                "publisher confirms are off".to_owned(),
-            )),
-        }
+        confirmation(Ok(confirm))
     }
 
     /// Deletes the topology (tests use names of their own and clean up after themselves).
@@ -301,6 +312,50 @@ impl AmqpTransport {
             .close(200, "switchboard shutting down".into())
             .await;
     }
+}
+
+/// What a publisher confirmation means for the outbox.
+fn confirmation(confirm: Result<Confirmation, TransportError>) -> Result<(), TransportError> {
+    match confirm? {
+        Confirmation::Ack(None) => Ok(()),
+        // Mandatory and nobody bound to this key: the broker has it nowhere to put. That is
+        // the subscribers' business, not a reason to publish forever.
+        Confirmation::Ack(Some(returned)) => {
+            tracing::debug!(routing_key = %returned.delivery.routing_key, "published message had no subscriber");
+            Ok(())
+        }
+        Confirmation::Nack(_) => Err(TransportError::Rejected(
+            "broker refused a message".to_owned(),
+        )),
+        Confirmation::NotRequested => Err(TransportError::Broker(
+            "publisher confirms are off".to_owned(),
+        )),
+    }
+}
+
+/// An outbox entry's AMQP properties in CloudEvents binary mode, and its routing key.
+fn cloudevent(entry: &OutboxEntry) -> (BasicProperties, ShortString) {
+    let mut headers = FieldTable::default();
+    let mut header = |name: &str, value: &str| {
+        headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+    };
+    header("cloudEvents_specversion", "1.0");
+    header("cloudEvents_id", &entry.id);
+    header("cloudEvents_source", CLOUDEVENTS_SOURCE);
+    header("cloudEvents_type", &entry.event_type);
+    header("cloudEvents_time", &rfc3339(entry.time.0));
+    if let Some(subject) = &entry.subject {
+        header("cloudEvents_subject", subject);
+    }
+    for (name, value) in &entry.headers {
+        header(name, value);
+    }
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(entry.content_type.as_str().into())
+        .with_message_id(entry.id.as_str().into())
+        .with_headers(headers);
+    (properties, entry.routing_key.as_str().into())
 }
 
 /// Acknowledges a delivery and every earlier one on its channel.
