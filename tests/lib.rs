@@ -81,3 +81,35 @@ pub fn amqp_names(test: &str) -> switchboard::config::AmqpConfig {
         delivery_limit: 5,
     }
 }
+
+/// A plain AMQP client, as a provider gateway or a subscriber would use; `None` after a loud
+/// skip when no broker answers, and a failure instead with `SWITCHBOARD_REQUIRE_AMQP=1`.
+#[allow(clippy::print_stderr)]
+pub async fn broker_client() -> Option<lapin::Connection> {
+    match lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await {
+        Ok(connection) => Some(connection),
+        Err(error) if amqp_required() => {
+            panic!("SWITCHBOARD_REQUIRE_AMQP=1 but no broker answers: {error}")
+        }
+        Err(error) => {
+            eprintln!(
+                "SKIPPED: no RabbitMQ at the test URL ({error}); set SWITCHBOARD_REQUIRE_AMQP=1 to fail instead"
+            );
+            None
+        }
+    }
+}
+
+/// A text header of an AMQP message.
+pub fn amqp_header(properties: &lapin::BasicProperties, name: &str) -> Option<String> {
+    properties.headers().as_ref().and_then(|table| {
+        table
+            .inner()
+            .iter()
+            .find(|(key, _)| key.as_str() == name)
+            .and_then(|(_, value)| match value {
+                lapin::types::AMQPValue::LongString(text) => Some(text.to_string()),
+                _ => None,
+            })
+    })
+}

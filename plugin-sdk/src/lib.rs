@@ -66,6 +66,30 @@ pub fn log(level: bindings::switchboard::channel::host::Level, message: &str) {
 
 pub use bindings::switchboard::channel::host::Level as LogLevel;
 
+/// What the customer reads on a plain-text channel for a notification: a supervisor's public
+/// message, or the joined and closed notices; `None` when there is nothing to tell the customer
+/// (an internal consultant, a transfer, the end of a session, media controls).
+pub fn customer_text(
+    body: &types::NotificationBody,
+    joined_notice: &str,
+    closed_notice: &str,
+) -> Option<String> {
+    use types::{NotificationBody, SupervisionMode};
+    match body {
+        NotificationBody::Message(message) => Some(message.text.clone()),
+        NotificationBody::SupervisorJoined(joined) => matches!(
+            joined.mode,
+            SupervisionMode::ConsultPublic | SupervisionMode::Barge
+        )
+        .then(|| joined_notice.to_owned()),
+        NotificationBody::ClosedBySupervisor(_) => Some(closed_notice.to_owned()),
+        NotificationBody::SupervisorLeft(_)
+        | NotificationBody::Transferred(_)
+        | NotificationBody::EndSession
+        | NotificationBody::Media(_) => None,
+    }
+}
+
 /// The value of a request header (names are lowercase on the wire).
 pub fn header<'a>(request: &'a Inbound, name: &str) -> Option<&'a str> {
     find_header(&request.headers, name)

@@ -6,50 +6,21 @@
 
 use std::time::Duration;
 
+use lapin::BasicProperties;
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
 use switchboard::engine::Millis;
 use switchboard::store::OutboxEntry;
 use switchboard::transport::amqp::AmqpTransport;
-use switchboard_tests::{amqp_names, amqp_required, amqp_url};
-
-/// A plain client, as a provider gateway or a subscriber would use.
-#[allow(clippy::print_stderr)]
-async fn client() -> Option<Connection> {
-    match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
-        Ok(connection) => Some(connection),
-        Err(error) if amqp_required() => {
-            panic!("SWITCHBOARD_REQUIRE_AMQP=1 but no broker answers: {error}")
-        }
-        Err(error) => {
-            // A loud skip: the test binary's output names the missing broker.
-            eprintln!(
-                "SKIPPED: no RabbitMQ at the test URL ({error}); set SWITCHBOARD_REQUIRE_AMQP=1 to fail instead"
-            );
-            None
-        }
-    }
-}
-
-fn header(properties: &BasicProperties, name: &str) -> Option<String> {
-    properties.headers().as_ref().and_then(|table| {
-        table
-            .inner()
-            .iter()
-            .find(|(key, _)| key.as_str() == name)
-            .and_then(|(_, value)| match value {
-                AMQPValue::LongString(text) => Some(text.to_string()),
-                _ => None,
-            })
-    })
-}
+use switchboard_tests::{amqp_header, amqp_names, broker_client};
 
 #[tokio::test]
 async fn inbound_dead_letter_and_outbound_round_trip() {
-    let Some(client) = client().await else { return };
+    let Some(client) = broker_client().await else {
+        return;
+    };
     let names = amqp_names("transport");
     let transport = AmqpTransport::connect(&names, "switchboard-test")
         .await
@@ -124,15 +95,15 @@ async fn inbound_dead_letter_and_outbound_round_trip() {
         .expect("the message is in the dead queue");
     assert_eq!(dead.delivery.data, body, "byte for byte");
     assert_eq!(
-        header(&dead.delivery.properties, "switchboard-error").as_deref(),
+        amqp_header(&dead.delivery.properties, "switchboard-error").as_deref(),
         Some("unauthorized")
     );
     assert_eq!(
-        header(&dead.delivery.properties, "switchboard-error-detail").as_deref(),
+        amqp_header(&dead.delivery.properties, "switchboard-error-detail").as_deref(),
         Some("X-Hub-Signature-256 does not match the body")
     );
     assert_eq!(
-        header(&dead.delivery.properties, "x-hub-signature-256").as_deref(),
+        amqp_header(&dead.delivery.properties, "x-hub-signature-256").as_deref(),
         Some("sha256=abc")
     );
 
@@ -177,27 +148,27 @@ async fn inbound_dead_letter_and_outbound_round_trip() {
         .expect("the subscriber got it");
     let properties = &published.delivery.properties;
     assert_eq!(
-        header(properties, "cloudEvents_specversion").as_deref(),
+        amqp_header(properties, "cloudEvents_specversion").as_deref(),
         Some("1.0")
     );
     assert_eq!(
-        header(properties, "cloudEvents_id").as_deref(),
+        amqp_header(properties, "cloudEvents_id").as_deref(),
         Some(entry.id.as_str())
     );
     assert_eq!(
-        header(properties, "cloudEvents_source").as_deref(),
+        amqp_header(properties, "cloudEvents_source").as_deref(),
         Some("switchboard")
     );
     assert_eq!(
-        header(properties, "cloudEvents_type").as_deref(),
+        amqp_header(properties, "cloudEvents_type").as_deref(),
         Some("dev.switchboard.conversation.state-changed")
     );
     assert_eq!(
-        header(properties, "cloudEvents_subject").as_deref(),
+        amqp_header(properties, "cloudEvents_subject").as_deref(),
         Some("c-0123456789abcdef0123")
     );
     assert_eq!(
-        header(properties, "cloudEvents_time").as_deref(),
+        amqp_header(properties, "cloudEvents_time").as_deref(),
         Some("2025-06-08T20:59:43.123Z")
     );
     assert_eq!(
@@ -224,7 +195,9 @@ async fn inbound_dead_letter_and_outbound_round_trip() {
 
 #[tokio::test]
 async fn the_inbound_queue_is_a_quorum_queue_with_a_delivery_limit() {
-    let Some(client) = client().await else { return };
+    let Some(client) = broker_client().await else {
+        return;
+    };
     let names = amqp_names("topology");
     let transport = AmqpTransport::connect(&names, "switchboard-test")
         .await

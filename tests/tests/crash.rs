@@ -12,10 +12,10 @@ use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use switchboard::config::AmqpConfig;
-use switchboard_tests::{amqp_names, amqp_required, amqp_url, plugins_dir};
+use switchboard_tests::{amqp_header, amqp_names, amqp_url, broker_client, plugins_dir};
 
 const MESSAGES: usize = 10_000;
 
@@ -83,19 +83,6 @@ fn start(config: &Path) -> Child {
         .unwrap()
 }
 
-fn header(properties: &BasicProperties, name: &str) -> Option<String> {
-    properties.headers().as_ref().and_then(|table| {
-        table
-            .inner()
-            .iter()
-            .find(|(key, _)| key.as_str() == name)
-            .and_then(|(_, value)| match value {
-                AMQPValue::LongString(text) => Some(text.to_string()),
-                _ => None,
-            })
-    })
-}
-
 async fn wait_for_topology(client: &Connection, names: &AmqpConfig) {
     for _ in 0..300 {
         let probe = client.create_channel().await.unwrap();
@@ -159,17 +146,8 @@ async fn publish_range(channel: &Channel, exchange: &str, range: std::ops::Range
 #[allow(clippy::print_stderr)]
 async fn kill_9_mid_stream_then_restart_applies_everything_exactly_once() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let client = match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
-        Ok(client) => client,
-        Err(error) if amqp_required() => {
-            panic!("SWITCHBOARD_REQUIRE_AMQP=1 but no broker answers: {error}")
-        }
-        Err(error) => {
-            eprintln!(
-                "SKIPPED: no RabbitMQ at the test URL ({error}); set SWITCHBOARD_REQUIRE_AMQP=1 to fail instead"
-            );
-            return;
-        }
+    let Some(client) = broker_client().await else {
+        return;
     };
     let names = amqp_names("crash");
     let dir = std::env::temp_dir().join(format!("switchboard-crash-{}", names.inbound_queue));
@@ -250,10 +228,10 @@ async fn kill_9_mid_stream_then_restart_applies_everything_exactly_once() {
         .unwrap()
     {
         deliveries += 1;
-        if header(&message.delivery.properties, "cloudEvents_type").as_deref()
+        if amqp_header(&message.delivery.properties, "cloudEvents_type").as_deref()
             == Some("dev.switchboard.conversation.opened")
         {
-            ids.insert(header(&message.delivery.properties, "cloudEvents_id").unwrap());
+            ids.insert(amqp_header(&message.delivery.properties, "cloudEvents_id").unwrap());
         }
     }
     assert_eq!(
@@ -311,20 +289,10 @@ async fn kill_9_mid_stream_then_restart_applies_everything_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::print_stderr)]
 async fn broker_connections_force_closed_mid_stream_lose_and_duplicate_nothing() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let client = match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
-        Ok(client) => client,
-        Err(error) if amqp_required() => {
-            panic!("SWITCHBOARD_REQUIRE_AMQP=1 but no broker answers: {error}")
-        }
-        Err(error) => {
-            eprintln!(
-                "SKIPPED: no RabbitMQ at the test URL ({error}); set SWITCHBOARD_REQUIRE_AMQP=1 to fail instead"
-            );
-            return;
-        }
+    let Some(client) = broker_client().await else {
+        return;
     };
     let names = amqp_names("reconnect");
     let dir = std::env::temp_dir().join(format!("switchboard-reconnect-{}", names.inbound_queue));
@@ -416,10 +384,10 @@ async fn broker_connections_force_closed_mid_stream_lose_and_duplicate_nothing()
         .await
         .unwrap()
     {
-        if header(&message.delivery.properties, "cloudEvents_type").as_deref()
+        if amqp_header(&message.delivery.properties, "cloudEvents_type").as_deref()
             == Some("dev.switchboard.conversation.opened")
         {
-            ids.insert(header(&message.delivery.properties, "cloudEvents_id").unwrap());
+            ids.insert(amqp_header(&message.delivery.properties, "cloudEvents_id").unwrap());
         }
     }
     assert_eq!(ids.len(), TOTAL);

@@ -8,40 +8,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
 use switchboard::config;
-use switchboard_tests::{amqp_names, amqp_required, amqp_url, component, fixture};
+use switchboard_tests::{amqp_header, amqp_names, broker_client, component, fixture};
 use tokio_util::sync::CancellationToken;
-
-#[allow(clippy::print_stderr)]
-async fn client() -> Option<Connection> {
-    match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
-        Ok(connection) => Some(connection),
-        Err(error) if amqp_required() => {
-            panic!("SWITCHBOARD_REQUIRE_AMQP=1 but no broker answers: {error}")
-        }
-        Err(error) => {
-            eprintln!(
-                "SKIPPED: no RabbitMQ at the test URL ({error}); set SWITCHBOARD_REQUIRE_AMQP=1 to fail instead"
-            );
-            None
-        }
-    }
-}
-
-fn header(properties: &BasicProperties, name: &str) -> Option<String> {
-    properties.headers().as_ref().and_then(|table| {
-        table
-            .inner()
-            .iter()
-            .find(|(key, _)| key.as_str() == name)
-            .and_then(|(_, value)| match value {
-                AMQPValue::LongString(text) => Some(text.to_string()),
-                _ => None,
-            })
-    })
-}
 
 async fn publish(
     channel: &Channel,
@@ -89,7 +60,9 @@ async fn get(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_in_cloudevent_out_poison_dead_lettered_redelivery_harmless() {
-    let Some(client) = client().await else { return };
+    let Some(client) = broker_client().await else {
+        return;
+    };
     let names = amqp_names("serve");
     let store = std::env::temp_dir().join(format!("switchboard-serve-{}", names.inbound_queue));
     let mut config = config::load_with_env(
@@ -179,14 +152,14 @@ async fn webhook_in_cloudevent_out_poison_dead_lettered_redelivery_harmless() {
         .expect("a conversation event");
     let properties = &opened.delivery.properties;
     assert_eq!(
-        header(properties, "cloudEvents_type").as_deref(),
+        amqp_header(properties, "cloudEvents_type").as_deref(),
         Some("dev.switchboard.conversation.opened")
     );
     assert_eq!(
-        header(properties, "cloudEvents_specversion").as_deref(),
+        amqp_header(properties, "cloudEvents_specversion").as_deref(),
         Some("1.0")
     );
-    let subject = header(properties, "cloudEvents_subject").expect("the conversation id");
+    let subject = amqp_header(properties, "cloudEvents_subject").expect("the conversation id");
     assert!(subject.starts_with("c-"));
     assert_eq!(
         opened.delivery.routing_key.as_str(),
@@ -198,7 +171,7 @@ async fn webhook_in_cloudevent_out_poison_dead_lettered_redelivery_harmless() {
         .expect("the poison message was dead-lettered");
     assert_eq!(dead.delivery.data, b"{\"truncated");
     assert_eq!(
-        header(&dead.delivery.properties, "switchboard-error").as_deref(),
+        amqp_header(&dead.delivery.properties, "switchboard-error").as_deref(),
         Some("invalid-payload")
     );
 

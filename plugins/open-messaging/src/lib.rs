@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 use switchboard_plugin_sdk::settings::{self, Settings};
 use switchboard_plugin_sdk::types::*;
-use switchboard_plugin_sdk::{Plugin, header, header_pair, json_body, signature};
+use switchboard_plugin_sdk::{Plugin, customer_text, header, header_pair, json_body, signature};
 
 /// `[plugins.open-messaging.config]`.
 #[derive(Debug, Deserialize)]
@@ -339,17 +339,12 @@ pub fn encode(
     config: &Config,
     notification: &Notification,
 ) -> Result<Vec<OutboundRequest>, PluginError> {
-    let text = match &notification.body {
-        NotificationBody::Message(message) => message.text.clone(),
-        NotificationBody::SupervisorJoined(joined) => match joined.mode {
-            SupervisionMode::ConsultPublic | SupervisionMode::Barge => config.joined_notice.clone(),
-            _ => return Ok(Vec::new()),
-        },
-        NotificationBody::ClosedBySupervisor(_) => config.closed_notice.clone(),
-        NotificationBody::SupervisorLeft(_)
-        | NotificationBody::Transferred(_)
-        | NotificationBody::EndSession
-        | NotificationBody::Media(_) => return Ok(Vec::new()),
+    let Some(text) = customer_text(
+        &notification.body,
+        &config.joined_notice,
+        &config.closed_notice,
+    ) else {
+        return Ok(Vec::new());
     };
     let body = json!({
         "fromAddress": config.integration_id,

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use switchboard_plugin_sdk::settings::{self, Settings};
 use switchboard_plugin_sdk::types::*;
-use switchboard_plugin_sdk::{Plugin, form, header, header_pair, signature};
+use switchboard_plugin_sdk::{Plugin, customer_text, form, header, header_pair, signature};
 
 /// `[plugins.sms-twilio.config]`.
 #[derive(Debug, Deserialize)]
@@ -279,18 +279,12 @@ pub fn encode(
     config: &Config,
     notification: &Notification,
 ) -> Result<Vec<OutboundRequest>, PluginError> {
-    let text = match &notification.body {
-        NotificationBody::Message(message) => message.text.clone(),
-        NotificationBody::SupervisorJoined(joined) => match joined.mode {
-            SupervisionMode::ConsultPublic | SupervisionMode::Barge => config.joined_notice.clone(),
-            // An internal consultant is invisible to an SMS customer.
-            _ => return Ok(Vec::new()),
-        },
-        NotificationBody::ClosedBySupervisor(_) => config.closed_notice.clone(),
-        NotificationBody::SupervisorLeft(_)
-        | NotificationBody::Transferred(_)
-        | NotificationBody::EndSession
-        | NotificationBody::Media(_) => return Ok(Vec::new()),
+    let Some(text) = customer_text(
+        &notification.body,
+        &config.joined_notice,
+        &config.closed_notice,
+    ) else {
+        return Ok(Vec::new());
     };
     let mut fields: Vec<(&str, &str)> = vec![
         ("To", notification.customer.as_str()),

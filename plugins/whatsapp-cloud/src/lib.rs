@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 use switchboard_plugin_sdk::settings::{self, Settings};
 use switchboard_plugin_sdk::types::*;
-use switchboard_plugin_sdk::{Plugin, header, header_pair, signature};
+use switchboard_plugin_sdk::{Plugin, customer_text, header, header_pair, signature};
 
 /// Meta's customer service window: free-form messages only within 24 hours of the
 /// customer's last message.
@@ -382,17 +382,12 @@ pub fn encode(
     config: &Config,
     notification: &Notification,
 ) -> Result<Vec<OutboundRequest>, PluginError> {
-    let text = match &notification.body {
-        NotificationBody::Message(message) => message.text.clone(),
-        NotificationBody::SupervisorJoined(joined) => match joined.mode {
-            SupervisionMode::ConsultPublic | SupervisionMode::Barge => config.joined_notice.clone(),
-            _ => return Ok(Vec::new()),
-        },
-        NotificationBody::ClosedBySupervisor(_) => config.closed_notice.clone(),
-        NotificationBody::SupervisorLeft(_)
-        | NotificationBody::Transferred(_)
-        | NotificationBody::EndSession
-        | NotificationBody::Media(_) => return Ok(Vec::new()),
+    let Some(text) = customer_text(
+        &notification.body,
+        &config.joined_notice,
+        &config.closed_notice,
+    ) else {
+        return Ok(Vec::new());
     };
     let within_window = notification
         .customer_last_message_at
