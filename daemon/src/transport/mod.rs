@@ -1,6 +1,6 @@
 //! Transport step of the flow: how provider traffic arrives and notifications leave.
-//! [`amqp`] is RabbitMQ (the only lapin importer); the embedded in-process transport, the
-//! default without a broker, arrives with the daemon's wiring.
+//! [`amqp`] is RabbitMQ (the only lapin importer, with the `load` tool beside it); the
+//! embedded in-process transport, the default without a broker, arrives with the admin API.
 
 pub mod amqp;
 
