@@ -6,6 +6,19 @@ use std::time::Duration;
 
 use switchboard::plugin::{Plugin, PluginHost, PluginSettings};
 
+/// A fresh directory under the system's temporary directory, unique to this process and call.
+pub fn temp_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "switchboard-{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).expect("a writable temporary directory");
+    dir
+}
+
 /// The directory of the components built by `tests/build.rs`.
 pub fn plugins_dir() -> PathBuf {
     PathBuf::from(env!("SWITCHBOARD_TEST_PLUGINS"))

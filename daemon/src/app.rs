@@ -1,42 +1,44 @@
 //! The only wiring: configuration -> store -> plugin host -> engine (restored from the store)
-//! -> pipeline, driven by the transport. Owns the tasks and their shutdown: stop consuming,
-//! finish and acknowledge the batch in flight, flush the outbox, exit.
+//! -> pipeline -> [`Service`], then the tasks in flow order: the admin API (which is also the
+//! embedded transport's entry, `POST /v1/inbound/{plugin}`), the single writer for HTTP work,
+//! the clock, and the transport — RabbitMQ with `[amqp] url`, else the embedded outbox.
 //!
-//! With `[amqp] url` the daemon consumes RabbitMQ: a batch (the deliveries already buffered,
-//! up to the prefetch) is decoded, applied and committed once (group commit),
-//! dead letters are published and confirmed, then the batch is acknowledged through its last
-//! delivery; a separate task publishes the outbox with confirms and marks entries sent.
+//! With RabbitMQ, a batch (the deliveries already buffered, up to the prefetch) is decoded,
+//! applied and committed once (group commit), dead letters are published and confirmed, then
+//! the batch is acknowledged through its last delivery; a separate task publishes the outbox
+//! with confirms and marks entries sent.
+//!
+//! Shutdown (SIGTERM/SIGINT): stop taking new work (HTTP submissions refused, streams end, the
+//! consumer stops), finish and acknowledge the batch in flight, answer what the writer had
+//! accepted, flush the outbox, exit.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use futures_util::FutureExt as _;
-use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminContext, Authenticator};
 use crate::config::{AmqpConfig, Config};
-use crate::engine::{Engine, Millis};
-use crate::pipeline::{Disposition, Pipeline, plugin_policy};
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::pipeline::{Disposition, Pipeline, STREAM_WINDOW, plugin_policy};
 use crate::plugin::{PluginHost, PluginSettings};
+use crate::service::{Service, now};
 use crate::store::{RedbStore, Store};
+use crate::stream::StreamHub;
 use crate::transport::InboundMessage;
 use crate::transport::amqp::AmqpTransport;
 
 /// How often the clock ticks (inactivity timeouts, wrap-up capacity, eviction).
 const TICK: Duration = Duration::from_secs(1);
-/// A snapshot is written after this many records, and the log behind it dropped.
-const SNAPSHOT_EVERY: u64 = 10_000;
+/// Outbox entries the embedded transport keeps readable (`GET /v1/outbox`); older ones go.
+const EMBEDDED_OUTBOX_KEEP: u64 = 10_000;
 
-/// Everything `serve` built, shared by its tasks.
-struct Daemon {
-    pipeline: Mutex<Pipeline>,
-    store: Arc<dyn Store>,
-    outbox_ready: Notify,
-}
-
-/// Builds the daemon from its configuration (store, plugins, engine restored from the store).
-fn build(config: &Config) -> anyhow::Result<Daemon> {
+/// Builds the daemon's shared parts from its configuration (store, plugins, engine restored
+/// from the store).
+pub fn build(config: &Config) -> anyhow::Result<Service> {
     let store: Arc<dyn Store> =
         Arc::new(RedbStore::open(&config.store.path).context("opening the store")?);
     let max_memory = config
@@ -76,39 +78,129 @@ fn build(config: &Config) -> anyhow::Result<Daemon> {
         recovery.snapshot,
         &recovery.records,
     );
-    Ok(Daemon {
-        pipeline: Mutex::new(Pipeline::new(engine, plugins, store.clone())),
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(StreamHub::new(STREAM_WINDOW, engine.state().last_seq()));
+    let pipeline =
+        Pipeline::new(engine, plugins.clone(), store.clone()).with_observers(hub, metrics.clone());
+    Ok(Service::new(
+        pipeline,
         store,
-        outbox_ready: Notify::new(),
-    })
-}
-
-fn now() -> Millis {
-    Millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|since| since.as_millis() as i64)
-            .unwrap_or(0),
-    )
+        plugins,
+        metrics,
+        config.amqp.is_some(),
+    ))
 }
 
 /// Runs the daemon until `shutdown` is cancelled (SIGTERM/SIGINT in `main`).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let daemon = Arc::new(tokio::task::block_in_place(|| build(&config))?);
-    let Some(amqp) = config.amqp.clone() else {
-        anyhow::bail!(
-            "the embedded transport arrives with the admin API (POST /v1/inbound); set [amqp] url to run on RabbitMQ"
-        );
+    let authenticator =
+        Authenticator::from_config(&config.auth).context("reading the token verification keys")?;
+    let service = Arc::new(tokio::task::block_in_place(|| build(&config))?);
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.server.listen))?;
+    tracing::info!(listen = %config.server.listen, transport = if config.amqp.is_some() { "amqp" } else { "embedded" }, "serving");
+
+    let writer_stop = CancellationToken::new();
+    let writer = tokio::spawn(service.clone().run_writer(writer_stop.clone()));
+    let ticks_stop = CancellationToken::new();
+    let ticks = tokio::spawn(service.clone().run_ticks(TICK, ticks_stop.clone()));
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(admin::serve(
+        listener,
+        AdminContext::new(service.clone(), authenticator, &config.server),
+        http_stop.clone(),
+    ));
+    let transport = match config.amqp.clone() {
+        Some(amqp) => tokio::spawn(run_amqp(service.clone(), amqp, shutdown.clone())),
+        None => tokio::spawn(run_embedded_outbox(service.clone(), shutdown.clone())),
     };
-    let grace = config.server.shutdown_grace;
-    let result = run_amqp(daemon.clone(), amqp, shutdown.clone()).await;
-    // Whatever happened, what is committed stays in the outbox for the next start.
-    tracing::info!(grace = ?grace, "stopped consuming");
-    result
+
+    shutdown.cancelled().await;
+    // Stop taking new work: submissions are refused, streams end, the consumer stops after
+    // its batch in flight.
+    service.stopping.cancel();
+    http_stop.cancel();
+    let transport_result = transport.await;
+    // Requests in flight get their answers: the writer drains what it accepted.
+    writer_stop.cancel();
+    let _ = writer.await;
+    ticks_stop.cancel();
+    let _ = ticks.await;
+    match http.await {
+        Ok(Err(error)) => tracing::warn!(error = %error, "the admin API ended with an error"),
+        Err(error) => tracing::warn!(error = %error, "the admin API task failed"),
+        Ok(Ok(())) => {}
+    }
+    tracing::info!("stopped; what is committed and not yet published stays in the outbox");
+    transport_result.context("the transport task failed")?
+}
+
+/// Without a broker: outbound notifications stay in the store's outbox, readable through
+/// `GET /v1/outbox`, and each is logged once (target `switchboard::outbound`) so that a
+/// newcomer sees what would be sent. The newest [`EMBEDDED_OUTBOX_KEEP`] are kept.
+async fn run_embedded_outbox(service: Arc<Service>, stop: CancellationToken) -> anyhow::Result<()> {
+    // Entries from an earlier run were logged then; start after the newest.
+    let mut last = tokio::task::block_in_place(|| newest_outbox_id(service.store().as_ref()));
+    loop {
+        loop {
+            let entries = match tokio::task::block_in_place(|| {
+                service.store().outbox_after(last.as_deref(), 256)
+            }) {
+                Ok(entries) => entries,
+                Err(error) => {
+                    tracing::error!(error = %error, "cannot read the outbox");
+                    break;
+                }
+            };
+            let Some(newest) = entries.last() else { break };
+            last = Some(newest.id.clone());
+            for entry in &entries {
+                tracing::info!(
+                    target: "switchboard::outbound",
+                    id = %entry.id,
+                    routing_key = %entry.routing_key,
+                    event_type = %entry.event_type,
+                    body = %String::from_utf8_lossy(&entry.body[..entry.body.len().min(512)]),
+                    "outbound (embedded transport: kept in the outbox, not sent)"
+                );
+            }
+        }
+        trim_embedded_outbox(service.store().as_ref());
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = service.outbox_ready.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+fn newest_outbox_id(store: &dyn Store) -> Option<String> {
+    let mut last = None;
+    loop {
+        match store.outbox_after(last.as_deref(), 4096) {
+            Ok(entries) if !entries.is_empty() => last = entries.last().map(|e| e.id.clone()),
+            _ => return last,
+        }
+    }
+}
+
+fn trim_embedded_outbox(store: &dyn Store) {
+    let Ok(len) = store.outbox_len() else { return };
+    if len <= EMBEDDED_OUTBOX_KEEP {
+        return;
+    }
+    let excess = usize::try_from(len - EMBEDDED_OUTBOX_KEEP).unwrap_or(usize::MAX);
+    if let Ok(oldest) = store.pending(excess) {
+        let ids: Vec<String> = oldest.into_iter().map(|entry| entry.id).collect();
+        if let Err(error) = store.mark_sent(&ids) {
+            tracing::warn!(error = %error, "cannot trim the embedded outbox");
+        }
+    }
 }
 
 async fn run_amqp(
-    daemon: Arc<Daemon>,
+    service: Arc<Service>,
     amqp: AmqpConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -120,6 +212,7 @@ async fn run_amqp(
         let transport = match AmqpTransport::connect(&amqp, "switchboard").await {
             Ok(transport) => Arc::new(transport),
             Err(error) => {
+                service.set_broker_up(false);
                 tracing::warn!(error = %error, retry_in = ?backoff, "broker unavailable");
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),
@@ -133,13 +226,14 @@ async fn run_amqp(
         tracing::info!(queue = %amqp.inbound_queue, "consuming");
         let publisher_stop = CancellationToken::new();
         let publisher = tokio::spawn(publish_outbox(
-            daemon.clone(),
+            service.clone(),
             transport.clone(),
             publisher_stop.clone(),
         ));
-        let outcome = consume(&daemon, &transport, &amqp, &shutdown).await;
+        let outcome = consume(&service, &transport, &amqp, &shutdown).await;
+        service.set_broker_up(false);
         // Flush what the last batches committed, then stop the publisher.
-        daemon.outbox_ready.notify_one();
+        service.outbox_ready.notify_one();
         publisher_stop.cancel();
         let _ = publisher.await;
         transport.close().await;
@@ -152,23 +246,16 @@ async fn run_amqp(
 
 /// Consumes until shutdown (Ok) or until the consumer ends (Err: reconnect).
 async fn consume(
-    daemon: &Arc<Daemon>,
+    service: &Arc<Service>,
     transport: &Arc<AmqpTransport>,
     amqp: &AmqpConfig,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut deliveries = transport.consume("switchboard").await?;
-    let mut ticker = tokio::time::interval(TICK);
-    let mut since_snapshot = 0u64;
+    service.set_broker_up(true);
     loop {
         let first = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            _ = ticker.tick() => {
-                let mut pipeline = daemon.pipeline.lock().await;
-                tokio::task::block_in_place(|| pipeline.tick(now()))?;
-                daemon.outbox_ready.notify_one();
-                continue;
-            }
             next = deliveries.next() => match next {
                 Some(delivery) => delivery?,
                 None => anyhow::bail!("the broker ended the consumer"),
@@ -184,31 +271,18 @@ async fn consume(
                 _ => break,
             }
         }
-        since_snapshot += batch.len() as u64;
-        handle_batch(daemon, transport, &batch).await?;
-        if since_snapshot >= SNAPSHOT_EVERY {
-            since_snapshot = 0;
-            // Copy the state under the lock (cheap), write it without: serializing a large
-            // state must not stall the stream.
-            let snapshot = daemon.pipeline.lock().await.engine().state().snapshot();
-            let store = daemon.store.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(error) = store.write_snapshot(&snapshot) {
-                    tracing::error!(error = %error, "cannot write a snapshot; the log keeps growing");
-                }
-            });
-        }
+        handle_batch(service, transport, &batch).await?;
     }
 }
 
 /// Commit, dead-letter, then acknowledge: never acknowledge before the commit.
 async fn handle_batch(
-    daemon: &Arc<Daemon>,
+    service: &Arc<Service>,
     transport: &Arc<AmqpTransport>,
     batch: &[InboundMessage],
 ) -> anyhow::Result<()> {
     let dispositions = {
-        let mut pipeline = daemon.pipeline.lock().await;
+        let mut pipeline = service.pipeline().lock().await;
         tokio::task::block_in_place(|| pipeline.process(batch, now()))
             .context("committing a batch")?
     };
@@ -224,33 +298,33 @@ async fn handle_batch(
         // The channel is gone: the broker redelivers; deduplication holds. Reconnect.
         anyhow::bail!("acknowledgement lost with the channel; messages will be redelivered");
     }
-    daemon.outbox_ready.notify_one();
+    service.committed().await;
     Ok(())
 }
 
 /// Publishes committed outbox entries with confirms and marks them sent; after a stop it
 /// drains once more, so what the last batch committed goes out before the connection closes.
 async fn publish_outbox(
-    daemon: Arc<Daemon>,
+    service: Arc<Service>,
     transport: Arc<AmqpTransport>,
     stop: CancellationToken,
 ) {
     loop {
-        drain_outbox(&daemon, &transport).await;
+        drain_outbox(&service, &transport).await;
         if stop.is_cancelled() {
             return;
         }
         tokio::select! {
-            () = daemon.outbox_ready.notified() => {}
+            () = service.outbox_ready.notified() => {}
             () = stop.cancelled() => {}
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }
 
-async fn drain_outbox(daemon: &Daemon, transport: &AmqpTransport) {
+async fn drain_outbox(service: &Service, transport: &AmqpTransport) {
     loop {
-        let pending = match tokio::task::block_in_place(|| daemon.store.pending(256)) {
+        let pending = match tokio::task::block_in_place(|| service.store().pending(256)) {
             Ok(pending) => pending,
             Err(error) => {
                 tracing::error!(error = %error, "cannot read the outbox");
@@ -274,7 +348,7 @@ async fn drain_outbox(daemon: &Daemon, transport: &AmqpTransport) {
             }
         }
         let complete = sent.len() == pending.len();
-        if let Err(error) = tokio::task::block_in_place(|| daemon.store.mark_sent(&sent)) {
+        if let Err(error) = tokio::task::block_in_place(|| service.store().mark_sent(&sent)) {
             tracing::error!(error = %error, "cannot mark outbox entries sent");
             return;
         }

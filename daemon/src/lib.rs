@@ -6,13 +6,17 @@
 // itself) is `plugin::runtime::load_cached`, with its safety argument.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod sentiment;
+pub mod service;
 pub mod store;
+pub mod stream;
 pub mod telemetry;
 pub mod transport;

@@ -47,6 +47,21 @@ enum Command {
         #[arg(long)]
         rate: Option<u32>,
     },
+    /// Mint a development token (HS256, with the configured secret, issuer and audience).
+    Token {
+        /// The subject: a supervisor, agent or gateway id.
+        #[arg(long)]
+        sub: String,
+        /// `supervisor`, `admin`, `agent` or `ingest` (repeatable).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// A team (Keycloak group) the subject belongs to (repeatable).
+        #[arg(long = "team")]
+        teams: Vec<String>,
+        /// Lifetime, e.g. `1h`, `30m`.
+        #[arg(long, default_value = "1h")]
+        ttl: humantime::Duration,
+    },
     /// Channel plugins: list, inspect, decode.
     Plugins {
         #[command(subcommand)]
@@ -108,6 +123,12 @@ fn main() -> ExitCode {
                 .map(|report| Output::Json(serde_json::to_value(report).unwrap_or_default()))
                 .map_err(|error| Failure::Failed(error.to_string()))
         }),
+        Command::Token {
+            sub,
+            roles,
+            teams,
+            ttl,
+        } => load(&cli.config).and_then(|config| token(&config, sub, roles, teams, ttl.into())),
         Command::CheckConfig => load(&cli.config).map(|config| {
             let summary = format!(
                 "{}: ok ({} teams, {} queues, {} agents, {} plugins, {})",
@@ -163,6 +184,34 @@ fn main() -> ExitCode {
         },
     };
     finish(result)
+}
+
+fn token(
+    config: &Config,
+    subject: String,
+    roles: Vec<String>,
+    teams: Vec<String>,
+    lifetime: std::time::Duration,
+) -> Result<Output, Failure> {
+    const ROLES: [&str; 4] = ["supervisor", "admin", "agent", "ingest"];
+    if let Some(unknown) = roles.iter().find(|role| !ROLES.contains(&role.as_str())) {
+        return Err(Failure::Usage(format!(
+            "unknown role {unknown:?} (known: {})",
+            ROLES.join(", ")
+        )));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let request = switchboard::admin::TokenRequest {
+        subject,
+        roles,
+        teams,
+        lifetime,
+    };
+    switchboard::admin::mint(&config.auth, &request, now)
+        .map(Output::Text)
+        .map_err(Failure::Usage)
 }
 
 /// Runs the daemon; SIGTERM/SIGINT stop it gracefully within `server.shutdown_grace`.

@@ -1,27 +1,47 @@
 //! The flow's middle, for one batch of inbound messages: decode (plugin, or canonical JSON) ->
 //! sentiment -> engine -> render notifications into outbox entries (channel notifications are
 //! encoded by their plugin now, so the outbox holds ready-to-send provider requests) -> one
-//! durable commit. The transport acknowledges the batch only after [`Pipeline::process`]
-//! returned, and dead-letters what it was told to.
+//! durable commit -> the live stream. The transport acknowledges the batch (and the admin API
+//! answers its commands) only after [`Pipeline::process`] / [`Pipeline::submit`] returned, and
+//! dead-letters what it was told to.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::engine::{
-    Audience, ChannelEvent, Engine, Input, Millis, Notification, NotificationBody, Outcome,
-    PluginId,
+    Audience, ChannelEvent, Command, ConversationId, Engine, Input, Millis, Notification,
+    NotificationBody, Outcome, PluginId, Record, Refusal, Reply, SupervisionMode, TimelineEvent,
 };
+use crate::metrics::Metrics;
 use crate::plugin::{ChannelNotification, InboundRequest, Plugin};
 use crate::store::{Batch, OutboxEntry, Store, StoreError, outbox_id};
+use crate::stream::{StreamAudience, StreamEvent, StreamHub, StreamId};
 use crate::transport::InboundMessage;
 
 /// What to do with one inbound message once the batch is committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Disposition {
-    /// Applied (or a duplicate): acknowledge.
-    Done,
+    /// Applied (or a duplicate): acknowledge. `events` canonical events came of it.
+    Done { events: usize },
     /// Cannot be handled: dead-letter with a stable code and a human reason, then acknowledge.
     DeadLetter { code: String, detail: String },
+}
+
+/// One unit of work for [`Pipeline::submit`]: what the admin API hands the single writer.
+#[derive(Debug)]
+pub enum Submission {
+    /// A provider payload posted to `POST /v1/inbound/{plugin}`.
+    Inbound(InboundMessage),
+    /// A supervisor's, agent's or gateway's command.
+    Command(Command),
+}
+
+/// The committed result of a [`Submission`], in the same order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Completion {
+    Inbound(Disposition),
+    Command(Result<Reply, Refusal>),
 }
 
 /// The engine, the plugins and the store, driven one batch at a time by a single writer.
@@ -30,6 +50,10 @@ pub struct Pipeline {
     plugins: HashMap<String, Arc<Plugin>>,
     store: Arc<dyn Store>,
     outcome: Outcome,
+    hub: Arc<StreamHub>,
+    metrics: Arc<Metrics>,
+    /// Stream events of the batch being built; published only once it is committed.
+    stream: Vec<StreamEvent>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -43,6 +67,7 @@ impl std::fmt::Debug for Pipeline {
 
 impl Pipeline {
     pub fn new(engine: Engine, plugins: Vec<Arc<Plugin>>, store: Arc<dyn Store>) -> Self {
+        let last_seq = engine.state().last_seq();
         Self {
             engine,
             plugins: plugins
@@ -51,11 +76,53 @@ impl Pipeline {
                 .collect(),
             store,
             outcome: Outcome::default(),
+            hub: Arc::new(StreamHub::new(STREAM_WINDOW, last_seq)),
+            metrics: Arc::new(Metrics::new()),
+            stream: Vec::new(),
         }
+    }
+
+    /// Publishes committed changes to `hub` and records into `metrics` (the daemon's shared
+    /// ones; a pipeline on its own keeps private ones).
+    pub fn with_observers(mut self, hub: Arc<StreamHub>, metrics: Arc<Metrics>) -> Self {
+        self.hub = hub;
+        self.metrics = metrics;
+        self
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    pub fn hub(&self) -> &Arc<StreamHub> {
+        &self.hub
+    }
+
+    pub fn plugins(&self) -> impl Iterator<Item = &Arc<Plugin>> {
+        self.plugins.values()
+    }
+
+    /// Applies the admin API's submissions and commits them in one durable transaction
+    /// (group commit: every request waiting for the writer shares one fsync).
+    pub fn submit(
+        &mut self,
+        submissions: Vec<Submission>,
+        now: Millis,
+    ) -> Result<Vec<Completion>, StoreError> {
+        let mut batch = Batch::default();
+        let mut completions = Vec::with_capacity(submissions.len());
+        for submission in submissions {
+            completions.push(match submission {
+                Submission::Inbound(message) => {
+                    Completion::Inbound(self.inbound(&message, now, &mut batch))
+                }
+                Submission::Command(command) => {
+                    Completion::Command(self.command(command, now, &mut batch))
+                }
+            });
+        }
+        self.commit(&batch, completions.len())?;
+        Ok(completions)
     }
 
     /// Applies a batch and commits everything it caused in one durable transaction. On a
@@ -66,15 +133,11 @@ impl Pipeline {
         now: Millis,
     ) -> Result<Vec<Disposition>, StoreError> {
         let mut batch = Batch::default();
-        let mut dispositions = Vec::with_capacity(messages.len());
-        for message in messages {
-            let disposition = match self.decode(message, now) {
-                Err((code, detail)) => Disposition::DeadLetter { code, detail },
-                Ok(events) => self.apply_all(events, now, &mut batch),
-            };
-            dispositions.push(disposition);
-        }
-        self.store.commit(&batch)?;
+        let dispositions = messages
+            .iter()
+            .map(|message| self.inbound(message, now, &mut batch))
+            .collect::<Vec<_>>();
+        self.commit(&batch, dispositions.len())?;
         Ok(dispositions)
     }
 
@@ -83,7 +146,70 @@ impl Pipeline {
         let mut batch = Batch::default();
         self.engine.apply(Input::Tick, now, &mut self.outcome);
         self.collect(now, &mut batch);
-        self.store.commit(&batch)
+        self.commit(&batch, 0)
+    }
+
+    /// One durable commit; then (and only then) the batch's changes go to the live stream.
+    fn commit(&mut self, batch: &Batch, inputs: usize) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            self.stream.clear();
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = self.store.commit(batch);
+        let stream = std::mem::take(&mut self.stream);
+        result?;
+        self.metrics
+            .observe_duration("switchboard_commit_seconds", &[], started.elapsed());
+        self.metrics
+            .observe("switchboard_commit_batch_size", &[], inputs as f64);
+        self.hub.publish(stream);
+        Ok(())
+    }
+
+    fn inbound(&mut self, message: &InboundMessage, now: Millis, batch: &mut Batch) -> Disposition {
+        let disposition = match self.decode(message, now) {
+            Err((code, detail)) => Disposition::DeadLetter { code, detail },
+            Ok(events) => self.apply_all(events, now, batch),
+        };
+        let outcome = match &disposition {
+            Disposition::Done { .. } => "applied",
+            Disposition::DeadLetter { code, .. } => {
+                self.metrics
+                    .count("switchboard_dead_lettered_total", &[code], 1);
+                "dead-lettered"
+            }
+        };
+        self.metrics.count(
+            "switchboard_inbound_total",
+            &[&message.routing_key, outcome],
+            1,
+        );
+        disposition
+    }
+
+    fn command(
+        &mut self,
+        command: Command,
+        now: Millis,
+        batch: &mut Batch,
+    ) -> Result<Reply, Refusal> {
+        let kind = command.action.kind();
+        self.engine
+            .apply(Input::Command(command), now, &mut self.outcome);
+        let reply = self
+            .outcome
+            .reply
+            .clone()
+            .unwrap_or_else(|| Ok(Reply::default()));
+        self.collect(now, batch);
+        let outcome = match &reply {
+            Ok(_) => "ok",
+            Err(refusal) => refusal.code.as_str(),
+        };
+        self.metrics
+            .count("switchboard_supervision_actions_total", &[kind, outcome], 1);
+        reply
     }
 
     fn decode(
@@ -117,9 +243,14 @@ impl Pipeline {
                 body: message.body.clone(),
                 received_at: now,
             };
-            plugin
-                .decode(&request)
-                .map_err(|error| (error.code().to_owned(), error.to_string()))?
+            let started = Instant::now();
+            let decoded = plugin.decode(&request);
+            self.metrics.observe_duration(
+                "switchboard_plugin_call_seconds",
+                &[&message.routing_key],
+                started.elapsed(),
+            );
+            decoded.map_err(|error| (error.code().to_owned(), error.to_string()))?
         };
         // Events without an id of their own are identified by the message: a redelivery of the
         // same message then changes nothing.
@@ -143,6 +274,7 @@ impl Pipeline {
         batch: &mut Batch,
     ) -> Disposition {
         let mut refused = Vec::new();
+        let count = events.len();
         for event in events {
             self.engine
                 .apply(Input::Channel(event), now, &mut self.outcome);
@@ -152,7 +284,7 @@ impl Pipeline {
             self.collect(now, batch);
         }
         match refused.into_iter().next() {
-            None => Disposition::Done,
+            None => Disposition::Done { events: count },
             // The message's other events were applied; the dead letter says which rule refused.
             Some((code, detail)) => Disposition::DeadLetter { code, detail },
         }
@@ -167,7 +299,101 @@ impl Pipeline {
         for notification in &notifications {
             self.render(notification, now, &mut batch.outbox);
         }
-        batch.records.push(std::mem::take(&mut self.outcome.record));
+        let record = std::mem::take(&mut self.outcome.record);
+        self.stream_events(&record);
+        batch.records.push(record);
+    }
+
+    /// What a record changed, for the live stream: its timeline entries (messages to those
+    /// taking part, whispers to the agent and the whisperer, the rest to the team's
+    /// supervisors) and the summary of every conversation it touched.
+    fn stream_events(&mut self, record: &Record) {
+        let mut index = 0u32;
+        let mut next_id = || {
+            let id = StreamId {
+                seq: record.seq,
+                index,
+            };
+            index += 1;
+            id
+        };
+        let state = self.engine.state();
+        for entry in &record.timeline {
+            let conversation = state.conversation(entry.conversation);
+            let audience = match &entry.event {
+                TimelineEvent::Whisper {
+                    supervisor, agent, ..
+                } => StreamAudience::Users(
+                    std::iter::once(supervisor.as_str())
+                        .chain(agent.as_ref().map(|agent| agent.as_str()))
+                        .map(Box::from)
+                        .collect(),
+                ),
+                TimelineEvent::Message { .. } => StreamAudience::Participants(
+                    conversation
+                        .map(|c| {
+                            c.seats
+                                .iter()
+                                .map(|seat| seat.supervisor.as_str())
+                                .chain(c.agent.as_ref().map(|agent| agent.as_str()))
+                                .chain(c.consultants.iter().map(|agent| agent.as_str()))
+                                .map(Box::from)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                ),
+                _ => StreamAudience::Supervisors,
+            };
+            // The agent sees its conversation's messages through `Participants`; of the other
+            // entries only those that do not reveal silent monitoring.
+            let agent_view = match (&audience, conversation.and_then(|c| c.agent.clone())) {
+                (StreamAudience::Supervisors, Some(agent)) if !reveals_monitoring(&entry.event) => {
+                    Some(agent)
+                }
+                _ => None,
+            };
+            let data = serde_json::to_string(entry).unwrap_or_default();
+            self.stream.push(StreamEvent {
+                id: next_id(),
+                kind: "timeline",
+                conversation: entry.conversation,
+                team: conversation
+                    .and_then(|c| self.engine.queue(&c.queue))
+                    .map(|queue| queue.team.clone()),
+                audience,
+                agent_view: agent_view.map(|agent| (agent, data.clone())),
+                data,
+            });
+        }
+        let mut touched: Vec<ConversationId> = record
+            .changes
+            .iter()
+            .filter_map(crate::engine::Change::conversation)
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for id in touched {
+            let Some(conversation) = state.conversation(id) else {
+                continue;
+            };
+            let summary = self.engine.summary(conversation, record.at);
+            let data = serde_json::to_string(&summary).unwrap_or_default();
+            let agent_view = summary.agent.clone().map(|agent| {
+                let mut view = summary.clone();
+                view.supervisors
+                    .retain(|seat| seat.mode != SupervisionMode::Monitor);
+                (agent, serde_json::to_string(&view).unwrap_or_default())
+            });
+            self.stream.push(StreamEvent {
+                id: next_id(),
+                kind: "conversation",
+                conversation: id,
+                team: summary.team.clone(),
+                audience: StreamAudience::Supervisors,
+                data,
+                agent_view,
+            });
+        }
     }
 
     fn render(&self, notification: &Notification, now: Millis, outbox: &mut Vec<OutboxEntry>) {
@@ -257,6 +483,21 @@ impl Pipeline {
                 tracing::warn!(plugin = %plugin, error = %error, notification = %notification.id, "channel notification not sent")
             }
         }
+    }
+}
+
+/// Events kept in memory for `Last-Event-ID` resumption of the live stream.
+pub const STREAM_WINDOW: usize = 10_000;
+
+/// Whether an agent seeing this timeline entry would learn of silent monitoring.
+fn reveals_monitoring(event: &TimelineEvent) -> bool {
+    match event {
+        TimelineEvent::SupervisionStarted { mode, .. }
+        | TimelineEvent::SupervisionEnded { mode, .. } => *mode == SupervisionMode::Monitor,
+        TimelineEvent::SupervisionChanged { from, to, .. } => {
+            *from == SupervisionMode::Monitor || *to == SupervisionMode::Monitor
+        }
+        _ => false,
     }
 }
 

@@ -50,6 +50,7 @@ fn config_file(dir: &Path, names: &AmqpConfig) -> PathBuf {
             "../target/plugins/wasm32-wasip2/plugin/",
             &format!("{}/", plugins_dir().display()),
         )
+        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
         .replace(
             "path = \"./data\"",
             &format!("path = \"{}\"", dir.join("data").display()),

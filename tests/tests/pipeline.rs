@@ -3,7 +3,7 @@
 //! handled is dead-lettered with its code; a canonical event from the routing platform is
 //! applied; and a restart rebuilds the same state from the store.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,22 +13,10 @@ use switchboard::pipeline::{Disposition, Pipeline, plugin_policy};
 use switchboard::plugin::{Plugin, PluginHost, PluginSettings};
 use switchboard::store::{RedbStore, Store};
 use switchboard::transport::InboundMessage;
-use switchboard_tests::{component, fixture};
+use switchboard_tests::{component, fixture, temp_dir};
 
 const NOW: Millis = Millis(1_800_000_000_000);
 
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "switchboard-pipeline-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// The shipped configuration's roster with the test-built plugins.
 fn open_pipeline(store_dir: &Path) -> Pipeline {
@@ -86,7 +74,7 @@ fn message(routing_key: &str, body: Vec<u8>, message_id: Option<&str>) -> Inboun
 
 #[test]
 fn webhook_to_conversation_and_outbox_in_one_commit_and_back_after_a_restart() {
-    let dir = temp_dir();
+    let dir = temp_dir("pipeline");
     let mut pipeline = open_pipeline(&dir);
     let webhook = message(
         "whatsapp-cloud",
@@ -97,7 +85,7 @@ fn webhook_to_conversation_and_outbox_in_one_commit_and_back_after_a_restart() {
         pipeline
             .process(std::slice::from_ref(&webhook), NOW)
             .unwrap(),
-        vec![Disposition::Done]
+        vec![Disposition::Done { events: 1 }]
     );
     let conversation = pipeline
         .engine()
@@ -121,7 +109,7 @@ fn webhook_to_conversation_and_outbox_in_one_commit_and_back_after_a_restart() {
     let seq = pipeline.engine().state().last_seq();
     assert_eq!(
         pipeline.process(&[webhook], NOW).unwrap(),
-        vec![Disposition::Done]
+        vec![Disposition::Done { events: 1 }]
     );
     assert_eq!(pipeline.engine().state().last_seq(), seq);
 
@@ -134,7 +122,7 @@ fn webhook_to_conversation_and_outbox_in_one_commit_and_back_after_a_restart() {
         pipeline
             .process(&[message("canonical", accepted.into_bytes(), None)], NOW)
             .unwrap(),
-        vec![Disposition::Done]
+        vec![Disposition::Done { events: 1 }]
     );
     let after = pipeline
         .engine()
@@ -162,7 +150,7 @@ fn webhook_to_conversation_and_outbox_in_one_commit_and_back_after_a_restart() {
         .iter()
         .map(|disposition| match disposition {
             Disposition::DeadLetter { code, .. } => code.as_str(),
-            Disposition::Done => "done",
+            Disposition::Done { .. } => "done",
         })
         .collect();
     assert_eq!(
@@ -179,7 +167,7 @@ fn webhook_to_conversation_and_outbox_in_one_commit_and_back_after_a_restart() {
 
 #[test]
 fn notifications_are_rendered_into_the_outbox() {
-    let dir = temp_dir();
+    let dir = temp_dir("pipeline");
     {
         let mut pipeline = open_pipeline(&dir);
         let webhook = message(
@@ -189,7 +177,8 @@ fn notifications_are_rendered_into_the_outbox() {
         );
         assert_eq!(
             pipeline.process(&[webhook], NOW).unwrap(),
-            vec![Disposition::Done]
+            vec![Disposition::Done { events: 4 }],
+            "the batched webhook holds four events"
         );
     }
     let store = RedbStore::open(&dir).unwrap();

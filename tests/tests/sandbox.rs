@@ -9,7 +9,7 @@ use switchboard::engine::Millis;
 use switchboard::plugin::{
     CallError, Health, InboundRequest, LoadError, PluginHost, PluginSettings,
 };
-use switchboard_tests::{component, host, load, try_load};
+use switchboard_tests::{component, host, load, temp_dir, try_load};
 
 fn body(text: &str) -> InboundRequest {
     InboundRequest {
@@ -176,7 +176,7 @@ fn other_plugins_keep_serving_while_one_misbehaves() {
 
 #[test]
 fn hot_reload_swaps_atomically_and_drops_nothing() {
-    let dir = tempdir();
+    let dir = temp_dir("sandbox");
     let file = dir.join("sms_twilio.wasm");
     std::fs::copy(component("sms-twilio"), &file).unwrap();
     let host = PluginHost::new(64 << 20, Some(dir.join("cache"))).unwrap();
@@ -231,7 +231,7 @@ fn hot_reload_swaps_atomically_and_drops_nothing() {
 
 #[test]
 fn compiled_plugins_are_cached_on_disk() {
-    let dir = tempdir();
+    let dir = temp_dir("sandbox");
     let settings = PluginSettings {
         id: "sms-twilio".to_owned(),
         file: component("sms-twilio"),
@@ -254,7 +254,7 @@ fn compiled_plugins_are_cached_on_disk() {
 
 #[test]
 fn junk_files_are_refused_with_a_clear_message() {
-    let dir = tempdir();
+    let dir = temp_dir("sandbox");
     let junk = dir.join("junk.wasm");
     std::fs::write(&junk, b"\0asm\x0d\0\x01\0garbage").unwrap();
     let error = host()
@@ -269,18 +269,6 @@ fn junk_files_are_refused_with_a_clear_message() {
     assert!(matches!(error, LoadError::Invalid { .. }), "{error}");
 }
 
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "switchboard-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A WebAssembly custom section (id 0): allowed anywhere in a component, ignored by it.
 fn custom_section(name: &str, payload: &[u8]) -> Vec<u8> {

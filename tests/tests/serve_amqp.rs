@@ -74,6 +74,7 @@ async fn webhook_in_cloudevent_out_poison_dead_lettered_redelivery_harmless() {
     )
     .unwrap();
     config.store.path = store.clone();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.amqp = Some(names.clone());
     for plugin in &mut config.plugins {
         plugin.file = component(&plugin.id);

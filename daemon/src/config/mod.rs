@@ -45,6 +45,9 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub shutdown_grace: Duration,
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+    pub rate_limit: u32,
 }
 
 #[derive(Clone, Debug)]

@@ -13,6 +13,14 @@ pub(crate) struct Server {
     /// How long SIGTERM/SIGINT waits for in-flight work before exiting, e.g. `"10s"`.
     /// Default `10s`.
     pub shutdown_grace: Option<Spanned<String>>,
+    /// Largest request body the API accepts (413 above it), e.g. `"1MiB"`. Default `1MiB`.
+    pub body_limit: Option<Spanned<String>>,
+    /// Time a request may take before it is answered 503 (the live stream excepted).
+    /// Default `10s`.
+    pub request_timeout: Option<Spanned<String>>,
+    /// Requests per second each caller (token subject) may make, bursts up to one second's
+    /// worth; beyond it 429 with `Retry-After`. Default 1000.
+    pub rate_limit: Option<Spanned<u32>>,
 }
 
 /// `[store]`: the embedded durable store.

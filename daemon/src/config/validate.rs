@@ -18,6 +18,9 @@ use crate::engine::{
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+const DEFAULT_BODY_LIMIT: u64 = 1 << 20;
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_RATE_LIMIT: u32 = 1000;
 const DEFAULT_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
 const DEFAULT_TIME_LIMIT: Duration = Duration::from_millis(100);
 const DEFAULT_AGENT_CAPACITY: u32 = 3;
@@ -81,9 +84,35 @@ fn server(sink: &mut Problems<'_>, raw: raw::Server) -> Option<ServerConfig> {
     };
     let shutdown_grace = duration(sink, raw.shutdown_grace.as_ref(), "server.shutdown_grace")
         .unwrap_or(DEFAULT_GRACE);
+    let body_limit = match &raw.body_limit {
+        None => DEFAULT_BODY_LIMIT,
+        Some(limit) => bytes(limit.get_ref()).unwrap_or_else(|| {
+            sink.at_spanned(
+                limit,
+                format!(
+                    "`server.body_limit` must be a size such as \"1MiB\", not {:?}",
+                    limit.get_ref()
+                ),
+            );
+            DEFAULT_BODY_LIMIT
+        }),
+    };
+    let request_timeout = duration(sink, raw.request_timeout.as_ref(), "server.request_timeout")
+        .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+    let rate_limit = match raw.rate_limit {
+        Some(rate) if *rate.get_ref() == 0 => {
+            sink.at_spanned(&rate, "`server.rate_limit` must be at least 1".to_owned());
+            1
+        }
+        Some(rate) => rate.into_inner(),
+        None => DEFAULT_RATE_LIMIT,
+    };
     Some(ServerConfig {
         listen: listen?,
         shutdown_grace,
+        body_limit: usize::try_from(body_limit).unwrap_or(usize::MAX),
+        request_timeout,
+        rate_limit,
     })
 }
 

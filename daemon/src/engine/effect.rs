@@ -143,6 +143,29 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// The conversation this change is about (`None` for agent and bookkeeping changes).
+    pub fn conversation(&self) -> Option<ConversationId> {
+        match self {
+            Self::Opened { id, .. }
+            | Self::StateChanged { id, .. }
+            | Self::AgentSet { id, .. }
+            | Self::ConsultantAdded { id, .. }
+            | Self::ConsultantRemoved { id, .. }
+            | Self::QueueChanged { id, .. }
+            | Self::SubjectChanged { id, .. }
+            | Self::SeatTaken { id, .. }
+            | Self::SeatChanged { id, .. }
+            | Self::SeatReleased { id, .. }
+            | Self::CapacityHeld { id, .. }
+            | Self::CapacityReleased { id }
+            | Self::Activity { id, .. }
+            | Self::Evicted { id } => Some(*id),
+            Self::PresenceChanged { .. } | Self::Seen { .. } | Self::Answered { .. } => None,
+        }
+    }
+}
+
 /// One line of a conversation's timeline: every action lands here.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TimelineEntry {

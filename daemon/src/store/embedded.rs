@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
 use super::{Batch, OutboxEntry, Recovery, Store, StoreError};
 use crate::engine::{ConversationId, Record, Snapshot, TimelineEntry};
@@ -175,6 +177,37 @@ impl Store for RedbStore {
             }
         }
         transaction.commit().map_err(write_error)
+    }
+
+    fn outbox_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let transaction = self.database.begin_read().map_err(read_error)?;
+        let outbox = transaction.open_table(OUTBOX).map_err(read_error)?;
+        let rows = match after {
+            Some(after) => outbox.range::<&str>(after..).map_err(read_error)?,
+            None => outbox.iter().map_err(read_error)?,
+        };
+        let mut entries = Vec::new();
+        for row in rows {
+            let (key, bytes) = row.map_err(read_error)?;
+            if Some(key.value()) == after {
+                continue;
+            }
+            entries.push(decode(bytes.value(), "outbox entry")?);
+            if entries.len() == limit {
+                break;
+            }
+        }
+        Ok(entries)
+    }
+
+    fn outbox_len(&self) -> Result<u64, StoreError> {
+        let transaction = self.database.begin_read().map_err(read_error)?;
+        let outbox = transaction.open_table(OUTBOX).map_err(read_error)?;
+        outbox.len().map_err(read_error)
     }
 
     fn timeline(&self, conversation: ConversationId) -> Result<Vec<TimelineEntry>, StoreError> {

@@ -84,6 +84,17 @@ pub trait Store: Send + Sync + 'static {
     /// Marks entries as sent (their publication was confirmed).
     fn mark_sent(&self, ids: &[String]) -> Result<(), StoreError>;
 
+    /// Up to `limit` outbox entries after the id `after` (from the start without), in commit
+    /// order: the embedded transport's readable outbox.
+    fn outbox_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    /// Entries in the outbox.
+    fn outbox_len(&self) -> Result<u64, StoreError>;
+
     /// A conversation's timeline, oldest first.
     fn timeline(&self, conversation: ConversationId) -> Result<Vec<TimelineEntry>, StoreError>;
 }

@@ -1,0 +1,469 @@
+//! The admin API's wire types: what `/v1` takes and answers, and what `/openapi.json` documents.
+//! Kept apart from the engine's types on purpose: the engine may change shape, the contract
+//! (CONTRACT.md §2) may not. Times are RFC 3339 strings in UTC.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::engine::report::{AgentSummary, ConversationSummary, QueueSummary};
+use crate::engine::{Millis, Reply, TimelineEntry};
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn timestamp(at: Millis) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at.0.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Customer {
+    pub id: String,
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Sentiment {
+    /// `positive`, `neutral` or `negative`; null before the customer wrote.
+    #[schema(nullable = true)]
+    pub label: Option<String>,
+    /// Compound score in [-1, 1]; null before the customer wrote.
+    #[schema(nullable = true)]
+    pub score: Option<f32>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct SupervisorSeat {
+    pub id: String,
+    /// `monitor`, `whisper`, `consult-internal`, `consult-public` or `barge`.
+    pub mode: String,
+    pub since: String,
+}
+
+/// One row of the ongoing conversations report.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Conversation {
+    /// `c-` and 20 hex digits.
+    pub id: String,
+    /// `web`, `sms`, `whatsapp`, `messaging` or `voice`.
+    pub channel: String,
+    pub plugin: String,
+    /// `open`, `active`, `waiting`, `wrap-up` or `closed`.
+    pub state: String,
+    pub subject: Option<String>,
+    pub customer: Customer,
+    pub queue: String,
+    pub team: Option<String>,
+    pub agent: Option<String>,
+    pub consultants: Vec<String>,
+    pub created_at: String,
+    pub accepted_at: Option<String>,
+    pub last_activity_at: String,
+    pub wait_seconds: u64,
+    pub handle_seconds: u64,
+    pub sentiment: Sentiment,
+    /// Who monitors or has joined, and how.
+    pub supervisors: Vec<SupervisorSeat>,
+}
+
+impl From<ConversationSummary> for Conversation {
+    fn from(summary: ConversationSummary) -> Self {
+        Self {
+            id: summary.id.to_string(),
+            channel: summary.channel.as_str().to_owned(),
+            plugin: summary.plugin.as_str().to_owned(),
+            state: summary.state.as_str().to_owned(),
+            subject: summary.subject.map(String::from),
+            customer: Customer {
+                id: summary.customer.id.into(),
+                name: summary.customer.name.map(String::from),
+            },
+            queue: summary.queue.as_str().to_owned(),
+            team: summary.team.map(|team| team.as_str().to_owned()),
+            agent: summary.agent.map(|agent| agent.as_str().to_owned()),
+            consultants: summary
+                .consultants
+                .iter()
+                .map(|agent| agent.as_str().to_owned())
+                .collect(),
+            created_at: timestamp(summary.created_at),
+            accepted_at: summary.accepted_at.map(timestamp),
+            last_activity_at: timestamp(summary.last_activity_at),
+            wait_seconds: summary.wait_seconds,
+            handle_seconds: summary.handle_seconds,
+            sentiment: Sentiment {
+                label: summary.sentiment.label.map(str::to_owned),
+                score: summary.sentiment.score,
+            },
+            supervisors: summary
+                .supervisors
+                .iter()
+                .map(|seat| SupervisorSeat {
+                    id: seat.id.as_str().to_owned(),
+                    mode: seat.mode.as_str().to_owned(),
+                    since: timestamp(seat.since),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The ongoing conversations report.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ConversationList {
+    pub conversations: Vec<Conversation>,
+    pub count: usize,
+}
+
+/// Someone taking part in a conversation.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Participant {
+    pub id: String,
+    /// `customer`, `agent`, `consultant` or `supervisor`.
+    pub role: String,
+    /// For supervisors: how they take part.
+    pub mode: Option<String>,
+}
+
+/// One timeline line: `event` names it, `details` carries its fields.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct TimelineLine {
+    pub at: String,
+    /// `public`, `internal` or `whisper`.
+    pub visibility: String,
+    /// e.g. `created`, `message`, `whisper`, `state-changed`, `supervision-started`,
+    /// `assigned-to-agent`, `force-closed`.
+    pub event: String,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+impl From<&TimelineEntry> for TimelineLine {
+    fn from(entry: &TimelineEntry) -> Self {
+        let mut details = serde_json::to_value(entry).unwrap_or_default();
+        let mut take = |key: &str| {
+            details
+                .as_object_mut()
+                .and_then(|object| object.remove(key))
+                .and_then(|value| value.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        };
+        let event = take("event");
+        let visibility = take("visibility");
+        if let Some(object) = details.as_object_mut() {
+            object.remove("conversation");
+            object.remove("at");
+        }
+        Self {
+            at: timestamp(entry.at),
+            visibility,
+            event,
+            details,
+        }
+    }
+}
+
+/// One conversation with its participants and timeline.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ConversationDetail {
+    #[serde(flatten)]
+    pub conversation: Conversation,
+    pub participants: Vec<Participant>,
+    pub timeline: Vec<TimelineLine>,
+}
+
+/// What a supervision command answers.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CommandResult {
+    pub conversation: Option<String>,
+    /// The conversation's state afterwards.
+    pub state: Option<String>,
+    /// Checks bypassed on request (`presence`, `capacity`), audited on the timeline.
+    pub overrides: Vec<String>,
+    /// Units by which the agent's capacity is now exceeded, if it is.
+    pub capacity_exceeded_by: Option<u32>,
+    /// This answer replays an earlier one (same `Idempotency-Key` and body).
+    pub replayed: bool,
+}
+
+impl From<Reply> for CommandResult {
+    fn from(reply: Reply) -> Self {
+        Self {
+            conversation: reply.conversation.map(|id| id.to_string()),
+            state: reply.state.map(|state| state.as_str().to_owned()),
+            overrides: reply
+                .overrides
+                .iter()
+                .map(|check| match check {
+                    crate::engine::Override::Presence { .. } => "presence".to_owned(),
+                    crate::engine::Override::Capacity { .. } => "capacity".to_owned(),
+                })
+                .collect(),
+            capacity_exceeded_by: reply.capacity_exceeded_by,
+            replayed: reply.replayed,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Agent {
+    pub id: String,
+    pub name: String,
+    /// `available`, `busy`, `away`, `offline` …
+    pub presence: String,
+    pub capacity_used: u32,
+    pub capacity_total: u32,
+    pub queues: Vec<String>,
+    pub teams: Vec<String>,
+    pub bot: bool,
+}
+
+impl From<AgentSummary> for Agent {
+    fn from(agent: AgentSummary) -> Self {
+        Self {
+            id: agent.id.as_str().to_owned(),
+            name: agent.name.into(),
+            presence: agent.presence.as_str().to_owned(),
+            capacity_used: agent.capacity_used,
+            capacity_total: agent.capacity_total,
+            queues: agent.queues.iter().map(|q| q.as_str().to_owned()).collect(),
+            teams: agent.teams.iter().map(|t| t.as_str().to_owned()).collect(),
+            bot: agent.bot,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<Agent>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Queue {
+    pub id: String,
+    pub name: String,
+    pub team: String,
+    pub allowed_presences: Vec<String>,
+    /// Ongoing conversations waiting in it without an agent.
+    pub waiting: u32,
+    pub agents_available: u32,
+}
+
+impl From<QueueSummary> for Queue {
+    fn from(queue: QueueSummary) -> Self {
+        Self {
+            id: queue.id.as_str().to_owned(),
+            name: queue.name.into(),
+            team: queue.team.as_str().to_owned(),
+            allowed_presences: queue
+                .allowed_presences
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect(),
+            waiting: queue.waiting,
+            agents_available: queue.agents_available,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct QueueList {
+    pub queues: Vec<Queue>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PluginCounters {
+    pub decodes: u64,
+    pub encodes: u64,
+    pub plugin_errors: u64,
+    pub traps: u64,
+    pub timeouts: u64,
+    pub out_of_memory: u64,
+    pub rejected_by_breaker: u64,
+    pub reloads: u64,
+    pub mean_call_micros: f64,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PluginInfo {
+    pub id: String,
+    pub channel: String,
+    pub version: String,
+    pub api_version: String,
+    /// SHA-256 of the component in use.
+    pub hash: String,
+    pub voice_controls: bool,
+    /// `healthy`, `degraded` or `unhealthy` (circuit breaker open).
+    pub health: String,
+    pub counters: PluginCounters,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PluginList {
+    pub plugins: Vec<PluginInfo>,
+}
+
+/// `POST /v1/inbound/{plugin}` accepted the payload: it is durable.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct InboundAccepted {
+    /// Canonical events the payload became.
+    pub events: usize,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ComponentState {
+    /// `up`, `down` or `not-configured`.
+    pub status: String,
+    pub detail: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PluginHealth {
+    pub id: String,
+    pub health: String,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ReadinessReport {
+    pub ready: bool,
+    pub store: ComponentState,
+    pub broker: ComponentState,
+    pub plugins: Vec<PluginHealth>,
+}
+
+// ---- request bodies ----------------------------------------------------------------------
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WhisperBody {
+    pub text: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinModeBody {
+    #[default]
+    Internal,
+    Public,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinBody {
+    #[serde(default)]
+    pub mode: JoinModeBody,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VisibilityBody {
+    #[default]
+    Internal,
+    Public,
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageBody {
+    pub text: String,
+    #[serde(default)]
+    pub visibility: VisibilityBody,
+}
+
+/// Exactly one of `agent` and `queue`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssignBody {
+    pub agent: Option<String>,
+    pub queue: Option<String>,
+    #[serde(default)]
+    pub override_presence: bool,
+    #[serde(default)]
+    pub override_capacity: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferBody {
+    pub agent: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForceCloseBody {
+    pub reason: Option<String>,
+    /// Must be `true`: force-closing ends the customer's conversation.
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceBody {
+    /// `available`, `busy`, `away`, `offline` …
+    pub presence: String,
+}
+
+/// Filters of the ongoing conversations report.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReportQuery {
+    /// `open`, `active`, `waiting` or `wrap-up`.
+    pub state: Option<String>,
+    pub queue: Option<String>,
+    /// `web`, `sms`, `whatsapp`, `messaging` or `voice`.
+    pub channel: Option<String>,
+    pub agent: Option<String>,
+}
+
+/// Paging of `GET /v1/outbox`.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OutboxQuery {
+    /// Entries after this id (the previous page's `next_after`).
+    pub after: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct OutboxItem {
+    /// The CloudEvents id (stable across re-publication).
+    pub id: String,
+    pub routing_key: String,
+    pub event_type: String,
+    pub subject: Option<String>,
+    pub time: String,
+    pub content_type: String,
+    /// `[name, value]` pairs: `switchboard-method`, `switchboard-url`, provider headers.
+    #[schema(value_type = Vec<Vec<String>>)]
+    pub headers: Vec<(String, String)>,
+    /// The body as text (UTF-8, lossy).
+    pub body: String,
+}
+
+impl From<crate::store::OutboxEntry> for OutboxItem {
+    fn from(entry: crate::store::OutboxEntry) -> Self {
+        Self {
+            body: String::from_utf8_lossy(&entry.body).into_owned(),
+            id: entry.id,
+            routing_key: entry.routing_key,
+            event_type: entry.event_type,
+            subject: entry.subject,
+            time: timestamp(entry.time),
+            content_type: entry.content_type,
+            headers: entry.headers,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct OutboxPage {
+    pub entries: Vec<OutboxItem>,
+    /// Pass as `after` for the next page.
+    pub next_after: Option<String>,
+}

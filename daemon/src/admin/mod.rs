@@ -1,0 +1,271 @@
+//! The admin HTTP API (CONTRACT.md §2), the flow's second front door: supervisors' reads and
+//! commands, `POST /v1/inbound/{plugin}` (the embedded transport's entry), the live stream and
+//! the operations endpoints. The only axum importer.
+//!
+//! Layers, outermost first: request metrics -> framework errors as problem+json -> (for `/v1`)
+//! authentication -> per-caller rate limit -> timeout (not on the stream) -> body limit ->
+//! handler. Handlers turn HTTP into engine commands, hand them to the single writer
+//! ([`Service::submit`]) and answer once the commit is durable.
+
+pub mod api;
+pub mod auth;
+mod openapi;
+pub mod problem;
+mod routes;
+mod sse;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
+
+pub use self::auth::{Authenticator, KeyError, TokenRequest, mint};
+use self::problem::Problem;
+use crate::config::ServerConfig;
+use crate::engine::Actor;
+use crate::service::Service;
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct AdminContext {
+    pub service: Arc<Service>,
+    pub auth: Authenticator,
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+    rate: RateLimiter,
+}
+
+impl AdminContext {
+    pub fn new(service: Arc<Service>, auth: Authenticator, server: &ServerConfig) -> Self {
+        Self {
+            service,
+            auth,
+            body_limit: server.body_limit,
+            request_timeout: server.request_timeout,
+            rate: RateLimiter::new(server.rate_limit),
+        }
+    }
+}
+
+type Shared = Arc<AdminContext>;
+
+/// The whole API as one router (served by `app.rs`, driven in-process by the tests).
+pub fn router(context: AdminContext) -> Router {
+    let context = Arc::new(context);
+    let limited = routes::v1()
+        .layer(DefaultBodyLimit::max(context.body_limit))
+        .layer(middleware::from_fn_with_state(context.clone(), timeout));
+    let v1 = limited
+        .merge(sse::routes())
+        .layer(middleware::from_fn_with_state(context.clone(), rate_limit))
+        .layer(middleware::from_fn_with_state(
+            context.clone(),
+            authenticate,
+        ));
+    Router::new()
+        .merge(routes::operations())
+        .merge(v1)
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no-route", "no such route") })
+        .layer(middleware::from_fn(framework_problems))
+        .layer(middleware::from_fn_with_state(context.clone(), observe))
+        .with_state(context)
+}
+
+/// Serves the API on `listener` until `stop` is cancelled; requests in flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    context: AdminContext,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(context))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+/// Request metrics and a log line per request (method, route template, status, duration —
+/// never headers, so never a token).
+async fn observe(State(context): State<Shared>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status();
+    let metrics = context.service.metrics();
+    metrics.count(
+        "switchboard_http_requests_total",
+        &[&route, &method, status.as_str()],
+        1,
+    );
+    metrics.observe_duration(
+        "switchboard_http_request_seconds",
+        &[&route],
+        started.elapsed(),
+    );
+    tracing::debug!(method = %method, route = %route, status = status.as_u16(), elapsed = ?started.elapsed(), "request");
+    response
+}
+
+/// The framework's own errors (unknown route, wrong method, malformed JSON, body too large,
+/// wrong content type) as problem+json like every other error.
+async fn framework_problems(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad-request",
+        StatusCode::NOT_FOUND => "no-route",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body-too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid-body",
+        _ if status.is_server_error() => "internal",
+        _ => "error",
+    };
+    let detail = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut problem = Problem::new(status, code, detail).into_response();
+    // Keep what the framework said beyond the body (`Allow` on 405).
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        problem.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    problem
+}
+
+/// Verifies the bearer token and puts the caller's [`Actor`] into the request.
+async fn authenticate(State(context): State<Shared>, mut request: Request, next: Next) -> Response {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    match context.auth.authenticate(authorization) {
+        Ok(actor) => {
+            request.extensions_mut().insert(actor);
+            next.run(request).await
+        }
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// A per-caller token bucket (keyed by the token's subject): `rate` requests per second,
+/// bursts up to `rate`.
+#[derive(Debug)]
+struct RateLimiter {
+    rate: f64,
+    buckets: Mutex<HashMap<Box<str>, Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimiter {
+    fn new(rate: u32) -> Self {
+        Self {
+            rate: f64::from(rate.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Ok` to go ahead, or `Err(seconds)` to wait.
+    fn check(&self, caller: &str) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if buckets.len() > 100_000 {
+            // Forget idle callers (full buckets) so that the map stays bounded.
+            let rate = self.rate;
+            buckets.retain(|_, bucket| {
+                bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate < rate
+            });
+        }
+        let bucket = buckets.entry(caller.into()).or_insert(Bucket {
+            tokens: self.rate,
+            at: now,
+        });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * self.rate)
+            .min(self.rate);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - bucket.tokens) / self.rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+async fn rate_limit(State(context): State<Shared>, request: Request, next: Next) -> Response {
+    let caller = request
+        .extensions()
+        .get::<Actor>()
+        .map(|actor| actor.id.as_str().to_owned())
+        .unwrap_or_default();
+    match context.rate.check(&caller) {
+        Ok(()) => next.run(request).await,
+        Err(retry_after) => Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "too many requests from this caller; slow down",
+        )
+        .retry_after(retry_after)
+        .into_response(),
+    }
+}
+
+async fn timeout(State(context): State<Shared>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(context.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::unavailable(
+            "timeout",
+            format!(
+                "the request took longer than {:?}; if it was a command it may still have been applied (retry with the same Idempotency-Key)",
+                context.request_timeout
+            ),
+            1,
+        )
+        .into_response(),
+    }
+}
+
+/// A JSON answer with a status.
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut response = (status, Body::from(body)).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(error) => Problem::internal(&error).into_response(),
+    }
+}

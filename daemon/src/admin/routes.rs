@@ -1,0 +1,937 @@
+//! Admin API handlers: operations (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`) and
+//! `/v1` (reports, supervision commands, roster, plugins, inbound). Each command becomes one
+//! engine [`Command`] submitted to the single writer; the answer comes after the commit.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use serde::de::DeserializeOwned;
+
+use super::api::{self, ReportQuery};
+use super::problem::Problem;
+use super::{Shared, json};
+use crate::engine::report::ReportFilter;
+use crate::engine::{
+    Action, Actor, AgentId, AssignTarget, ChannelKind, Code, Command, ConversationId,
+    ConversationState, Idempotency, JoinMode, Presence, QueueId, Role, TimelineEvent, Visibility,
+};
+use crate::pipeline::{Completion, Disposition, Submission};
+use crate::service::SubmitError;
+use crate::transport::InboundMessage;
+
+pub(super) fn operations() -> Router<Shared> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+}
+
+pub(super) fn v1() -> Router<Shared> {
+    Router::new()
+        .route("/v1/inbound/{plugin}", post(inbound))
+        .route("/v1/conversations", get(conversations))
+        .route("/v1/conversations/{id}", get(conversation))
+        .route("/v1/conversations/{id}/monitor", post(monitor))
+        .route("/v1/conversations/{id}/monitor", delete(stop_monitor))
+        .route("/v1/conversations/{id}/whisper", post(whisper))
+        .route("/v1/conversations/{id}/join", post(join))
+        .route("/v1/conversations/{id}/barge", post(barge))
+        .route("/v1/conversations/{id}/messages", post(message))
+        .route("/v1/conversations/{id}/leave", post(leave))
+        .route("/v1/conversations/{id}/assign", post(assign))
+        .route("/v1/conversations/{id}/transfer", post(transfer))
+        .route("/v1/conversations/{id}/force-close", post(force_close))
+        .route("/v1/agents", get(agents))
+        .route("/v1/agents/{id}/presence", put(presence))
+        .route("/v1/queues", get(queues))
+        .route("/v1/plugins", get(plugins))
+        .route("/v1/plugins/{id}/reload", post(reload))
+        .route("/v1/outbox", get(outbox))
+}
+
+// ---- operations ----------------------------------------------------------------------------
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "alive", body = api::Health)))]
+pub(super) async fn healthz() -> Response {
+    json(
+        StatusCode::OK,
+        &api::Health {
+            status: "ok".to_owned(),
+        },
+    )
+}
+
+/// Readiness: store, plugins and (if configured) the broker are usable.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "ready", body = api::ReadinessReport),
+        (status = 503, description = "not ready; per-component status", body = api::ReadinessReport),
+    ))]
+pub(super) async fn readyz(State(context): State<Shared>) -> Response {
+    let service = context.service.clone();
+    let readiness = tokio::task::spawn_blocking(move || service.readiness()).await;
+    let Ok(readiness) = readiness else {
+        return Problem::unavailable("not-ready", "readiness check failed", 1).into_response();
+    };
+    let report = api::ReadinessReport {
+        ready: readiness.ready,
+        store: api::ComponentState {
+            status: readiness.store.status.to_owned(),
+            detail: readiness.store.detail,
+        },
+        broker: api::ComponentState {
+            status: readiness.broker.status.to_owned(),
+            detail: readiness.broker.detail,
+        },
+        plugins: readiness
+            .plugins
+            .into_iter()
+            .map(|plugin| api::PluginHealth {
+                id: plugin.id,
+                health: serde_json::to_value(plugin.health)
+                    .ok()
+                    .and_then(|value| value.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            })
+            .collect(),
+    };
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &report)
+}
+
+/// Prometheus metrics (text format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub(super) async fn metrics(State(context): State<Shared>) -> Response {
+    let service = &context.service;
+    let backlog = service
+        .store()
+        .pending(100_000)
+        .map_or(0, |pending| pending.len());
+    service
+        .metrics()
+        .set_gauge("switchboard_outbox_backlog", &[], backlog as i64);
+    let mut extra = String::new();
+    let plugins = service.plugins();
+    if !plugins.is_empty() {
+        extra.push_str("# HELP switchboard_plugin_calls_total Plugin calls (decode and encode) by plugin.\n# TYPE switchboard_plugin_calls_total counter\n");
+        for plugin in plugins {
+            let stats = plugin.stats();
+            extra.push_str(&format!(
+                "switchboard_plugin_calls_total{{plugin=\"{}\"}} {}\n",
+                crate::metrics::escape(plugin.id()),
+                stats.calls.load(std::sync::atomic::Ordering::Relaxed)
+            ));
+        }
+        extra.push_str("# HELP switchboard_plugin_failures_total Plugin calls that failed, by plugin and kind.\n# TYPE switchboard_plugin_failures_total counter\n");
+        for plugin in plugins {
+            let stats = plugin.stats();
+            for (kind, counter) in [
+                ("plugin-error", &stats.plugin_errors),
+                ("trap", &stats.traps),
+                ("timeout", &stats.timeouts),
+                ("out-of-memory", &stats.out_of_memory),
+                ("circuit-open", &stats.rejected_by_breaker),
+            ] {
+                extra.push_str(&format!(
+                    "switchboard_plugin_failures_total{{plugin=\"{}\",kind=\"{kind}\"}} {}\n",
+                    crate::metrics::escape(plugin.id()),
+                    counter.load(std::sync::atomic::Ordering::Relaxed)
+                ));
+            }
+        }
+    }
+    let mut response = service.metrics().render(&extra).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
+pub(super) async fn openapi() -> Response {
+    json(StatusCode::OK, &super::openapi::document())
+}
+
+// ---- helpers --------------------------------------------------------------------------------
+
+fn require_supervisor(actor: &Actor) -> Result<(), Problem> {
+    if actor.may_supervise() {
+        Ok(())
+    } else {
+        Err(Problem::forbidden(
+            "this route needs the supervisor or admin role",
+        ))
+    }
+}
+
+/// Parses a JSON body; an empty body is the type's default (`{}`).
+fn body<T: DeserializeOwned>(headers: &HeaderMap, bytes: &Bytes) -> Result<T, Problem> {
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE)
+        && !bytes.is_empty()
+    {
+        let content_type = content_type.to_str().unwrap_or_default();
+        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        if !(essence.eq_ignore_ascii_case("application/json") || essence.ends_with("+json")) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                format!("bodies are application/json, not {content_type:?}"),
+            ));
+        }
+    }
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    serde_json::from_slice(bytes).map_err(|error| Problem::invalid_body(error.to_string()))
+}
+
+fn conversation_id(id: &str) -> Result<ConversationId, Problem> {
+    ConversationId::parse(id).ok_or_else(|| Problem::conversation_not_found(id))
+}
+
+/// `Idempotency-Key` with a fingerprint of what was asked (route and body).
+fn idempotency(
+    headers: &HeaderMap,
+    route: &str,
+    bytes: &Bytes,
+) -> Result<Option<Idempotency>, Problem> {
+    let Some(key) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|key| !key.is_empty() && key.len() <= 255)
+        .ok_or_else(|| {
+            Problem::invalid_body("`Idempotency-Key` must be 1 to 255 visible ASCII characters")
+        })?;
+    let mut fingerprinted = route.as_bytes().to_vec();
+    fingerprinted.push(0);
+    fingerprinted.extend_from_slice(bytes);
+    Ok(Some(Idempotency {
+        key: key.into(),
+        fingerprint: xxhash_rust::xxh3::xxh3_64(&fingerprinted),
+    }))
+}
+
+/// Submits a command and answers with its committed outcome.
+pub(super) async fn command(
+    context: &Shared,
+    actor: Actor,
+    idempotency: Option<Idempotency>,
+    action: Action,
+    id: &str,
+) -> Response {
+    let sets_presence = matches!(action, Action::SetPresence { .. });
+    let submitted = context
+        .service
+        .submit(Submission::Command(Command {
+            actor,
+            idempotency,
+            action,
+        }))
+        .await;
+    match submitted {
+        Ok(Completion::Command(Ok(reply))) => {
+            json(StatusCode::OK, &api::CommandResult::from(reply))
+        }
+        Ok(Completion::Command(Err(refusal))) => match refusal.code {
+            // Exactly the answer for a conversation that does not exist.
+            Code::NotFound | Code::UnknownConversation => {
+                Problem::conversation_not_found(id).into_response()
+            }
+            // The path names the agent: an unknown one is a missing resource, not a bad body.
+            Code::UnknownAgent if sets_presence => Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown-agent",
+                format!("no agent {id:?}"),
+            )
+            .into_response(),
+            _ => Problem::from(refusal).into_response(),
+        },
+        Ok(Completion::Inbound(_)) => {
+            Problem::internal(&"a command completed as inbound").into_response()
+        }
+        Err(error) => submit_failed(error).into_response(),
+    }
+}
+
+fn submit_failed(error: SubmitError) -> Problem {
+    match error {
+        SubmitError::Busy => Problem::unavailable("busy", error.to_string(), 1),
+        SubmitError::Stopping => Problem::unavailable("stopping", error.to_string(), 5),
+        SubmitError::Store(_) => Problem::internal(&error),
+    }
+}
+
+macro_rules! try_problem {
+    ($expression:expr) => {
+        match $expression {
+            Ok(value) => value,
+            Err(problem) => return Problem::into_response(problem),
+        }
+    };
+}
+
+// ---- reads ----------------------------------------------------------------------------------
+
+/// The ongoing conversations report: last 24 h, not closed, the caller's teams, newest first.
+#[utoipa::path(get, path = "/v1/conversations", tag = "conversations", params(ReportQuery),
+    responses((status = 200, description = "ongoing conversations", body = api::ConversationList)))]
+pub(super) async fn conversations(
+    State(context): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    Query(query): Query<ReportQuery>,
+) -> Response {
+    try_problem!(require_supervisor(&actor));
+    let filter = try_problem!(report_filter(&query));
+    let rows = context
+        .service
+        .read(|engine| engine.ongoing(&actor, &filter, crate::service::now()))
+        .await;
+    let conversations: Vec<api::Conversation> = rows.into_iter().map(Into::into).collect();
+    json(
+        StatusCode::OK,
+        &api::ConversationList {
+            count: conversations.len(),
+            conversations,
+        },
+    )
+}
+
+fn report_filter(query: &ReportQuery) -> Result<ReportFilter, Problem> {
+    let state = match query.state.as_deref() {
+        None | Some("") => None,
+        Some(state) => Some(
+            ConversationState::parse(state)
+                .filter(|state| state.is_ongoing())
+                .ok_or_else(|| {
+                    Problem::invalid_body(format!(
+                        "state {state:?}: the report shows open, active, waiting and wrap-up"
+                    ))
+                })?,
+        ),
+    };
+    let channel = match query.channel.as_deref() {
+        None | Some("") => None,
+        Some(channel) => Some(ChannelKind::parse(channel).ok_or_else(|| {
+            Problem::invalid_body(format!(
+                "channel {channel:?}: one of web, sms, whatsapp, messaging, voice"
+            ))
+        })?),
+    };
+    Ok(ReportFilter {
+        state,
+        queue: query
+            .queue
+            .as_deref()
+            .filter(|q| !q.is_empty())
+            .map(QueueId::new),
+        channel,
+        agent: query
+            .agent
+            .as_deref()
+            .filter(|a| !a.is_empty())
+            .map(AgentId::new),
+    })
+}
+
+/// One conversation with participants and timeline (whispers only for the whisperer, the
+/// agent and admins).
+#[utoipa::path(get, path = "/v1/conversations/{id}", tag = "conversations",
+    params(("id" = String, Path, description = "conversation id")),
+    responses((status = 200, description = "the conversation", body = api::ConversationDetail)))]
+pub(super) async fn conversation(
+    State(context): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Response {
+    try_problem!(require_supervisor(&actor));
+    let found =
+        context
+            .service
+            .read(|engine| {
+                let summary = engine.find(&actor, &id, crate::service::now())?;
+                let conversation = engine.state().conversation(summary.id)?;
+                let mut participants = vec![api::Participant {
+                    id: conversation.customer.id.to_string(),
+                    role: "customer".to_owned(),
+                    mode: None,
+                }];
+                participants.extend(conversation.agent.iter().map(|agent| api::Participant {
+                    id: agent.as_str().to_owned(),
+                    role: "agent".to_owned(),
+                    mode: None,
+                }));
+                participants.extend(conversation.consultants.iter().map(|agent| {
+                    api::Participant {
+                        id: agent.as_str().to_owned(),
+                        role: "consultant".to_owned(),
+                        mode: None,
+                    }
+                }));
+                participants.extend(conversation.seats.iter().map(|seat| api::Participant {
+                    id: seat.supervisor.as_str().to_owned(),
+                    role: "supervisor".to_owned(),
+                    mode: Some(seat.mode.as_str().to_owned()),
+                }));
+                Some((summary, participants))
+            })
+            .await;
+    let Some((summary, participants)) = found else {
+        return Problem::conversation_not_found(&id).into_response();
+    };
+    let store = context.service.store().clone();
+    let conversation_key = summary.id;
+    let timeline = match tokio::task::spawn_blocking(move || store.timeline(conversation_key)).await
+    {
+        Ok(Ok(timeline)) => timeline,
+        Ok(Err(error)) => return Problem::internal(&error).into_response(),
+        Err(error) => return Problem::internal(&error).into_response(),
+    };
+    let me = actor.id.as_str();
+    let agent = summary
+        .agent
+        .as_ref()
+        .map(|agent| agent.as_str().to_owned());
+    let timeline = timeline
+        .iter()
+        .filter(|entry| match &entry.event {
+            TimelineEvent::Whisper { supervisor, .. } => {
+                actor.is_admin() || supervisor.as_str() == me || agent.as_deref() == Some(me)
+            }
+            _ => entry.visibility != Visibility::Whisper || actor.is_admin(),
+        })
+        .map(api::TimelineLine::from)
+        .collect();
+    json(
+        StatusCode::OK,
+        &api::ConversationDetail {
+            conversation: summary.into(),
+            participants,
+            timeline,
+        },
+    )
+}
+
+/// Agents of the caller's teams: presence, capacity, queues.
+#[utoipa::path(get, path = "/v1/agents", tag = "roster",
+    responses((status = 200, description = "agents", body = api::AgentList)))]
+pub(super) async fn agents(
+    State(context): State<Shared>,
+    Extension(actor): Extension<Actor>,
+) -> Response {
+    try_problem!(require_supervisor(&actor));
+    let agents = context
+        .service
+        .read(|engine| engine.agents_for(&actor))
+        .await;
+    json(
+        StatusCode::OK,
+        &api::AgentList {
+            agents: agents.into_iter().map(Into::into).collect(),
+        },
+    )
+}
+
+/// Queues of the caller's teams.
+#[utoipa::path(get, path = "/v1/queues", tag = "roster",
+    responses((status = 200, description = "queues", body = api::QueueList)))]
+pub(super) async fn queues(
+    State(context): State<Shared>,
+    Extension(actor): Extension<Actor>,
+) -> Response {
+    try_problem!(require_supervisor(&actor));
+    let queues = context
+        .service
+        .read(|engine| engine.queues_for(&actor))
+        .await;
+    json(
+        StatusCode::OK,
+        &api::QueueList {
+            queues: queues.into_iter().map(Into::into).collect(),
+        },
+    )
+}
+
+// ---- supervision commands -----------------------------------------------------------------
+
+macro_rules! command_route {
+    ($name:ident, $path:literal, $summary:literal, $body:ty, |$id:ident, $parsed:ident| $action:expr) => {
+        #[doc = $summary]
+        #[utoipa::path(post, path = $path, tag = "supervision",
+            params(("id" = String, Path, description = "conversation id"),
+                   ("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for the same key and body")),
+            request_body(content = $body, content_type = "application/json"),
+            responses((status = 200, description = "done", body = api::CommandResult)))]
+        pub(super) async fn $name(
+            State(context): State<Shared>,
+            Extension(actor): Extension<Actor>,
+            Path(id): Path<String>,
+            headers: HeaderMap,
+            bytes: Bytes,
+        ) -> Response {
+            let idempotency = try_problem!(idempotency(&headers, $path, &bytes));
+            let $parsed: $body = try_problem!(body(&headers, &bytes));
+            let $id = try_problem!(conversation_id(&id));
+            let action = try_problem!($action);
+            command(&context, actor, idempotency, action, &id).await
+        }
+    };
+}
+
+/// An empty JSON object (commands without a body accept `{}` or nothing).
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Empty {}
+
+command_route!(
+    monitor,
+    "/v1/conversations/{id}/monitor",
+    "Start silent monitoring.",
+    Empty,
+    |conversation, _body| Ok::<_, Problem>(Action::Monitor { conversation })
+);
+
+/// Stop silent monitoring.
+#[utoipa::path(delete, path = "/v1/conversations/{id}/monitor", tag = "supervision",
+    params(("id" = String, Path, description = "conversation id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for the same key")),
+    responses((status = 200, description = "done", body = api::CommandResult)))]
+pub(super) async fn stop_monitor(
+    State(context): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let idempotency = try_problem!(idempotency(
+        &headers,
+        "DELETE /v1/conversations/{id}/monitor",
+        &Bytes::new()
+    ));
+    let conversation = try_problem!(conversation_id(&id));
+    command(
+        &context,
+        actor,
+        idempotency,
+        Action::StopMonitor { conversation },
+        &id,
+    )
+    .await
+}
+
+command_route!(
+    whisper,
+    "/v1/conversations/{id}/whisper",
+    "A message only the agent sees.",
+    api::WhisperBody,
+    |conversation, body| non_empty(&body.text).map(|text| Action::Whisper { conversation, text })
+);
+
+command_route!(
+    join,
+    "/v1/conversations/{id}/join",
+    "Join as consultant (internal by default, or public).",
+    api::JoinBody,
+    |conversation, body| Ok::<_, Problem>(Action::Join {
+        conversation,
+        mode: match body.mode {
+            api::JoinModeBody::Internal => JoinMode::Internal,
+            api::JoinModeBody::Public => JoinMode::Public,
+        },
+    })
+);
+
+command_route!(
+    barge,
+    "/v1/conversations/{id}/barge",
+    "Take part publicly: the customer sees and hears the supervisor.",
+    Empty,
+    |conversation, _body| Ok::<_, Problem>(Action::Barge { conversation })
+);
+
+command_route!(
+    message,
+    "/v1/conversations/{id}/messages",
+    "Write into the conversation (internal: agents and supervisors; public: the customer too).",
+    api::MessageBody,
+    |conversation, body| non_empty(&body.text).map(|text| Action::Message {
+        conversation,
+        text,
+        visibility: match body.visibility {
+            api::VisibilityBody::Internal => Visibility::Internal,
+            api::VisibilityBody::Public => Visibility::Public,
+        },
+    })
+);
+
+command_route!(
+    leave,
+    "/v1/conversations/{id}/leave",
+    "Leave whatever role the caller has in the conversation.",
+    Empty,
+    |conversation, _body| Ok::<_, Problem>(Action::Leave { conversation })
+);
+
+command_route!(
+    assign,
+    "/v1/conversations/{id}/assign",
+    "Assign to an agent (it becomes active) or a queue (it stays open).",
+    api::AssignBody,
+    |conversation, body| {
+        let target = match (&body.agent, &body.queue) {
+            (Some(agent), None) if !agent.is_empty() => {
+                Ok(AssignTarget::Agent(AgentId::new(agent.as_str())))
+            }
+            (None, Some(queue)) if !queue.is_empty() => {
+                Ok(AssignTarget::Queue(QueueId::new(queue.as_str())))
+            }
+            _ => Err(Problem::invalid_body(
+                "give exactly one of `agent` and `queue`",
+            )),
+        };
+        target.map(|target| Action::Assign {
+            conversation,
+            target,
+            override_presence: body.override_presence,
+            override_capacity: body.override_capacity,
+        })
+    }
+);
+
+command_route!(
+    transfer,
+    "/v1/conversations/{id}/transfer",
+    "Transfer an active or waiting conversation to another agent.",
+    api::TransferBody,
+    |conversation, body| if body.agent.is_empty() {
+        Err(Problem::invalid_body("`agent` is empty"))
+    } else {
+        Ok(Action::Transfer {
+            conversation,
+            agent: AgentId::new(body.agent.as_str()),
+        })
+    }
+);
+
+command_route!(
+    force_close,
+    "/v1/conversations/{id}/force-close",
+    "End the conversation for everyone (`confirm: true` required).",
+    api::ForceCloseBody,
+    |conversation, body| Ok::<_, Problem>(Action::ForceClose {
+        conversation,
+        reason: body.reason.map(String::into_boxed_str),
+        confirm: body.confirm,
+    })
+);
+
+fn non_empty(text: &str) -> Result<Arc<str>, Problem> {
+    if text.trim().is_empty() {
+        Err(Problem::invalid_body("`text` is empty"))
+    } else {
+        Ok(Arc::from(text))
+    }
+}
+
+/// Set an agent's presence: the agent itself, an admin, or a channel gateway (`ingest`).
+#[utoipa::path(put, path = "/v1/agents/{id}/presence", tag = "roster",
+    params(("id" = String, Path, description = "agent id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for the same key and body")),
+    request_body(content = api::PresenceBody, content_type = "application/json"),
+    responses((status = 200, description = "done", body = api::CommandResult)))]
+pub(super) async fn presence(
+    State(context): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let allowed = actor.is_admin()
+        || actor.has(Role::Ingest)
+        || (actor.has(Role::Agent) && actor.id.as_str() == id);
+    if !allowed {
+        return Problem::forbidden(
+            "only the agent itself, an admin or a gateway (ingest) sets presence",
+        )
+        .into_response();
+    }
+    let idempotency = try_problem!(idempotency(&headers, "/v1/agents/{id}/presence", &bytes));
+    let parsed: api::PresenceBody = try_problem!(body(&headers, &bytes));
+    let Some(presence) = Presence::parse(&parsed.presence) else {
+        let known: Vec<&str> = Presence::ALL.iter().map(|p| p.as_str()).collect();
+        return Problem::invalid_body(format!(
+            "presence {:?}: one of {}",
+            parsed.presence,
+            known.join(", ")
+        ))
+        .into_response();
+    };
+    let action = Action::SetPresence {
+        agent: AgentId::new(id.as_str()),
+        presence,
+    };
+    command(&context, actor, idempotency, action, &id).await
+}
+
+// ---- plugins --------------------------------------------------------------------------------
+
+fn plugin_info(plugin: &crate::plugin::Plugin) -> api::PluginInfo {
+    use std::sync::atomic::Ordering::Relaxed;
+    let description = plugin.description();
+    let stats = plugin.stats();
+    let calls = stats.calls.load(Relaxed);
+    api::PluginInfo {
+        id: plugin.id().to_owned(),
+        channel: description.channel.as_str().to_owned(),
+        version: description.version,
+        api_version: description.api_version,
+        hash: plugin.version_hash(),
+        voice_controls: plugin.voice_controls(),
+        health: serde_json::to_value(plugin.health())
+            .ok()
+            .and_then(|value| value.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        counters: api::PluginCounters {
+            decodes: stats.decodes.load(Relaxed),
+            encodes: stats.encodes.load(Relaxed),
+            plugin_errors: stats.plugin_errors.load(Relaxed),
+            traps: stats.traps.load(Relaxed),
+            timeouts: stats.timeouts.load(Relaxed),
+            out_of_memory: stats.out_of_memory.load(Relaxed),
+            rejected_by_breaker: stats.rejected_by_breaker.load(Relaxed),
+            reloads: stats.reloads.load(Relaxed),
+            mean_call_micros: if calls == 0 {
+                0.0
+            } else {
+                stats.call_nanos.load(Relaxed) as f64 / calls as f64 / 1000.0
+            },
+        },
+    }
+}
+
+/// Loaded plugins with version, health and counters (admin).
+#[utoipa::path(get, path = "/v1/plugins", tag = "plugins",
+    responses((status = 200, description = "plugins", body = api::PluginList)))]
+pub(super) async fn plugins(
+    State(context): State<Shared>,
+    Extension(actor): Extension<Actor>,
+) -> Response {
+    if !actor.is_admin() {
+        return Problem::forbidden("plugins are for admins").into_response();
+    }
+    json(
+        StatusCode::OK,
+        &api::PluginList {
+            plugins: context
+                .service
+                .plugins()
+                .iter()
+                .map(|p| plugin_info(p))
+                .collect(),
+        },
+    )
+}
+
+/// Hot reload: the plugin's file is loaded again and swapped in atomically after a smoke test;
+/// calls in flight finish on the old version (admin).
+#[utoipa::path(post, path = "/v1/plugins/{id}/reload", tag = "plugins",
+    params(("id" = String, Path, description = "plugin id")),
+    responses((status = 200, description = "reloaded", body = api::PluginInfo)))]
+pub(super) async fn reload(
+    State(context): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Response {
+    if !actor.is_admin() {
+        return Problem::forbidden("plugins are for admins").into_response();
+    }
+    let Some(plugin) = context
+        .service
+        .plugins()
+        .iter()
+        .find(|plugin| plugin.id() == id)
+        .cloned()
+    else {
+        return Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown-plugin",
+            format!("no plugin {id:?}"),
+        )
+        .into_response();
+    };
+    let reloaded = {
+        let plugin = plugin.clone();
+        tokio::task::spawn_blocking(move || plugin.reload()).await
+    };
+    match reloaded {
+        Ok(Ok(_)) => json(StatusCode::OK, &plugin_info(&plugin)),
+        Ok(Err(error)) => Problem::new(
+            StatusCode::CONFLICT,
+            "reload-failed",
+            format!("the current version stays: {error}"),
+        )
+        .into_response(),
+        Err(error) => Problem::internal(&error).into_response(),
+    }
+}
+
+/// The outbox in commit order: what was (or, on the embedded transport, would be) published,
+/// with routing key and CloudEvents type (admin). On RabbitMQ it holds what the broker has not
+/// confirmed yet; on the embedded transport the newest 10 000 entries.
+#[utoipa::path(get, path = "/v1/outbox", tag = "plugins", params(api::OutboxQuery),
+    responses((status = 200, description = "outbox entries", body = api::OutboxPage)))]
+pub(super) async fn outbox(
+    State(context): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    Query(query): Query<api::OutboxQuery>,
+) -> Response {
+    if !actor.is_admin() {
+        return Problem::forbidden("the outbox is for admins").into_response();
+    }
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000) as usize;
+    let store = context.service.store().clone();
+    let after = query.after.clone();
+    let page =
+        tokio::task::spawn_blocking(move || store.outbox_after(after.as_deref(), limit)).await;
+    match page {
+        Ok(Ok(entries)) => json(
+            StatusCode::OK,
+            &api::OutboxPage {
+                next_after: entries.last().map(|entry| entry.id.clone()),
+                entries: entries.into_iter().map(api::OutboxItem::from).collect(),
+            },
+        ),
+        Ok(Err(error)) => Problem::internal(&error).into_response(),
+        Err(error) => Problem::internal(&error).into_response(),
+    }
+}
+
+// ---- inbound --------------------------------------------------------------------------------
+
+/// A raw provider payload, exactly as an AMQP inbound message (role `ingest` or `admin`).
+/// Answered once the events it became are durable. `Idempotency-Key` (or `Message-Id`)
+/// deduplicates a resent payload.
+#[utoipa::path(post, path = "/v1/inbound/{plugin}", tag = "inbound",
+    params(("plugin" = String, Path, description = "plugin id, or `canonical`"),
+           ("Idempotency-Key" = Option<String>, Header, description = "deduplication key (as the AMQP message_id)")),
+    request_body(content = String, description = "the provider payload, byte for byte", content_type = "*/*"),
+    responses((status = 202, description = "durable", body = api::InboundAccepted)))]
+pub(super) async fn inbound(
+    State(context): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    Path(plugin): Path<String>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    bytes: Bytes,
+) -> Response {
+    if !(actor.has(Role::Ingest) || actor.is_admin()) {
+        return Problem::forbidden("posting provider payloads needs the ingest role")
+            .into_response();
+    }
+    if plugin != "canonical" && !context.service.plugins().iter().any(|p| p.id() == plugin) {
+        return Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown-plugin",
+            format!("no plugin {plugin:?} is configured"),
+        )
+        .into_response();
+    }
+    let message = inbound_message(&plugin, &headers, &uri, bytes);
+    match context.service.submit(Submission::Inbound(message)).await {
+        Ok(Completion::Inbound(Disposition::Done { events })) => {
+            json(StatusCode::ACCEPTED, &api::InboundAccepted { events })
+        }
+        Ok(Completion::Inbound(Disposition::DeadLetter { code, detail })) => {
+            tracing::warn!(plugin = %plugin, code = %code, detail = %detail, "inbound payload refused");
+            let status = match code.as_str() {
+                // The plugin failed (trap, budget, memory, breaker): the payload may be fine.
+                code if code.starts_with("plugin-") && code != "plugin-config" => {
+                    StatusCode::BAD_GATEWAY
+                }
+                "invalid-payload" | "unauthorized" | "unsupported" | "plugin-config"
+                | "unknown-plugin" => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::CONFLICT,
+            };
+            Problem::new(status, &code, detail).into_response()
+        }
+        Ok(Completion::Command(_)) => {
+            Problem::internal(&"inbound completed as a command").into_response()
+        }
+        Err(error) => submit_failed(error).into_response(),
+    }
+}
+
+/// The HTTP request as an inbound message: headers lowercased (without the bearer token), and
+/// `switchboard-url` the URL the provider called (signature schemes sign it): the
+/// `switchboard-url` header if a gateway set one, else rebuilt from `X-Forwarded-Proto`/`Host`.
+fn inbound_message(
+    plugin: &str,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    bytes: Bytes,
+) -> InboundMessage {
+    let mut pairs: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(name, _)| *name != header::AUTHORIZATION)
+        .filter_map(|(name, value)| {
+            Some((
+                name.as_str().to_ascii_lowercase(),
+                value.to_str().ok()?.to_owned(),
+            ))
+        })
+        .collect();
+    if !pairs.iter().any(|(name, _)| name == "switchboard-url") {
+        let header_value = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        let scheme = header_value("x-forwarded-proto").unwrap_or_else(|| "http".to_owned());
+        let host = header_value("x-forwarded-host")
+            .or_else(|| header_value("host"))
+            .unwrap_or_else(|| "localhost".to_owned());
+        let path = uri.path_and_query().map_or("/", |path| path.as_str());
+        pairs.push((
+            "switchboard-url".to_owned(),
+            format!("{scheme}://{host}{path}"),
+        ));
+    }
+    let message_id = ["idempotency-key", "message-id"]
+        .iter()
+        .find_map(|name| headers.get(*name).and_then(|value| value.to_str().ok()))
+        .map(|id| format!("http:{id}"));
+    InboundMessage {
+        ack: None,
+        delivery_tag: 0,
+        routing_key: plugin.to_owned(),
+        content_type: headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
+        message_id,
+        redelivered: false,
+        headers: pairs,
+        body: bytes.to_vec(),
+    }
+}

@@ -1,0 +1,104 @@
+//! `GET /v1/stream`: the live stream as Server-Sent Events. Each subscriber gets the events of
+//! the [`crate::stream::StreamHub`] it may see (decided there), with `id: seq.index` so that a
+//! reconnect with `Last-Event-ID` resumes from the hub's window without gaps; when the window
+//! no longer reaches back that far, a `gap` event says so (reload, then follow). Heartbeats
+//! (SSE comments) keep proxies from closing an idle stream. A subscriber too slow to keep up
+//! is disconnected and resumes by reconnecting.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{Stream, StreamExt as _};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::Shared;
+use super::problem::Problem;
+use crate::engine::{Actor, Role};
+use crate::stream::{StreamEvent, StreamId};
+
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+pub(super) fn routes() -> Router<Shared> {
+    Router::new().route("/v1/stream", get(stream))
+}
+
+fn event(event: &StreamEvent, data: &str) -> Event {
+    Event::default()
+        .id(event.id.to_string())
+        .event(event.kind)
+        .data(data)
+}
+
+/// Live changes to the conversations the caller may see, and the messages of those it monitors
+/// or has joined (agents: their conversations and the whispers addressed to them).
+#[utoipa::path(get, path = "/v1/stream", tag = "stream",
+    params(("Last-Event-ID" = Option<String>, Header, description = "resume after this event id (`seq.index`)")),
+    responses((status = 200, description = "Server-Sent Events: `conversation` (a summary after a change), `timeline` (one timeline entry), `gap` (events were missed: reload)", content_type = "text/event-stream", body = String)))]
+pub(super) async fn stream(
+    State(context): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
+) -> Response {
+    if !(actor.may_supervise() || actor.has(Role::Agent)) {
+        return Problem::forbidden("the stream is for supervisors, admins and agents")
+            .into_response();
+    }
+    let after = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(StreamId::parse);
+    let subscription = context.service.hub().subscribe(after);
+    let actor = Arc::new(actor);
+    let mut first: Vec<Event> = Vec::new();
+    if subscription.gap {
+        first.push(Event::default().event("gap").data(
+            "{\"detail\":\"events after your Last-Event-ID are no longer kept; reload the report\"}",
+        ));
+    }
+    first.extend(
+        subscription
+            .replay
+            .iter()
+            .filter_map(|replayed| replayed.data_for(&actor).map(|data| event(replayed, data))),
+    );
+    let stop = context.service.stopping.clone();
+    let live = futures_util::stream::unfold(
+        (subscription.live, actor, stop),
+        |(mut live, actor, stop)| async move {
+            loop {
+                let received = tokio::select! {
+                    () = stop.cancelled() => return None,
+                    received = live.recv() => received,
+                };
+                match received {
+                    Ok(next) => {
+                        if let Some(data) = next.data_for(&actor) {
+                            let sse = event(&next, data);
+                            return Some((sse, (live, actor, stop)));
+                        }
+                    }
+                    // Too slow: end the stream; the client reconnects with its Last-Event-ID
+                    // and resumes from the window.
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::info!(missed, "a stream subscriber fell behind; disconnecting it");
+                        return None;
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    let events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> =
+        Box::pin(futures_util::stream::iter(first).chain(live).map(Ok));
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(HEARTBEAT))
+        .into_response()
+}

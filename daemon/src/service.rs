@@ -1,0 +1,329 @@
+//! The running daemon's shared parts, between the wiring (`app.rs`) and its two front doors
+//! (the transports and the admin API): the pipeline behind its single-writer lock, the store,
+//! the live stream hub, the metrics, the plugins and the readiness of each component.
+//!
+//! Work that arrives over HTTP (commands, `POST /v1/inbound/...`) goes through
+//! [`Service::submit`] to one writer task that gathers whatever is waiting and commits it in
+//! one durable transaction (group commit), then answers every caller: an answer is never given
+//! before what it reports is on disk.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, Millis};
+use crate::metrics::Metrics;
+use crate::pipeline::{Completion, Pipeline, Submission};
+use crate::plugin::{Health, Plugin};
+use crate::store::Store;
+use crate::stream::StreamHub;
+
+/// Submissions one writer round takes at most (one commit).
+const WRITER_BATCH: usize = 512;
+/// Submissions waiting for the writer before callers are told to slow down.
+const WRITER_QUEUE: usize = 8192;
+/// A snapshot is written after this many records, and the log behind it dropped.
+pub const SNAPSHOT_EVERY: u64 = 10_000;
+
+/// Why a submission got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The writer's queue is full (back-pressure): retry later.
+    #[error("the daemon is busy; retry shortly")]
+    Busy,
+    /// The daemon is shutting down.
+    #[error("the daemon is shutting down")]
+    Stopping,
+    /// The durable commit failed: nothing was applied for good.
+    #[error("the store could not commit: {0}")]
+    Store(String),
+}
+
+type Job = (Submission, oneshot::Sender<Result<Completion, SubmitError>>);
+
+/// The daemon's shared state. Cheap to share (`Arc`).
+pub struct Service {
+    pipeline: Mutex<Pipeline>,
+    store: Arc<dyn Store>,
+    hub: Arc<StreamHub>,
+    metrics: Arc<Metrics>,
+    plugins: Vec<Arc<Plugin>>,
+    /// Wakes the outbox publisher after a commit.
+    pub outbox_ready: Notify,
+    jobs: mpsc::Sender<Job>,
+    job_queue: std::sync::Mutex<Option<mpsc::Receiver<Job>>>,
+    /// `None` without a broker; otherwise whether the daemon is consuming right now.
+    broker: Option<AtomicBool>,
+    last_snapshot_seq: AtomicU64,
+    /// Cancelled when the daemon stops taking new work (long-lived responses end).
+    pub stopping: CancellationToken,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("plugins", &self.plugins.len())
+            .field("broker", &self.broker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A component's readiness, as `/readyz` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub store: ComponentStatus,
+    pub broker: ComponentStatus,
+    pub plugins: Vec<PluginStatus>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ComponentStatus {
+    /// `up`, `down` or `not-configured`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PluginStatus {
+    pub id: String,
+    pub health: Health,
+}
+
+impl Service {
+    /// Shares `pipeline` (already restored from `store`); `broker` says whether a broker is
+    /// configured.
+    pub fn new(
+        pipeline: Pipeline,
+        store: Arc<dyn Store>,
+        plugins: Vec<Arc<Plugin>>,
+        metrics: Arc<Metrics>,
+        broker: bool,
+    ) -> Self {
+        let hub = pipeline.hub().clone();
+        let last_seq = pipeline.engine().state().last_seq();
+        let (jobs, queue) = mpsc::channel(WRITER_QUEUE);
+        metrics.set_gauge("switchboard_broker_connected", &[], 0);
+        Self {
+            pipeline: Mutex::new(pipeline),
+            store,
+            hub,
+            metrics,
+            plugins,
+            outbox_ready: Notify::new(),
+            jobs,
+            job_queue: std::sync::Mutex::new(Some(queue)),
+            broker: broker.then(|| AtomicBool::new(false)),
+            last_snapshot_seq: AtomicU64::new(last_seq),
+            stopping: CancellationToken::new(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn hub(&self) -> &Arc<StreamHub> {
+        &self.hub
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn plugins(&self) -> &[Arc<Plugin>] {
+        &self.plugins
+    }
+
+    /// The pipeline, for the transports' batches (single writer).
+    pub fn pipeline(&self) -> &Mutex<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Runs `read` over the engine (report, roster) under the writer's lock.
+    pub async fn read<R>(&self, read: impl FnOnce(&Engine) -> R) -> R {
+        let pipeline = self.pipeline.lock().await;
+        read(pipeline.engine())
+    }
+
+    /// Hands one submission to the writer and waits for its committed completion.
+    pub async fn submit(&self, submission: Submission) -> Result<Completion, SubmitError> {
+        if self.stopping.is_cancelled() {
+            return Err(SubmitError::Stopping);
+        }
+        let (answer, answered) = oneshot::channel();
+        self.jobs
+            .try_send((submission, answer))
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
+                mpsc::error::TrySendError::Closed(_) => SubmitError::Stopping,
+            })?;
+        answered.await.map_err(|_| SubmitError::Stopping)?
+    }
+
+    /// The writer: gathers waiting submissions, applies them, commits once, answers. Runs until
+    /// `stop` is cancelled, then answers what is still queued.
+    pub async fn run_writer(self: Arc<Self>, stop: CancellationToken) {
+        let Some(mut queue) = self
+            .job_queue
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take()
+        else {
+            tracing::error!("the writer runs once per daemon");
+            return;
+        };
+        loop {
+            let first = tokio::select! {
+                biased;
+                job = queue.recv() => job,
+                () = stop.cancelled() => {
+                    // Finish what was accepted before the stop.
+                    queue.close();
+                    queue.recv().await
+                }
+            };
+            let Some(first) = first else { return };
+            let mut jobs = vec![first];
+            while jobs.len() < WRITER_BATCH {
+                match queue.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let (submissions, answers): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+            let result = {
+                let mut pipeline = self.pipeline.lock().await;
+                tokio::task::block_in_place(|| pipeline.submit(submissions, now()))
+            };
+            match result {
+                Ok(completions) => {
+                    for (answer, completion) in answers.into_iter().zip(completions) {
+                        let _ = answer.send(Ok(completion));
+                    }
+                    self.committed().await;
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, "commit failed; the submissions were not applied");
+                    for answer in answers {
+                        let _ = answer.send(Err(SubmitError::Store(error.to_string())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a commit: wake the outbox publisher; snapshot when the log grew enough.
+    pub async fn committed(&self) {
+        self.outbox_ready.notify_one();
+        let last_seq = {
+            let pipeline = self.pipeline.lock().await;
+            pipeline.engine().state().last_seq()
+        };
+        let previous = self.last_snapshot_seq.load(Ordering::Relaxed);
+        if last_seq.saturating_sub(previous) < SNAPSHOT_EVERY
+            || self
+                .last_snapshot_seq
+                .compare_exchange(previous, last_seq, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        // Copy the state under the lock (cheap), write it without: serializing a large state
+        // must not stall the stream.
+        let snapshot = self.pipeline.lock().await.engine().state().snapshot();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = store.write_snapshot(&snapshot) {
+                tracing::error!(error = %error, "cannot write a snapshot; the log keeps growing");
+            }
+        });
+    }
+
+    /// Records whether the broker connection is up (no-op without a broker).
+    pub fn set_broker_up(&self, up: bool) {
+        if let Some(broker) = &self.broker {
+            broker.store(up, Ordering::Relaxed);
+            self.metrics
+                .set_gauge("switchboard_broker_connected", &[], i64::from(up));
+        }
+    }
+
+    /// Store, broker and plugins, for `/readyz`. A plugin behind an open circuit breaker is
+    /// reported but does not make the daemon unready: the other channels keep working, and
+    /// taking the whole sidecar out of service would not heal the plugin.
+    pub fn readiness(&self) -> Readiness {
+        let store = match self.store.pending(1) {
+            Ok(_) => ComponentStatus {
+                status: "up",
+                detail: None,
+            },
+            Err(error) => ComponentStatus {
+                status: "down",
+                detail: Some(error.to_string()),
+            },
+        };
+        let broker = match &self.broker {
+            None => ComponentStatus {
+                status: "not-configured",
+                detail: Some("embedded transport".to_owned()),
+            },
+            Some(up) if up.load(Ordering::Relaxed) => ComponentStatus {
+                status: "up",
+                detail: None,
+            },
+            Some(_) => ComponentStatus {
+                status: "down",
+                detail: Some("not connected to the broker; reconnecting".to_owned()),
+            },
+        };
+        let plugins: Vec<PluginStatus> = self
+            .plugins
+            .iter()
+            .map(|plugin| PluginStatus {
+                id: plugin.id().to_owned(),
+                health: plugin.health(),
+            })
+            .collect();
+        Readiness {
+            ready: store.status == "up" && broker.status != "down",
+            store,
+            broker,
+            plugins,
+        }
+    }
+
+    /// The tick task: inactivity timeouts, wrap-up capacity, eviction, once per `every`.
+    pub async fn run_ticks(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let result = {
+                let mut pipeline = self.pipeline.lock().await;
+                tokio::task::block_in_place(|| pipeline.tick(now()))
+            };
+            match result {
+                Ok(()) => self.committed().await,
+                Err(error) => tracing::error!(error = %error, "cannot commit a tick"),
+            }
+        }
+    }
+}
+
+/// Wall-clock time as the engine takes it.
+pub fn now() -> Millis {
+    Millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_millis() as i64)
+            .unwrap_or(0),
+    )
+}
