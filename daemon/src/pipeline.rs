@@ -16,7 +16,7 @@ use crate::engine::{
 use crate::metrics::Metrics;
 use crate::plugin::{ChannelNotification, InboundRequest, Plugin};
 use crate::store::{Batch, OutboxEntry, Store, StoreError, outbox_id};
-use crate::stream::{StreamAudience, StreamEvent, StreamHub, StreamId};
+use crate::stream::{StreamAudience, StreamEvent, StreamHub, StreamId, StreamPayload};
 use crate::transport::InboundMessage;
 
 /// What to do with one inbound message once the batch is committed.
@@ -346,23 +346,21 @@ impl Pipeline {
             };
             // The agent sees its conversation's messages through `Participants`; of the other
             // entries only those that do not reveal silent monitoring.
-            let agent_view = match (&audience, conversation.and_then(|c| c.agent.clone())) {
-                (StreamAudience::Supervisors, Some(agent)) if !reveals_monitoring(&entry.event) => {
-                    Some(agent)
+            let agent = match &audience {
+                StreamAudience::Supervisors if !reveals_monitoring(&entry.event) => {
+                    conversation.and_then(|c| c.agent.clone())
                 }
                 _ => None,
             };
-            let data = serde_json::to_string(entry).unwrap_or_default();
             self.stream.push(StreamEvent {
                 id: next_id(),
-                kind: "timeline",
                 conversation: entry.conversation,
                 team: conversation
                     .and_then(|c| self.engine.queue(&c.queue))
                     .map(|queue| queue.team.clone()),
                 audience,
-                agent_view: agent_view.map(|agent| (agent, data.clone())),
-                data,
+                payload: StreamPayload::Timeline(entry.clone()),
+                agent,
             });
         }
         let mut touched: Vec<ConversationId> = record
@@ -377,21 +375,13 @@ impl Pipeline {
                 continue;
             };
             let summary = self.engine.summary(conversation, record.at);
-            let data = serde_json::to_string(&summary).unwrap_or_default();
-            let agent_view = summary.agent.clone().map(|agent| {
-                let mut view = summary.clone();
-                view.supervisors
-                    .retain(|seat| seat.mode != SupervisionMode::Monitor);
-                (agent, serde_json::to_string(&view).unwrap_or_default())
-            });
             self.stream.push(StreamEvent {
                 id: next_id(),
-                kind: "conversation",
                 conversation: id,
                 team: summary.team.clone(),
                 audience: StreamAudience::Supervisors,
-                data,
-                agent_view,
+                agent: summary.agent.clone(),
+                payload: StreamPayload::Conversation(summary),
             });
         }
     }

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
-use crate::engine::{Actor, AgentId};
-use crate::engine::{ConversationId, Role, TeamId};
+use crate::engine::report::ConversationSummary;
+use crate::engine::{Actor, AgentId, ConversationId, Role, SupervisionMode, TeamId, TimelineEntry};
 
 /// A stream event's position: the log record that caused it and its index among the record's
 /// events. Comparable and stable across restarts (record sequence numbers are durable), so a
@@ -51,24 +51,40 @@ pub enum StreamAudience {
     Users(Vec<Box<str>>),
 }
 
-/// One event of the live stream, rendered once (JSON) and filtered per subscriber.
+/// What an event carries; the admin API renders it in its wire types per subscriber.
+#[derive(Clone, Debug)]
+pub enum StreamPayload {
+    /// The conversation's summary after a change.
+    Conversation(ConversationSummary),
+    /// One timeline entry.
+    Timeline(TimelineEntry),
+}
+
+/// One event of the live stream, filtered per subscriber.
 #[derive(Clone, Debug)]
 pub struct StreamEvent {
     pub id: StreamId,
-    /// The SSE event name: `conversation` (a summary after a change) or `timeline`.
-    pub kind: &'static str,
     pub conversation: ConversationId,
     /// The team owning the conversation's queue.
     pub team: Option<TeamId>,
     pub audience: StreamAudience,
-    pub data: String,
-    /// The conversation's agent and what it may see of this event (silent monitoring left out).
-    pub agent_view: Option<(AgentId, String)>,
+    pub payload: StreamPayload,
+    /// The conversation's agent, when it may see this event (with silent monitors left out of
+    /// a summary); `None` when the event would reveal silent monitoring to it.
+    pub agent: Option<AgentId>,
 }
 
 impl StreamEvent {
-    /// The data `actor` may receive, or `None` when the event is not for it.
-    pub fn data_for(&self, actor: &Actor) -> Option<&str> {
+    /// The SSE event name: `conversation` or `timeline`.
+    pub fn kind(&self) -> &'static str {
+        match self.payload {
+            StreamPayload::Conversation(_) => "conversation",
+            StreamPayload::Timeline(_) => "timeline",
+        }
+    }
+
+    /// What `actor` may receive of this event, or `None` when it is not for it.
+    pub fn view_for(&self, actor: &Actor) -> Option<StreamPayload> {
         let me = actor.id.as_str();
         match &self.audience {
             StreamAudience::Supervisors => {
@@ -76,18 +92,27 @@ impl StreamEvent {
                     || (actor.has(Role::Supervisor)
                         && self.team.as_ref().is_some_and(|team| actor.sees_team(team)));
                 if supervises {
-                    Some(&self.data)
-                } else {
-                    self.agent_view
-                        .as_ref()
-                        .filter(|(agent, _)| agent.as_str() == me)
-                        .map(|(_, view)| view.as_str())
+                    return Some(self.payload.clone());
+                }
+                if self.agent.as_ref().is_none_or(|agent| agent.as_str() != me) {
+                    return None;
+                }
+                // The agent's view: silent monitoring stays silent.
+                match &self.payload {
+                    StreamPayload::Conversation(summary) => {
+                        let mut summary = summary.clone();
+                        summary
+                            .supervisors
+                            .retain(|seat| seat.mode != SupervisionMode::Monitor);
+                        Some(StreamPayload::Conversation(summary))
+                    }
+                    StreamPayload::Timeline(entry) => Some(StreamPayload::Timeline(entry.clone())),
                 }
             }
             StreamAudience::Participants(users) | StreamAudience::Users(users) => users
                 .iter()
                 .any(|user| &**user == me)
-                .then_some(self.data.as_str()),
+                .then(|| self.payload.clone()),
         }
     }
 }
@@ -211,12 +236,16 @@ mod tests {
     fn event(seq: u64, audience: StreamAudience) -> StreamEvent {
         StreamEvent {
             id: StreamId { seq, index: 0 },
-            kind: "timeline",
             conversation: ConversationId::from_key(1),
             team: Some(TeamId::new("support")),
             audience,
-            data: format!("{{\"seq\":{seq}}}"),
-            agent_view: Some((AgentId::new("a-1"), "agent view".to_owned())),
+            payload: StreamPayload::Timeline(TimelineEntry {
+                conversation: ConversationId::from_key(1),
+                at: crate::engine::Millis(seq as i64),
+                visibility: crate::engine::Visibility::Internal,
+                event: crate::engine::TimelineEvent::SubjectChanged { subject: None },
+            }),
+            agent: Some(AgentId::new("a-1")),
         }
     }
 
@@ -227,17 +256,22 @@ mod tests {
         let admin = actor("root", &[Role::Admin], &[]);
         let agent = actor("a-1", &[Role::Agent], &["support"]);
         let team = event(1, StreamAudience::Supervisors);
-        assert!(team.data_for(&support).is_some());
-        assert!(team.data_for(&billing).is_none());
-        assert!(team.data_for(&admin).is_some());
-        assert_eq!(team.data_for(&agent), Some("agent view"));
+        assert!(team.view_for(&support).is_some());
+        assert!(team.view_for(&billing).is_none());
+        assert!(team.view_for(&admin).is_some());
+        assert!(team.view_for(&agent).is_some());
+        let hidden = StreamEvent {
+            agent: None,
+            ..event(1, StreamAudience::Supervisors)
+        };
+        assert!(hidden.view_for(&agent).is_none());
         let whisper = event(2, StreamAudience::Users(vec!["a-1".into(), "s-1".into()]));
-        assert!(whisper.data_for(&support).is_some());
-        assert!(whisper.data_for(&agent).is_some());
-        assert!(whisper.data_for(&admin).is_none());
+        assert!(whisper.view_for(&support).is_some());
+        assert!(whisper.view_for(&agent).is_some());
+        assert!(whisper.view_for(&admin).is_none());
         assert!(
             whisper
-                .data_for(&actor("s-3", &[Role::Supervisor], &["support"]))
+                .view_for(&actor("s-3", &[Role::Supervisor], &["support"]))
                 .is_none()
         );
     }

@@ -17,7 +17,6 @@ use switchboard_tests::{component, fixture, temp_dir};
 
 const NOW: Millis = Millis(1_800_000_000_000);
 
-
 /// The shipped configuration's roster with the test-built plugins.
 fn open_pipeline(store_dir: &Path) -> Pipeline {
     let config = config::load_with_env(

@@ -269,7 +269,6 @@ fn junk_files_are_refused_with_a_clear_message() {
     assert!(matches!(error, LoadError::Invalid { .. }), "{error}");
 }
 
-
 /// A WebAssembly custom section (id 0): allowed anywhere in a component, ignored by it.
 fn custom_section(name: &str, payload: &[u8]) -> Vec<u8> {
     let mut content = leb128(name.len());

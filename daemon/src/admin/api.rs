@@ -161,6 +161,14 @@ impl From<&TimelineEntry> for TimelineLine {
     }
 }
 
+/// A timeline entry on the live stream (`event: timeline`).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct TimelineItem {
+    pub conversation: String,
+    #[serde(flatten)]
+    pub line: TimelineLine,
+}
+
 /// One conversation with its participants and timeline.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ConversationDetail {
@@ -339,6 +347,7 @@ pub struct ReadinessReport {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WhisperBody {
+    #[schema(min_length = 1, pattern = "\\S")]
     pub text: String,
 }
 
@@ -368,6 +377,7 @@ pub enum VisibilityBody {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageBody {
+    #[schema(min_length = 1, pattern = "\\S")]
     pub text: String,
     #[serde(default)]
     pub visibility: VisibilityBody,
@@ -388,6 +398,7 @@ pub struct AssignBody {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferBody {
+    #[schema(min_length = 1)]
     pub agent: String,
 }
 
@@ -411,12 +422,55 @@ pub struct PresenceBody {
 #[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ReportQuery {
-    /// `open`, `active`, `waiting` or `wrap-up`.
-    pub state: Option<String>,
+    #[param(inline)]
+    pub state: Option<OngoingState>,
     pub queue: Option<String>,
-    /// `web`, `sms`, `whatsapp`, `messaging` or `voice`.
-    pub channel: Option<String>,
+    #[param(inline)]
+    pub channel: Option<Channel>,
     pub agent: Option<String>,
+}
+
+/// The states the ongoing conversations report shows.
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OngoingState {
+    Open,
+    Active,
+    Waiting,
+    WrapUp,
+}
+
+impl OngoingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Active => "active",
+            Self::Waiting => "waiting",
+            Self::WrapUp => "wrap-up",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Web,
+    Sms,
+    Whatsapp,
+    Messaging,
+    Voice,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Web => "web",
+            Self::Sms => "sms",
+            Self::Whatsapp => "whatsapp",
+            Self::Messaging => "messaging",
+            Self::Voice => "voice",
+        }
+    }
 }
 
 /// Paging of `GET /v1/outbox`.

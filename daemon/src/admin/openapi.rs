@@ -93,6 +93,7 @@ impl ProblemResponses {
                     "no such conversation, agent or plugin (or not in the caller's teams)",
                 );
             }
+            add("400", "malformed query parameters");
             add("422", "invalid parameters or body");
         }
         if path.starts_with("/v1/conversations/{id}/") || path.starts_with("/v1/agents/{id}") {

@@ -220,7 +220,9 @@ fn idempotency(
     let key = key
         .to_str()
         .ok()
-        .filter(|key| !key.is_empty() && key.len() <= 255)
+        .filter(|key| {
+            !key.is_empty() && key.len() <= 255 && key.bytes().all(|byte| byte.is_ascii_graphic())
+        })
         .ok_or_else(|| {
             Problem::invalid_body("`Idempotency-Key` must be 1 to 255 visible ASCII characters")
         })?;
@@ -319,26 +321,17 @@ pub(super) async fn conversations(
 }
 
 fn report_filter(query: &ReportQuery) -> Result<ReportFilter, Problem> {
-    let state = match query.state.as_deref() {
-        None | Some("") => None,
-        Some(state) => Some(
-            ConversationState::parse(state)
-                .filter(|state| state.is_ongoing())
-                .ok_or_else(|| {
-                    Problem::invalid_body(format!(
-                        "state {state:?}: the report shows open, active, waiting and wrap-up"
-                    ))
-                })?,
-        ),
-    };
-    let channel = match query.channel.as_deref() {
-        None | Some("") => None,
-        Some(channel) => Some(ChannelKind::parse(channel).ok_or_else(|| {
-            Problem::invalid_body(format!(
-                "channel {channel:?}: one of web, sms, whatsapp, messaging, voice"
-            ))
-        })?),
-    };
+    // The wire enums name exactly the engine's values; parse them through the engine's names.
+    let state = query
+        .state
+        .map(|state| ConversationState::parse(state.as_str()))
+        .map(|state| state.ok_or_else(|| Problem::invalid_body("unknown state")))
+        .transpose()?;
+    let channel = query
+        .channel
+        .map(|channel| ChannelKind::parse(channel.as_str()))
+        .map(|channel| channel.ok_or_else(|| Problem::invalid_body("unknown channel")))
+        .transpose()?;
     Ok(ReportFilter {
         state,
         queue: query
@@ -480,7 +473,7 @@ macro_rules! command_route {
         #[doc = $summary]
         #[utoipa::path(post, path = $path, tag = "supervision",
             params(("id" = String, Path, description = "conversation id"),
-                   ("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for the same key and body")),
+                   ("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for the same key and body", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
             request_body(content = $body, content_type = "application/json"),
             responses((status = 200, description = "done", body = api::CommandResult)))]
         pub(super) async fn $name(
@@ -515,7 +508,7 @@ command_route!(
 /// Stop silent monitoring.
 #[utoipa::path(delete, path = "/v1/conversations/{id}/monitor", tag = "supervision",
     params(("id" = String, Path, description = "conversation id"),
-           ("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for the same key")),
+           ("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for the same key", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, description = "done", body = api::CommandResult)))]
 pub(super) async fn stop_monitor(
     State(context): State<Shared>,
@@ -656,7 +649,7 @@ fn non_empty(text: &str) -> Result<Arc<str>, Problem> {
 /// Set an agent's presence: the agent itself, an admin, or a channel gateway (`ingest`).
 #[utoipa::path(put, path = "/v1/agents/{id}/presence", tag = "roster",
     params(("id" = String, Path, description = "agent id"),
-           ("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for the same key and body")),
+           ("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for the same key and body", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     request_body(content = api::PresenceBody, content_type = "application/json"),
     responses((status = 200, description = "done", body = api::CommandResult)))]
 pub(super) async fn presence(
@@ -808,7 +801,13 @@ pub(super) async fn outbox(
     if !actor.is_admin() {
         return Problem::forbidden("the outbox is for admins").into_response();
     }
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000) as usize;
+    let limit = match query.limit {
+        None => 100,
+        Some(limit @ 1..=1000) => limit as usize,
+        Some(_) => {
+            return Problem::invalid_body("`limit` is 1 to 1000").into_response();
+        }
+    };
     let store = context.service.store().clone();
     let after = query.after.clone();
     let page =
@@ -833,7 +832,7 @@ pub(super) async fn outbox(
 /// deduplicates a resent payload.
 #[utoipa::path(post, path = "/v1/inbound/{plugin}", tag = "inbound",
     params(("plugin" = String, Path, description = "plugin id, or `canonical`"),
-           ("Idempotency-Key" = Option<String>, Header, description = "deduplication key (as the AMQP message_id)")),
+           ("Idempotency-Key" = Option<String>, Header, description = "deduplication key (as the AMQP message_id)", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     request_body(content = String, description = "the provider payload, byte for byte", content_type = "*/*"),
     responses((status = 202, description = "durable", body = api::InboundAccepted)))]
 pub(super) async fn inbound(

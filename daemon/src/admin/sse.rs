@@ -19,10 +19,10 @@ use axum::routing::get;
 use futures_util::{Stream, StreamExt as _};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::Shared;
 use super::problem::Problem;
+use super::{Shared, api};
 use crate::engine::{Actor, Role};
-use crate::stream::{StreamEvent, StreamId};
+use crate::stream::{StreamEvent, StreamId, StreamPayload};
 
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
@@ -30,11 +30,21 @@ pub(super) fn routes() -> Router<Shared> {
     Router::new().route("/v1/stream", get(stream))
 }
 
-fn event(event: &StreamEvent, data: &str) -> Event {
+/// An event as SSE, its data in the API's wire types (the same shapes the REST routes answer).
+fn event(event: &StreamEvent, view: StreamPayload) -> Event {
+    let data = match view {
+        StreamPayload::Conversation(summary) => {
+            serde_json::to_string(&api::Conversation::from(summary))
+        }
+        StreamPayload::Timeline(entry) => serde_json::to_string(&api::TimelineItem {
+            conversation: entry.conversation.to_string(),
+            line: api::TimelineLine::from(&entry),
+        }),
+    };
     Event::default()
         .id(event.id.to_string())
-        .event(event.kind)
-        .data(data)
+        .event(event.kind())
+        .data(data.unwrap_or_default())
 }
 
 /// Live changes to the conversations the caller may see, and the messages of those it monitors
@@ -67,7 +77,7 @@ pub(super) async fn stream(
         subscription
             .replay
             .iter()
-            .filter_map(|replayed| replayed.data_for(&actor).map(|data| event(replayed, data))),
+            .filter_map(|replayed| replayed.view_for(&actor).map(|view| event(replayed, view))),
     );
     let stop = context.service.stopping.clone();
     let live = futures_util::stream::unfold(
@@ -80,8 +90,8 @@ pub(super) async fn stream(
                 };
                 match received {
                     Ok(next) => {
-                        if let Some(data) = next.data_for(&actor) {
-                            let sse = event(&next, data);
+                        if let Some(view) = next.view_for(&actor) {
+                            let sse = event(&next, view);
                             return Some((sse, (live, actor, stop)));
                         }
                     }
