@@ -142,35 +142,46 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 async fn run_embedded_outbox(service: Arc<Service>, stop: CancellationToken) -> anyhow::Result<()> {
     // Entries from an earlier run were logged then; start after the newest.
     let mut last = tokio::task::block_in_place(|| newest_outbox_id(service.store().as_ref()));
+    let mut last_trim = std::time::Instant::now();
     loop {
-        loop {
-            let entries = match tokio::task::block_in_place(|| {
-                service.store().outbox_after(last.as_deref(), 256)
-            }) {
-                Ok(entries) => entries,
-                Err(error) => {
-                    tracing::error!(error = %error, "cannot read the outbox");
-                    break;
-                }
-            };
-            let Some(newest) = entries.last() else { break };
-            last = Some(newest.id.clone());
-            for entry in &entries {
-                tracing::info!(
-                    target: "switchboard::outbound",
-                    id = %entry.id,
-                    routing_key = %entry.routing_key,
-                    event_type = %entry.event_type,
-                    body = %String::from_utf8_lossy(&entry.body[..entry.body.len().min(512)]),
-                    "outbound (embedded transport: kept in the outbox, not sent)"
-                );
-            }
+        // Reading entries only to log them is wasted work when nobody reads that log.
+        if tracing::enabled!(target: "switchboard::outbound", tracing::Level::INFO) {
+            log_new_outbox_entries(service.store().as_ref(), &mut last);
         }
-        trim_embedded_outbox(service.store().as_ref());
+        if last_trim.elapsed() >= Duration::from_secs(1) {
+            last_trim = std::time::Instant::now();
+            tokio::task::block_in_place(|| trim_embedded_outbox(service.store().as_ref()));
+        }
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
             () = service.outbox_ready.notified() => {}
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Logs the outbox entries after `last` (and moves `last` to the newest).
+fn log_new_outbox_entries(store: &dyn Store, last: &mut Option<String>) {
+    loop {
+        let entries = match tokio::task::block_in_place(|| store.outbox_after(last.as_deref(), 256))
+        {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::error!(error = %error, "cannot read the outbox");
+                return;
+            }
+        };
+        let Some(newest) = entries.last() else { return };
+        *last = Some(newest.id.clone());
+        for entry in &entries {
+            tracing::info!(
+                target: "switchboard::outbound",
+                id = %entry.id,
+                routing_key = %entry.routing_key,
+                event_type = %entry.event_type,
+                body = %String::from_utf8_lossy(&entry.body[..entry.body.len().min(512)]),
+                "outbound (embedded transport: kept in the outbox, not sent)"
+            );
         }
     }
 }
@@ -185,9 +196,11 @@ fn newest_outbox_id(store: &dyn Store) -> Option<String> {
     }
 }
 
+/// Drops the oldest entries beyond [`EMBEDDED_OUTBOX_KEEP`], once they exceed it by a tenth
+/// (one write transaction per thousand entries, not one per commit).
 fn trim_embedded_outbox(store: &dyn Store) {
     let Ok(len) = store.outbox_len() else { return };
-    if len <= EMBEDDED_OUTBOX_KEEP {
+    if len <= EMBEDDED_OUTBOX_KEEP + EMBEDDED_OUTBOX_KEEP / 10 {
         return;
     }
     let excess = usize::try_from(len - EMBEDDED_OUTBOX_KEEP).unwrap_or(usize::MAX);
@@ -282,7 +295,7 @@ async fn handle_batch(
     batch: &[InboundMessage],
 ) -> anyhow::Result<()> {
     let dispositions = {
-        let mut pipeline = service.pipeline().lock().await;
+        let mut pipeline = service.pipeline().write().await;
         tokio::task::block_in_place(|| pipeline.process(batch, now()))
             .context("committing a batch")?
     };

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+use tokio::sync::{Notify, RwLock, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, Millis};
@@ -25,7 +25,7 @@ use crate::stream::StreamHub;
 const WRITER_BATCH: usize = 512;
 /// Submissions waiting for the writer before callers are told to slow down.
 const WRITER_QUEUE: usize = 8192;
-/// A snapshot is written after this many records, and the log behind it dropped.
+/// A snapshot is written after at least this many records, and the log behind it dropped.
 pub const SNAPSHOT_EVERY: u64 = 10_000;
 
 /// Why a submission got no answer.
@@ -46,7 +46,9 @@ type Job = (Submission, oneshot::Sender<Result<Completion, SubmitError>>);
 
 /// The daemon's shared state. Cheap to share (`Arc`).
 pub struct Service {
-    pipeline: Mutex<Pipeline>,
+    /// Writers (the transports' batches, the HTTP writer, ticks) take it exclusively; reports
+    /// share it, so concurrent readers run in parallel between commits.
+    pipeline: RwLock<Pipeline>,
     store: Arc<dyn Store>,
     hub: Arc<StreamHub>,
     metrics: Arc<Metrics>,
@@ -109,7 +111,7 @@ impl Service {
         let (jobs, queue) = mpsc::channel(WRITER_QUEUE);
         metrics.set_gauge("switchboard_broker_connected", &[], 0);
         Self {
-            pipeline: Mutex::new(pipeline),
+            pipeline: RwLock::new(pipeline),
             store,
             hub,
             metrics,
@@ -139,14 +141,14 @@ impl Service {
         &self.plugins
     }
 
-    /// The pipeline, for the transports' batches (single writer).
-    pub fn pipeline(&self) -> &Mutex<Pipeline> {
+    /// The pipeline, for the transports' batches (single writer: `write()`).
+    pub fn pipeline(&self) -> &RwLock<Pipeline> {
         &self.pipeline
     }
 
-    /// Runs `read` over the engine (report, roster) under the writer's lock.
+    /// Runs `read` over the engine (report, roster) under a shared lock.
     pub async fn read<R>(&self, read: impl FnOnce(&Engine) -> R) -> R {
-        let pipeline = self.pipeline.lock().await;
+        let pipeline = self.pipeline.read().await;
         read(pipeline.engine())
     }
 
@@ -197,7 +199,7 @@ impl Service {
             }
             let (submissions, answers): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
             let result = {
-                let mut pipeline = self.pipeline.lock().await;
+                let mut pipeline = self.pipeline.write().await;
                 tokio::task::block_in_place(|| pipeline.submit(submissions, now()))
             };
             match result {
@@ -218,14 +220,21 @@ impl Service {
     }
 
     /// After a commit: wake the outbox publisher; snapshot when the log grew enough.
+    ///
+    /// "Enough" is at least [`SNAPSHOT_EVERY`] records and at least as many records as there
+    /// are conversations in memory: a snapshot costs in proportion to the state, replay in
+    /// proportion to the log, so this keeps the snapshot cost per record bounded (a large state
+    /// is not re-serialized every few seconds) and a restart's replay no longer than a
+    /// snapshot's worth.
     pub async fn committed(&self) {
         self.outbox_ready.notify_one();
-        let last_seq = {
-            let pipeline = self.pipeline.lock().await;
-            pipeline.engine().state().last_seq()
+        let (last_seq, conversations) = {
+            let pipeline = self.pipeline.read().await;
+            let state = pipeline.engine().state();
+            (state.last_seq(), state.conversation_count() as u64)
         };
         let previous = self.last_snapshot_seq.load(Ordering::Relaxed);
-        if last_seq.saturating_sub(previous) < SNAPSHOT_EVERY
+        if last_seq.saturating_sub(previous) < SNAPSHOT_EVERY.max(conversations)
             || self
                 .last_snapshot_seq
                 .compare_exchange(previous, last_seq, Ordering::AcqRel, Ordering::Relaxed)
@@ -235,7 +244,7 @@ impl Service {
         }
         // Copy the state under the lock (cheap), write it without: serializing a large state
         // must not stall the stream.
-        let snapshot = self.pipeline.lock().await.engine().state().snapshot();
+        let snapshot = self.pipeline.read().await.engine().state().snapshot();
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(error) = store.write_snapshot(&snapshot) {
@@ -307,7 +316,7 @@ impl Service {
                 _ = ticker.tick() => {}
             }
             let result = {
-                let mut pipeline = self.pipeline.lock().await;
+                let mut pipeline = self.pipeline.write().await;
                 tokio::task::block_in_place(|| pipeline.tick(now()))
             };
             match result {

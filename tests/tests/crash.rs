@@ -1,7 +1,10 @@
-//! `kill -9` in the middle of a stream of 10 000 provider messages, then a restart: every
+//! Faults around a stream of provider messages, with the real `switchboard` binary against a
+//! real RabbitMQ and names of its own: `kill -9` mid-stream then a restart; the broker
+//! force-closing every connection; the broker stopped and started again, the inbound queue
+//! deleted under the consumer (a server-cancelled consumer) and publishing blocked by a memory
+//! alarm. Each time the daemon stays up (or comes back), `/readyz` follows the broker, every
 //! message is applied exactly once (the store's state has each conversation's one customer
-//! message scored exactly once) and every notification is published at least once with the
-//! same id. Runs the real `switchboard` binary against a real RabbitMQ, with names of its own.
+//! message scored once) and every notification is published at least once with the same id.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -39,7 +42,7 @@ fn binary() -> PathBuf {
     binary
 }
 
-fn config_file(dir: &Path, names: &AmqpConfig) -> PathBuf {
+fn config_file(dir: &Path, names: &AmqpConfig, port: u16) -> PathBuf {
     let shipped = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../config/switchboard.toml"
@@ -50,7 +53,10 @@ fn config_file(dir: &Path, names: &AmqpConfig) -> PathBuf {
             "../target/plugins/wasm32-wasip2/plugin/",
             &format!("{}/", plugins_dir().display()),
         )
-        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
+        .replace(
+            "listen = \"127.0.0.1:8080\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
         .replace(
             "path = \"./data\"",
             &format!("path = \"{}\"", dir.join("data").display()),
@@ -153,16 +159,168 @@ async fn kill_9_mid_stream_then_restart_applies_everything_exactly_once() {
     let names = amqp_names("crash");
     let dir = std::env::temp_dir().join(format!("switchboard-crash-{}", names.inbound_queue));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = config_file(&dir, &names);
+    let config = config_file(&dir, &names, 0);
 
     let mut daemon = start(&config);
     wait_for_topology(&client, &names).await;
     // A durable subscriber that outlives the daemon's restarts.
-    let channel = client.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
+    let channel = confirming_channel(&client).await;
+    let subscriber = subscribe(&client, &names).await;
+
+    // Kill the daemon without warning while the stream is still flowing into it: batches are
+    // being committed, acknowledged and published around the kill.
+    let publisher = confirming_channel(&client).await;
+    let exchange = names.inbound_exchange.clone();
+    let stream = tokio::spawn(async move { publish_range(&publisher, &exchange, 0..6_000).await });
+    while queue_depth(&client, &subscriber).await < 1_000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let consumed_before_kill = queue_depth(&client, &subscriber).await;
+    stream.await.unwrap();
+    let mut daemon = start(&config);
+    publish_range(&channel, &names.inbound_exchange, 6_000..MESSAGES).await;
+
+    // Wait until every message was consumed and the outbox drained into the subscriber.
+    wait_until_published(&client, &names, &subscriber, MESSAGES, &mut daemon).await;
+    nix_terminate(&daemon);
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "graceful shutdown exits 0: {status}");
+
+    // At least once, with stable ids: one `opened` per conversation, duplicates share ids.
+    let (ids, deliveries) = opened_ids(&channel, &subscriber).await;
+    assert_eq!(
+        ids.len(),
+        MESSAGES,
+        "every conversation's notification was published ({deliveries} deliveries)"
+    );
+    eprintln!(
+        "crash test: killed after {consumed_before_kill} notifications; {deliveries} deliveries for {} distinct ids ({} re-published after the restart)",
+        ids.len(),
+        deliveries - ids.len()
+    );
+
+    // Exactly once: rebuild the state from the store.
+    assert_applied_exactly_once(&dir, &config, MESSAGES);
+    assert_eq!(
+        queue_depth(&client, &names.dead_letter_queue).await,
+        0,
+        "nothing was dead-lettered"
+    );
+
+    delete_topology(&channel, &names, &subscriber).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_connections_force_closed_mid_stream_lose_and_duplicate_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let Some(client) = broker_client().await else {
+        return;
+    };
+    let names = amqp_names("reconnect");
+    let dir = std::env::temp_dir().join(format!("switchboard-reconnect-{}", names.inbound_queue));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = config_file(&dir, &names, 0);
+    let mut daemon = start(&config);
+    wait_for_topology(&client, &names).await;
+    let subscriber = subscribe(&client, &names).await;
+    const TOTAL: usize = 4_000;
+    // Stream the first half, force-close the daemon's connections mid-stream (the test's own
+    // connection goes too), then stream the rest on a new connection.
+    {
+        let publisher = confirming_channel(&client).await;
+        publish_range(&publisher, &names.inbound_exchange, 0..TOTAL / 2).await;
+    }
+    while queue_depth(&client, &subscriber).await < 500 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rabbitmqctl(&[
+        "close_all_connections",
+        "switchboard test: force-closed mid-stream",
+    ]);
+    let client = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .unwrap();
+    let channel = confirming_channel(&client).await;
+    publish_range(&channel, &names.inbound_exchange, TOTAL / 2..TOTAL).await;
+
+    wait_until_published(&client, &names, &subscriber, TOTAL, &mut daemon).await;
+    nix_terminate(&daemon);
+    assert!(daemon.wait().unwrap().success());
+
+    let (ids, _) = opened_ids(&channel, &subscriber).await;
+    assert_eq!(ids.len(), TOTAL);
+    assert_applied_exactly_once(&dir, &config, TOTAL);
+    delete_topology(&channel, &names, &subscriber).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A port nobody listens on right now (for a daemon whose `/readyz` the test polls).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /readyz`'s status code (0 when nothing answers), with curl.
+fn readyz(port: u16) -> u16 {
+    let output = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-m", "2", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{port}/readyz"))
+        .output()
+        .expect("curl is installed");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+async fn wait_for_readyz(port: u16, status: u16, daemon: &mut Child, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while readyz(port) != status {
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "the daemon must stay up ({what})"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never answered {status} ({what})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let output = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl is installed with the broker");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Puts the broker back as the test found it, even when an assertion failed midway.
+struct BrokerRestorer;
+
+impl Drop for BrokerRestorer {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").arg("start_app").output();
+        let _ = Command::new("rabbitmqctl")
+            .args(["set_vm_memory_high_watermark", "0.4"])
+            .output();
+    }
+}
+
+/// A durable queue bound to every `conversation.#` notification, outliving daemon restarts.
+async fn subscribe(client: &Connection, names: &AmqpConfig) -> String {
+    let channel = client.create_channel().await.unwrap();
     let subscriber = format!("{}.subscriber", names.outbound_exchange);
     channel
         .queue_declare(
@@ -182,49 +340,52 @@ async fn kill_9_mid_stream_then_restart_applies_everything_exactly_once() {
         )
         .await
         .unwrap();
+    subscriber
+}
 
-    // Kill the daemon without warning while the stream is still flowing into it: batches are
-    // being committed, acknowledged and published around the kill.
-    let publisher = client.create_channel().await.unwrap();
-    publisher
+async fn confirming_channel(client: &Connection) -> Channel {
+    let channel = client.create_channel().await.unwrap();
+    channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let exchange = names.inbound_exchange.clone();
-    let stream = tokio::spawn(async move { publish_range(&publisher, &exchange, 0..6_000).await });
-    while queue_depth(&client, &subscriber).await < 1_000 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
-    let consumed_before_kill = queue_depth(&client, &subscriber).await;
-    stream.await.unwrap();
-    let mut daemon = start(&config);
-    publish_range(&channel, &names.inbound_exchange, 6_000..MESSAGES).await;
+    channel
+}
 
-    // Wait until every message was consumed and the outbox drained into the subscriber.
+/// Waits until the inbound queue is empty and `total` notifications reached the subscriber.
+async fn wait_until_published(
+    client: &Connection,
+    names: &AmqpConfig,
+    subscriber: &str,
+    total: usize,
+    daemon: &mut Child,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let inbound = queue_depth(&client, &names.inbound_queue).await;
-        let published = queue_depth(&client, &subscriber).await;
-        if inbound == 0 && published as usize >= MESSAGES {
-            break;
+        let inbound = queue_depth(client, &names.inbound_queue).await;
+        let published = queue_depth(client, subscriber).await;
+        if inbound == 0 && published as usize >= total {
+            return;
         }
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "the daemon must stay up when the broker fails it"
+        );
         assert!(
             tokio::time::Instant::now() < deadline,
             "stalled: {inbound} inbound left, {published} published"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    nix_terminate(&daemon);
-    let status = daemon.wait().unwrap();
-    assert!(status.success(), "graceful shutdown exits 0: {status}");
+}
 
-    // At least once, with stable ids: one `opened` per conversation, duplicates share ids.
+/// The distinct CloudEvents ids of the `conversation.opened` notifications the subscriber got
+/// (draining it), and how many deliveries there were in all.
+async fn opened_ids(channel: &Channel, subscriber: &str) -> (HashSet<String>, usize) {
     let mut ids = HashSet::new();
     let mut deliveries = 0;
     while let Some(message) = channel
-        .basic_get(subscriber.as_str().into(), BasicGetOptions { no_ack: true })
+        .basic_get(subscriber.into(), BasicGetOptions { no_ack: true })
         .await
         .unwrap()
     {
@@ -235,192 +396,134 @@ async fn kill_9_mid_stream_then_restart_applies_everything_exactly_once() {
             ids.insert(amqp_header(&message.delivery.properties, "cloudEvents_id").unwrap());
         }
     }
-    assert_eq!(
-        ids.len(),
-        MESSAGES,
-        "every conversation's notification was published ({deliveries} deliveries)"
-    );
-    eprintln!(
-        "crash test: killed after {consumed_before_kill} notifications; {deliveries} deliveries for {} distinct ids ({} re-published after the restart)",
-        ids.len(),
-        deliveries - ids.len()
-    );
+    (ids, deliveries)
+}
 
-    // Exactly once: rebuild the state from the store.
+/// Exactly once: the state rebuilt from the store has `total` conversations, each with its one
+/// customer message scored once.
+fn assert_applied_exactly_once(dir: &Path, config: &Path, total: usize) {
     let store = switchboard::store::RedbStore::open(&dir.join("data")).unwrap();
     let recovery = switchboard::store::Store::recover(&store).unwrap();
-    let config = switchboard::config::load_with_env(&config, &[]).unwrap();
+    let config = switchboard::config::load_with_env(config, &[]).unwrap();
     let engine = switchboard::engine::Engine::restore(
         config.engine_setup(Vec::new()),
         recovery.snapshot,
         &recovery.records,
     );
-    let conversations: Vec<_> = engine.state().conversations().collect();
     assert_eq!(
-        conversations.len(),
-        MESSAGES,
+        engine.state().conversations().count(),
+        total,
         "one conversation per customer"
     );
-    for conversation in &conversations {
+    for conversation in engine.state().conversations() {
         assert_eq!(
             conversation.sentiment.samples, 1,
             "{} applied its message {} times",
             conversation.id, conversation.sentiment.samples
         );
     }
-    assert_eq!(
-        queue_depth(&client, &names.dead_letter_queue).await,
-        0,
-        "nothing was dead-lettered"
-    );
+}
 
-    for queue in [&subscriber, &names.inbound_queue, &names.dead_letter_queue] {
-        channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await
-            .unwrap();
+async fn delete_topology(channel: &Channel, names: &AmqpConfig, subscriber: &str) {
+    for queue in [subscriber, &names.inbound_queue, &names.dead_letter_queue] {
+        let _ = channel.queue_delete(queue.into(), Default::default()).await;
     }
     for exchange in [&names.inbound_exchange, &names.outbound_exchange] {
-        channel
+        let _ = channel
             .exchange_delete(exchange.as_str().into(), Default::default())
-            .await
-            .unwrap();
+            .await;
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_connections_force_closed_mid_stream_lose_and_duplicate_nothing() {
+async fn broker_restart_cancelled_consumer_and_memory_alarm_are_survived() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let Some(client) = broker_client().await else {
         return;
     };
-    let names = amqp_names("reconnect");
-    let dir = std::env::temp_dir().join(format!("switchboard-reconnect-{}", names.inbound_queue));
+    let _restore = BrokerRestorer;
+    let names = amqp_names("restart");
+    let dir = std::env::temp_dir().join(format!("switchboard-restart-{}", names.inbound_queue));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = config_file(&dir, &names);
+    let port = free_port();
+    let config = config_file(&dir, &names, port);
     let mut daemon = start(&config);
     wait_for_topology(&client, &names).await;
-    let subscriber = format!("{}.subscriber", names.outbound_exchange);
-    {
-        let channel = client.create_channel().await.unwrap();
-        channel
-            .queue_declare(
-                subscriber.as_str().into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                subscriber.as_str().into(),
-                names.outbound_exchange.as_str().into(),
-                "conversation.#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-    }
-    const TOTAL: usize = 4_000;
-    // Stream the first half, force-close the daemon's connections mid-stream (the test's own
-    // connection goes too), then stream the rest on a new connection.
-    {
-        let publisher = client.create_channel().await.unwrap();
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        publish_range(&publisher, &names.inbound_exchange, 0..TOTAL / 2).await;
-    }
-    while queue_depth(&client, &subscriber).await < 500 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let closed = Command::new("rabbitmqctl")
-        .args([
-            "close_all_connections",
-            "switchboard test: force-closed mid-stream",
-        ])
-        .output()
-        .expect("rabbitmqctl is installed with the broker");
-    assert!(
-        closed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&closed.stderr)
-    );
+    wait_for_readyz(port, 200, &mut daemon, "connected").await;
+    let subscriber = subscribe(&client, &names).await;
+    let publisher = confirming_channel(&client).await;
+    publish_range(&publisher, &names.inbound_exchange, 0..1_000).await;
+    wait_until_published(&client, &names, &subscriber, 1_000, &mut daemon).await;
+
+    // 1. The broker stops: the daemon stays up and says it is not ready; it comes back on its
+    //    own when the broker does.
+    drop(client);
+    rabbitmqctl(&["stop_app"]);
+    wait_for_readyz(port, 503, &mut daemon, "broker stopped").await;
+    rabbitmqctl(&["start_app"]);
+    rabbitmqctl(&["await_startup"]);
+    wait_for_readyz(port, 200, &mut daemon, "broker back").await;
     let client = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .unwrap();
-    let channel = client.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    publish_range(&channel, &names.inbound_exchange, TOTAL / 2..TOTAL).await;
+    let publisher = confirming_channel(&client).await;
+    publish_range(&publisher, &names.inbound_exchange, 1_000..2_000).await;
+    wait_until_published(&client, &names, &subscriber, 2_000, &mut daemon).await;
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    // 2. The inbound queue is deleted under the consumer (the server cancels it): the daemon
+    //    declares its topology again and consumes on.
+    rabbitmqctl(&["delete_queue", &names.inbound_queue]);
+    wait_for_topology(&client, &names).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let inbound = queue_depth(&client, &names.inbound_queue).await;
-        let published = queue_depth(&client, &subscriber).await;
-        if inbound == 0 && published as usize >= TOTAL {
+        let channel = client.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let declared = channel
+            .queue_declare(
+                names.inbound_queue.as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
+            .await;
+        if declared.is_ok_and(|queue| queue.consumer_count() > 0) {
             break;
         }
         assert!(
-            daemon.try_wait().unwrap().is_none(),
-            "the daemon must stay up when the broker drops it"
-        );
-        assert!(
             tokio::time::Instant::now() < deadline,
-            "stalled: {inbound} inbound left, {published} published"
+            "the daemon never consumed again"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    nix_terminate(&daemon);
-    assert!(daemon.wait().unwrap().success());
+    wait_for_readyz(port, 200, &mut daemon, "consuming again").await;
+    publish_range(&publisher, &names.inbound_exchange, 2_000..3_000).await;
+    wait_until_published(&client, &names, &subscriber, 3_000, &mut daemon).await;
 
-    let mut ids = HashSet::new();
-    while let Some(message) = channel
-        .basic_get(subscriber.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-    {
-        if amqp_header(&message.delivery.properties, "cloudEvents_type").as_deref()
-            == Some("dev.switchboard.conversation.opened")
-        {
-            ids.insert(amqp_header(&message.delivery.properties, "cloudEvents_id").unwrap());
-        }
-    }
-    assert_eq!(ids.len(), TOTAL);
-    let store = switchboard::store::RedbStore::open(&dir.join("data")).unwrap();
-    let recovery = switchboard::store::Store::recover(&store).unwrap();
-    let config = switchboard::config::load_with_env(&config, &[]).unwrap();
-    let engine = switchboard::engine::Engine::restore(
-        config.engine_setup(Vec::new()),
-        recovery.snapshot,
-        &recovery.records,
-    );
-    assert_eq!(engine.state().conversations().count(), TOTAL);
+    // 3. A memory alarm blocks every publishing connection: the daemon keeps consuming and
+    //    committing, holds its notifications in the outbox, and publishes them once unblocked.
+    publish_range(&publisher, &names.inbound_exchange, 3_000..3_500).await;
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        engine
-            .state()
-            .conversations()
-            .all(|c| c.sentiment.samples == 1),
-        "each message applied exactly once"
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon stays up while blocked"
     );
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+    wait_until_published(&client, &names, &subscriber, 3_500, &mut daemon).await;
 
-    for queue in [&subscriber, &names.inbound_queue, &names.dead_letter_queue] {
-        channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await
-            .unwrap();
-    }
-    for exchange in [&names.inbound_exchange, &names.outbound_exchange] {
-        channel
-            .exchange_delete(exchange.as_str().into(), Default::default())
-            .await
-            .unwrap();
-    }
+    nix_terminate(&daemon);
+    assert!(
+        daemon.wait().unwrap().success(),
+        "graceful shutdown exits 0"
+    );
+    let channel = client.create_channel().await.unwrap();
+    let (ids, deliveries) = opened_ids(&channel, &subscriber).await;
+    assert_eq!(ids.len(), 3_500, "{deliveries} deliveries");
+    assert_applied_exactly_once(&dir, &config, 3_500);
+    assert_eq!(queue_depth(&client, &names.dead_letter_queue).await, 0);
+    delete_topology(&channel, &names, &subscriber).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -192,6 +192,11 @@ impl State {
         self.slots.iter().flatten()
     }
 
+    /// Conversations in memory (ongoing, and closed ones not yet evicted).
+    pub fn conversation_count(&self) -> usize {
+        self.by_id.len()
+    }
+
     pub fn agent(&self, id: &str) -> Option<&Agent> {
         self.agents.get(id)
     }
