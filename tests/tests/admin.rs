@@ -586,6 +586,143 @@ async fn assignment_transfer_and_presence_answer_with_rule_codes() {
     assert_eq!(ids, ["support-chat", "support-voice"]);
 }
 
+/// The supervision rules' refusal codes not met above, each through the API as problem+json.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rule_refusal_reaches_the_caller_with_its_code() {
+    let api = api();
+    let sam = api.sam();
+    let kim = api.token("sup-kim", &["supervisor"], &["support"]);
+    let open = api.start("codes-open", "support-chat", None).await;
+    let active = api
+        .start("codes-active", "support-chat", Some("a-ana"))
+        .await;
+    // A web conversation routed to the voice queue, which a-ben does not serve.
+    let voice_queue = api
+        .start("codes-voice-queue", "support-voice", Some("a-ana"))
+        .await;
+    let conversation = |id: &str, action: &str| format!("/v1/conversations/{id}/{action}");
+
+    // A voice call: one monitor at a time, no supervisor transfers.
+    let started = json!({
+        "id": "codes-call-start", "source": "canonical", "type": "started",
+        "conversation": {"plugin": "voice-ari", "key": "codes-call"}, "channel": "voice",
+        "customer": {"id": "cust-call"}, "queue": "support-voice"
+    });
+    api.post("/v1/inbound/canonical", &api.ingest(), started)
+        .await;
+    let accepted = json!({
+        "id": "codes-call-accept", "source": "canonical", "type": "accepted",
+        "conversation": {"plugin": "voice-ari", "key": "codes-call"}, "agent": "a-ana"
+    });
+    api.post("/v1/inbound/canonical", &api.ingest(), accepted)
+        .await;
+    let (_, calls) = api.get("/v1/conversations?channel=voice", &sam).await;
+    let call = calls["conversations"][0]["id"].as_str().unwrap().to_owned();
+
+    let (status, _) = api
+        .post(&conversation(&call, "monitor"), &sam, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api
+        .post(&conversation(&active, "monitor"), &sam, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api
+        .post(&conversation(&active, "monitor"), &kim, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api
+        .post(&conversation(&active, "barge"), &sam, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let ana_supervising = api.token("a-ana", &["supervisor", "agent"], &["support"]);
+
+    let cases: Vec<(String, String, Value, &str)> = vec![
+        (
+            conversation(&open, "monitor"),
+            sam.clone(),
+            json!({}),
+            "invalid-state",
+        ),
+        (
+            conversation(&active, "monitor"),
+            ana_supervising,
+            json!({}),
+            "own-conversation",
+        ),
+        (
+            conversation(&call, "monitor"),
+            kim.clone(),
+            json!({}),
+            "monitor-limit",
+        ),
+        (
+            conversation(&active, "messages"),
+            kim.clone(),
+            json!({"text": "hello", "visibility": "public"}),
+            "not-joined",
+        ),
+        (
+            conversation(&open, "leave"),
+            kim.clone(),
+            json!({}),
+            "not-participating",
+        ),
+        (
+            conversation(&active, "barge"),
+            kim.clone(),
+            json!({}),
+            "barge-limit",
+        ),
+        (
+            conversation(&call, "transfer"),
+            sam.clone(),
+            json!({"agent": "a-chloe"}),
+            "channel-not-supported",
+        ),
+        (
+            conversation(&voice_queue, "transfer"),
+            sam.clone(),
+            json!({"agent": "a-ben"}),
+            "not-in-queue",
+        ),
+    ];
+    for (uri, token, body, expected) in cases {
+        let (status, problem) = api.post(&uri, &token, body).await;
+        assert_eq!(
+            (status, code(&problem)),
+            (StatusCode::CONFLICT, expected),
+            "{uri}: {problem}"
+        );
+        assert_eq!(
+            problem["type"],
+            format!("https://switchboard.dev/problems/{expected}")
+        );
+    }
+    let (_, problem) = api
+        .post(&conversation(&call, "monitor"), &kim, json!({}))
+        .await;
+    assert_eq!(
+        problem["holders"],
+        json!(["sup-sam"]),
+        "a limit names who holds it"
+    );
+
+    // A channel event about a conversation nobody knows is refused with its rule's code.
+    let stray = json!({
+        "id": "codes-stray", "source": "canonical", "type": "accepted",
+        "conversation": {"plugin": "web-chat", "key": "never-started"}, "agent": "a-ana"
+    });
+    let (status, problem) = api
+        .post("/v1/inbound/canonical", &api.ingest(), stray)
+        .await;
+    assert_eq!(
+        (status, code(&problem)),
+        (StatusCode::CONFLICT, "unknown-conversation"),
+        "{problem}"
+    );
+}
+
 /// Every conversation route, the report and the stream, as a supervisor of the other team:
 /// the conversation does not exist for it, exactly like one that never existed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
