@@ -132,15 +132,16 @@ impl Store for RedbStore {
     }
 
     fn write_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        // Serialize before taking redb's single write lock: encoding a large state takes long
+        // enough to stall every commit waiting behind it.
+        let encoded = encode(snapshot)?;
         let mut transaction = self.database.begin_write().map_err(write_error)?;
         transaction
             .set_durability(Durability::Immediate)
             .map_err(write_error)?;
         {
             let mut table = transaction.open_table(SNAPSHOT).map_err(write_error)?;
-            table
-                .insert(0, encode(snapshot)?.as_slice())
-                .map_err(write_error)?;
+            table.insert(0, encoded.as_slice()).map_err(write_error)?;
             let mut log = transaction.open_table(LOG).map_err(write_error)?;
             // The snapshot covers everything up to its sequence number.
             log.retain_in(..=snapshot.last_seq, |_, _| false)
