@@ -116,7 +116,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         None => tokio::spawn(run_embedded_outbox(service.clone(), shutdown.clone())),
     };
 
-    shutdown.cancelled().await;
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = service.fatal.cancelled() => {
+            tracing::error!("a commit failed: stopping, so that a restart rebuilds the state from the store");
+            shutdown.cancel();
+        }
+    }
     // Stop taking new work: submissions are refused, streams end, the consumer stops after
     // its batch in flight.
     service.stopping.cancel();
@@ -133,6 +139,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Ok(Ok(())) => {}
     }
     tracing::info!("stopped; what is committed and not yet published stays in the outbox");
+    if service.fatal.is_cancelled() {
+        anyhow::bail!("a commit failed; restart the daemon to rebuild its state from the store");
+    }
     transport_result.context("the transport task failed")?
 }
 
@@ -294,10 +303,18 @@ async fn handle_batch(
     transport: &Arc<AmqpTransport>,
     batch: &[InboundMessage],
 ) -> anyhow::Result<()> {
-    let dispositions = {
+    let processed = {
         let mut pipeline = service.pipeline().write().await;
         tokio::task::block_in_place(|| pipeline.process(batch, now()))
-            .context("committing a batch")?
+    };
+    let dispositions = match processed {
+        Ok(dispositions) => dispositions,
+        Err(error) => {
+            // Nothing of the batch is acknowledged; the broker redelivers it to the restarted
+            // daemon.
+            service.fatal.cancel();
+            return Err(error).context("committing a batch");
+        }
     };
     for (message, disposition) in batch.iter().zip(&dispositions) {
         if let Disposition::DeadLetter { code, detail } = disposition {

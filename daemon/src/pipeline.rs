@@ -54,6 +54,11 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     /// Stream events of the batch being built; published only once it is committed.
     stream: Vec<StreamEvent>,
+    /// A commit failed after the engine had applied its batch: the state in memory is ahead of
+    /// the store, so nothing more may be applied (a redelivery would be taken for a duplicate
+    /// and acknowledged without ever being stored). Only a restart, which rebuilds the state
+    /// from the store, clears it.
+    poisoned: bool,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -79,6 +84,7 @@ impl Pipeline {
             hub: Arc::new(StreamHub::new(STREAM_WINDOW, last_seq)),
             metrics: Arc::new(Metrics::new()),
             stream: Vec::new(),
+            poisoned: false,
         }
     }
 
@@ -109,6 +115,7 @@ impl Pipeline {
         submissions: Vec<Submission>,
         now: Millis,
     ) -> Result<Vec<Completion>, StoreError> {
+        self.check_poisoned()?;
         let mut batch = Batch::default();
         let mut completions = Vec::with_capacity(submissions.len());
         for submission in submissions {
@@ -132,6 +139,7 @@ impl Pipeline {
         messages: &[InboundMessage],
         now: Millis,
     ) -> Result<Vec<Disposition>, StoreError> {
+        self.check_poisoned()?;
         let mut batch = Batch::default();
         let dispositions = messages
             .iter()
@@ -143,6 +151,7 @@ impl Pipeline {
 
     /// A clock tick (inactivity, wrap-up capacity, eviction), committed like a batch.
     pub fn tick(&mut self, now: Millis) -> Result<(), StoreError> {
+        self.check_poisoned()?;
         let mut batch = Batch::default();
         self.engine.apply(Input::Tick, now, &mut self.outcome);
         self.collect(now, &mut batch);
@@ -158,6 +167,9 @@ impl Pipeline {
         let started = Instant::now();
         let result = self.store.commit(batch);
         let stream = std::mem::take(&mut self.stream);
+        if result.is_err() {
+            self.poisoned = true;
+        }
         result?;
         self.metrics
             .observe_duration("switchboard_commit_seconds", &[], started.elapsed());
@@ -165,6 +177,16 @@ impl Pipeline {
             .observe("switchboard_commit_batch_size", &[], inputs as f64);
         self.hub.publish(stream);
         Ok(())
+    }
+
+    fn check_poisoned(&self) -> Result<(), StoreError> {
+        if self.poisoned {
+            Err(StoreError::Write(
+                "an earlier commit failed; restart to rebuild the state from the store".to_owned(),
+            ))
+        } else {
+            Ok(())
+        }
     }
 
     fn inbound(&mut self, message: &InboundMessage, now: Millis, batch: &mut Batch) -> Disposition {

@@ -62,6 +62,9 @@ pub struct Service {
     last_snapshot_seq: AtomicU64,
     /// Cancelled when the daemon stops taking new work (long-lived responses end).
     pub stopping: CancellationToken,
+    /// Cancelled when the daemon cannot go on (a commit failed): `app::run` stops and exits
+    /// with an error, so that its supervisor restarts it from the store.
+    pub fatal: CancellationToken,
 }
 
 impl std::fmt::Debug for Service {
@@ -122,6 +125,7 @@ impl Service {
             broker: broker.then(|| AtomicBool::new(false)),
             last_snapshot_seq: AtomicU64::new(last_seq),
             stopping: CancellationToken::new(),
+            fatal: CancellationToken::new(),
         }
     }
 
@@ -210,10 +214,11 @@ impl Service {
                     self.committed().await;
                 }
                 Err(error) => {
-                    tracing::error!(error = %error, "commit failed; the submissions were not applied");
+                    tracing::error!(error = %error, "commit failed; nothing of it was answered as done");
                     for answer in answers {
                         let _ = answer.send(Err(SubmitError::Store(error.to_string())));
                     }
+                    self.fatal.cancel();
                 }
             }
         }
@@ -253,6 +258,15 @@ impl Service {
         });
     }
 
+    /// Outbox entries waiting for the broker's confirmation (0 on the embedded transport,
+    /// whose outbox keeps entries on purpose).
+    pub fn outbox_backlog(&self) -> u64 {
+        if self.broker.is_none() {
+            return 0;
+        }
+        self.store.outbox_len().unwrap_or(0)
+    }
+
     /// Records whether the broker connection is up (no-op without a broker).
     pub fn set_broker_up(&self, up: bool) {
         if let Some(broker) = &self.broker {
@@ -267,6 +281,10 @@ impl Service {
     /// taking the whole sidecar out of service would not heal the plugin.
     pub fn readiness(&self) -> Readiness {
         let store = match self.store.pending(1) {
+            _ if self.fatal.is_cancelled() => ComponentStatus {
+                status: "down",
+                detail: Some("a commit failed; the daemon is stopping".to_owned()),
+            },
             Ok(_) => ComponentStatus {
                 status: "up",
                 detail: None,
@@ -321,7 +339,10 @@ impl Service {
             };
             match result {
                 Ok(()) => self.committed().await,
-                Err(error) => tracing::error!(error = %error, "cannot commit a tick"),
+                Err(error) => {
+                    tracing::error!(error = %error, "cannot commit a tick");
+                    self.fatal.cancel();
+                }
             }
         }
     }

@@ -11,7 +11,7 @@ use switchboard::config;
 use switchboard::engine::{Engine, Millis};
 use switchboard::pipeline::{Disposition, Pipeline, plugin_policy};
 use switchboard::plugin::{Plugin, PluginHost, PluginSettings};
-use switchboard::store::{RedbStore, Store};
+use switchboard::store::{OutboxEntry, RedbStore, Store, StoreError};
 use switchboard::transport::InboundMessage;
 use switchboard_tests::{component, fixture, temp_dir};
 
@@ -203,4 +203,73 @@ fn notifications_are_rendered_into_the_outbox() {
         );
         assert_eq!(entry.content_type, "application/json");
     }
+}
+
+/// A store whose commits fail, as on a full disk.
+struct FailingStore(RedbStore);
+
+impl Store for FailingStore {
+    fn commit(&self, _: &switchboard::store::Batch) -> Result<(), StoreError> {
+        Err(StoreError::Write("No space left on device".to_owned()))
+    }
+    fn recover(&self) -> Result<switchboard::store::Recovery, StoreError> {
+        self.0.recover()
+    }
+    fn write_snapshot(&self, snapshot: &switchboard::engine::Snapshot) -> Result<(), StoreError> {
+        self.0.write_snapshot(snapshot)
+    }
+    fn pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.0.pending(limit)
+    }
+    fn mark_sent(&self, ids: &[String]) -> Result<(), StoreError> {
+        self.0.mark_sent(ids)
+    }
+    fn outbox_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.0.outbox_after(after, limit)
+    }
+    fn outbox_len(&self) -> Result<u64, StoreError> {
+        self.0.outbox_len()
+    }
+    fn timeline(
+        &self,
+        conversation: switchboard::engine::ConversationId,
+    ) -> Result<Vec<switchboard::engine::TimelineEntry>, StoreError> {
+        self.0.timeline(conversation)
+    }
+}
+
+/// After a failed commit the state in memory is ahead of the store: a redelivered message would
+/// look like a duplicate and be acknowledged without ever being stored. The pipeline refuses all
+/// further work instead, so that the daemon stops and a restart rebuilds from the store.
+#[test]
+fn a_failed_commit_stops_the_pipeline_instead_of_acknowledging_a_lost_message() {
+    let dir = temp_dir("pipeline-failing");
+    let healthy = open_pipeline(&dir);
+    let engine = Engine::restore(healthy.engine().setup().clone(), None, &[]);
+    let plugins: Vec<Arc<Plugin>> = healthy.plugins().cloned().collect();
+    drop(healthy);
+    let mut pipeline = Pipeline::new(
+        engine,
+        plugins,
+        Arc::new(FailingStore(
+            RedbStore::open(&temp_dir("pipeline-failing-store")).unwrap(),
+        )),
+    );
+    let webhook = message(
+        "whatsapp-cloud",
+        fixture("whatsapp", "text.json"),
+        Some("amqp-9"),
+    );
+    assert!(
+        pipeline
+            .process(std::slice::from_ref(&webhook), NOW)
+            .is_err()
+    );
+    // The redelivery is not taken for a duplicate: it is refused like everything else.
+    assert!(pipeline.process(&[webhook], NOW).is_err());
+    assert!(pipeline.tick(NOW).is_err());
 }

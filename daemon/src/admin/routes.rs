@@ -117,13 +117,10 @@ pub(super) async fn readyz(State(context): State<Shared>) -> Response {
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub(super) async fn metrics(State(context): State<Shared>) -> Response {
     let service = &context.service;
-    let backlog = service
-        .store()
-        .pending(100_000)
-        .map_or(0, |pending| pending.len());
+    let backlog = i64::try_from(service.outbox_backlog()).unwrap_or(i64::MAX);
     service
         .metrics()
-        .set_gauge("switchboard_outbox_backlog", &[], backlog as i64);
+        .set_gauge("switchboard_outbox_backlog", &[], backlog);
     let mut extra = String::new();
     let plugins = service.plugins();
     if !plugins.is_empty() {
