@@ -997,6 +997,27 @@ async fn idempotency_keys_replay_the_first_answer() {
         (status, code(&other)),
         (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused")
     );
+    // The same key and body on another conversation is another request, not a replay.
+    let second = api.start("idem-2", "support-chat", Some("a-ben")).await;
+    api.post(
+        &format!("/v1/conversations/{second}/monitor"),
+        &sam,
+        json!({}),
+    )
+    .await;
+    let request = Request::post(format!("/v1/conversations/{second}/whisper"))
+        .header(header::AUTHORIZATION, format!("Bearer {sam}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("idempotency-key", "k-1")
+        .body(Body::from(json!({ "text": "hello" }).to_string()))
+        .unwrap();
+    let (status, _, body) = api.raw(request).await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,6 +71,7 @@ const OWNERS: &[(&str, &str)] = &[
     ("lapin", "daemon/src/transport/amqp/"),
     ("axum", "daemon/src/admin/"),
     ("jsonwebtoken", "daemon/src/admin/"),
+    ("utoipa", "daemon/src/admin/"),
     ("redb", "daemon/src/store/"),
     ("tokio_util", "daemon/src/"),
     ("rusqlite", "daemon/src/store/"),

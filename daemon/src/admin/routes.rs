@@ -205,10 +205,12 @@ fn conversation_id(id: &str) -> Result<ConversationId, Problem> {
     ConversationId::parse(id).ok_or_else(|| Problem::conversation_not_found(id))
 }
 
-/// `Idempotency-Key` with a fingerprint of what was asked (route and body).
+/// `Idempotency-Key` with a fingerprint of what was asked: the method and route, the resource
+/// (the same key on another conversation is another request) and the body.
 fn idempotency(
     headers: &HeaderMap,
     route: &str,
+    resource: &str,
     bytes: &Bytes,
 ) -> Result<Option<Idempotency>, Problem> {
     let Some(key) = headers.get("idempotency-key") else {
@@ -224,6 +226,8 @@ fn idempotency(
             Problem::invalid_body("`Idempotency-Key` must be 1 to 255 visible ASCII characters")
         })?;
     let mut fingerprinted = route.as_bytes().to_vec();
+    fingerprinted.push(0);
+    fingerprinted.extend_from_slice(resource.as_bytes());
     fingerprinted.push(0);
     fingerprinted.extend_from_slice(bytes);
     Ok(Some(Idempotency {
@@ -480,7 +484,7 @@ macro_rules! command_route {
             headers: HeaderMap,
             bytes: Bytes,
         ) -> Response {
-            let idempotency = try_problem!(idempotency(&headers, $path, &bytes));
+            let idempotency = try_problem!(idempotency(&headers, concat!("POST ", $path), &id, &bytes));
             let $parsed: $body = try_problem!(body(&headers, &bytes));
             let $id = try_problem!(conversation_id(&id));
             let action = try_problem!($action);
@@ -516,6 +520,7 @@ pub(super) async fn stop_monitor(
     let idempotency = try_problem!(idempotency(
         &headers,
         "DELETE /v1/conversations/{id}/monitor",
+        &id,
         &Bytes::new()
     ));
     let conversation = try_problem!(conversation_id(&id));
@@ -665,7 +670,12 @@ pub(super) async fn presence(
         )
         .into_response();
     }
-    let idempotency = try_problem!(idempotency(&headers, "/v1/agents/{id}/presence", &bytes));
+    let idempotency = try_problem!(idempotency(
+        &headers,
+        "PUT /v1/agents/{id}/presence",
+        &id,
+        &bytes
+    ));
     let parsed: api::PresenceBody = try_problem!(body(&headers, &bytes));
     let Some(presence) = Presence::parse(&parsed.presence) else {
         let known: Vec<&str> = Presence::ALL.iter().map(|p| p.as_str()).collect();
