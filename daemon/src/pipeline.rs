@@ -179,6 +179,11 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Whether a failed commit left the state in memory ahead of the store.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
     fn check_poisoned(&self) -> Result<(), StoreError> {
         if self.poisoned {
             Err(StoreError::Write(

@@ -248,8 +248,15 @@ impl Service {
             return;
         }
         // Copy the state under the lock (cheap), write it without: serializing a large state
-        // must not stall the stream.
-        let snapshot = self.pipeline.read().await.engine().state().snapshot();
+        // must not stall the stream. Under the lock the state is exactly what was committed —
+        // unless a commit failed, and then nothing of it may reach the store.
+        let snapshot = {
+            let pipeline = self.pipeline.read().await;
+            if pipeline.is_poisoned() {
+                return;
+            }
+            pipeline.engine().state().snapshot()
+        };
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(error) = store.write_snapshot(&snapshot) {

@@ -159,7 +159,8 @@ async fn kill_9_mid_stream_then_restart_applies_everything_exactly_once() {
     let names = amqp_names("crash");
     let dir = std::env::temp_dir().join(format!("switchboard-crash-{}", names.inbound_queue));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = config_file(&dir, &names, 0);
+    let port = free_port();
+    let config = config_file(&dir, &names, port);
 
     let mut daemon = start(&config);
     wait_for_topology(&client, &names).await;
@@ -183,7 +184,7 @@ async fn kill_9_mid_stream_then_restart_applies_everything_exactly_once() {
     publish_range(&channel, &names.inbound_exchange, 6_000..MESSAGES).await;
 
     // Wait until every message was consumed and the outbox drained into the subscriber.
-    wait_until_published(&client, &names, &subscriber, MESSAGES, &mut daemon).await;
+    wait_until_published(&client, &names, &subscriber, MESSAGES, &mut daemon, port).await;
     nix_terminate(&daemon);
     let status = daemon.wait().unwrap();
     assert!(status.success(), "graceful shutdown exits 0: {status}");
@@ -222,7 +223,8 @@ async fn broker_connections_force_closed_mid_stream_lose_and_duplicate_nothing()
     let names = amqp_names("reconnect");
     let dir = std::env::temp_dir().join(format!("switchboard-reconnect-{}", names.inbound_queue));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = config_file(&dir, &names, 0);
+    let port = free_port();
+    let config = config_file(&dir, &names, port);
     let mut daemon = start(&config);
     wait_for_topology(&client, &names).await;
     let subscriber = subscribe(&client, &names).await;
@@ -246,7 +248,7 @@ async fn broker_connections_force_closed_mid_stream_lose_and_duplicate_nothing()
     let channel = confirming_channel(&client).await;
     publish_range(&channel, &names.inbound_exchange, TOTAL / 2..TOTAL).await;
 
-    wait_until_published(&client, &names, &subscriber, TOTAL, &mut daemon).await;
+    wait_until_published(&client, &names, &subscriber, TOTAL, &mut daemon, port).await;
     nix_terminate(&daemon);
     assert!(daemon.wait().unwrap().success());
 
@@ -359,6 +361,7 @@ async fn wait_until_published(
     subscriber: &str,
     total: usize,
     daemon: &mut Child,
+    port: u16,
 ) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
@@ -373,10 +376,54 @@ async fn wait_until_published(
         );
         assert!(
             tokio::time::Instant::now() < deadline,
-            "stalled: {inbound} inbound left, {published} published"
+            "stalled: {inbound} inbound left, {published} published\n{}",
+            stall_report(port, names)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// What the daemon and the broker say when a stream stalls: the daemon's counters (inbound,
+/// outbox backlog, broker connection) and the inbound queue's unacknowledged deliveries.
+fn stall_report(port: u16, names: &AmqpConfig) -> String {
+    let metrics = Command::new("curl")
+        .args(["-s", "-m", "2"])
+        .arg(format!("http://127.0.0.1:{port}/metrics"))
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .unwrap_or_default();
+    let counters: Vec<&str> = metrics
+        .lines()
+        .filter(|line| {
+            !line.starts_with('#')
+                && (line.starts_with("switchboard_inbound_total")
+                    || line.starts_with("switchboard_outbox_backlog")
+                    || line.starts_with("switchboard_broker_connected")
+                    || line.starts_with("switchboard_commit_seconds_count")
+                    || line.starts_with("switchboard_dead_lettered_total"))
+        })
+        .collect();
+    let queues = Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-q",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+        ])
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .unwrap_or_default();
+    let inbound: Vec<&str> = queues
+        .lines()
+        .filter(|line| line.starts_with(names.inbound_queue.as_str()))
+        .collect();
+    format!(
+        "daemon: {}\nbroker (name ready unacked consumers): {}",
+        counters.join("; "),
+        inbound.join("; ")
+    )
 }
 
 /// The distinct CloudEvents ids of the `conversation.opened` notifications the subscriber got
@@ -453,7 +500,7 @@ async fn broker_restart_cancelled_consumer_and_memory_alarm_are_survived() {
     let subscriber = subscribe(&client, &names).await;
     let publisher = confirming_channel(&client).await;
     publish_range(&publisher, &names.inbound_exchange, 0..1_000).await;
-    wait_until_published(&client, &names, &subscriber, 1_000, &mut daemon).await;
+    wait_until_published(&client, &names, &subscriber, 1_000, &mut daemon, port).await;
 
     // 1. The broker stops: the daemon stays up and says it is not ready; it comes back on its
     //    own when the broker does.
@@ -468,7 +515,7 @@ async fn broker_restart_cancelled_consumer_and_memory_alarm_are_survived() {
         .unwrap();
     let publisher = confirming_channel(&client).await;
     publish_range(&publisher, &names.inbound_exchange, 1_000..2_000).await;
-    wait_until_published(&client, &names, &subscriber, 2_000, &mut daemon).await;
+    wait_until_published(&client, &names, &subscriber, 2_000, &mut daemon, port).await;
 
     // 2. The inbound queue is deleted under the consumer (the server cancels it): the daemon
     //    declares its topology again and consumes on.
@@ -499,7 +546,7 @@ async fn broker_restart_cancelled_consumer_and_memory_alarm_are_survived() {
     }
     wait_for_readyz(port, 200, &mut daemon, "consuming again").await;
     publish_range(&publisher, &names.inbound_exchange, 2_000..3_000).await;
-    wait_until_published(&client, &names, &subscriber, 3_000, &mut daemon).await;
+    wait_until_published(&client, &names, &subscriber, 3_000, &mut daemon, port).await;
 
     // 3. A memory alarm blocks every publishing connection: the daemon keeps consuming and
     //    committing, holds its notifications in the outbox, and publishes them once unblocked.
@@ -511,7 +558,7 @@ async fn broker_restart_cancelled_consumer_and_memory_alarm_are_survived() {
         "the daemon stays up while blocked"
     );
     rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
-    wait_until_published(&client, &names, &subscriber, 3_500, &mut daemon).await;
+    wait_until_published(&client, &names, &subscriber, 3_500, &mut daemon, port).await;
 
     nix_terminate(&daemon);
     assert!(

@@ -1,6 +1,8 @@
 //! Transport step of the flow: how provider traffic arrives and notifications leave.
-//! [`amqp`] is RabbitMQ (the only lapin importer, with the `load` tool beside it); the
-//! embedded in-process transport, the default without a broker, arrives with the admin API.
+//! [`amqp`] is RabbitMQ (the only lapin importer, with the `load` tool beside it). The
+//! embedded transport, the default without a broker, needs no code here: the admin API's
+//! `POST /v1/inbound/{plugin}` hands [`InboundMessage`]s to the pipeline's writer
+//! (`service.rs`), and `app.rs` keeps the outbox readable instead of publishing it.
 
 pub mod amqp;
 

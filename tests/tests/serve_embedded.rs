@@ -1,0 +1,235 @@
+//! The README's walkthrough, run for real: the `switchboard` binary on the embedded default (no
+//! broker), `switchboard token`, a WhatsApp webhook posted to `POST /v1/inbound/...`, the
+//! report, assign, monitor, whisper, force-close, each step seen on `GET /v1/stream` by a
+//! `curl -N` client; then SIGTERM (exit 0) and a restart that finds the conversation again.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use switchboard_tests::{plugins_dir, temp_dir};
+
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("switchboard");
+    assert!(binary.exists(), "{} is missing", binary.display());
+    binary
+}
+
+/// The shipped configuration with this test's store, port and the test-built plugins.
+fn config_file(dir: &Path, port: u16) -> PathBuf {
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/switchboard.toml"
+    ))
+    .unwrap();
+    let text = shipped
+        .replace(
+            "../target/plugins/wasm32-wasip2/plugin/",
+            &format!("{}/", plugins_dir().display()),
+        )
+        .replace(
+            "path = \"./data\"",
+            &format!("path = \"{}\"", dir.join("data").display()),
+        )
+        .replace(
+            "listen = \"127.0.0.1:8080\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+    let file = dir.join("switchboard.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve(config: &Path) -> Child {
+    Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn token(config: &Path, args: &[&str]) -> String {
+    let output = Command::new(binary())
+        .args(["token", "--config"])
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// `curl` as the README uses it; returns the status and the body as JSON.
+fn curl(method: &str, url: &str, token: &str, body: Option<&str>) -> (u16, Value) {
+    let mut command = Command::new("curl");
+    command
+        .args(["-s", "-m", "10", "-X", method, "-w", "\n%{http_code}", url])
+        .args(["-H", &format!("Authorization: Bearer {token}")]);
+    if let Some(body) = body {
+        command.args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ]);
+    }
+    let output = command.output().expect("curl is installed");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (
+        status.parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn wait_ready(port: u16, daemon: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, _) = curl("GET", &format!("http://127.0.0.1:{port}/readyz"), "", None);
+        if status == 200 {
+            return;
+        }
+        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn terminate(daemon: &mut Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = daemon.wait().unwrap();
+    assert!(exit.success(), "graceful shutdown exits 0: {exit}");
+}
+
+#[test]
+fn the_readme_walkthrough_works_on_the_embedded_default() {
+    let dir = temp_dir("serve-embedded");
+    let port = free_port();
+    let config = config_file(&dir, port);
+    let base = format!("http://127.0.0.1:{port}");
+    let mut daemon = serve(&config);
+    wait_ready(port, &mut daemon);
+    let (_, ready) = curl("GET", &format!("{base}/readyz"), "", None);
+    assert_eq!(ready["broker"]["status"], "not-configured");
+
+    let supervisor = token(
+        &config,
+        &[
+            "--sub",
+            "sup-sam",
+            "--role",
+            "supervisor",
+            "--team",
+            "support",
+        ],
+    );
+    let gateway = token(&config, &["--sub", "gateway", "--role", "ingest"]);
+    let stream = Command::new("curl")
+        .args(["-s", "-N", "-m", "30", &format!("{base}/v1/stream")])
+        .args(["-H", &format!("Authorization: Bearer {supervisor}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let webhook = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/whatsapp/text.json"
+    ))
+    .unwrap();
+    let (status, accepted) = curl(
+        "POST",
+        &format!("{base}/v1/inbound/whatsapp-cloud"),
+        &gateway,
+        Some(&webhook),
+    );
+    assert_eq!((status, accepted["events"].as_u64()), (202, Some(1)));
+    let (status, report) = curl(
+        "GET",
+        &format!("{base}/v1/conversations"),
+        &supervisor,
+        None,
+    );
+    assert_eq!(status, 200);
+    let id = report["conversations"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let conversation = format!("{base}/v1/conversations/{id}");
+    for (action, body) in [
+        ("assign", Some(r#"{"agent": "a-ana"}"#)),
+        ("monitor", None),
+        ("whisper", Some(r#"{"text": "Offer the refund"}"#)),
+        (
+            "force-close",
+            Some(r#"{"reason": "resolved by phone", "confirm": true}"#),
+        ),
+    ] {
+        let (status, answer) = curl(
+            "POST",
+            &format!("{conversation}/{action}"),
+            &supervisor,
+            body,
+        );
+        assert_eq!(status, 200, "{action}: {answer}");
+    }
+    let (_, detail) = curl("GET", &conversation, &supervisor, None);
+    assert_eq!(detail["state"], "closed");
+
+    // Every step reached the stream.
+    std::thread::sleep(Duration::from_millis(500));
+    terminate(&mut daemon);
+    let output = stream.wait_with_output().unwrap();
+    let events = String::from_utf8_lossy(&output.stdout);
+    for step in [
+        "\"event\":\"assigned-to-agent\"",
+        "\"event\":\"supervision-started\"",
+        "\"text\":\"Offer the refund\"",
+        "\"event\":\"force-closed\"",
+    ] {
+        assert!(
+            events.contains(step),
+            "{step} missing from the stream:\n{events}"
+        );
+    }
+
+    // A restart rebuilds the state from the store.
+    let mut daemon = serve(&config);
+    wait_ready(port, &mut daemon);
+    let (status, detail) = curl("GET", &conversation, &supervisor, None);
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["state"], "closed");
+    assert!(
+        detail["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|line| line["event"] == "force-closed")
+    );
+    terminate(&mut daemon);
+    let _ = std::fs::remove_dir_all(dir);
+}
