@@ -33,6 +33,10 @@ use crate::transport::amqp::AmqpTransport;
 
 /// How often the clock ticks (inactivity timeouts, wrap-up capacity, eviction).
 const TICK: Duration = Duration::from_secs(1);
+/// How long a page of publications may wait for the broker's confirms. A broker that takes
+/// longer has stopped confirming on this channel: the connection is dropped and made again, and
+/// the unconfirmed entries go out again with their ids.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 /// Outbox entries the embedded transport keeps readable (`GET /v1/outbox`); older ones go.
 const EMBEDDED_OUTBOX_KEEP: u64 = 10_000;
 
@@ -247,18 +251,30 @@ async fn run_amqp(
         backoff = Duration::from_millis(200);
         tracing::info!(queue = %amqp.inbound_queue, "consuming");
         let publisher_stop = CancellationToken::new();
+        let wedged = CancellationToken::new();
         let publisher = tokio::spawn(publish_outbox(
             service.clone(),
             transport.clone(),
             publisher_stop.clone(),
+            wedged.clone(),
         ));
-        let outcome = consume(&service, &transport, &amqp, &shutdown).await;
+        let outcome = tokio::select! {
+            outcome = consume(&service, &transport, &amqp, &shutdown) => outcome,
+            () = wedged.cancelled() => Err(anyhow::anyhow!(
+                "the broker stopped confirming publications within {CONFIRM_TIMEOUT:?}"
+            )),
+        };
         service.set_broker_up(false);
         // Flush what the last batches committed, then stop the publisher.
         service.outbox_ready.notify_one();
         publisher_stop.cancel();
         let _ = publisher.await;
-        transport.close().await;
+        if tokio::time::timeout(CONFIRM_TIMEOUT, transport.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("closing the broker connection timed out; dropping it");
+        }
         match outcome {
             Ok(()) => return Ok(()),
             Err(error) => tracing::warn!(error = %error, "consumer ended; reconnecting"),
@@ -338,9 +354,14 @@ async fn publish_outbox(
     service: Arc<Service>,
     transport: Arc<AmqpTransport>,
     stop: CancellationToken,
+    wedged: CancellationToken,
 ) {
     loop {
-        drain_outbox(&service, &transport).await;
+        if !drain_outbox(&service, &transport).await {
+            // Tell the consumer loop to make the connection again.
+            wedged.cancel();
+            return;
+        }
         if stop.is_cancelled() {
             return;
         }
@@ -352,22 +373,29 @@ async fn publish_outbox(
     }
 }
 
-async fn drain_outbox(service: &Service, transport: &AmqpTransport) {
+/// Publishes pending entries until none is left or a round fails; `false` when the broker
+/// stopped confirming (the connection must be made again).
+async fn drain_outbox(service: &Service, transport: &AmqpTransport) -> bool {
     loop {
         let pending = match tokio::task::block_in_place(|| service.store().pending(256)) {
             Ok(pending) => pending,
             Err(error) => {
                 tracing::error!(error = %error, "cannot read the outbox");
-                return;
+                return true;
             }
         };
         if pending.is_empty() {
-            return;
+            return true;
         }
         // The page goes out back to back; only confirmed entries are marked sent, the others
         // stay for the next round (consumers deduplicate by id, so order across a retry is not
         // promised).
-        let results = transport.publish_all(&pending).await;
+        let Ok(results) =
+            tokio::time::timeout(CONFIRM_TIMEOUT, transport.publish_all(&pending)).await
+        else {
+            tracing::warn!(entries = pending.len(), timeout = ?CONFIRM_TIMEOUT, "no confirms from the broker; reconnecting");
+            return false;
+        };
         let mut sent = Vec::with_capacity(pending.len());
         for (entry, result) in pending.iter().zip(results) {
             match result {
@@ -380,10 +408,10 @@ async fn drain_outbox(service: &Service, transport: &AmqpTransport) {
         let complete = sent.len() == pending.len();
         if let Err(error) = tokio::task::block_in_place(|| service.store().mark_sent(&sent)) {
             tracing::error!(error = %error, "cannot mark outbox entries sent");
-            return;
+            return true;
         }
         if !complete {
-            return;
+            return true;
         }
     }
 }
