@@ -113,6 +113,103 @@ pub async fn broker_client() -> Option<lapin::Connection> {
     }
 }
 
+/// How long a subscriber queue lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Gone with the test's connection.
+    Exclusive,
+    /// Outlives the test's connection (tests that force connections closed).
+    Durable,
+}
+
+/// A queue `<outbound exchange>.subscriber` bound to every `conversation.#` notification, as a
+/// frontend's subscriber would declare it; returns its name.
+pub async fn subscribe(
+    channel: &lapin::Channel,
+    names: &switchboard::config::AmqpConfig,
+    lifetime: Lifetime,
+) -> String {
+    let subscriber = format!("{}.subscriber", names.outbound_exchange);
+    let options = match lifetime {
+        Lifetime::Exclusive => lapin::options::QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        Lifetime::Durable => lapin::options::QueueDeclareOptions::durable(),
+    };
+    channel
+        .queue_declare(
+            subscriber.as_str().into(),
+            options,
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            subscriber.as_str().into(),
+            names.outbound_exchange.as_str().into(),
+            "conversation.#".into(),
+            lapin::options::QueueBindOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    subscriber
+}
+
+/// The `switchboard` binary `cargo test --workspace` built next to the test binaries.
+pub fn switchboard_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let binary = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>/deps")
+        .join("switchboard");
+    assert!(
+        binary.exists(),
+        "{} is missing: run with `cargo test --workspace`",
+        binary.display()
+    );
+    binary
+}
+
+/// A port nobody listens on right now (for a daemon the test talks to over HTTP).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// The shipped `config/switchboard.toml` with the test-built plugins, a store under `dir` and
+/// the API on `port`, as text (tests add their own sections).
+pub fn shipped_config_text(dir: &std::path::Path, port: u16) -> String {
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/switchboard.toml"
+    ))
+    .expect("the shipped configuration");
+    let text = shipped
+        .replace(
+            "../target/plugins/wasm32-wasip2/plugin/",
+            &format!("{}/", plugins_dir().display()),
+        )
+        .replace(
+            "path = \"./data\"",
+            &format!("path = \"{}\"", dir.join("data").display()),
+        )
+        .replace(
+            "listen = \"127.0.0.1:8080\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}")) && text.contains(&dir.display().to_string()),
+        "the shipped config changed shape"
+    );
+    text
+}
+
 /// A text header of an AMQP message.
 pub fn amqp_header(properties: &lapin::BasicProperties, name: &str) -> Option<String> {
     properties.headers().as_ref().and_then(|table| {

@@ -153,12 +153,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// `GET /v1/outbox`, and each is logged once (target `switchboard::outbound`) so that a
 /// newcomer sees what would be sent. The newest [`EMBEDDED_OUTBOX_KEEP`] are kept.
 async fn run_embedded_outbox(service: Arc<Service>, stop: CancellationToken) -> anyhow::Result<()> {
-    // Entries from an earlier run were logged then; start after the newest.
-    let mut last = tokio::task::block_in_place(|| newest_outbox_id(service.store().as_ref()));
+    // Reading entries only to log them is wasted work when nobody reads that log. Entries
+    // from an earlier run were logged then: start after the newest.
+    let logging = tracing::enabled!(target: "switchboard::outbound", tracing::Level::INFO);
+    let mut last = if logging {
+        tokio::task::block_in_place(|| service.store().outbox_newest_id()).unwrap_or_default()
+    } else {
+        None
+    };
     let mut last_trim = std::time::Instant::now();
     loop {
-        // Reading entries only to log them is wasted work when nobody reads that log.
-        if tracing::enabled!(target: "switchboard::outbound", tracing::Level::INFO) {
+        if logging {
             log_new_outbox_entries(service.store().as_ref(), &mut last);
         }
         if last_trim.elapsed() >= Duration::from_secs(1) {
@@ -195,16 +200,6 @@ fn log_new_outbox_entries(store: &dyn Store, last: &mut Option<String>) {
                 body = %String::from_utf8_lossy(&entry.body[..entry.body.len().min(512)]),
                 "outbound (embedded transport: kept in the outbox, not sent)"
             );
-        }
-    }
-}
-
-fn newest_outbox_id(store: &dyn Store) -> Option<String> {
-    let mut last = None;
-    loop {
-        match store.outbox_after(last.as_deref(), 4096) {
-            Ok(entries) if !entries.is_empty() => last = entries.last().map(|e| e.id.clone()),
-            _ => return last,
         }
     }
 }

@@ -218,13 +218,13 @@ impl Metrics {
                             let _ = writeln!(
                                 out,
                                 "{name}_bucket{} {count}",
-                                labels_with(family.labels, values, ("le", &le))
+                                labels_with(family.labels, values, Some(("le", &le)))
                             );
                         }
                         let _ = writeln!(
                             out,
                             "{name}_bucket{} {}",
-                            labels_with(family.labels, values, ("le", "+Inf")),
+                            labels_with(family.labels, values, Some(("le", "+Inf"))),
                             histogram.count
                         );
                         let _ = writeln!(
@@ -253,25 +253,24 @@ fn owned(labels: &[&str]) -> Labels {
 }
 
 fn labels(names: &[&str], values: &[String]) -> String {
-    if names.is_empty() {
-        return String::new();
-    }
-    let pairs: Vec<String> = names
-        .iter()
-        .zip(values)
-        .map(|(name, value)| format!("{name}=\"{}\"", escape(value)))
-        .collect();
-    format!("{{{}}}", pairs.join(","))
+    labels_with(names, values, None)
 }
 
-fn labels_with(names: &[&str], values: &[String], extra: (&str, &str)) -> String {
+/// `{name="value",...}` (nothing for no labels), with an extra pair such as `le` last.
+fn labels_with(names: &[&str], values: &[String], extra: Option<(&str, &str)>) -> String {
     let mut pairs: Vec<String> = names
         .iter()
         .zip(values)
         .map(|(name, value)| format!("{name}=\"{}\"", escape(value)))
         .collect();
-    pairs.push(format!("{}=\"{}\"", extra.0, escape(extra.1)));
-    format!("{{{}}}", pairs.join(","))
+    if let Some((name, value)) = extra {
+        pairs.push(format!("{name}=\"{}\"", escape(value)));
+    }
+    if pairs.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", pairs.join(","))
+    }
 }
 
 /// Label value escaping of the text format: backslash, double quote and newline.

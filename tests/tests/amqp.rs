@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use lapin::BasicProperties;
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use switchboard::engine::Millis;
 use switchboard::store::OutboxEntry;
 use switchboard::transport::amqp::AmqpTransport;
-use switchboard_tests::{amqp_header, amqp_names, broker_client};
+use switchboard_tests::{Lifetime, amqp_header, amqp_names, broker_client, subscribe};
 
 #[tokio::test]
 async fn inbound_dead_letter_and_outbound_round_trip() {
@@ -108,28 +108,7 @@ async fn inbound_dead_letter_and_outbound_round_trip() {
     );
 
     // A subscriber of one conversation receives its state changes, CloudEvents binary mode.
-    let subscriber = format!("{}.subscriber", names.outbound_exchange);
-    channel
-        .queue_declare(
-            subscriber.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            subscriber.as_str().into(),
-            names.outbound_exchange.as_str().into(),
-            "conversation.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let subscriber = subscribe(&channel, &names, Lifetime::Exclusive).await;
     let entry = OutboxEntry {
         id: "00000000000000000042-000001-000".to_owned(),
         routing_key: "conversation.c-0123456789abcdef0123".to_owned(),

@@ -12,13 +12,15 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use switchboard::config::AmqpConfig;
-use switchboard_tests::{amqp_header, amqp_names, amqp_url, broker_client, plugins_dir};
+use switchboard_tests::{
+    Lifetime, amqp_header, amqp_names, amqp_url, broker_client, free_port, shipped_config_text,
+    subscribe, switchboard_binary,
+};
 
 const MESSAGES: usize = 10_000;
 
@@ -26,42 +28,8 @@ const MESSAGES: usize = 10_000;
 /// a test running beside it.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The `switchboard` binary `cargo test --workspace` built next to this test.
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("switchboard");
-    assert!(
-        binary.exists(),
-        "{} is missing: run with `cargo test --workspace`",
-        binary.display()
-    );
-    binary
-}
-
 fn config_file(dir: &Path, names: &AmqpConfig, port: u16) -> PathBuf {
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../config/switchboard.toml"
-    ))
-    .unwrap();
-    let mut text = shipped
-        .replace(
-            "../target/plugins/wasm32-wasip2/plugin/",
-            &format!("{}/", plugins_dir().display()),
-        )
-        .replace(
-            "listen = \"127.0.0.1:8080\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        )
-        .replace(
-            "path = \"./data\"",
-            &format!("path = \"{}\"", dir.join("data").display()),
-        );
-    text = text.replace(
+    let text = shipped_config_text(dir, port).replace(
         "# [amqp]\n# url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"",
         &format!(
             "[amqp]\nurl = \"{}\"\ninbound_exchange = \"{}\"\ninbound_queue = \"{}\"\ndead_letter_queue = \"{}\"\noutbound_exchange = \"{}\"",
@@ -82,7 +50,7 @@ fn config_file(dir: &Path, names: &AmqpConfig, port: u16) -> PathBuf {
 }
 
 fn start(config: &Path) -> Child {
-    Command::new(binary())
+    Command::new(switchboard_binary())
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
@@ -166,7 +134,12 @@ async fn kill_9_mid_stream_then_restart_applies_everything_exactly_once() {
     wait_for_topology(&client, &names).await;
     // A durable subscriber that outlives the daemon's restarts.
     let channel = confirming_channel(&client).await;
-    let subscriber = subscribe(&client, &names).await;
+    let subscriber = subscribe(
+        &client.create_channel().await.unwrap(),
+        &names,
+        Lifetime::Durable,
+    )
+    .await;
 
     // Kill the daemon without warning while the stream is still flowing into it: batches are
     // being committed, acknowledged and published around the kill.
@@ -227,7 +200,12 @@ async fn broker_connections_force_closed_mid_stream_lose_and_duplicate_nothing()
     let config = config_file(&dir, &names, port);
     let mut daemon = start(&config);
     wait_for_topology(&client, &names).await;
-    let subscriber = subscribe(&client, &names).await;
+    let subscriber = subscribe(
+        &client.create_channel().await.unwrap(),
+        &names,
+        Lifetime::Durable,
+    )
+    .await;
     const TOTAL: usize = 4_000;
     // Stream the first half, force-close the daemon's connections mid-stream (the test's own
     // connection goes too), then stream the rest on a new connection.
@@ -257,15 +235,6 @@ async fn broker_connections_force_closed_mid_stream_lose_and_duplicate_nothing()
     assert_applied_exactly_once(&dir, &config, TOTAL);
     delete_topology(&channel, &names, &subscriber).await;
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// A port nobody listens on right now (for a daemon whose `/readyz` the test polls).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `GET /readyz`'s status code (0 when nothing answers), with curl.
@@ -318,31 +287,6 @@ impl Drop for BrokerRestorer {
             .args(["set_vm_memory_high_watermark", "0.4"])
             .output();
     }
-}
-
-/// A durable queue bound to every `conversation.#` notification, outliving daemon restarts.
-async fn subscribe(client: &Connection, names: &AmqpConfig) -> String {
-    let channel = client.create_channel().await.unwrap();
-    let subscriber = format!("{}.subscriber", names.outbound_exchange);
-    channel
-        .queue_declare(
-            subscriber.as_str().into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            subscriber.as_str().into(),
-            names.outbound_exchange.as_str().into(),
-            "conversation.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    subscriber
 }
 
 async fn confirming_channel(client: &Connection) -> Channel {
@@ -497,7 +441,12 @@ async fn broker_restart_cancelled_consumer_and_memory_alarm_are_survived() {
     let mut daemon = start(&config);
     wait_for_topology(&client, &names).await;
     wait_for_readyz(port, 200, &mut daemon, "connected").await;
-    let subscriber = subscribe(&client, &names).await;
+    let subscriber = subscribe(
+        &client.create_channel().await.unwrap(),
+        &names,
+        Lifetime::Durable,
+    )
+    .await;
     let publisher = confirming_channel(&client).await;
     publish_range(&publisher, &names.inbound_exchange, 0..1_000).await;
     wait_until_published(&client, &names, &subscriber, 1_000, &mut daemon, port).await;

@@ -234,6 +234,9 @@ impl Store for FailingStore {
     fn outbox_len(&self) -> Result<u64, StoreError> {
         self.0.outbox_len()
     }
+    fn outbox_newest_id(&self) -> Result<Option<String>, StoreError> {
+        self.0.outbox_newest_id()
+    }
     fn timeline(
         &self,
         conversation: switchboard::engine::ConversationId,

@@ -7,11 +7,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use switchboard::config;
-use switchboard_tests::{amqp_header, amqp_names, broker_client, component, fixture};
+use switchboard_tests::{
+    Lifetime, amqp_header, amqp_names, broker_client, component, fixture, subscribe,
+};
 use tokio_util::sync::CancellationToken;
 
 async fn publish(
@@ -107,28 +109,7 @@ async fn webhook_in_cloudevent_out_poison_dead_lettered_redelivery_harmless() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(consuming, "the daemon started consuming");
-    let subscriber = format!("{}.subscriber", names.outbound_exchange);
-    channel
-        .queue_declare(
-            subscriber.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            subscriber.as_str().into(),
-            names.outbound_exchange.as_str().into(),
-            "conversation.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let subscriber = subscribe(&channel, &names, Lifetime::Exclusive).await;
 
     let webhook = fixture("whatsapp", "text.json");
     publish(

@@ -8,54 +8,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use switchboard_tests::{plugins_dir, temp_dir};
-
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("switchboard");
-    assert!(binary.exists(), "{} is missing", binary.display());
-    binary
-}
+use switchboard_tests::{free_port, shipped_config_text, switchboard_binary, temp_dir};
 
 /// The shipped configuration with this test's store, port and the test-built plugins.
 fn config_file(dir: &Path, port: u16) -> PathBuf {
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../config/switchboard.toml"
-    ))
-    .unwrap();
-    let text = shipped
-        .replace(
-            "../target/plugins/wasm32-wasip2/plugin/",
-            &format!("{}/", plugins_dir().display()),
-        )
-        .replace(
-            "path = \"./data\"",
-            &format!("path = \"{}\"", dir.join("data").display()),
-        )
-        .replace(
-            "listen = \"127.0.0.1:8080\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        );
     let file = dir.join("switchboard.toml");
-    std::fs::write(&file, text).unwrap();
+    std::fs::write(&file, shipped_config_text(dir, port)).unwrap();
     file
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn serve(config: &Path) -> Child {
-    Command::new(binary())
+    Command::new(switchboard_binary())
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
@@ -65,7 +28,7 @@ fn serve(config: &Path) -> Child {
 }
 
 fn token(config: &Path, args: &[&str]) -> String {
-    let output = Command::new(binary())
+    let output = Command::new(switchboard_binary())
         .args(["token", "--config"])
         .arg(config)
         .args(args)

@@ -440,13 +440,13 @@ pub enum OngoingState {
     WrapUp,
 }
 
-impl OngoingState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Open => "open",
-            Self::Active => "active",
-            Self::Waiting => "waiting",
-            Self::WrapUp => "wrap-up",
+impl From<OngoingState> for crate::engine::ConversationState {
+    fn from(state: OngoingState) -> Self {
+        match state {
+            OngoingState::Open => Self::Open,
+            OngoingState::Active => Self::Active,
+            OngoingState::Waiting => Self::Waiting,
+            OngoingState::WrapUp => Self::WrapUp,
         }
     }
 }
@@ -461,14 +461,14 @@ pub enum Channel {
     Voice,
 }
 
-impl Channel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Web => "web",
-            Self::Sms => "sms",
-            Self::Whatsapp => "whatsapp",
-            Self::Messaging => "messaging",
-            Self::Voice => "voice",
+impl From<Channel> for crate::engine::ChannelKind {
+    fn from(channel: Channel) -> Self {
+        match channel {
+            Channel::Web => Self::Web,
+            Channel::Sms => Self::Sms,
+            Channel::Whatsapp => Self::Whatsapp,
+            Channel::Messaging => Self::Messaging,
+            Channel::Voice => Self::Voice,
         }
     }
 }

@@ -97,10 +97,7 @@ pub(super) async fn readyz(State(context): State<Shared>) -> Response {
             .into_iter()
             .map(|plugin| api::PluginHealth {
                 id: plugin.id,
-                health: serde_json::to_value(plugin.health)
-                    .ok()
-                    .and_then(|value| value.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                health: plugin.health.as_str().to_owned(),
             })
             .collect(),
     };
@@ -306,7 +303,7 @@ pub(super) async fn conversations(
     Query(query): Query<ReportQuery>,
 ) -> Response {
     try_problem!(require_supervisor(&actor));
-    let filter = try_problem!(report_filter(&query));
+    let filter = report_filter(&query);
     let rows = context
         .service
         .read(|engine| engine.ongoing(&actor, &filter, crate::service::now()))
@@ -321,32 +318,21 @@ pub(super) async fn conversations(
     )
 }
 
-fn report_filter(query: &ReportQuery) -> Result<ReportFilter, Problem> {
-    // The wire enums name exactly the engine's values; parse them through the engine's names.
-    let state = query
-        .state
-        .map(|state| ConversationState::parse(state.as_str()))
-        .map(|state| state.ok_or_else(|| Problem::invalid_body("unknown state")))
-        .transpose()?;
-    let channel = query
-        .channel
-        .map(|channel| ChannelKind::parse(channel.as_str()))
-        .map(|channel| channel.ok_or_else(|| Problem::invalid_body("unknown channel")))
-        .transpose()?;
-    Ok(ReportFilter {
-        state,
+fn report_filter(query: &ReportQuery) -> ReportFilter {
+    ReportFilter {
+        state: query.state.map(ConversationState::from),
         queue: query
             .queue
             .as_deref()
             .filter(|q| !q.is_empty())
             .map(QueueId::new),
-        channel,
+        channel: query.channel.map(ChannelKind::from),
         agent: query
             .agent
             .as_deref()
             .filter(|a| !a.is_empty())
             .map(AgentId::new),
-    })
+    }
 }
 
 /// One conversation with participants and timeline (whispers only for the whisperer, the
@@ -707,10 +693,7 @@ fn plugin_info(plugin: &crate::plugin::Plugin) -> api::PluginInfo {
         api_version: description.api_version,
         hash: plugin.version_hash(),
         voice_controls: plugin.voice_controls(),
-        health: serde_json::to_value(plugin.health())
-            .ok()
-            .and_then(|value| value.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        health: plugin.health().as_str().to_owned(),
         counters: api::PluginCounters {
             decodes: stats.decodes.load(Relaxed),
             encodes: stats.encodes.load(Relaxed),

@@ -189,6 +189,17 @@ pub enum Health {
     Unhealthy,
 }
 
+impl Health {
+    /// The name `/readyz` and `GET /v1/plugins` show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Degraded => "degraded",
+            Self::Unhealthy => "unhealthy",
+        }
+    }
+}
+
 /// The plugin host: one runtime shared by every plugin.
 #[derive(Clone, Debug)]
 pub struct PluginHost {

@@ -211,6 +211,13 @@ impl Store for RedbStore {
         outbox.len().map_err(read_error)
     }
 
+    fn outbox_newest_id(&self) -> Result<Option<String>, StoreError> {
+        let transaction = self.database.begin_read().map_err(read_error)?;
+        let outbox = transaction.open_table(OUTBOX).map_err(read_error)?;
+        let newest = outbox.last().map_err(read_error)?;
+        Ok(newest.map(|(key, _)| key.value().to_owned()))
+    }
+
     fn timeline(&self, conversation: ConversationId) -> Result<Vec<TimelineEntry>, StoreError> {
         let transaction = self.database.begin_read().map_err(read_error)?;
         let table = transaction.open_table(TIMELINE).map_err(read_error)?;

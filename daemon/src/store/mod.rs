@@ -95,6 +95,9 @@ pub trait Store: Send + Sync + 'static {
     /// Entries in the outbox.
     fn outbox_len(&self) -> Result<u64, StoreError>;
 
+    /// The id of the newest outbox entry, if any.
+    fn outbox_newest_id(&self) -> Result<Option<String>, StoreError>;
+
     /// A conversation's timeline, oldest first.
     fn timeline(&self, conversation: ConversationId) -> Result<Vec<TimelineEntry>, StoreError>;
 }

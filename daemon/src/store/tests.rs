@@ -172,6 +172,43 @@ fn the_outbox_keeps_unsent_entries_in_commit_order() {
 }
 
 #[test]
+fn the_outbox_pages_after_an_id_and_knows_its_size_and_newest_entry() {
+    let dir = temp_dir("outbox-pages");
+    let store = RedbStore::open(&dir).unwrap();
+    assert_eq!(store.outbox_newest_id().unwrap(), None);
+    let mut h = Harness::new();
+    run_scenario(&mut h);
+    for record in h.records.iter().take(6) {
+        store
+            .commit(&Batch {
+                records: vec![record.clone()],
+                outbox: outbox_for(record),
+            })
+            .unwrap();
+    }
+    let all = store.pending(1000).unwrap();
+    assert_eq!(store.outbox_len().unwrap(), all.len() as u64);
+    assert_eq!(
+        store.outbox_newest_id().unwrap().as_ref(),
+        all.last().map(|e| &e.id)
+    );
+    let first = store.outbox_after(None, 3).unwrap();
+    assert_eq!(first, all[..3]);
+    let next = store.outbox_after(Some(&first[2].id), 1000).unwrap();
+    assert_eq!(
+        next,
+        all[3..],
+        "a page starts after the given id, never with it"
+    );
+    assert!(
+        store
+            .outbox_after(all.last().map(|e| e.id.as_str()), 10)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
 fn timelines_come_back_per_conversation() {
     let dir = temp_dir("timeline");
     let store = RedbStore::open(&dir).unwrap();
