@@ -5,8 +5,9 @@
 //!
 //! With RabbitMQ, a batch (the deliveries already buffered, up to the prefetch) is decoded,
 //! applied and committed once (group commit), dead letters are published and confirmed, then
-//! the batch is acknowledged through its last delivery; a separate task publishes the outbox
-//! with confirms and marks entries sent.
+//! the batch is acknowledged through its last delivery; a separate task (`outbox::publish`)
+//! publishes what the commits handed over, with confirms, and the next commit removes the
+//! confirmed entries from the store.
 //!
 //! Shutdown (SIGTERM/SIGINT): stop taking new work (HTTP submissions refused, streams end, the
 //! consumer stops), finish and acknowledge the batch in flight, answer what the writer had
@@ -23,6 +24,7 @@ use crate::admin::{self, AdminContext, Authenticator};
 use crate::config::{AmqpConfig, Config};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::outbox::{self, OutboxFeed, PublishEnd};
 use crate::pipeline::{Disposition, Pipeline, STREAM_WINDOW, plugin_policy};
 use crate::plugin::{PluginHost, PluginSettings};
 use crate::service::{Service, now};
@@ -84,15 +86,13 @@ pub fn build(config: &Config) -> anyhow::Result<Service> {
     );
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(StreamHub::new(STREAM_WINDOW, engine.state().last_seq()));
-    let pipeline =
+    let mut pipeline =
         Pipeline::new(engine, plugins.clone(), store.clone()).with_observers(hub, metrics.clone());
-    Ok(Service::new(
-        pipeline,
-        store,
-        plugins,
-        metrics,
-        config.amqp.is_some(),
-    ))
+    let outbox_feed = config.amqp.is_some().then(|| Arc::new(OutboxFeed::new()));
+    if let Some(feed) = &outbox_feed {
+        pipeline = pipeline.with_outbox_feed(feed.clone());
+    }
+    Ok(Service::new(pipeline, store, plugins, metrics, outbox_feed))
 }
 
 /// Runs the daemon until `shutdown` is cancelled (SIGTERM/SIGINT in `main`).
@@ -256,12 +256,11 @@ async fn run_amqp(
         let outcome = tokio::select! {
             outcome = consume(&service, &transport, &amqp, &shutdown) => outcome,
             () = wedged.cancelled() => Err(anyhow::anyhow!(
-                "the broker stopped confirming publications within {CONFIRM_TIMEOUT:?}"
+                "the broker stopped taking publications or confirming them within {CONFIRM_TIMEOUT:?}"
             )),
         };
         service.set_broker_up(false);
-        // Flush what the last batches committed, then stop the publisher.
-        service.outbox_ready.notify_one();
+        // The publisher finishes what the last batches committed, then stops.
         publisher_stop.cancel();
         let _ = publisher.await;
         if tokio::time::timeout(CONFIRM_TIMEOUT, transport.close())
@@ -343,70 +342,21 @@ async fn handle_batch(
     Ok(())
 }
 
-/// Publishes committed outbox entries with confirms and marks them sent; after a stop it
-/// drains once more, so what the last batch committed goes out before the connection closes.
+/// Publishes the outbox on this connection (`outbox::publish`); tells the consumer loop to
+/// make the connection again when the broker stopped confirming.
 async fn publish_outbox(
     service: Arc<Service>,
     transport: Arc<AmqpTransport>,
     stop: CancellationToken,
     wedged: CancellationToken,
 ) {
-    loop {
-        if !drain_outbox(&service, &transport).await {
-            // Tell the consumer loop to make the connection again.
-            wedged.cancel();
-            return;
-        }
-        if stop.is_cancelled() {
-            return;
-        }
-        tokio::select! {
-            () = service.outbox_ready.notified() => {}
-            () = stop.cancelled() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
-/// Publishes pending entries until none is left or a round fails; `false` when the broker
-/// stopped confirming (the connection must be made again).
-async fn drain_outbox(service: &Service, transport: &AmqpTransport) -> bool {
-    loop {
-        let pending = match tokio::task::block_in_place(|| service.store().pending(256)) {
-            Ok(pending) => pending,
-            Err(error) => {
-                tracing::error!(error = %error, "cannot read the outbox");
-                return true;
-            }
-        };
-        if pending.is_empty() {
-            return true;
-        }
-        // The page goes out back to back; only confirmed entries are marked sent, the others
-        // stay for the next round (consumers deduplicate by id, so order across a retry is not
-        // promised).
-        let Ok(results) =
-            tokio::time::timeout(CONFIRM_TIMEOUT, transport.publish_all(&pending)).await
-        else {
-            tracing::warn!(entries = pending.len(), timeout = ?CONFIRM_TIMEOUT, "no confirms from the broker; reconnecting");
-            return false;
-        };
-        let mut sent = Vec::with_capacity(pending.len());
-        for (entry, result) in pending.iter().zip(results) {
-            match result {
-                Ok(()) => sent.push(entry.id.clone()),
-                Err(error) => {
-                    tracing::warn!(error = %error, id = %entry.id, "outbox publication failed; retrying later")
-                }
-            }
-        }
-        let complete = sent.len() == pending.len();
-        if let Err(error) = tokio::task::block_in_place(|| service.store().mark_sent(&sent)) {
-            tracing::error!(error = %error, "cannot mark outbox entries sent");
-            return true;
-        }
-        if !complete {
-            return true;
-        }
+    let Some(feed) = service.outbox_feed().cloned() else {
+        tracing::error!("a broker publisher without an outbox feed");
+        return;
+    };
+    if outbox::publish(&service, &feed, &transport, &stop, CONFIRM_TIMEOUT).await
+        == PublishEnd::Wedged
+    {
+        wedged.cancel();
     }
 }

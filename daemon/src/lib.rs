@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod metrics;
+pub mod outbox;
 pub mod pipeline;
 pub mod plugin;
 pub mod sentiment;

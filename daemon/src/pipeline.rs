@@ -14,6 +14,7 @@ use crate::engine::{
     NotificationBody, Outcome, PluginId, Record, Refusal, Reply, SupervisionMode, TimelineEvent,
 };
 use crate::metrics::Metrics;
+use crate::outbox::OutboxFeed;
 use crate::plugin::{ChannelNotification, InboundRequest, Plugin};
 use crate::store::{Batch, OutboxEntry, Store, StoreError, outbox_id};
 use crate::stream::{StreamAudience, StreamEvent, StreamHub, StreamId, StreamPayload};
@@ -54,6 +55,9 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     /// Stream events of the batch being built; published only once it is committed.
     stream: Vec<StreamEvent>,
+    /// With a broker: where committed outbox entries go to be published, and where confirmed
+    /// ones come back from to leave the store with the next commit.
+    feed: Option<Arc<OutboxFeed>>,
     /// A commit failed after the engine had applied its batch: the state in memory is ahead of
     /// the store, so nothing more may be applied (a redelivery would be taken for a duplicate
     /// and acknowledged without ever being stored). Only a restart, which rebuilds the state
@@ -84,6 +88,7 @@ impl Pipeline {
             hub: Arc::new(StreamHub::new(STREAM_WINDOW, last_seq)),
             metrics: Arc::new(Metrics::new()),
             stream: Vec::new(),
+            feed: None,
             poisoned: false,
         }
     }
@@ -93,6 +98,12 @@ impl Pipeline {
     pub fn with_observers(mut self, hub: Arc<StreamHub>, metrics: Arc<Metrics>) -> Self {
         self.hub = hub;
         self.metrics = metrics;
+        self
+    }
+
+    /// Hands committed outbox entries to a publisher through `feed` (with a broker).
+    pub fn with_outbox_feed(mut self, feed: Arc<OutboxFeed>) -> Self {
+        self.feed = Some(feed);
         self
     }
 
@@ -128,7 +139,7 @@ impl Pipeline {
                 }
             });
         }
-        self.commit(&batch, completions.len())?;
+        self.commit(batch, completions.len())?;
         Ok(completions)
     }
 
@@ -145,7 +156,7 @@ impl Pipeline {
             .iter()
             .map(|message| self.inbound(message, now, &mut batch))
             .collect::<Vec<_>>();
-        self.commit(&batch, dispositions.len())?;
+        self.commit(batch, dispositions.len())?;
         Ok(dispositions)
     }
 
@@ -155,17 +166,23 @@ impl Pipeline {
         let mut batch = Batch::default();
         self.engine.apply(Input::Tick, now, &mut self.outcome);
         self.collect(now, &mut batch);
-        self.commit(&batch, 0)
+        self.commit(batch, 0)
     }
 
-    /// One durable commit; then (and only then) the batch's changes go to the live stream.
-    fn commit(&mut self, batch: &Batch, inputs: usize) -> Result<(), StoreError> {
+    /// One durable commit (taking along the ids the broker confirmed since the last one); then
+    /// (and only then) the batch's changes go to the live stream and its outbox entries to the
+    /// publisher.
+    fn commit(&mut self, mut batch: Batch, inputs: usize) -> Result<(), StoreError> {
         if batch.is_empty() {
             self.stream.clear();
             return Ok(());
         }
+        if let Some(feed) = &self.feed {
+            // Should this commit fail, these entries go out again after the restart: harmless.
+            batch.sent = feed.take_confirmed();
+        }
         let started = Instant::now();
-        let result = self.store.commit(batch);
+        let result = self.store.commit(&batch);
         let stream = std::mem::take(&mut self.stream);
         if result.is_err() {
             self.poisoned = true;
@@ -176,6 +193,9 @@ impl Pipeline {
         self.metrics
             .observe("switchboard_commit_batch_size", &[], inputs as f64);
         self.hub.publish(stream);
+        if let Some(feed) = &self.feed {
+            feed.committed(batch.outbox);
+        }
         Ok(())
     }
 

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, Millis};
 use crate::metrics::Metrics;
+use crate::outbox::OutboxFeed;
 use crate::pipeline::{Completion, Pipeline, Submission};
 use crate::plugin::{Health, Plugin};
 use crate::store::Store;
@@ -53,8 +54,10 @@ pub struct Service {
     hub: Arc<StreamHub>,
     metrics: Arc<Metrics>,
     plugins: Vec<Arc<Plugin>>,
-    /// Wakes the outbox publisher after a commit.
+    /// Wakes the embedded transport's outbox logger after a commit.
     pub outbox_ready: Notify,
+    /// With a broker: committed entries on their way to the publisher.
+    outbox_feed: Option<Arc<OutboxFeed>>,
     jobs: mpsc::Sender<Job>,
     job_queue: std::sync::Mutex<Option<mpsc::Receiver<Job>>>,
     /// `None` without a broker; otherwise whether the daemon is consuming right now.
@@ -100,14 +103,14 @@ pub struct PluginStatus {
 }
 
 impl Service {
-    /// Shares `pipeline` (already restored from `store`); `broker` says whether a broker is
-    /// configured.
+    /// Shares `pipeline` (already restored from `store`). `outbox_feed` is `Some` exactly when
+    /// a broker is configured: the feed the pipeline hands committed entries to.
     pub fn new(
         pipeline: Pipeline,
         store: Arc<dyn Store>,
         plugins: Vec<Arc<Plugin>>,
         metrics: Arc<Metrics>,
-        broker: bool,
+        outbox_feed: Option<Arc<OutboxFeed>>,
     ) -> Self {
         let hub = pipeline.hub().clone();
         let last_seq = pipeline.engine().state().last_seq();
@@ -122,11 +125,17 @@ impl Service {
             outbox_ready: Notify::new(),
             jobs,
             job_queue: std::sync::Mutex::new(Some(queue)),
-            broker: broker.then(|| AtomicBool::new(false)),
+            broker: outbox_feed.is_some().then(|| AtomicBool::new(false)),
+            outbox_feed,
             last_snapshot_seq: AtomicU64::new(last_seq),
             stopping: CancellationToken::new(),
             fatal: CancellationToken::new(),
         }
+    }
+
+    /// The broker publisher's feed (`None` on the embedded transport).
+    pub fn outbox_feed(&self) -> Option<&Arc<OutboxFeed>> {
+        self.outbox_feed.as_ref()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -224,7 +233,7 @@ impl Service {
         }
     }
 
-    /// After a commit: wake the outbox publisher; snapshot when the log grew enough.
+    /// After a commit: wake the embedded outbox logger; snapshot when the log grew enough.
     ///
     /// "Enough" is at least [`SNAPSHOT_EVERY`] records and at least as many records as there
     /// are conversations in memory: a snapshot costs in proportion to the state, replay in
@@ -266,12 +275,17 @@ impl Service {
     }
 
     /// Outbox entries waiting for the broker's confirmation (0 on the embedded transport,
-    /// whose outbox keeps entries on purpose).
+    /// whose outbox keeps entries on purpose). Confirmed entries that the next commit removes
+    /// from the store do not count.
     pub fn outbox_backlog(&self) -> u64 {
-        if self.broker.is_none() {
+        let Some(feed) = &self.outbox_feed else {
             return 0;
-        }
-        self.store.outbox_len().unwrap_or(0)
+        };
+        let confirmed = feed.confirmed_len() as u64;
+        self.store
+            .outbox_len()
+            .unwrap_or(0)
+            .saturating_sub(confirmed)
     }
 
     /// Records whether the broker connection is up (no-op without a broker).

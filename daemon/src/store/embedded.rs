@@ -110,6 +110,9 @@ impl Store for RedbStore {
                     .insert(entry.id.as_str(), encode(entry)?.as_slice())
                     .map_err(write_error)?;
             }
+            for id in &batch.sent {
+                outbox.remove(id.as_str()).map_err(write_error)?;
+            }
         }
         transaction.commit().map_err(write_error)
     }

@@ -39,9 +39,13 @@ pub struct OutboxEntry {
 pub struct Batch {
     pub records: Vec<Record>,
     pub outbox: Vec<OutboxEntry>,
+    /// Outbox entries whose publication the broker confirmed: removed in the same transaction
+    /// (a "sent" mark needs no write of its own while commits keep coming).
+    pub sent: Vec<String>,
 }
 
 impl Batch {
+    /// Whether there is nothing to commit (confirmed ids alone wait for the next batch).
     pub fn is_empty(&self) -> bool {
         self.records.is_empty() && self.outbox.is_empty()
     }

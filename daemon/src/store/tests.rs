@@ -83,6 +83,7 @@ fn committed_records_survive_a_reopen_and_replay_to_the_same_state() {
                 .commit(&Batch {
                     records: chunk.to_vec(),
                     outbox: Vec::new(),
+                    sent: Vec::new(),
                 })
                 .unwrap();
         }
@@ -105,6 +106,7 @@ fn a_snapshot_truncates_the_log_and_recovery_uses_both() {
         .commit(&Batch {
             records: h.records.clone(),
             outbox: Vec::new(),
+            sent: Vec::new(),
         })
         .unwrap();
     store.write_snapshot(&h.engine.state().snapshot()).unwrap();
@@ -114,6 +116,7 @@ fn a_snapshot_truncates_the_log_and_recovery_uses_both() {
         .commit(&Batch {
             records: h.records[before..].to_vec(),
             outbox: Vec::new(),
+            sent: Vec::new(),
         })
         .unwrap();
     drop(store);
@@ -143,6 +146,7 @@ fn the_outbox_keeps_unsent_entries_in_commit_order() {
             .commit(&Batch {
                 records: vec![record.clone()],
                 outbox: outbox_for(record),
+                sent: Vec::new(),
             })
             .unwrap();
     }
@@ -169,6 +173,20 @@ fn the_outbox_keeps_unsent_entries_in_commit_order() {
         left[0], pending[10],
         "after a restart the unsent ones go out again, same ids"
     );
+
+    // Confirmed ids can also leave with the next commit, beside what it adds.
+    let next = &h.records[12];
+    store
+        .commit(&Batch {
+            records: vec![next.clone()],
+            outbox: outbox_for(next),
+            sent: left[..4].iter().map(|entry| entry.id.clone()).collect(),
+        })
+        .unwrap();
+    drop(store);
+    let left_now = RedbStore::open(&dir).unwrap().pending(1000).unwrap();
+    assert_eq!(left_now.len(), 14 - 4 + 2);
+    assert_eq!(left_now[0], left[4]);
 }
 
 #[test]
@@ -183,6 +201,7 @@ fn the_outbox_pages_after_an_id_and_knows_its_size_and_newest_entry() {
             .commit(&Batch {
                 records: vec![record.clone()],
                 outbox: outbox_for(record),
+                sent: Vec::new(),
             })
             .unwrap();
     }
@@ -226,6 +245,7 @@ fn timelines_come_back_per_conversation() {
         .commit(&Batch {
             records: h.records.clone(),
             outbox: Vec::new(),
+            sent: Vec::new(),
         })
         .unwrap();
     let timeline = store.timeline(first).unwrap();

@@ -3,6 +3,9 @@
 //! publisher confirms (persistent, mandatory, CloudEvents binary mode). The only module that
 //! imports lapin; its types never leave it.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -12,7 +15,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
-    ExchangeKind,
+    ExchangeKind, PublisherConfirm,
 };
 
 pub mod load;
@@ -222,50 +225,33 @@ impl AmqpTransport {
         .await
     }
 
-    /// Publishes entries back to back and then collects their confirmations (one round trip
-    /// for the page instead of one per entry). The result says which were confirmed.
-    pub async fn publish_all(&self, entries: &[OutboxEntry]) -> Vec<Result<(), TransportError>> {
-        let mut pending = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let (properties, routing_key) = cloudevent(entry);
-            let options = BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            };
-            pending.push(
-                self.publish
-                    .basic_publish(
-                        self.names.outbound_exchange.as_str().into(),
-                        routing_key,
-                        options,
-                        &entry.body,
-                        properties,
-                    )
-                    .await,
-            );
-        }
-        let mut results = Vec::with_capacity(pending.len());
-        for confirm in pending {
-            results.push(match confirm {
-                Ok(confirm) => confirmation(confirm.await.map_err(broker)),
-                Err(error) => Err(broker(error)),
-            });
-        }
-        results
+    /// Publishes an outbox entry in CloudEvents binary mode (attributes as `cloudEvents_`
+    /// headers), persistent and mandatory, without waiting for the broker: the returned
+    /// [`Confirm`] resolves with its confirmation, so many publications can await theirs at
+    /// once (the outbox publisher keeps a window of them).
+    pub async fn start_publish(&self, entry: &OutboxEntry) -> Result<Confirm, TransportError> {
+        let (properties, routing_key) = cloudevent(entry);
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = self
+            .publish
+            .basic_publish(
+                self.names.outbound_exchange.as_str().into(),
+                routing_key,
+                options,
+                &entry.body,
+                properties,
+            )
+            .await
+            .map_err(broker)?;
+        Ok(Confirm(confirm))
     }
 
-    /// Publishes an outbox entry in CloudEvents binary mode (attributes as `cloudEvents_`
-    /// headers), persistent and mandatory, and waits for the broker's confirmation.
+    /// Publishes an outbox entry and waits for the broker's confirmation.
     pub async fn publish(&self, entry: &OutboxEntry) -> Result<(), TransportError> {
-        let (properties, routing_key) = cloudevent(entry);
-        self.confirmed(
-            &self.publish,
-            self.names.outbound_exchange.as_str().into(),
-            routing_key,
-            &entry.body,
-            properties,
-        )
-        .await
+        self.start_publish(entry).await?.await
     }
 
     async fn confirmed(
@@ -311,6 +297,27 @@ impl AmqpTransport {
             .connection
             .close(200, "switchboard shutting down".into())
             .await;
+    }
+}
+
+/// A publication's pending confirmation: `Ok` once the broker has it (or, mandatory and
+/// unroutable, has returned it: nobody subscribes to that key), an error when it refused it or
+/// the channel went away.
+pub struct Confirm(PublisherConfirm);
+
+impl std::fmt::Debug for Confirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Confirm")
+    }
+}
+
+impl Future for Confirm {
+    type Output = Result<(), TransportError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|confirm| confirmation(confirm.map_err(broker)))
     }
 }
 
