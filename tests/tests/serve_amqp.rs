@@ -1,8 +1,9 @@
 //! The daemon end to end on a real RabbitMQ (`app::run` in-process): a provider webhook
 //! published to the inbound exchange becomes a conversation, and its CloudEvent reaches a
 //! subscriber of the outbound exchange; a poison message is dead-lettered with its reason while
-//! the stream goes on; a redelivered message changes nothing; shutdown is clean. Names are this
-//! run's own and are deleted afterwards.
+//! the stream goes on; a redelivered message changes nothing; a publication the broker refuses
+//! goes out again once it can; shutdown is clean. Names are this run's own and are deleted
+//! afterwards.
 
 use std::path::Path;
 use std::time::Duration;
@@ -60,55 +61,107 @@ async fn get(
     None
 }
 
+/// The daemon of one test, on this run's own names.
+struct Daemon {
+    names: config::AmqpConfig,
+    store: std::path::PathBuf,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Daemon {
+    /// Starts `app::run` over the shipped configuration with `[amqp]` set, and waits until it
+    /// consumes: its queue, binding and exchanges exist by then (a message published to the
+    /// inbound exchange before the binding would be unroutable and dropped).
+    async fn start(client: &lapin::Connection, label: &str) -> Self {
+        let names = amqp_names(label);
+        let store =
+            std::env::temp_dir().join(format!("switchboard-serve-{}", names.inbound_queue));
+        let mut config = config::load_with_env(
+            Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../config/switchboard.toml"
+            )),
+            &[],
+        )
+        .unwrap();
+        config.store.path = store.clone();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.amqp = Some(names.clone());
+        for plugin in &mut config.plugins {
+            plugin.file = component(&plugin.id);
+        }
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            switchboard::app::run(config, stop)
+                .await
+                .map_err(|error| format!("{error:#}"))
+        });
+        let mut consuming = false;
+        for _ in 0..300 {
+            let probe = client.create_channel().await.unwrap();
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            if let Ok(queue) = probe
+                .queue_declare(
+                    names.inbound_queue.as_str().into(),
+                    passive,
+                    FieldTable::default(),
+                )
+                .await
+                && queue.consumer_count() > 0
+            {
+                consuming = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(consuming, "the daemon started consuming");
+        Self {
+            names,
+            store,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Stops the daemon (it must shut down cleanly and in time) and deletes this run's
+    /// topology and store.
+    async fn stop(self, client: &lapin::Connection) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("shuts down in time")
+            .unwrap()
+            .unwrap();
+        let cleanup = client.create_channel().await.unwrap();
+        for queue in [&self.names.inbound_queue, &self.names.dead_letter_queue] {
+            cleanup
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await
+                .unwrap();
+        }
+        for exchange in [&self.names.inbound_exchange, &self.names.outbound_exchange] {
+            cleanup
+                .exchange_delete(exchange.as_str().into(), Default::default())
+                .await
+                .unwrap();
+        }
+        let _ = std::fs::remove_dir_all(self.store);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_in_cloudevent_out_poison_dead_lettered_redelivery_harmless() {
     let Some(client) = broker_client().await else {
         return;
     };
-    let names = amqp_names("serve");
-    let store = std::env::temp_dir().join(format!("switchboard-serve-{}", names.inbound_queue));
-    let mut config = config::load_with_env(
-        Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../config/switchboard.toml"
-        )),
-        &[],
-    )
-    .unwrap();
-    config.store.path = store.clone();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.amqp = Some(names.clone());
-    for plugin in &mut config.plugins {
-        plugin.file = component(&plugin.id);
-    }
-    let shutdown = CancellationToken::new();
-    let daemon = tokio::spawn(switchboard::app::run(config, shutdown.clone()));
-
+    let daemon = Daemon::start(&client, "serve").await;
+    let names = daemon.names.clone();
     let channel = client.create_channel().await.unwrap();
-    // Wait until the daemon consumes: its queue, binding and exchanges exist by then (a message
-    // published to the inbound exchange before the binding would be unroutable and dropped).
-    let mut consuming = false;
-    for _ in 0..300 {
-        let probe = client.create_channel().await.unwrap();
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        if let Ok(queue) = probe
-            .queue_declare(
-                names.inbound_queue.as_str().into(),
-                passive,
-                FieldTable::default(),
-            )
-            .await
-            && queue.consumer_count() > 0
-        {
-            consuming = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(consuming, "the daemon started consuming");
     let subscriber = subscribe(&channel, &names, Lifetime::Exclusive).await;
 
     let webhook = fixture("whatsapp", "text.json");
@@ -173,26 +226,78 @@ async fn webhook_in_cloudevent_out_poison_dead_lettered_redelivery_harmless() {
         "a redelivery must not open a second conversation"
     );
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), daemon)
-        .await
-        .expect("shuts down in time")
-        .unwrap()
-        .unwrap();
+    daemon.stop(&client).await;
+}
 
-    // Clean up this run's topology.
-    let cleanup = client.create_channel().await.unwrap();
-    for queue in [&names.inbound_queue, &names.dead_letter_queue] {
-        cleanup
-            .queue_delete(queue.as_str().into(), Default::default())
+/// A publication the broker refuses (a subscriber's queue is full and rejects new messages)
+/// is neither dropped nor allowed to stall the rest: it is published again until the broker
+/// takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_publication_is_published_again_until_the_broker_takes_it() {
+    let Some(client) = broker_client().await else {
+        return;
+    };
+    let daemon = Daemon::start(&client, "refused").await;
+    let names = daemon.names.clone();
+    let channel = client.create_channel().await.unwrap();
+    // A subscriber whose queue holds one message and refuses (nacks) publications beyond it.
+    let full = format!("{}.full", names.outbound_exchange);
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(1));
+    arguments.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    channel
+        .queue_declare(
+            full.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            full.as_str().into(),
+            names.outbound_exchange.as_str().into(),
+            "conversation.#".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    publish(&channel, "", &full, b"filler", "filler").await;
+
+    publish(
+        &channel,
+        &names.inbound_exchange,
+        "whatsapp-cloud",
+        &fixture("whatsapp", "text.json"),
+        "gateway-1",
+    )
+    .await;
+    // Refused for as long as the queue is full.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let filler = get(&channel, &full, Duration::from_secs(1))
+        .await
+        .expect("the filler is still there");
+    assert_eq!(filler.delivery.data, b"filler");
+
+    // Room again: the refused publications go out (one at a time, as the queue allows).
+    let mut types = Vec::new();
+    while !types
+        .iter()
+        .any(|kind: &String| kind == "dev.switchboard.conversation.opened")
+    {
+        let message = get(&channel, &full, Duration::from_secs(15))
             .await
-            .unwrap();
+            .unwrap_or_else(|| panic!("the refused publications were retried; got {types:?}"));
+        types.push(
+            amqp_header(&message.delivery.properties, "cloudEvents_type").unwrap_or_default(),
+        );
     }
-    for exchange in [&names.inbound_exchange, &names.outbound_exchange] {
-        cleanup
-            .exchange_delete(exchange.as_str().into(), Default::default())
-            .await
-            .unwrap();
-    }
-    let _ = std::fs::remove_dir_all(store);
+    daemon.stop(&client).await;
 }
