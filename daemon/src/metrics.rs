@@ -87,6 +87,12 @@ impl Metrics {
             Kind::Histogram(&LATENCY_BUCKETS, BTreeMap::new()),
         );
         add(
+            "switchboard_snapshot_seconds",
+            "Duration of writing one snapshot (serialization, write, fsync, log truncation).",
+            &[][..],
+            Kind::Histogram(&LATENCY_BUCKETS, BTreeMap::new()),
+        );
+        add(
             "switchboard_outbox_backlog",
             "Outbox entries committed but not yet confirmed by the broker.",
             &[][..],

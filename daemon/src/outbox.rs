@@ -29,6 +29,9 @@ const FEED_CAPACITY: usize = 65_536;
 /// Publications awaiting their confirms at once: enough to keep the broker busy between two
 /// confirm frames, bounded so that a reconnect re-publishes a bounded amount.
 const PUBLISH_WINDOW: usize = 1_024;
+/// Publications handed to the connection at once. `futures_util`'s `join_all` polls up to 30
+/// futures in order (beyond that it schedules them), and order matters: see `publish`.
+const PUBLISH_GROUP: usize = 30;
 /// Entries read from the store at once while catching up.
 const STORE_PAGE: usize = 256;
 /// Confirmed ids normally leave the store with the next commit; when no commit comes for this
@@ -179,27 +182,44 @@ pub async fn publish(
     let mut retries: VecDeque<(Instant, OutboxEntry)> = VecDeque::new();
     let mut idle_since: Option<Instant> = None;
     loop {
-        // Fill the window.
+        // Fill the window, a few publications at a time: each hands its frames to the
+        // connection's I/O thread and waits until they are written, so handing over a group
+        // at once costs one such round trip instead of one per entry.
         while in_flight.len() < PUBLISH_WINDOW {
-            let Some(entry) = next_entry(
-                service.store().as_ref(),
-                feed,
-                &mut source,
-                &mut retries,
-                &mut through,
-            ) else {
+            let room = (PUBLISH_WINDOW - in_flight.len()).min(PUBLISH_GROUP);
+            let group: Vec<OutboxEntry> = std::iter::from_fn(|| {
+                next_entry(
+                    service.store().as_ref(),
+                    feed,
+                    &mut source,
+                    &mut retries,
+                    &mut through,
+                )
+            })
+            .take(room)
+            .collect();
+            if group.is_empty() {
                 break;
-            };
-            match transport.start_publish(&entry).await {
-                Ok(confirm) => {
-                    confirms.push_back(confirm);
-                    in_flight.push_back((entry, Instant::now()));
-                }
-                // The channel is gone: what is unconfirmed stays in the store for the next
-                // connection.
-                Err(error) => {
-                    tracing::warn!(error = %error, "publishing failed; reconnecting");
-                    return PublishEnd::Wedged;
+            }
+            // `join_all` polls a group this small in order, so the frames (and the delivery
+            // tags the confirms refer to) follow the outbox order.
+            let started = futures_util::future::join_all(
+                group.iter().map(|entry| transport.start_publish(entry)),
+            )
+            .await;
+            let published_at = Instant::now();
+            for (entry, confirm) in group.into_iter().zip(started) {
+                match confirm {
+                    Ok(confirm) => {
+                        confirms.push_back(confirm);
+                        in_flight.push_back((entry, published_at));
+                    }
+                    // The channel is gone: what is unconfirmed stays in the store for the next
+                    // connection.
+                    Err(error) => {
+                        tracing::warn!(error = %error, "publishing failed; reconnecting");
+                        return PublishEnd::Wedged;
+                    }
                 }
             }
         }

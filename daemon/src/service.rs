@@ -267,9 +267,16 @@ impl Service {
             pipeline.engine().state().snapshot()
         };
         let store = self.store.clone();
+        let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(error) = store.write_snapshot(&snapshot) {
-                tracing::error!(error = %error, "cannot write a snapshot; the log keeps growing");
+            let started = std::time::Instant::now();
+            match store.write_snapshot(&snapshot) {
+                Ok(()) => {
+                    metrics.observe_duration("switchboard_snapshot_seconds", &[], started.elapsed())
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, "cannot write a snapshot; the log keeps growing");
+                }
             }
         });
     }

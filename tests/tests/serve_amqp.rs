@@ -75,8 +75,7 @@ impl Daemon {
     /// inbound exchange before the binding would be unroutable and dropped).
     async fn start(client: &lapin::Connection, label: &str) -> Self {
         let names = amqp_names(label);
-        let store =
-            std::env::temp_dir().join(format!("switchboard-serve-{}", names.inbound_queue));
+        let store = std::env::temp_dir().join(format!("switchboard-serve-{}", names.inbound_queue));
         let mut config = config::load_with_env(
             Path::new(concat!(
                 env!("CARGO_MANIFEST_DIR"),

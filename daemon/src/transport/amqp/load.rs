@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -263,8 +263,12 @@ async fn measure(
             Ok::<(), TransportError>(())
         })
     };
+    // Consume as the daemon does: take what is buffered (up to the prefetch), then acknowledge
+    // it with one `multiple` ack. Acknowledging each message and awaiting it would make this
+    // loop, not the broker, the bottleneck of both measurements.
     let mut latencies = Vec::with_capacity(total);
     let deadline = Instant::now() + Duration::from_secs(600);
+    let mut batch = Vec::with_capacity(usize::from(prefetch));
     while latencies.len() < total {
         let next = tokio::time::timeout(Duration::from_secs(30), consumer.next())
             .await
@@ -277,23 +281,27 @@ async fn measure(
         let Some(delivery) = next else {
             return Err(TransportError::Broker("the load consumer ended".to_owned()));
         };
-        let delivery = delivery.map_err(broker)?;
-        let received = Instant::now();
-        delivery
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(broker)?;
-        if !counts(&delivery.properties) {
-            continue;
+        batch.push((delivery.map_err(broker)?, Instant::now()));
+        while batch.len() < usize::from(prefetch.max(1)) {
+            match consumer.next().now_or_never() {
+                Some(Some(delivery)) => batch.push((delivery.map_err(broker)?, Instant::now())),
+                _ => break,
+            }
         }
-        let index = latencies.len();
-        let sent = sent_at
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .get(index)
-            .copied()
-            .unwrap_or(received);
-        latencies.push(received.saturating_duration_since(sent));
+        if let Some((last, _)) = batch.last() {
+            last.ack(BasicAckOptions { multiple: true })
+                .await
+                .map_err(broker)?;
+        }
+        let sent_at = sent_at.lock().unwrap_or_else(|poison| poison.into_inner());
+        for (delivery, received) in batch.drain(..) {
+            if !counts(&delivery.properties) {
+                continue;
+            }
+            let sent = sent_at.get(latencies.len()).copied().unwrap_or(received);
+            latencies.push(received.saturating_duration_since(sent));
+        }
+        drop(sent_at);
         if Instant::now() > deadline {
             return Err(TransportError::Broker(
                 "load run exceeded 10 minutes".to_owned(),
