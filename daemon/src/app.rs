@@ -246,17 +246,17 @@ async fn run_amqp(
         backoff = Duration::from_millis(200);
         tracing::info!(queue = %amqp.inbound_queue, "consuming");
         let publisher_stop = CancellationToken::new();
-        let wedged = CancellationToken::new();
+        let reconnect = CancellationToken::new();
         let publisher = tokio::spawn(publish_outbox(
             service.clone(),
             transport.clone(),
             publisher_stop.clone(),
-            wedged.clone(),
+            reconnect.clone(),
         ));
         let outcome = tokio::select! {
             outcome = consume(&service, &transport, &amqp, &shutdown) => outcome,
-            () = wedged.cancelled() => Err(anyhow::anyhow!(
-                "the broker stopped taking publications or confirming them within {CONFIRM_TIMEOUT:?}"
+            () = reconnect.cancelled() => Err(anyhow::anyhow!(
+                "the outbox publisher lost its channel, or the broker stopped confirming within {CONFIRM_TIMEOUT:?}"
             )),
         };
         service.set_broker_up(false);
@@ -343,20 +343,21 @@ async fn handle_batch(
 }
 
 /// Publishes the outbox on this connection (`outbox::publish`); tells the consumer loop to
-/// make the connection again when the broker stopped confirming.
+/// make the connection again when the publishing channel failed or the broker stopped
+/// confirming.
 async fn publish_outbox(
     service: Arc<Service>,
     transport: Arc<AmqpTransport>,
     stop: CancellationToken,
-    wedged: CancellationToken,
+    reconnect: CancellationToken,
 ) {
     let Some(feed) = service.outbox_feed().cloned() else {
         tracing::error!("a broker publisher without an outbox feed");
         return;
     };
     if outbox::publish(&service, &feed, &transport, &stop, CONFIRM_TIMEOUT).await
-        == PublishEnd::Wedged
+        == PublishEnd::Reconnect
     {
-        wedged.cancel();
+        reconnect.cancel();
     }
 }

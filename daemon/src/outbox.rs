@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::service::Service;
 use crate::store::{OutboxEntry, Store};
+use crate::transport::TransportError;
 use crate::transport::amqp::{AmqpTransport, Confirm};
 
 /// Entries the feed holds before it gives up and lets the publisher read the store instead
@@ -147,8 +148,9 @@ impl OutboxFeed {
 pub enum PublishEnd {
     /// Stopped, with nothing left to publish (or the broker gone at the stop).
     Stopped,
-    /// The broker stopped confirming within `confirm_timeout`: make the connection again.
-    Wedged,
+    /// The channel failed, or the broker stopped confirming within `confirm_timeout`: make the
+    /// connection again.
+    Reconnect,
 }
 
 /// Where the next entries come from.
@@ -218,7 +220,7 @@ pub async fn publish(
                     // connection.
                     Err(error) => {
                         tracing::warn!(error = %error, "publishing failed; reconnecting");
-                        return PublishEnd::Wedged;
+                        return PublishEnd::Reconnect;
                     }
                 }
             }
@@ -232,16 +234,22 @@ pub async fn publish(
                     let Some((entry, _)) = in_flight.pop_front() else { continue };
                     match result {
                         Ok(()) => feed.confirm(entry.id),
-                        Err(error) => {
-                            tracing::warn!(error = %error, id = %entry.id, "outbox publication refused; retrying");
+                        Err(TransportError::Rejected(reason)) => {
+                            tracing::warn!(reason = %reason, id = %entry.id, "outbox publication refused; retrying");
                             retries.push_back((Instant::now() + RETRY_AFTER, entry));
+                        }
+                        // The channel or connection failed: every confirm still awaited fails
+                        // with it. The entries stay in the store for the next connection.
+                        Err(error) => {
+                            tracing::warn!(error = %error, "publications lost with the channel; reconnecting");
+                            return PublishEnd::Reconnect;
                         }
                     }
                 }
                 () = feed.ready.notified(), if in_flight.len() < PUBLISH_WINDOW => {}
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(entries = in_flight.len(), timeout = ?confirm_timeout, "no confirms from the broker; reconnecting");
-                    return PublishEnd::Wedged;
+                    return PublishEnd::Reconnect;
                 }
             }
             continue;
