@@ -260,9 +260,19 @@ async fn run_amqp(
             )),
         };
         service.set_broker_up(false);
-        // The publisher finishes what the last batches committed, then stops.
+        // The publisher finishes what the last batches committed, then stops (it gives up by
+        // itself when the broker takes nothing for CONFIRM_TIMEOUT; this bound is a backstop).
         publisher_stop.cancel();
-        let _ = publisher.await;
+        let abort = publisher.abort_handle();
+        if tokio::time::timeout(CONFIRM_TIMEOUT * 2, publisher)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the outbox publisher did not stop; what it had not published stays in the outbox"
+            );
+            abort.abort();
+        }
         if tokio::time::timeout(CONFIRM_TIMEOUT, transport.close())
             .await
             .is_err()

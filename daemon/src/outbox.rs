@@ -204,11 +204,19 @@ pub async fn publish(
                 break;
             }
             // `join_all` polls a group this small in order, so the frames (and the delivery
-            // tags the confirms refer to) follow the outbox order.
-            let started = futures_util::future::join_all(
-                group.iter().map(|entry| transport.start_publish(entry)),
+            // tags the confirms refer to) follow the outbox order. A connection the broker
+            // blocked (memory or disk alarm) does not take them: bounded like a confirm.
+            let Ok(started) = tokio::time::timeout(
+                confirm_timeout,
+                futures_util::future::join_all(
+                    group.iter().map(|entry| transport.start_publish(entry)),
+                ),
             )
-            .await;
+            .await
+            else {
+                tracing::warn!(timeout = ?confirm_timeout, "the broker does not take publications; reconnecting");
+                return PublishEnd::Reconnect;
+            };
             let published_at = Instant::now();
             for (entry, confirm) in group.into_iter().zip(started) {
                 match confirm {
