@@ -303,8 +303,9 @@ fn next_entry(
         match source {
             Source::Store(page) => {
                 if page.is_empty() {
-                    let read =
-                        block_in_place(|| store.outbox_after(through.as_deref(), STORE_PAGE));
+                    let read = tokio::task::block_in_place(|| {
+                        store.outbox_after(through.as_deref(), STORE_PAGE)
+                    });
                     match read {
                         Ok(entries) if entries.is_empty() => {
                             *source = Source::Feed(VecDeque::new());
@@ -353,21 +354,10 @@ fn flush_confirmed(service: &Service, feed: &OutboxFeed) {
     if confirmed.is_empty() {
         return;
     }
-    if let Err(error) = block_in_place(|| service.store().mark_sent(&confirmed)) {
+    if let Err(error) = tokio::task::block_in_place(|| service.store().mark_sent(&confirmed)) {
         // They go out again after a restart, with the same ids: harmless for consumers that
         // deduplicate, and nothing is lost.
         tracing::error!(error = %error, "cannot mark outbox entries sent");
-    }
-}
-
-/// Runs blocking store work on a runtime worker without stalling the others (and directly
-/// outside a multi-threaded runtime, as in unit tests).
-fn block_in_place<R>(work: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
     }
 }
 
@@ -419,8 +409,9 @@ mod tests {
         seqs.map(|seq| entry(seq).id).collect()
     }
 
-    #[test]
-    fn each_committed_entry_comes_out_once_in_order_across_store_catch_up_and_overflow() {
+    // Multi-threaded: the publisher reads the store with `block_in_place`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn each_committed_entry_comes_out_once_in_order_across_store_catch_up_and_overflow() {
         let dir = std::env::temp_dir().join(format!("switchboard-feed-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = RedbStore::open(&dir).unwrap();

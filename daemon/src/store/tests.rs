@@ -50,6 +50,19 @@ fn run_scenario(h: &mut Harness) {
     }
 }
 
+/// Commits each record in a batch of its own, with two outbox entries for it.
+fn commit_one_by_one_with_outbox(store: &RedbStore, records: &[Record]) {
+    for record in records {
+        store
+            .commit(&Batch {
+                records: vec![record.clone()],
+                outbox: outbox_for(record),
+                ..Batch::default()
+            })
+            .unwrap();
+    }
+}
+
 fn outbox_for(record: &Record) -> Vec<OutboxEntry> {
     (0..2)
         .map(|part| OutboxEntry {
@@ -82,8 +95,7 @@ fn committed_records_survive_a_reopen_and_replay_to_the_same_state() {
             store
                 .commit(&Batch {
                     records: chunk.to_vec(),
-                    outbox: Vec::new(),
-                    sent: Vec::new(),
+                    ..Batch::default()
                 })
                 .unwrap();
         }
@@ -105,8 +117,7 @@ fn a_snapshot_truncates_the_log_and_recovery_uses_both() {
     store
         .commit(&Batch {
             records: h.records.clone(),
-            outbox: Vec::new(),
-            sent: Vec::new(),
+            ..Batch::default()
         })
         .unwrap();
     store.write_snapshot(&h.engine.state().snapshot()).unwrap();
@@ -115,8 +126,7 @@ fn a_snapshot_truncates_the_log_and_recovery_uses_both() {
     store
         .commit(&Batch {
             records: h.records[before..].to_vec(),
-            outbox: Vec::new(),
-            sent: Vec::new(),
+            ..Batch::default()
         })
         .unwrap();
     drop(store);
@@ -141,15 +151,7 @@ fn the_outbox_keeps_unsent_entries_in_commit_order() {
     let store = RedbStore::open(&dir).unwrap();
     let mut h = Harness::new();
     run_scenario(&mut h);
-    for record in h.records.iter().take(12) {
-        store
-            .commit(&Batch {
-                records: vec![record.clone()],
-                outbox: outbox_for(record),
-                sent: Vec::new(),
-            })
-            .unwrap();
-    }
+    commit_one_by_one_with_outbox(&store, &h.records[..12]);
     let pending = store.pending(1000).unwrap();
     assert_eq!(pending.len(), 24);
     let ids: Vec<&String> = pending.iter().map(|entry| &entry.id).collect();
@@ -196,15 +198,7 @@ fn the_outbox_pages_after_an_id_and_knows_its_size_and_newest_entry() {
     assert_eq!(store.outbox_newest_id().unwrap(), None);
     let mut h = Harness::new();
     run_scenario(&mut h);
-    for record in h.records.iter().take(6) {
-        store
-            .commit(&Batch {
-                records: vec![record.clone()],
-                outbox: outbox_for(record),
-                sent: Vec::new(),
-            })
-            .unwrap();
-    }
+    commit_one_by_one_with_outbox(&store, &h.records[..6]);
     let all = store.pending(1000).unwrap();
     assert_eq!(store.outbox_len().unwrap(), all.len() as u64);
     assert_eq!(
@@ -244,8 +238,7 @@ fn timelines_come_back_per_conversation() {
     store
         .commit(&Batch {
             records: h.records.clone(),
-            outbox: Vec::new(),
-            sent: Vec::new(),
+            ..Batch::default()
         })
         .unwrap();
     let timeline = store.timeline(first).unwrap();

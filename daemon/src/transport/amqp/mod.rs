@@ -215,13 +215,14 @@ impl AmqpTransport {
         if let Some(id) = &message.message_id {
             properties = properties.with_message_id(id.as_str().into());
         }
-        self.confirmed(
+        self.start(
             &self.dead,
             ShortString::from(""),
             self.names.dead_letter_queue.as_str().into(),
             &message.body,
             properties,
         )
+        .await?
         .await
     }
 
@@ -231,22 +232,14 @@ impl AmqpTransport {
     /// once (the outbox publisher keeps a window of them).
     pub async fn start_publish(&self, entry: &OutboxEntry) -> Result<Confirm, TransportError> {
         let (properties, routing_key) = cloudevent(entry);
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        let confirm = self
-            .publish
-            .basic_publish(
-                self.names.outbound_exchange.as_str().into(),
-                routing_key,
-                options,
-                &entry.body,
-                properties,
-            )
-            .await
-            .map_err(broker)?;
-        Ok(Confirm(confirm))
+        self.start(
+            &self.publish,
+            self.names.outbound_exchange.as_str().into(),
+            routing_key,
+            &entry.body,
+            properties,
+        )
+        .await
     }
 
     /// Publishes an outbox entry and waits for the broker's confirmation.
@@ -254,25 +247,25 @@ impl AmqpTransport {
         self.start_publish(entry).await?.await
     }
 
-    async fn confirmed(
+    /// One mandatory publication on a confirm-mode channel; the frames are written when this
+    /// returns, the confirmation comes with the [`Confirm`].
+    async fn start(
         &self,
         channel: &Channel,
         exchange: ShortString,
         routing_key: ShortString,
         body: &[u8],
         properties: BasicProperties,
-    ) -> Result<(), TransportError> {
+    ) -> Result<Confirm, TransportError> {
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirm = channel
+        channel
             .basic_publish(exchange, routing_key, options, body, properties)
             .await
-            .map_err(broker)?
-            .await
-            .map_err(broker)?;
-        confirmation(Ok(confirm))
+            .map(Confirm)
+            .map_err(broker)
     }
 
     /// Deletes the topology (tests use names of their own and clean up after themselves).
