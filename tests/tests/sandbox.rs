@@ -1,11 +1,13 @@
 //! The plugin sandbox with hostile plugins (`tests/plugins/hostile-*`): an infinite loop, a
 //! memory bomb, a trap, a plugin that tries files, network, environment and clock, and one
 //! built for another API version. Each attack costs the call that hit it; the next call on
-//! the same plugin is served by a fresh instance, and other plugins never notice.
+//! the same plugin is served by a fresh instance, and other plugins never notice. And a plugin
+//! sees only the request headers it declares (`request-headers`), all of them if it was built
+//! before that interface existed.
 
 use std::time::{Duration, Instant};
 
-use switchboard::engine::Millis;
+use switchboard::engine::{EventBody, Millis};
 use switchboard::plugin::{
     CallError, Health, InboundRequest, LoadError, PluginHost, PluginSettings,
 };
@@ -270,6 +272,49 @@ fn junk_files_are_refused_with_a_clear_message() {
 }
 
 /// A WebAssembly custom section (id 0): allowed anywhere in a component, ignored by it.
+#[test]
+fn plugins_see_only_the_request_headers_they_declare() {
+    let host = host();
+    let whatsapp = load(
+        &host,
+        "whatsapp-cloud",
+        "phone_number_id = \"106540352242922\"\n",
+    );
+    let description = whatsapp.description();
+    assert_eq!(
+        description.request_headers,
+        Some(vec!["x-hub-signature-256".to_owned()])
+    );
+    assert!(
+        description
+            .capabilities
+            .contains(&"request-headers".to_owned())
+    );
+
+    // A plugin built against the `baseline` world (no `request-headers`, as before it
+    // existed) still loads and is passed every header.
+    let legacy = load(&host, "legacy-echo", "");
+    let description = legacy.description();
+    assert_eq!(description.request_headers, None);
+    assert!(description.capabilities.is_empty(), "{description:?}");
+    let mut request = body("hello");
+    request.headers = [
+        ("cookie", "session=1"),
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-hub-signature-256", "sha256=00"),
+    ]
+    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+    .to_vec();
+    let events = legacy.decode(&request).unwrap();
+    let [event] = events.as_slice() else {
+        panic!("one event expected: {events:?}");
+    };
+    let EventBody::Message { text, .. } = &event.body else {
+        panic!("a message expected: {event:?}");
+    };
+    assert_eq!(&**text, "cookie,x-forwarded-for,x-hub-signature-256");
+}
+
 fn custom_section(name: &str, payload: &[u8]) -> Vec<u8> {
     let mut content = leb128(name.len());
     content.extend_from_slice(name.as_bytes());

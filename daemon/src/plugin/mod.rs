@@ -244,7 +244,7 @@ impl PluginHost {
             64 << 20,
             Duration::from_secs(1),
         );
-        let (bindings, capabilities) = instantiate(&pre, &mut store, file)?;
+        let (bindings, optional) = instantiate(&pre, &mut store, file)?;
         let info = bindings
             .switchboard_channel_plugin()
             .call_describe(&mut store)
@@ -252,11 +252,7 @@ impl PluginHost {
                 path: file.to_path_buf(),
                 reason: format!("describe trapped: {error:#}"),
             })?;
-        Ok(bindings::describe(
-            info,
-            &compiled.api_version,
-            capabilities,
-        ))
+        Ok(bindings::describe(info, &compiled.api_version, optional))
     }
 }
 
@@ -349,7 +345,8 @@ impl Plugin {
     /// One provider payload -> canonical events.
     pub fn decode(&self, request: &InboundRequest) -> Result<Vec<ChannelEvent>, CallError> {
         let current = self.current.load_full();
-        let wit_request = bindings::wit_inbound(request);
+        let wit_request =
+            bindings::wit_inbound(request, current.description.request_headers.as_deref());
         let events = current.call(&self.stats, |exports, store| {
             exports.call_decode(store, &wit_request)
         })?;
@@ -441,7 +438,7 @@ impl Loaded {
             settings.memory_limit,
             settings.time_limit,
         );
-        let (instance, capabilities) = instantiate(&pre, &mut store, &settings.file)?;
+        let (instance, optional) = instantiate(&pre, &mut store, &settings.file)?;
         let info = instance
             .switchboard_channel_plugin()
             .call_describe(&mut store)
@@ -449,7 +446,7 @@ impl Loaded {
                 path: settings.file.clone(),
                 reason: format!("describe trapped: {error:#}"),
             })?;
-        let description = bindings::describe(info, &compiled.api_version, capabilities);
+        let description = bindings::describe(info, &compiled.api_version, optional);
         if let Some(expected) = expected_id
             && description.id != expected
         {
@@ -462,20 +459,22 @@ impl Loaded {
         configure(&instance, &mut store, &settings.settings, &settings.id)?;
         store.data_mut().drain_stderr();
         stats.instances_created.fetch_add(1, Ordering::Relaxed);
+        let voice = description
+            .capabilities
+            .iter()
+            .any(|capability| capability == "voice-controls");
         tracing::info!(
             plugin = %settings.id,
             version = %description.version,
             api = %description.api_version,
             cached = compiled.from_cache,
-            voice = !description.capabilities.is_empty(),
+            voice,
+            request_headers = ?description.request_headers,
             millis = started.elapsed().as_millis() as u64,
             "plugin loaded"
         );
         Ok(Self {
-            voice: description
-                .capabilities
-                .iter()
-                .any(|capability| capability == "voice-controls"),
+            voice,
             description,
             hash: compiled.hash,
             from_cache: compiled.from_cache,
@@ -706,7 +705,7 @@ fn instantiate(
     pre: &ChannelBindingsPre<Sandbox>,
     store: &mut Store<Sandbox>,
     path: &Path,
-) -> Result<(ChannelBindings, Vec<String>), LoadError> {
+) -> Result<(ChannelBindings, bindings::Optional), LoadError> {
     let failed = |reason: String| LoadError::Instantiate {
         path: path.to_path_buf(),
         reason,
@@ -717,23 +716,54 @@ fn instantiate(
         .map_err(|error| failed(format!("{error:#}")))?;
     let bindings = ChannelBindings::new(&mut *store, &instance)
         .map_err(|error| failed(format!("{error:#}")))?;
-    let mut capabilities = Vec::new();
-    let voice = format!("switchboard:channel/voice-controls@{API_VERSION}");
-    if let Some(interface) = instance.get_export_index(&mut *store, None, &voice)
-        && let Some(function) = instance.get_export_index(&mut *store, Some(&interface), "controls")
+    let mut optional = bindings::Optional::default();
+    if let Some(controls) =
+        probe::<Vec<String>>(&instance, store, "voice-controls", "controls").map_err(failed)?
     {
-        let controls = instance
-            .get_typed_func::<(), (Vec<String>,)>(&mut *store, &function)
-            .and_then(|controls| controls.call(&mut *store, ()).map(|(list,)| list))
-            .map_err(|error| failed(format!("voice-controls.controls: {error:#}")))?;
-        capabilities.push("voice-controls".to_owned());
-        capabilities.extend(
+        optional.capabilities.push("voice-controls".to_owned());
+        optional.capabilities.extend(
             controls
                 .into_iter()
                 .map(|control| format!("voice:{control}")),
         );
     }
-    Ok((bindings, capabilities))
+    if let Some(wanted) =
+        probe::<Option<Vec<String>>>(&instance, store, "request-headers", "wanted")
+            .map_err(failed)?
+    {
+        optional.capabilities.push("request-headers".to_owned());
+        optional.request_headers = wanted.map(|names| {
+            names
+                .into_iter()
+                .map(|name| name.to_ascii_lowercase())
+                .collect()
+        });
+    }
+    Ok((bindings, optional))
+}
+
+/// Calls `interface.function()` of an optional exported interface, if the plugin exports it.
+fn probe<T>(
+    instance: &wasmtime::component::Instance,
+    store: &mut Store<Sandbox>,
+    interface: &str,
+    function: &str,
+) -> Result<Option<T>, String>
+where
+    T: wasmtime::component::ComponentType + wasmtime::component::Lift + Send + Sync + 'static,
+{
+    let name = format!("switchboard:channel/{interface}@{API_VERSION}");
+    let Some(exported) = instance.get_export_index(&mut *store, None, &name) else {
+        return Ok(None);
+    };
+    let Some(index) = instance.get_export_index(&mut *store, Some(&exported), function) else {
+        return Ok(None);
+    };
+    instance
+        .get_typed_func::<(), (T,)>(&mut *store, &index)
+        .and_then(|typed| typed.call(&mut *store, ()).map(|(value,)| value))
+        .map(Some)
+        .map_err(|error| format!("{interface}.{function}: {error:#}"))
 }
 
 fn configure(

@@ -73,7 +73,10 @@ impl Plugin for OpenMessaging {
     }
 }
 
-switchboard_plugin_sdk::export_plugin!(OpenMessaging);
+/// Genesys' HMAC-SHA256 of the raw body, the only request header `decode` reads.
+const SIGNATURE_HEADER: &str = "x-hub-signature-256";
+
+switchboard_plugin_sdk::export_plugin!(OpenMessaging, headers: [SIGNATURE_HEADER]);
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -181,7 +184,7 @@ struct ButtonResponse {
 /// One normalized message -> events.
 pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginError> {
     if let Some(secret) = &config.webhook_secret {
-        let provided = header(request, "x-hub-signature-256").ok_or_else(|| {
+        let provided = header(request, SIGNATURE_HEADER).ok_or_else(|| {
             PluginError::Unauthorized("X-Hub-Signature-256 header is missing".to_owned())
         })?;
         let encoded = provided.strip_prefix("sha256=").ok_or_else(|| {

@@ -91,7 +91,10 @@ impl Plugin for SmsTwilio {
     }
 }
 
-switchboard_plugin_sdk::export_plugin!(SmsTwilio);
+/// Twilio's HMAC-SHA1 of the URL and parameters, the only request header `decode` reads.
+const SIGNATURE_HEADER: &str = "x-twilio-signature";
+
+switchboard_plugin_sdk::export_plugin!(SmsTwilio, headers: [SIGNATURE_HEADER]);
 
 /// Inbound webhook or status callback -> events.
 pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginError> {
@@ -107,7 +110,7 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
     }
     let params = form::parse(&request.body);
     if let Some(token) = &config.auth_token {
-        let provided = header(request, "x-twilio-signature").ok_or_else(|| {
+        let provided = header(request, SIGNATURE_HEADER).ok_or_else(|| {
             PluginError::Unauthorized("X-Twilio-Signature header is missing".to_owned())
         })?;
         if !valid_signature(token, &request.url, &params, provided) {

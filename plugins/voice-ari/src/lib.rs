@@ -21,6 +21,7 @@ wit_bindgen::generate!({
 });
 
 use exports::switchboard::channel::plugin::Guest as Plugin;
+use exports::switchboard::channel::request_headers::Guest as RequestHeaders;
 use exports::switchboard::channel::voice_controls::Guest as VoiceControls;
 use switchboard::channel::types::*;
 
@@ -97,6 +98,13 @@ impl VoiceControls for VoiceAri {
         ["listen", "coach", "join", "stop"]
             .map(str::to_owned)
             .to_vec()
+    }
+}
+
+/// An ARI event carries everything `decode` needs in its body: no request header is read.
+impl RequestHeaders for VoiceAri {
+    fn wanted() -> Option<Vec<String>> {
+        Some(Vec::new())
     }
 }
 

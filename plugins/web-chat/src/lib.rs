@@ -89,7 +89,15 @@ impl Plugin for WebChat {
     }
 }
 
-switchboard_plugin_sdk::export_plugin!(WebChat);
+/// Chatwoot's id of one webhook delivery (the event id for deduplication).
+const DELIVERY_HEADER: &str = "x-chatwoot-delivery";
+/// When Chatwoot signed the delivery (the freshness window).
+const TIMESTAMP_HEADER: &str = "x-chatwoot-timestamp";
+/// Chatwoot's HMAC-SHA256 over `timestamp.body`.
+const SIGNATURE_HEADER: &str = "x-chatwoot-signature";
+
+// The request headers `decode` reads; the host passes no others.
+switchboard_plugin_sdk::export_plugin!(WebChat, headers: [DELIVERY_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER]);
 
 /// One webhook event -> events.
 pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginError> {
@@ -104,7 +112,7 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
             PluginError::InvalidPayload("no `event` field: not a Chatwoot webhook".to_owned())
         })?;
     // Chatwoot numbers each delivery; a redelivered webhook carries the same id.
-    let delivery = header(request, "x-chatwoot-delivery").map(str::to_owned);
+    let delivery = header(request, DELIVERY_HEADER).map(str::to_owned);
     let id = |suffix: &str| {
         delivery
             .clone()
@@ -199,7 +207,7 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
 /// `X-Chatwoot-Signature: sha256=<hex HMAC-SHA256(secret, "{timestamp}.{body}")>`, with a
 /// freshness window on `X-Chatwoot-Timestamp` against the time Switchboard received it.
 fn verify(config: &Config, secret: &str, request: &Inbound) -> Result<(), PluginError> {
-    let timestamp = header(request, "x-chatwoot-timestamp").ok_or_else(|| {
+    let timestamp = header(request, TIMESTAMP_HEADER).ok_or_else(|| {
         PluginError::Unauthorized("X-Chatwoot-Timestamp header is missing".to_owned())
     })?;
     let seconds: i64 = timestamp.trim().parse().map_err(|_| {
@@ -212,7 +220,7 @@ fn verify(config: &Config, secret: &str, request: &Inbound) -> Result<(), Plugin
             config.freshness_seconds
         )));
     }
-    let provided = header(request, "x-chatwoot-signature").ok_or_else(|| {
+    let provided = header(request, SIGNATURE_HEADER).ok_or_else(|| {
         PluginError::Unauthorized("X-Chatwoot-Signature header is missing".to_owned())
     })?;
     let hex = provided.strip_prefix("sha256=").ok_or_else(|| {

@@ -80,7 +80,10 @@ impl Plugin for WhatsappCloud {
     }
 }
 
-switchboard_plugin_sdk::export_plugin!(WhatsappCloud);
+/// Meta's HMAC-SHA256 of the raw body, the only request header `decode` reads.
+const SIGNATURE_HEADER: &str = "x-hub-signature-256";
+
+switchboard_plugin_sdk::export_plugin!(WhatsappCloud, headers: [SIGNATURE_HEADER]);
 
 #[derive(Deserialize)]
 struct Webhook<'a> {
@@ -230,7 +233,7 @@ struct Status<'a> {
 /// batches them).
 pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginError> {
     if let Some(secret) = &config.app_secret {
-        let provided = header(request, "x-hub-signature-256").ok_or_else(|| {
+        let provided = header(request, SIGNATURE_HEADER).ok_or_else(|| {
             PluginError::Unauthorized("X-Hub-Signature-256 header is missing".to_owned())
         })?;
         let hex = provided.strip_prefix("sha256=").ok_or_else(|| {

@@ -51,4 +51,4 @@ impl Plugin for Hostile {
     }
 }
 
-switchboard_plugin_sdk::export_plugin!(Hostile);
+switchboard_plugin_sdk::export_plugin!(Hostile, headers: []);

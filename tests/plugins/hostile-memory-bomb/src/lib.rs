@@ -43,4 +43,4 @@ fn attack() {
     }
 }
 
-switchboard_plugin_sdk::export_plugin!(Hostile);
+switchboard_plugin_sdk::export_plugin!(Hostile, headers: []);

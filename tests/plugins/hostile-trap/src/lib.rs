@@ -40,4 +40,4 @@ fn attack() {
     panic!("hostile plugin panicking on purpose: {nothing:?}");
 }
 
-switchboard_plugin_sdk::export_plugin!(Hostile);
+switchboard_plugin_sdk::export_plugin!(Hostile, headers: []);
