@@ -13,8 +13,8 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -239,19 +239,27 @@ pub async fn publish(
             tokio::select! {
                 biased;
                 Some(result) = confirms.next() => {
-                    let Some((entry, _)) = in_flight.pop_front() else { continue };
-                    match result {
-                        Ok(()) => feed.confirm(entry.id),
-                        Err(TransportError::Rejected(reason)) => {
-                            tracing::warn!(reason = %reason, id = %entry.id, "outbox publication refused; retrying");
-                            retries.push_back((Instant::now() + RETRY_AFTER, entry));
+                    // The broker confirms in bursts (one frame may confirm many): take every
+                    // confirm already in before going round, so a burst costs one turn of this
+                    // loop (its timer and wakeups) instead of one per publication.
+                    let mut next = Some(result);
+                    while let Some(result) = next.take() {
+                        let Some((entry, _)) = in_flight.pop_front() else { break };
+                        match result {
+                            Ok(()) => feed.confirm(entry.id),
+                            Err(TransportError::Rejected(reason)) => {
+                                tracing::warn!(reason = %reason, id = %entry.id, "outbox publication refused; retrying");
+                                retries.push_back((Instant::now() + RETRY_AFTER, entry));
+                            }
+                            // The channel or connection failed: every confirm still awaited
+                            // fails with it. The entries stay in the store for the next
+                            // connection.
+                            Err(error) => {
+                                tracing::warn!(error = %error, "publications lost with the channel; reconnecting");
+                                return PublishEnd::Reconnect;
+                            }
                         }
-                        // The channel or connection failed: every confirm still awaited fails
-                        // with it. The entries stay in the store for the next connection.
-                        Err(error) => {
-                            tracing::warn!(error = %error, "publications lost with the channel; reconnecting");
-                            return PublishEnd::Reconnect;
-                        }
+                        next = confirms.next().now_or_never().flatten();
                     }
                 }
                 () = feed.ready.notified(), if in_flight.len() < PUBLISH_WINDOW => {}
@@ -269,15 +277,25 @@ pub async fn publish(
             return PublishEnd::Stopped;
         }
         let idle = *idle_since.get_or_insert_with(Instant::now);
+        // A timer only when there is something to do at its end: remove confirmed ids no
+        // commit took along, read the store again after a failed read, or publish a refused
+        // entry again. Otherwise only new entries (or the stop) wake the publisher.
+        let flush_at = (feed.confirmed_len() > 0 || !caught_up).then_some(idle + IDLE_FLUSH);
         let wake = retries
             .front()
-            .map_or(idle + IDLE_FLUSH, |(due, _)| (*due).min(idle + IDLE_FLUSH));
+            .map(|(due, _)| *due)
+            .into_iter()
+            .chain(flush_at)
+            .min();
         tokio::select! {
             () = feed.ready.notified() => {}
             () = stop.cancelled(), if !stop.is_cancelled() => {}
-            () = tokio::time::sleep_until(wake) => {
-                if idle.elapsed() >= IDLE_FLUSH {
+            () = tokio::time::sleep_until(wake.unwrap_or(idle)), if wake.is_some() => {
+                if flush_at.is_some_and(|at| at <= Instant::now()) {
                     flush_confirmed(service, feed);
+                    // The next flush is an idle period from now: a deadline left in the past
+                    // would make this loop spin (it once burnt a core on an idle daemon).
+                    idle_since = None;
                 }
             }
         }

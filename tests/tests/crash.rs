@@ -5,6 +5,7 @@
 //! alarm. Each time the daemon stays up (or comes back), `/readyz` follows the broker, every
 //! message is applied exactly once (the store's state has each conversation's one customer
 //! message scored once) and every notification is published at least once with the same id.
+//! Once the stream is done, the daemon idles without using CPU.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -49,13 +50,41 @@ fn config_file(dir: &Path, names: &AmqpConfig, port: u16) -> PathBuf {
     file
 }
 
-fn start(config: &Path) -> Child {
-    Command::new(switchboard_binary())
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap()
+fn start(config: &Path) -> Daemon {
+    Daemon(
+        Command::new(switchboard_binary())
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The daemon process of a test, killed when the test ends however it ends: a failed assertion
+/// must not leave it running (holding the test's output open, so the test run never ends).
+struct Daemon(Child);
+
+impl std::ops::Deref for Daemon {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Already gone after a graceful stop or a kill -9: both calls then just fail.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 async fn wait_for_topology(client: &Connection, names: &AmqpConfig) {
@@ -158,6 +187,7 @@ async fn kill_9_mid_stream_then_restart_applies_everything_exactly_once() {
 
     // Wait until every message was consumed and the outbox drained into the subscriber.
     wait_until_published(&client, &names, &subscriber, MESSAGES, &mut daemon, port).await;
+    assert_idle(&daemon).await;
     nix_terminate(&daemon);
     let status = daemon.wait().unwrap();
     assert!(status.success(), "graceful shutdown exits 0: {status}");
@@ -521,6 +551,33 @@ async fn broker_restart_cancelled_consumer_and_memory_alarm_are_survived() {
     assert_eq!(queue_depth(&client, &names.dead_letter_queue).await, 0);
     delete_topology(&channel, &names, &subscriber).await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A daemon with nothing to do must not burn CPU: its CPU time over two quiet seconds stays
+/// under a tenth of that (idle it uses about 0.01 s). The outbox publisher once spun once it
+/// had been idle for its flush interval, burning more than a core of this two-core machine.
+async fn assert_idle(daemon: &Child) {
+    // Past the publisher's idle flush of confirmed ids (100 ms).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cpu_seconds(daemon);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_seconds(daemon) - before;
+    assert!(used < 0.2, "an idle daemon used {used:.2} s of CPU in 2 s");
+}
+
+/// User plus system CPU time of a process, from `/proc/<pid>/stat`.
+fn cpu_seconds(process: &Child) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", process.id())).unwrap();
+    // The command name (field 2) may hold spaces; count from the `)` that closes it: the
+    // fields after it start at field 3, so utime (14) and stime (15) are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let per_second = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    let per_second: f64 = String::from_utf8_lossy(&per_second.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    ticks / per_second
 }
 
 /// SIGTERM (a graceful stop), without a dependency for one syscall.

@@ -1,5 +1,6 @@
 //! The embedded store: one redb file (checksummed, one fsync per commit) under `store.path`.
-//! Records, snapshots, timeline and outbox are JSON values in redb tables.
+//! Records, snapshots, timeline and outbox are JSON values in redb tables (an outbox body as a
+//! JSON string when it is UTF-8, see `OutboxEntry`).
 
 use std::path::Path;
 

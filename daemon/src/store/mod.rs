@@ -31,7 +31,58 @@ pub struct OutboxEntry {
     pub content_type: String,
     /// Extra AMQP headers (`switchboard-method`, `switchboard-url`, provider headers).
     pub headers: Vec<(String, String)>,
+    #[serde(with = "body_text")]
     pub body: Vec<u8>,
+}
+
+/// Outbox bodies (CloudEvents JSON, provider requests) are text almost always: stored as a
+/// JSON string when they are UTF-8 — serde's default for bytes, an array of numbers, takes
+/// 3–4 times the bytes to write, checksum and fsync, and as long to encode — else as that array.
+/// Both read back, so stores written before keep working.
+mod body_text {
+    use std::fmt;
+
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::ser::Serializer;
+
+    pub(super) fn serialize<S: Serializer>(body: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(body) {
+            Ok(text) => serializer.serialize_str(text),
+            Err(_) => serializer.collect_seq(body),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_any(BodyVisitor)
+    }
+
+    struct BodyVisitor;
+
+    impl<'de> Visitor<'de> for BodyVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("a UTF-8 string or an array of bytes")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vec<u8>, E> {
+            Ok(text.as_bytes().to_vec())
+        }
+
+        fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Vec<u8>, E> {
+            Ok(text.into_bytes())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut sequence: A) -> Result<Vec<u8>, A::Error> {
+            let mut bytes = Vec::with_capacity(sequence.size_hint().unwrap_or(0));
+            while let Some(byte) = sequence.next_element::<u8>()? {
+                bytes.push(byte);
+            }
+            Ok(bytes)
+        }
+    }
 }
 
 /// What one group commit writes.

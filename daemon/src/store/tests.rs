@@ -259,3 +259,43 @@ fn timelines_come_back_per_conversation() {
             .all(|entry| entry.conversation == second)
     );
 }
+
+#[test]
+fn outbox_bodies_are_stored_as_text_when_utf8_and_read_back_in_either_form() {
+    let mut h = Harness::new();
+    run_scenario(&mut h);
+    let [text, binary] = <[OutboxEntry; 2]>::try_from(outbox_for(&h.records[0])).unwrap();
+    let text = OutboxEntry {
+        body: "{\"text\":\"olá\"}".as_bytes().to_vec(),
+        ..text
+    };
+    let binary = OutboxEntry {
+        body: vec![0xff, 0x00, b'A'],
+        ..binary
+    };
+    let json = serde_json::to_value(&text).unwrap();
+    assert_eq!(json["body"], "{\"text\":\"olá\"}");
+    assert_eq!(
+        serde_json::to_value(&binary).unwrap()["body"],
+        serde_json::json!([255, 0, 65])
+    );
+
+    // An entry written before bodies were stored as text.
+    let mut legacy = json.clone();
+    legacy["body"] = serde_json::json!([123, 125]);
+    let legacy: OutboxEntry = serde_json::from_value(legacy).unwrap();
+    assert_eq!(legacy.body, b"{}");
+
+    let dir = temp_dir("outbox-bodies");
+    let store = RedbStore::open(&dir).unwrap();
+    store
+        .commit(&Batch {
+            records: vec![h.records[0].clone()],
+            outbox: vec![text.clone(), binary.clone()],
+            ..Batch::default()
+        })
+        .unwrap();
+    drop(store);
+    let pending = RedbStore::open(&dir).unwrap().pending(10).unwrap();
+    assert_eq!(pending, [text, binary]);
+}
