@@ -554,8 +554,8 @@ async fn broker_restart_cancelled_consumer_and_memory_alarm_are_survived() {
 }
 
 /// A daemon with nothing to do must not burn CPU: its CPU time over two quiet seconds stays
-/// under a tenth of that (idle it uses about 0.01 s). The outbox publisher once spun once it
-/// had been idle for its flush interval, burning more than a core of this two-core machine.
+/// under a tenth of that (idle it uses about 0.01 s). The outbox publisher used to spin after
+/// 100 ms without work, burning more than a core of this two-core machine.
 async fn assert_idle(daemon: &Child) {
     // Past the publisher's idle flush of confirmed ids (100 ms).
     tokio::time::sleep(Duration::from_millis(500)).await;
