@@ -212,7 +212,7 @@ fn trim_embedded_outbox(store: &dyn Store) {
         return;
     }
     let excess = usize::try_from(len - EMBEDDED_OUTBOX_KEEP).unwrap_or(usize::MAX);
-    if let Ok(oldest) = store.pending(excess) {
+    if let Ok(oldest) = store.outbox_after(None, excess) {
         let ids: Vec<String> = oldest.into_iter().map(|entry| entry.id).collect();
         if let Err(error) = store.mark_sent(&ids) {
             tracing::warn!(error = %error, "cannot trim the embedded outbox");

@@ -99,6 +99,18 @@ impl Metrics {
             Kind::Gauge(BTreeMap::new()),
         );
         add(
+            "switchboard_outbox_confirm_seconds",
+            "From handing a publication to the broker to its confirm (the broker's share of the way out).",
+            &[][..],
+            Kind::Histogram(&LATENCY_BUCKETS, BTreeMap::new()),
+        );
+        add(
+            "switchboard_outbound_delay_seconds",
+            "From processing the input that caused a notification to the broker's confirm of it (commit, outbox backlog and broker together; millisecond resolution).",
+            &[][..],
+            Kind::Histogram(&LATENCY_BUCKETS, BTreeMap::new()),
+        );
+        add(
             "switchboard_plugin_call_seconds",
             "Duration of one plugin decode call, sandbox included.",
             &["plugin"][..],

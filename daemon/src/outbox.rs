@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::service::Service;
+use crate::service::{Service, now};
 use crate::store::{OutboxEntry, Store};
 use crate::transport::TransportError;
 use crate::transport::amqp::{AmqpTransport, Confirm};
@@ -244,9 +244,12 @@ pub async fn publish(
                     // loop (its timer and wakeups) instead of one per publication.
                     let mut next = Some(result);
                     while let Some(result) = next.take() {
-                        let Some((entry, _)) = in_flight.pop_front() else { break };
+                        let Some((entry, published_at)) = in_flight.pop_front() else { break };
                         match result {
-                            Ok(()) => feed.confirm(entry.id),
+                            Ok(()) => {
+                                observe_confirmed(service, &entry, published_at);
+                                feed.confirm(entry.id);
+                            }
                             Err(TransportError::Rejected(reason)) => {
                                 tracing::warn!(reason = %reason, id = %entry.id, "outbox publication refused; retrying");
                                 retries.push_back((Instant::now() + RETRY_AFTER, entry));
@@ -364,6 +367,24 @@ fn next_entry(
             }
         }
     }
+}
+
+/// Where the time of a confirmed publication went: the broker's part, and the whole way from
+/// the input that caused it (which also counts the commit and any backlog, so an operator can
+/// tell a slow broker from a daemon falling behind).
+fn observe_confirmed(service: &Service, entry: &OutboxEntry, published_at: Instant) {
+    let metrics = service.metrics();
+    metrics.observe_duration(
+        "switchboard_outbox_confirm_seconds",
+        &[],
+        published_at.elapsed(),
+    );
+    let since_input = now().0.saturating_sub(entry.time.0).max(0);
+    metrics.observe(
+        "switchboard_outbound_delay_seconds",
+        &[],
+        since_input as f64 / 1000.0,
+    );
 }
 
 /// Removes confirmed entries from the store when no commit is coming to take them along.

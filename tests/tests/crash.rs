@@ -188,6 +188,17 @@ async fn kill_9_mid_stream_then_restart_applies_everything_exactly_once() {
     // Wait until every message was consumed and the outbox drained into the subscriber.
     wait_until_published(&client, &names, &subscriber, MESSAGES, &mut daemon, port).await;
     assert_idle(&daemon).await;
+    // The restarted daemon timed every publication it had confirmed: at least the
+    // notifications the first one had not published.
+    let confirmed = metric(port, "switchboard_outbox_confirm_seconds_count");
+    assert!(
+        confirmed >= MESSAGES as f64 - f64::from(consumed_before_kill),
+        "{confirmed} confirms timed, {consumed_before_kill} published before the kill"
+    );
+    assert_eq!(
+        metric(port, "switchboard_outbound_delay_seconds_count"),
+        confirmed
+    );
     nix_terminate(&daemon);
     let status = daemon.wait().unwrap();
     assert!(status.success(), "graceful shutdown exits 0: {status}");
@@ -355,6 +366,19 @@ async fn wait_until_published(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// One unlabelled series of the daemon's `/metrics` (panics when it is missing).
+fn metric(port: u16, name: &str) -> f64 {
+    let output = Command::new("curl")
+        .args(["-s", "-m", "5"])
+        .arg(format!("http://127.0.0.1:{port}/metrics"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
 /// What the daemon and the broker say when a stream stalls: the daemon's counters (inbound,

@@ -181,7 +181,7 @@ fn notifications_are_rendered_into_the_outbox() {
         );
     }
     let store = RedbStore::open(&dir).unwrap();
-    let pending = store.pending(100).unwrap();
+    let pending = store.outbox_after(None, 100).unwrap();
     let opened: Vec<_> = pending
         .iter()
         .filter(|entry| entry.event_type == "dev.switchboard.conversation.opened")
@@ -217,9 +217,6 @@ impl Store for FailingStore {
     }
     fn write_snapshot(&self, snapshot: &switchboard::engine::Snapshot) -> Result<(), StoreError> {
         self.0.write_snapshot(snapshot)
-    }
-    fn pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.0.pending(limit)
     }
     fn mark_sent(&self, ids: &[String]) -> Result<(), StoreError> {
         self.0.mark_sent(ids)

@@ -154,17 +154,6 @@ impl Store for RedbStore {
         transaction.commit().map_err(write_error)
     }
 
-    fn pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        let transaction = self.database.begin_read().map_err(read_error)?;
-        let outbox = transaction.open_table(OUTBOX).map_err(read_error)?;
-        let mut entries = Vec::new();
-        for row in outbox.iter().map_err(read_error)?.take(limit) {
-            let (_, bytes) = row.map_err(read_error)?;
-            entries.push(decode(bytes.value(), "outbox entry")?);
-        }
-        Ok(entries)
-    }
-
     fn mark_sent(&self, ids: &[String]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());

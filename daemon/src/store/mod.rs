@@ -133,14 +133,11 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a snapshot and drops the records it covers.
     fn write_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
 
-    /// Up to `limit` unsent outbox entries, oldest first.
-    fn pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
-
     /// Marks entries as sent (their publication was confirmed).
     fn mark_sent(&self, ids: &[String]) -> Result<(), StoreError>;
 
-    /// Up to `limit` outbox entries after the id `after` (from the start without), in commit
-    /// order: the embedded transport's readable outbox.
+    /// Up to `limit` unsent outbox entries after the id `after` (from the oldest without), in
+    /// commit order: the publisher's catch-up and the embedded transport's readable outbox.
     fn outbox_after(
         &self,
         after: Option<&str>,

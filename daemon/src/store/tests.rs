@@ -152,7 +152,7 @@ fn the_outbox_keeps_unsent_entries_in_commit_order() {
     let mut h = Harness::new();
     run_scenario(&mut h);
     commit_one_by_one_with_outbox(&store, &h.records[..12]);
-    let pending = store.pending(1000).unwrap();
+    let pending = store.outbox_after(None, 1000).unwrap();
     assert_eq!(pending.len(), 24);
     let ids: Vec<&String> = pending.iter().map(|entry| &entry.id).collect();
     let mut sorted = ids.clone();
@@ -169,7 +169,7 @@ fn the_outbox_keeps_unsent_entries_in_commit_order() {
         .unwrap();
     drop(store);
     let store = RedbStore::open(&dir).unwrap();
-    let left = store.pending(1000).unwrap();
+    let left = store.outbox_after(None, 1000).unwrap();
     assert_eq!(left.len(), 14);
     assert_eq!(
         left[0], pending[10],
@@ -186,7 +186,10 @@ fn the_outbox_keeps_unsent_entries_in_commit_order() {
         })
         .unwrap();
     drop(store);
-    let left_now = RedbStore::open(&dir).unwrap().pending(1000).unwrap();
+    let left_now = RedbStore::open(&dir)
+        .unwrap()
+        .outbox_after(None, 1000)
+        .unwrap();
     assert_eq!(left_now.len(), 14 - 4 + 2);
     assert_eq!(left_now[0], left[4]);
 }
@@ -199,7 +202,7 @@ fn the_outbox_pages_after_an_id_and_knows_its_size_and_newest_entry() {
     let mut h = Harness::new();
     run_scenario(&mut h);
     commit_one_by_one_with_outbox(&store, &h.records[..6]);
-    let all = store.pending(1000).unwrap();
+    let all = store.outbox_after(None, 1000).unwrap();
     assert_eq!(store.outbox_len().unwrap(), all.len() as u64);
     assert_eq!(
         store.outbox_newest_id().unwrap().as_ref(),
@@ -296,6 +299,9 @@ fn outbox_bodies_are_stored_as_text_when_utf8_and_read_back_in_either_form() {
         })
         .unwrap();
     drop(store);
-    let pending = RedbStore::open(&dir).unwrap().pending(10).unwrap();
+    let pending = RedbStore::open(&dir)
+        .unwrap()
+        .outbox_after(None, 10)
+        .unwrap();
     assert_eq!(pending, [text, binary]);
 }

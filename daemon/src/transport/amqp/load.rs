@@ -52,6 +52,48 @@ pub struct Measurement {
     pub throughput_per_second: f64,
     pub latency_ms: Percentiles,
     pub seconds: f64,
+    /// How busy the whole machine was during this phase (Linux only): the figures above mean
+    /// little on a virtual machine whose host took much of its time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine_cpu: Option<MachineCpu>,
+}
+
+/// The machine's CPU time over a phase, in percent of all its CPUs' time (`/proc/stat`).
+#[derive(Debug, Serialize)]
+pub struct MachineCpu {
+    /// Running anything (broker, daemon, this tool, the rest).
+    pub busy_percent: f64,
+    /// Taken by the hypervisor for other guests while this machine wanted to run.
+    pub steal_percent: f64,
+}
+
+/// The `cpu` line of `/proc/stat`: (busy, steal, total) in clock ticks.
+fn cpu_ticks() -> Option<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = fields[..] else {
+        return None;
+    };
+    let busy = user + nice + system + irq + softirq;
+    Some((busy, steal, busy + steal + idle + iowait))
+}
+
+fn machine_cpu(before: Option<(u64, u64, u64)>) -> Option<MachineCpu> {
+    let (busy0, steal0, total0) = before?;
+    let (busy1, steal1, total1) = cpu_ticks()?;
+    let total = total1.checked_sub(total0).filter(|&total| total > 0)? as f64;
+    Some(MachineCpu {
+        busy_percent: (busy1.saturating_sub(busy0) as f64 / total * 1000.0).round() / 10.0,
+        steal_percent: (steal1.saturating_sub(steal0) as f64 / total * 1000.0).round() / 10.0,
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -211,6 +253,7 @@ async fn measure(
         .map_err(broker)?;
 
     let started = Instant::now();
+    let cpu_before = cpu_ticks();
     let total = bodies.len();
     let sent_at: std::sync::Arc<std::sync::Mutex<Vec<Instant>>> =
         std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(total)));
@@ -309,6 +352,7 @@ async fn measure(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let machine_cpu = machine_cpu(cpu_before);
     sending
         .await
         .map_err(|error| TransportError::Broker(error.to_string()))??;
@@ -319,6 +363,7 @@ async fn measure(
         throughput_per_second: total as f64 / seconds,
         latency_ms: percentiles(&mut latencies),
         seconds,
+        machine_cpu,
     })
 }
 
