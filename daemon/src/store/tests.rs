@@ -145,6 +145,113 @@ fn a_snapshot_truncates_the_log_and_recovery_uses_both() {
     assert!(engine.state() == h.engine.state());
 }
 
+/// Commits the records `h` made since `from` (an index into `h.records`).
+fn commit_since(store: &RedbStore, h: &Harness, from: usize) {
+    store
+        .commit(&Batch {
+            records: h.records[from..].to_vec(),
+            ..Batch::default()
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_snapshot_drops_a_long_log_in_chunks_and_never_goes_back_to_an_older_one() {
+    let dir = temp_dir("snapshot-chunks");
+    let store = RedbStore::open(&dir).unwrap();
+    let mut h = Harness::new();
+    while h.records.len() <= 2 * embedded::LOG_DROP_CHUNK as usize {
+        run_scenario(&mut h);
+    }
+    commit_since(&store, &h, 0);
+    let older = h.engine.state().snapshot();
+    let middle = h.records.len();
+    run_scenario(&mut h);
+    commit_since(&store, &h, middle);
+    store.write_snapshot(&h.engine.state().snapshot()).unwrap();
+    // A slower snapshot task finishing late with an older state changes nothing: the log
+    // behind the newer one is already gone.
+    store.write_snapshot(&older).unwrap();
+    drop(store);
+
+    let store = RedbStore::open(&dir).unwrap();
+    let recovery = store.recover().unwrap();
+    drop(store);
+    assert_eq!(
+        recovery.snapshot.as_ref().unwrap().last_seq,
+        h.records.last().unwrap().seq
+    );
+    assert!(recovery.records.is_empty());
+    {
+        use redb::{ReadableDatabase as _, ReadableTableMetadata as _};
+        let database = redb::Database::create(dir.join("switchboard.redb")).unwrap();
+        let transaction = database.begin_read().unwrap();
+        let log = transaction.open_table(embedded::LOG).unwrap();
+        assert_eq!(log.len().unwrap(), 0, "the whole log went, chunk by chunk");
+    }
+    let engine = Engine::restore(demo_setup(), recovery.snapshot, &recovery.records);
+    assert!(engine.state() == h.engine.state());
+    assert!(
+        !dir.join(format!("{}.tmp", embedded::SNAPSHOT_FILE))
+            .exists(),
+        "the temporary file was renamed into place"
+    );
+}
+
+#[test]
+fn a_store_with_its_snapshot_in_redb_from_before_still_recovers() {
+    use redb::ReadableDatabase as _;
+    let dir = temp_dir("snapshot-legacy");
+    let store = RedbStore::open(&dir).unwrap();
+    let mut h = Harness::new();
+    run_scenario(&mut h);
+    commit_since(&store, &h, 0);
+    let snapshot = h.engine.state().snapshot();
+    let before = h.records.len();
+    drop(store);
+    // The layout of earlier versions: the snapshot in the `snapshot` table, its log dropped.
+    {
+        let database = redb::Database::create(dir.join("switchboard.redb")).unwrap();
+        let transaction = database.begin_write().unwrap();
+        {
+            let mut table = transaction.open_table(embedded::SNAPSHOT).unwrap();
+            table
+                .insert(0, serde_json::to_vec(&snapshot).unwrap().as_slice())
+                .unwrap();
+            let mut log = transaction.open_table(embedded::LOG).unwrap();
+            log.retain_in(..=snapshot.last_seq, |_, _| false).unwrap();
+        }
+        transaction.commit().unwrap();
+    }
+    let store = RedbStore::open(&dir).unwrap();
+    run_scenario(&mut h);
+    commit_since(&store, &h, before);
+    let recovery = store.recover().unwrap();
+    assert_eq!(
+        recovery.snapshot.as_ref().unwrap().last_seq,
+        snapshot.last_seq
+    );
+    assert_eq!(recovery.records.len(), h.records.len() - before);
+    let engine = Engine::restore(demo_setup(), recovery.snapshot, &recovery.records);
+    assert!(engine.state() == h.engine.state());
+
+    // The next snapshot goes to the file and takes the old one with it.
+    store.write_snapshot(&h.engine.state().snapshot()).unwrap();
+    drop(store);
+    let database = redb::Database::create(dir.join("switchboard.redb")).unwrap();
+    let transaction = database.begin_read().unwrap();
+    let table = transaction.open_table(embedded::SNAPSHOT).unwrap();
+    assert!(table.get(0).unwrap().is_none());
+    drop(table);
+    drop(transaction);
+    drop(database);
+    let recovery = RedbStore::open(&dir).unwrap().recover().unwrap();
+    assert_eq!(
+        recovery.snapshot.as_ref().unwrap().last_seq,
+        h.records.last().unwrap().seq
+    );
+}
+
 #[test]
 fn the_outbox_keeps_unsent_entries_in_commit_order() {
     let dir = temp_dir("outbox");
