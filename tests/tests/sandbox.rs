@@ -271,7 +271,8 @@ fn junk_files_are_refused_with_a_clear_message() {
     assert!(matches!(error, LoadError::Invalid { .. }), "{error}");
 }
 
-/// A WebAssembly custom section (id 0): allowed anywhere in a component, ignored by it.
+/// A plugin that declares its request headers is passed only those; one built before
+/// `request-headers` existed is passed them all.
 #[test]
 fn plugins_see_only_the_request_headers_they_declare() {
     let host = host();
@@ -315,6 +316,7 @@ fn plugins_see_only_the_request_headers_they_declare() {
     assert_eq!(&**text, "cookie,x-forwarded-for,x-hub-signature-256");
 }
 
+/// A WebAssembly custom section (id 0): allowed anywhere in a component, ignored by it.
 fn custom_section(name: &str, payload: &[u8]) -> Vec<u8> {
     let mut content = leb128(name.len());
     content.extend_from_slice(name.as_bytes());

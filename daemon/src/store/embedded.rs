@@ -85,9 +85,7 @@ impl RedbStore {
             .map_err(|error| failed(error.to_string()))?;
         Ok(store)
     }
-}
 
-impl RedbStore {
     fn read_snapshot_file(&self) -> Result<Option<Snapshot>, StoreError> {
         match std::fs::read(self.dir.join(SNAPSHOT_FILE)) {
             Ok(bytes) => decode(&bytes, "snapshot").map(Some),

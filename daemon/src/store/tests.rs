@@ -108,27 +108,27 @@ fn committed_records_survive_a_reopen_and_replay_to_the_same_state() {
     assert!(engine.state() == h.engine.state());
 }
 
+/// Commits the records `h` made since `from` (an index into `h.records`).
+fn commit_since(store: &RedbStore, h: &Harness, from: usize) {
+    store
+        .commit(&Batch {
+            records: h.records[from..].to_vec(),
+            ..Batch::default()
+        })
+        .unwrap();
+}
+
 #[test]
 fn a_snapshot_truncates_the_log_and_recovery_uses_both() {
     let dir = temp_dir("snapshot");
     let store = RedbStore::open(&dir).unwrap();
     let mut h = Harness::new();
     run_scenario(&mut h);
-    store
-        .commit(&Batch {
-            records: h.records.clone(),
-            ..Batch::default()
-        })
-        .unwrap();
+    commit_since(&store, &h, 0);
     store.write_snapshot(&h.engine.state().snapshot()).unwrap();
     let before = h.records.len();
     run_scenario(&mut h);
-    store
-        .commit(&Batch {
-            records: h.records[before..].to_vec(),
-            ..Batch::default()
-        })
-        .unwrap();
+    commit_since(&store, &h, before);
     drop(store);
 
     let recovery = RedbStore::open(&dir).unwrap().recover().unwrap();
@@ -143,16 +143,6 @@ fn a_snapshot_truncates_the_log_and_recovery_uses_both() {
     );
     let engine = Engine::restore(demo_setup(), recovery.snapshot, &recovery.records);
     assert!(engine.state() == h.engine.state());
-}
-
-/// Commits the records `h` made since `from` (an index into `h.records`).
-fn commit_since(store: &RedbStore, h: &Harness, from: usize) {
-    store
-        .commit(&Batch {
-            records: h.records[from..].to_vec(),
-            ..Batch::default()
-        })
-        .unwrap();
 }
 
 #[test]
@@ -345,12 +335,7 @@ fn timelines_come_back_per_conversation() {
         },
     )
     .ok();
-    store
-        .commit(&Batch {
-            records: h.records.clone(),
-            ..Batch::default()
-        })
-        .unwrap();
+    commit_since(&store, &h, 0);
     let timeline = store.timeline(first).unwrap();
     assert!(timeline.iter().all(|entry| entry.conversation == first));
     assert!(matches!(
