@@ -102,7 +102,8 @@ pub struct PluginConfig {
     pub settings: Secret,
 }
 
-/// A value that must never reach a log: `Debug` and `Display` print a placeholder.
+/// A value that must never reach a log: `Debug` and `Display` print `***` in its stead (a
+/// redaction, by design: the value is read only through `expose`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
