@@ -19,6 +19,7 @@
 //!
 //! See `plugin-sdk/README.md` for the walk-through and the build command.
 
+pub mod arena;
 pub mod form;
 pub mod settings;
 pub mod signature;
@@ -142,8 +143,16 @@ pub fn header_pair(name: &str, value: impl Into<String>) -> Header {
 }
 
 /// Parses a JSON body into `T`, or says what is wrong with it.
+///
+/// The body is checked to be UTF-8 once, as a whole, and then parsed as text: parsing bytes
+/// checks every string separately, which measured about 7 % of a WhatsApp decode in wasm.
 pub fn json_body<T: serde::de::DeserializeOwned>(request: &Inbound) -> Result<T, PluginError> {
-    serde_json::from_slice(&request.body).map_err(|error| {
+    let text = std::str::from_utf8(&request.body).map_err(|error| {
+        PluginError::InvalidPayload(format!(
+            "body is not the expected JSON: not UTF-8 ({error})"
+        ))
+    })?;
+    serde_json::from_str(text).map_err(|error| {
         PluginError::InvalidPayload(format!("body is not the expected JSON: {error}"))
     })
 }

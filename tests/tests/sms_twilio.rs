@@ -61,6 +61,9 @@ fn sign(url: &str, body: &str) -> String {
 
 fn form_pairs(body: &str) -> Vec<(String, String)> {
     switchboard_plugin_sdk::form::parse(body.as_bytes())
+        .into_iter()
+        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+        .collect()
 }
 
 fn request(body: String, signature: Option<String>) -> InboundRequest {

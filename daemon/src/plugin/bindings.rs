@@ -11,6 +11,9 @@ wasmtime::component::bindgen!({
     // The host binds what every plugin must export and probes for the optional interfaces
     // (`voice-controls`, `request-headers`), so plugins built before they existed still load.
     world: "baseline",
+    ownership: Borrowing {
+        duplicate_if_necessary: true
+    },
 });
 
 use self::switchboard::channel::types as wit;
@@ -72,30 +75,40 @@ pub struct PluginDescription {
     pub request_headers: Option<Vec<String>>,
 }
 
-/// The WIT request for `decode`: only the headers the plugin declared it reads (`None`: all).
-/// Each header is two strings lowered into the sandbox on every call (about 0.2 µs each,
-/// measured), so a webhook's dozen gateway and transport headers cost more than the call.
-pub(super) fn wit_inbound(request: &InboundRequest, wanted: Option<&[String]>) -> wit::Inbound {
+/// The headers a plugin is passed: only those it declared it reads (`None`: all). Each header
+/// is two strings lowered into the sandbox on every call (about 0.2 µs each, measured), so a
+/// webhook's dozen gateway and transport headers cost more than the call. Names are already
+/// lowercase (`InboundRequest`'s rule).
+pub(super) fn declared_headers<'a>(
+    request: &'a InboundRequest,
+    wanted: Option<&[String]>,
+) -> Vec<wit::HeaderParam<'a>> {
+    request
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            wanted.is_none_or(|wanted| {
+                wanted
+                    .iter()
+                    .any(|wanted| wanted.eq_ignore_ascii_case(name))
+            })
+        })
+        .map(|(name, value)| wit::HeaderParam { name, value })
+        .collect()
+}
+
+/// The WIT request for `decode`, lent rather than copied: the host lowers it into the sandbox
+/// straight from the daemon's own strings.
+pub(super) fn wit_inbound<'a>(
+    request: &'a InboundRequest,
+    headers: &'a [wit::HeaderParam<'a>],
+) -> wit::Inbound<'a> {
     wit::Inbound {
-        method: request.method.clone(),
-        url: request.url.clone(),
-        headers: request
-            .headers
-            .iter()
-            .filter(|(name, _)| {
-                wanted.is_none_or(|wanted| {
-                    wanted
-                        .iter()
-                        .any(|wanted| wanted.eq_ignore_ascii_case(name))
-                })
-            })
-            .map(|(name, value)| wit::Header {
-                name: name.to_ascii_lowercase(),
-                value: value.clone(),
-            })
-            .collect(),
-        content_type: request.content_type.clone(),
-        body: request.body.clone(),
+        method: &request.method,
+        url: &request.url,
+        headers,
+        content_type: request.content_type.as_deref(),
+        body: &request.body,
         received_at: request.received_at.0,
     }
 }
@@ -265,10 +278,35 @@ fn visibility(visibility: wit::Visibility) -> engine::Visibility {
     }
 }
 
+/// The two strings of a channel notification the engine keeps as numbers (its id and the
+/// conversation's), for [`notification`] to lend.
+#[derive(Debug)]
+pub(super) struct NotificationIds {
+    id: String,
+    conversation: String,
+}
+
+impl NotificationIds {
+    pub(super) fn of(channel: &ChannelNotification) -> Self {
+        Self {
+            id: channel.notification.id.to_string(),
+            conversation: channel
+                .notification
+                .conversation
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// The WIT notification for a channel notification, or `None` for a body that never goes
 /// to a channel (whispers, agent-side notices): those are refused here a second time, after
-/// the engine, so that no bug upstream can leak a whisper to a customer.
-pub(super) fn notification(channel: &ChannelNotification) -> Option<wit::Notification> {
+/// the engine, so that no bug upstream can leak a whisper to a customer. It borrows the
+/// daemon's strings, like [`wit_inbound`].
+pub(super) fn notification<'a>(
+    channel: &'a ChannelNotification,
+    ids: &'a NotificationIds,
+) -> Option<wit::Notification<'a>> {
     use engine::NotificationBody as N;
     let body = match &channel.notification.body {
         N::Message {
@@ -278,16 +316,16 @@ pub(super) fn notification(channel: &ChannelNotification) -> Option<wit::Notific
         } => wit::NotificationBody::Message(wit::TextMessage {
             author: match author {
                 engine::Author::Customer => wit::Author::Customer,
-                engine::Author::Agent(id) => wit::Author::Agent(id.to_string()),
-                engine::Author::Bot(id) => wit::Author::Bot(id.to_string()),
-                engine::Author::Supervisor(id) => wit::Author::Supervisor(id.to_string()),
+                engine::Author::Agent(id) => wit::Author::Agent(id),
+                engine::Author::Bot(id) => wit::Author::Bot(id),
+                engine::Author::Supervisor(id) => wit::Author::Supervisor(id),
                 engine::Author::System => wit::Author::System,
             },
-            text: text.to_string(),
+            text,
         }),
         N::SupervisorJoined { supervisor, mode } => {
             wit::NotificationBody::SupervisorJoined(wit::SupervisorEvent {
-                supervisor: supervisor.to_string(),
+                supervisor,
                 mode: match mode {
                     engine::SupervisionMode::Monitor => wit::SupervisionMode::Monitor,
                     engine::SupervisionMode::Whisper => wit::SupervisionMode::Whisper,
@@ -299,42 +337,37 @@ pub(super) fn notification(channel: &ChannelNotification) -> Option<wit::Notific
                 },
             })
         }
-        N::SupervisorLeft { supervisor } => {
-            wit::NotificationBody::SupervisorLeft(supervisor.to_string())
+        N::SupervisorLeft { supervisor } => wit::NotificationBody::SupervisorLeft(supervisor),
+        N::Transferred { from, to } => {
+            wit::NotificationBody::Transferred(wit::Transfer { from, to })
         }
-        N::Transferred { from, to } => wit::NotificationBody::Transferred(wit::Transfer {
-            from: from.to_string(),
-            to: to.to_string(),
-        }),
         N::ClosedBySupervisor { supervisor, reason } => {
             wit::NotificationBody::ClosedBySupervisor(wit::Closing {
-                supervisor: supervisor.to_string(),
-                reason: reason.as_deref().map(str::to_owned),
+                supervisor,
+                reason: reason.as_deref(),
             })
         }
         N::EndSession => wit::NotificationBody::EndSession,
         N::Media { control } => wit::NotificationBody::Media(match control {
             engine::MediaControl::Listen { supervisor, agent } => {
                 wit::MediaControl::Listen(wit::SupervisorMedia {
-                    supervisor: supervisor.to_string(),
-                    agent: agent.as_ref().map(ToString::to_string),
+                    supervisor,
+                    agent: agent.as_deref(),
                 })
             }
             engine::MediaControl::Coach { supervisor, agent } => {
                 wit::MediaControl::Coach(wit::SupervisorMedia {
-                    supervisor: supervisor.to_string(),
-                    agent: agent.as_ref().map(ToString::to_string),
+                    supervisor,
+                    agent: agent.as_deref(),
                 })
             }
             engine::MediaControl::Join { supervisor, mode } => {
                 wit::MediaControl::Join(wit::JoinMedia {
-                    supervisor: supervisor.to_string(),
+                    supervisor,
                     public: *mode == engine::JoinMode::Public,
                 })
             }
-            engine::MediaControl::Stop { supervisor } => {
-                wit::MediaControl::Stop(supervisor.to_string())
-            }
+            engine::MediaControl::Stop { supervisor } => wit::MediaControl::Stop(supervisor),
         }),
         N::Message { .. }
         | N::Whisper { .. }
@@ -347,14 +380,10 @@ pub(super) fn notification(channel: &ChannelNotification) -> Option<wit::Notific
         | N::PresenceChanged { .. } => return None,
     };
     Some(wit::Notification {
-        id: channel.notification.id.to_string(),
-        conversation: channel
-            .notification
-            .conversation
-            .map(|id| id.to_string())
-            .unwrap_or_default(),
-        thread: channel.thread.clone(),
-        customer: channel.customer.clone(),
+        id: &ids.id,
+        conversation: &ids.conversation,
+        thread: &channel.thread,
+        customer: &channel.customer,
         customer_last_message_at: channel.customer_last_message_at.map(|at| at.0),
         now: channel.now.0,
         body,
@@ -395,7 +424,7 @@ mod tests {
         InboundRequest {
             headers: [
                 ("cookie", "session=1"),
-                ("X-Hub-Signature-256", "sha256=00"),
+                ("x-hub-signature-256", "sha256=00"),
                 ("x-forwarded-for", "203.0.113.7"),
             ]
             .map(|(name, value)| (name.to_owned(), value.to_owned()))
@@ -404,23 +433,21 @@ mod tests {
         }
     }
 
-    fn names(inbound: &wit::Inbound) -> Vec<&str> {
-        inbound
-            .headers
-            .iter()
-            .map(|header| header.name.as_str())
-            .collect()
+    fn names<'a>(headers: &[wit::HeaderParam<'a>]) -> Vec<&'a str> {
+        headers.iter().map(|header| header.name).collect()
     }
 
     #[test]
     fn a_plugin_is_passed_only_the_headers_it_declared() {
-        let wanted = ["x-hub-signature-256".to_owned()];
-        let inbound = wit_inbound(&request(), Some(&wanted));
-        assert_eq!(names(&inbound), ["x-hub-signature-256"]);
-        assert_eq!(inbound.headers[0].value, "sha256=00");
-        assert!(names(&wit_inbound(&request(), Some(&[]))).is_empty());
+        let request = request();
+        let wanted = ["X-Hub-Signature-256".to_owned()];
+        let declared = declared_headers(&request, Some(&wanted));
+        assert_eq!(names(&declared), ["x-hub-signature-256"]);
+        assert_eq!(declared[0].value, "sha256=00");
+        assert_eq!(wit_inbound(&request, &declared).headers.len(), 1);
+        assert!(declared_headers(&request, Some(&[])).is_empty());
         assert_eq!(
-            names(&wit_inbound(&request(), None)),
+            names(&declared_headers(&request, None)),
             ["cookie", "x-hub-signature-256", "x-forwarded-for"]
         );
     }

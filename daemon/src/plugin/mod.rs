@@ -13,7 +13,7 @@ mod runtime;
 mod sandbox;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -227,6 +227,7 @@ impl PluginHost {
         let loaded = Loaded::prepare(&self.runtime, &settings, Some(&settings.id), stats.clone())?;
         Ok(Plugin {
             runtime: self.runtime.clone(),
+            plugin_id: PluginId::new(settings.id.as_str()),
             settings,
             current: ArcSwap::from_pointee(loaded),
             stats,
@@ -260,6 +261,8 @@ impl PluginHost {
 /// new one atomically while calls in flight finish on the old.
 pub struct Plugin {
     runtime: Arc<Runtime>,
+    /// `settings.id` as the engine names it, shared by every event decoded.
+    plugin_id: PluginId,
     settings: PluginSettings,
     current: ArcSwap<Loaded>,
     stats: Arc<PluginStats>,
@@ -345,15 +348,15 @@ impl Plugin {
     /// One provider payload -> canonical events.
     pub fn decode(&self, request: &InboundRequest) -> Result<Vec<ChannelEvent>, CallError> {
         let current = self.current.load_full();
-        let wit_request =
-            bindings::wit_inbound(request, current.description.request_headers.as_deref());
+        let headers =
+            bindings::declared_headers(request, current.description.request_headers.as_deref());
+        let wit_request = bindings::wit_inbound(request, &headers);
         let events = current.call(&self.stats, |exports, store| {
-            exports.call_decode(store, &wit_request)
+            exports.call_decode(store, wit_request)
         })?;
         self.stats.decodes.fetch_add(1, Ordering::Relaxed);
-        let plugin = PluginId::new(self.settings.id.as_str());
         Ok(bindings::events(
-            &plugin,
+            &self.plugin_id,
             current.description.channel,
             events,
         ))
@@ -364,7 +367,8 @@ impl Plugin {
         &self,
         notification: &ChannelNotification,
     ) -> Result<Vec<OutboundRequest>, CallError> {
-        let Some(wit_notification) = bindings::notification(notification) else {
+        let ids = bindings::NotificationIds::of(notification);
+        let Some(wit_notification) = bindings::notification(notification, &ids) else {
             return Ok(Vec::new());
         };
         let current = self.current.load_full();
@@ -377,7 +381,7 @@ impl Plugin {
             return Ok(Vec::new());
         }
         let requests = current.call(&self.stats, |exports, store| {
-            exports.call_encode(store, &wit_notification)
+            exports.call_encode(store, wit_notification)
         })?;
         self.stats.encodes.fetch_add(1, Ordering::Relaxed);
         Ok(requests.into_iter().map(OutboundRequest::from).collect())
@@ -404,6 +408,9 @@ struct Loaded {
     settings: String,
     warm: Mutex<Vec<Warm>>,
     breaker: Mutex<Breaker>,
+    /// Whether the breaker has counted a failure since the last success: while it has not,
+    /// a call neither locks the breaker to be admitted nor to record its success.
+    troubled: AtomicBool,
 }
 
 /// A configured instance, reused across calls until it fails.
@@ -490,6 +497,7 @@ impl Loaded {
                 bindings: instance,
             }]),
             breaker: Mutex::new(Breaker::default()),
+            troubled: AtomicBool::new(false),
         })
     }
 
@@ -573,6 +581,9 @@ impl Loaded {
     }
 
     fn admit(&self, stats: &PluginStats) -> Result<(), CallError> {
+        if !self.troubled.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut breaker = self
             .breaker
             .lock()
@@ -593,12 +604,16 @@ impl Loaded {
     }
 
     fn succeeded(&self) {
+        if !self.troubled.load(Ordering::Acquire) {
+            return;
+        }
         let mut breaker = self
             .breaker
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         breaker.failures = 0;
         breaker.backoff = Duration::ZERO;
+        self.troubled.store(false, Ordering::Release);
     }
 
     fn failed(&self) {
@@ -607,6 +622,7 @@ impl Loaded {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         breaker.failures += 1;
+        self.troubled.store(true, Ordering::Release);
         if breaker.failures >= BREAKER_THRESHOLD {
             // Envoy's FAIL_RELOAD: back off, doubling, while the plugin keeps failing.
             breaker.backoff = if breaker.backoff.is_zero() {

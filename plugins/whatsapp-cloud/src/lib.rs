@@ -245,7 +245,11 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
             ));
         }
     }
-    let webhook: Webhook<'_> = serde_json::from_slice(&request.body)
+    // UTF-8 checked once for the whole body, then parsed as text (see `json_body`).
+    let text = std::str::from_utf8(&request.body).map_err(|error| {
+        PluginError::InvalidPayload(format!("not a WhatsApp webhook: not UTF-8 ({error})"))
+    })?;
+    let webhook: Webhook<'_> = serde_json::from_str(text)
         .map_err(|error| PluginError::InvalidPayload(format!("not a WhatsApp webhook: {error}")))?;
     if webhook.object != "whatsapp_business_account" {
         return Err(PluginError::Unsupported(format!(
