@@ -14,6 +14,8 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
+// Linked for its per-call arena allocator alone; the bindings are this crate's own.
+use switchboard_plugin_sdk as _;
 
 wit_bindgen::generate!({
     path: "../../plugin-sdk/wit",
