@@ -9,10 +9,9 @@
 
 use std::hint::black_box;
 use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use switchboard::plugin::{PluginHost, PluginSettings};
-use switchboard_tests::component;
+use switchboard::plugin::PluginHost;
 
 #[path = "common/cases.rs"]
 mod cases;
@@ -26,15 +25,7 @@ fn main() {
     let host = PluginHost::new(64 << 20, None).expect("the plugin host starts");
     let mut out = std::io::stdout().lock();
     for case in cases::cases() {
-        let plugin = host
-            .load(PluginSettings {
-                id: case.id.to_owned(),
-                file: component(case.id),
-                memory_limit: 64 << 20,
-                time_limit: Duration::from_millis(100),
-                settings: case.settings.to_owned(),
-            })
-            .expect("the bundled plugin loads");
+        let plugin = case.load(&host);
         let native_request = cases::native_request(&case.request);
         let wasm = || {
             timed(|| {

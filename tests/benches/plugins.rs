@@ -54,15 +54,7 @@ fn call_overhead(c: &mut Criterion) {
 fn decode(c: &mut Criterion) {
     let host = PluginHost::new(64 << 20, None).unwrap();
     for case in cases() {
-        let plugin = host
-            .load(PluginSettings {
-                id: case.id.to_owned(),
-                file: component(case.id),
-                memory_limit: 64 << 20,
-                time_limit: Duration::from_millis(100),
-                settings: case.settings.to_owned(),
-            })
-            .unwrap();
+        let plugin = case.load(&host);
         let mut group = c.benchmark_group(format!("decode/{}", case.id));
         group.throughput(Throughput::Elements(1));
         group.measurement_time(Duration::from_secs(5));

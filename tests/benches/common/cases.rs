@@ -2,10 +2,12 @@
 //! daemon behind a gateway, with the settings it runs with and its mapping code called
 //! natively. Shared by `plugins.rs` and `plugin_ratio.rs`.
 
+use std::time::Duration;
+
 use switchboard::engine::Millis;
-use switchboard::plugin::InboundRequest;
+use switchboard::plugin::{InboundRequest, Plugin, PluginHost, PluginSettings};
 use switchboard_plugin_sdk::{settings, types};
-use switchboard_tests::fixture;
+use switchboard_tests::{component, fixture};
 
 /// One plugin's typical payload and the settings it runs with.
 pub(crate) struct Case {
@@ -13,6 +15,20 @@ pub(crate) struct Case {
     pub(crate) settings: &'static str,
     pub(crate) request: InboundRequest,
     pub(crate) native: Box<dyn Fn(&types::Inbound) -> usize>,
+}
+
+impl Case {
+    /// The bundled plugin, loaded into `host` with the case's settings.
+    pub(crate) fn load(&self, host: &PluginHost) -> Plugin {
+        host.load(PluginSettings {
+            id: self.id.to_owned(),
+            file: component(self.id),
+            memory_limit: 64 << 20,
+            time_limit: Duration::from_millis(100),
+            settings: self.settings.to_owned(),
+        })
+        .expect("the bundled plugin loads")
+    }
 }
 
 /// A webhook as it reaches `POST /v1/inbound/{plugin}` behind a gateway: the transport's and
