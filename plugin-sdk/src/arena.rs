@@ -17,10 +17,9 @@
 //! which is what a growing `Vec` or `String` does.
 //!
 //! The bookkeeping ([`Chunks`]) works on offsets and is tested natively; only the
-//! `GlobalAlloc` adapter touches memory, and only in single-threaded wasm builds. The arena's
-//! bytes are taken from the system allocator on first use. The
-//! `arena` feature (on by default) installs it; turn it off to bring an allocator of your
-//! own.
+//! `GlobalAlloc` adapter touches memory, and only in single-threaded wasm builds, where the
+//! arena's bytes are taken from the system allocator on first use. The `arena` feature (on by
+//! default) installs it; turn it off to bring an allocator of your own.
 
 use std::alloc::Layout;
 
