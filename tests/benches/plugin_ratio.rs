@@ -1,8 +1,8 @@
 //! Plugin benchmark, the wasm-to-native ratio (issue 3) on a noisy machine: each plugin's
 //! decode through the host and the same mapping code natively, alternating in short rounds,
 //! so that whatever the machine does during a round it does to both. On the shared 2-core
-//! VMs, separate measurements of the two (`plugins.rs`) moved the ratio by a factor of up to
-//! 1.5 from one run to the next. One JSON line per plugin: medians over the rounds of the
+//! VMs, separate measurements of the two (`plugins.rs`) moved a plugin's ratio by a factor of
+//! up to 2 from one run to the next. One JSON line per plugin: medians over the rounds of the
 //! per-call times and of the rounds' ratios, with the ratios' quartiles.
 //!
 //! Run: `cargo bench -p switchboard-tests --bench plugin_ratio`.
