@@ -278,35 +278,13 @@ fn visibility(visibility: wit::Visibility) -> engine::Visibility {
     }
 }
 
-/// The two strings of a channel notification the engine keeps as numbers (its id and the
-/// conversation's), for [`notification`] to lend.
-#[derive(Debug)]
-pub(super) struct NotificationIds {
-    id: String,
-    conversation: String,
-}
-
-impl NotificationIds {
-    pub(super) fn of(channel: &ChannelNotification) -> Self {
-        Self {
-            id: channel.notification.id.to_string(),
-            conversation: channel
-                .notification
-                .conversation
-                .map(|id| id.to_string())
-                .unwrap_or_default(),
-        }
-    }
-}
-
-/// The WIT notification for a channel notification, or `None` for a body that never goes
-/// to a channel (whispers, agent-side notices): those are refused here a second time, after
-/// the engine, so that no bug upstream can leak a whisper to a customer. It borrows the
-/// daemon's strings, like [`wit_inbound`].
-pub(super) fn notification<'a>(
-    channel: &'a ChannelNotification,
-    ids: &'a NotificationIds,
-) -> Option<wit::Notification<'a>> {
+/// The WIT body of a channel notification, or `None` for a body that never goes to a channel
+/// (whispers, agent-side notices): those are refused here a second time, after the engine, so
+/// that no bug upstream can leak a whisper to a customer. It borrows the daemon's strings, like
+/// [`wit_inbound`].
+pub(super) fn notification_body(
+    channel: &ChannelNotification,
+) -> Option<wit::NotificationBody<'_>> {
     use engine::NotificationBody as N;
     let body = match &channel.notification.body {
         N::Message {
@@ -379,7 +357,37 @@ pub(super) fn notification<'a>(
         | N::Assigned { .. }
         | N::PresenceChanged { .. } => return None,
     };
-    Some(wit::Notification {
+    Some(body)
+}
+
+/// The two strings of a channel notification the engine keeps as numbers (its id and the
+/// conversation's), for [`notification`] to lend.
+#[derive(Debug)]
+pub(super) struct NotificationIds {
+    id: String,
+    conversation: String,
+}
+
+impl NotificationIds {
+    pub(super) fn of(channel: &ChannelNotification) -> Self {
+        Self {
+            id: channel.notification.id.to_string(),
+            conversation: channel
+                .notification
+                .conversation
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The WIT notification around a body from [`notification_body`].
+pub(super) fn notification<'a>(
+    channel: &'a ChannelNotification,
+    ids: &'a NotificationIds,
+    body: wit::NotificationBody<'a>,
+) -> wit::Notification<'a> {
+    wit::Notification {
         id: &ids.id,
         conversation: &ids.conversation,
         thread: &channel.thread,
@@ -387,7 +395,7 @@ pub(super) fn notification<'a>(
         customer_last_message_at: channel.customer_last_message_at.map(|at| at.0),
         now: channel.now.0,
         body,
-    })
+    }
 }
 
 pub(super) fn describe(

@@ -367,8 +367,7 @@ impl Plugin {
         &self,
         notification: &ChannelNotification,
     ) -> Result<Vec<OutboundRequest>, CallError> {
-        let ids = bindings::NotificationIds::of(notification);
-        let Some(wit_notification) = bindings::notification(notification, &ids) else {
+        let Some(body) = bindings::notification_body(notification) else {
             return Ok(Vec::new());
         };
         let current = self.current.load_full();
@@ -380,6 +379,8 @@ impl Plugin {
             // Media controls only go to plugins that declared them.
             return Ok(Vec::new());
         }
+        let ids = bindings::NotificationIds::of(notification);
+        let wit_notification = bindings::notification(notification, &ids, body);
         let requests = current.call(&self.stats, |exports, store| {
             exports.call_encode(store, wit_notification)
         })?;

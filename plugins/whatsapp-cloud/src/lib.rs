@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 use switchboard_plugin_sdk::settings::{self, Settings};
 use switchboard_plugin_sdk::types::*;
-use switchboard_plugin_sdk::{Plugin, customer_text, header, header_pair, signature};
+use switchboard_plugin_sdk::{Plugin, customer_text, header, header_pair, json_body, signature};
 
 /// Meta's customer service window: free-form messages only within 24 hours of the
 /// customer's last message.
@@ -245,12 +245,7 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
             ));
         }
     }
-    // UTF-8 checked once for the whole body, then parsed as text (see `json_body`).
-    let text = std::str::from_utf8(&request.body).map_err(|error| {
-        PluginError::InvalidPayload(format!("not a WhatsApp webhook: not UTF-8 ({error})"))
-    })?;
-    let webhook: Webhook<'_> = serde_json::from_str(text)
-        .map_err(|error| PluginError::InvalidPayload(format!("not a WhatsApp webhook: {error}")))?;
+    let webhook: Webhook<'_> = json_body(request)?;
     if webhook.object != "whatsapp_business_account" {
         return Err(PluginError::Unsupported(format!(
             "webhook object {:?} is not whatsapp_business_account",
