@@ -1,22 +1,31 @@
-//! The embedded store: one redb file (checksummed, one fsync per commit) under `store.path`,
-//! and the latest snapshot in a file beside it. Records, timeline and outbox are JSON values in
-//! redb tables (an outbox body as a JSON string when it is UTF-8, see `OutboxEntry`).
+//! The embedded store: commits go to the journal (`journal`: one append and one `fdatasync` per
+//! group commit); an indexer thread folds them into one redb file under `store.path` every
+//! [`FOLD_INTERVAL`] (or sooner when many are waiting) in one durable redb commit, then deletes
+//! the journal segments redb now holds. Records, timeline and outbox are JSON values in redb
+//! tables (an outbox body as a JSON string when it is UTF-8, see `OutboxEntry`); readers fold
+//! what is waiting first (a non-durable redb commit), so they always see every commit. On open,
+//! the segments a crash left behind are replayed into redb: applying a frame twice changes
+//! nothing (every write is keyed), so a crash between redb's commit and a segment's deletion is
+//! harmless.
 //!
-//! The snapshot lives outside redb because redb has one write transaction at a time: a
-//! snapshot written into it (megabytes and their fsync) held every commit behind it, a stall
-//! that grows with the state. Written to a file (temporary file, fsync, rename, fsync of the
-//! directory), it no longer blocks commits; only then is the log behind it dropped, in small
-//! non-durable transactions. Stores written before keep their snapshot in the `snapshot`
-//! table, which is still read.
+//! The latest snapshot lives in a file beside the database because redb has one write
+//! transaction at a time: a snapshot written into it (megabytes and their fsync) held every
+//! commit behind it, a stall that grows with the state. Written to a file (temporary file,
+//! fsync, rename, fsync of the directory), it blocks nothing; only then is the log behind it
+//! dropped, in small non-durable transactions. Stores written before keep their snapshot in the
+//! `snapshot` table, which is still read.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 
+use super::journal::{self, Journal};
 use super::{Batch, OutboxEntry, Recovery, Store, StoreError};
 use crate::engine::{ConversationId, Record, Snapshot, TimelineEntry};
 
@@ -34,21 +43,80 @@ pub(super) const SNAPSHOT_FILE: &str = "snapshot.json";
 /// Log records dropped per transaction behind a snapshot: commits get the write lock between
 /// two of them.
 pub(super) const LOG_DROP_CHUNK: u64 = 1_000;
+/// How often the indexer folds the journal into redb. Longer means fewer durable redb commits
+/// (their fixed cost is what the journal saves) but more to replay after a crash and more
+/// commits held in memory.
+pub(super) const FOLD_INTERVAL: Duration = Duration::from_millis(200);
+/// Records waiting in memory that wake the indexer before [`FOLD_INTERVAL`] is up (a bound on
+/// that memory under a flood).
+const FOLD_AT_RECORDS: usize = 8_192;
 
-/// The redb store.
+/// The embedded store: the journal in front of redb.
 #[derive(Debug)]
 pub struct RedbStore {
+    shared: Arc<Shared>,
+    /// The indexer thread; `None` in tests that fold by hand (and "crash" by dropping).
+    indexer: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
     database: Database,
     dir: PathBuf,
     /// The sequence number of the latest snapshot written by this process. Held while one is
     /// written, so that two never interleave and an older one never replaces a newer one (the
     /// log behind the newer one may already be gone).
     snapshot_written: Mutex<u64>,
+    /// The segment commits append to, and the commits redb does not hold yet.
+    tail: Mutex<Tail>,
+    /// Wakes the indexer early (many records waiting, or shutting down).
+    wake: Condvar,
+    /// Held while batches move from the tail into redb, so that they arrive in commit order.
+    folding: Mutex<Folding>,
+}
+
+#[derive(Debug)]
+struct Tail {
+    journal: Journal,
+    /// Committed (or marked sent) and not yet in redb, in commit order.
+    pending: Vec<Batch>,
+    pending_records: usize,
+    stopping: bool,
+}
+
+#[derive(Debug, Default)]
+struct Folding {
+    /// Segments no longer appended to whose frames are in redb, perhaps not durably yet:
+    /// deleted after the next durable redb commit.
+    retired: Vec<u64>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind, no broken invariant
+    // a later caller could trip on: carry on.
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 impl RedbStore {
-    /// Opens (or creates) `dir/switchboard.redb`.
+    /// Opens (or creates) `dir/switchboard.redb`, replays what a crash left in the journal and
+    /// starts the indexer.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let mut store = Self::open_without_indexer(dir)?;
+        let shared = store.shared.clone();
+        let indexer = std::thread::Builder::new()
+            .name("store-indexer".to_owned())
+            .spawn(move || shared.run_indexer())
+            .map_err(|error| StoreError::Open {
+                path: dir.display().to_string(),
+                reason: format!("cannot start the store's indexer thread: {error}"),
+            })?;
+        store.indexer = Some(indexer);
+        Ok(store)
+    }
+
+    /// [`Self::open`] without the indexer: the journal is folded into redb only by readers and
+    /// by [`Self::fold`], and dropping the store leaves the journal as a crash would.
+    pub(super) fn open_without_indexer(dir: &Path) -> Result<Self, StoreError> {
         let failed = |reason: String| StoreError::Open {
             path: dir.display().to_string(),
             reason,
@@ -56,14 +124,8 @@ impl RedbStore {
         std::fs::create_dir_all(dir).map_err(|error| failed(error.to_string()))?;
         let database = Database::create(dir.join("switchboard.redb"))
             .map_err(|error| failed(error.to_string()))?;
-        let store = Self {
-            database,
-            dir: dir.to_owned(),
-            snapshot_written: Mutex::new(0),
-        };
         // Create the tables up front so that readers never meet a missing table.
-        let transaction = store
-            .database
+        let transaction = database
             .begin_write()
             .map_err(|error| failed(error.to_string()))?;
         {
@@ -83,7 +145,185 @@ impl RedbStore {
         transaction
             .commit()
             .map_err(|error| failed(error.to_string()))?;
-        Ok(store)
+        let next_segment = replay_journal(&database, dir)?;
+        let journal = Journal::create(dir, next_segment)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                database,
+                dir: dir.to_owned(),
+                snapshot_written: Mutex::new(0),
+                tail: Mutex::new(Tail {
+                    journal,
+                    pending: Vec::new(),
+                    pending_records: 0,
+                    stopping: false,
+                }),
+                wake: Condvar::new(),
+                folding: Mutex::new(Folding::default()),
+            }),
+            indexer: None,
+        })
+    }
+
+    /// Folds every commit so far into redb durably and deletes the journal segments it held.
+    #[cfg(test)]
+    pub(super) fn fold(&self) -> Result<(), StoreError> {
+        self.shared.fold(true)
+    }
+}
+
+impl Drop for RedbStore {
+    /// Stops the indexer, which folds the journal into redb one last time.
+    fn drop(&mut self) {
+        if let Some(indexer) = self.indexer.take() {
+            lock(&self.shared.tail).stopping = true;
+            self.shared.wake.notify_all();
+            if indexer.join().is_err() {
+                tracing::error!(
+                    "the store's indexer panicked; the journal is replayed on the next start"
+                );
+            }
+        }
+    }
+}
+
+/// Applies the segments in `dir` to redb in one durable commit and deletes them; returns the
+/// number for the next segment.
+fn replay_journal(database: &Database, dir: &Path) -> Result<u64, StoreError> {
+    let segments = journal::segments(dir)?;
+    let Some(&newest) = segments.last() else {
+        return Ok(0);
+    };
+    let mut batches = Vec::new();
+    for &segment in &segments {
+        for payload in journal::read_segment(dir, segment, segment == newest)? {
+            batches.push(decode::<Batch>(&payload, "journal frame")?);
+        }
+    }
+    apply(database, &batches, Durability::Immediate)?;
+    for &segment in &segments {
+        journal::remove_segment(dir, segment)?;
+    }
+    tracing::info!(
+        segments = segments.len(),
+        commits = batches.len(),
+        "replayed the journal into the store"
+    );
+    Ok(newest + 1)
+}
+
+/// Writes `batches` into redb in one transaction, in order.
+fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Result<(), StoreError> {
+    let mut transaction = database.begin_write().map_err(write_error)?;
+    transaction
+        .set_durability(durability)
+        .map_err(write_error)?;
+    {
+        let mut log = transaction.open_table(LOG).map_err(write_error)?;
+        let mut timeline = transaction.open_table(TIMELINE).map_err(write_error)?;
+        let mut outbox = transaction.open_table(OUTBOX).map_err(write_error)?;
+        for batch in batches {
+            for record in &batch.records {
+                log.insert(record.seq, encode(record)?.as_slice())
+                    .map_err(write_error)?;
+                for (index, entry) in record.timeline.iter().enumerate() {
+                    let key = (entry.conversation.key(), record.seq, index as u32);
+                    timeline
+                        .insert(key, encode(entry)?.as_slice())
+                        .map_err(write_error)?;
+                }
+            }
+            for entry in &batch.outbox {
+                outbox
+                    .insert(entry.id.as_str(), encode(entry)?.as_slice())
+                    .map_err(write_error)?;
+            }
+            for id in &batch.sent {
+                outbox.remove(id.as_str()).map_err(write_error)?;
+            }
+        }
+    }
+    transaction.commit().map_err(write_error)
+}
+
+impl Shared {
+    fn run_indexer(&self) {
+        loop {
+            let stopping = {
+                let tail = lock(&self.tail);
+                let (tail, _) = self
+                    .wake
+                    .wait_timeout_while(tail, FOLD_INTERVAL, |tail| {
+                        !tail.stopping && tail.pending_records < FOLD_AT_RECORDS
+                    })
+                    .unwrap_or_else(|poison| poison.into_inner());
+                tail.stopping
+            };
+            if let Err(error) = self.fold(true) {
+                tracing::error!(
+                    error = %error,
+                    "cannot fold the journal into the store; the journal keeps the commits, retrying"
+                );
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Moves the commits waiting in memory into redb, in order. `durable`: in a durable redb
+    /// commit, after which the segments they came from are deleted (the journal moves on to a
+    /// new segment first); otherwise in a non-durable one, only so that readers see them.
+    fn fold(&self, durable: bool) -> Result<(), StoreError> {
+        let mut folding = lock(&self.folding);
+        // Only a fold moves the journal to a new segment, and folds hold `folding`: the number
+        // read here is still current below. The new file is made durable before the tail lock
+        // is taken, so commits do not wait for it.
+        let next = match durable {
+            true => {
+                let tail = lock(&self.tail);
+                (!tail.journal.is_empty()).then(|| tail.journal.segment() + 1)
+            }
+            false => None,
+        };
+        let next = next
+            .map(|segment| Journal::create(&self.dir, segment))
+            .transpose()?;
+        let batches = {
+            let mut tail = lock(&self.tail);
+            if let Some(next) = next {
+                let retired = std::mem::replace(&mut tail.journal, next);
+                folding.retired.push(retired.segment());
+            }
+            tail.pending_records = 0;
+            std::mem::take(&mut tail.pending)
+        };
+        // A durable fold with nothing new still persists what earlier non-durable ones
+        // applied, so that the segments holding it can go.
+        let nothing_to_persist = !durable || folding.retired.is_empty();
+        if batches.is_empty() && nothing_to_persist {
+            return Ok(());
+        }
+        let durability = match durable {
+            true => Durability::Immediate,
+            false => Durability::None,
+        };
+        if let Err(error) = apply(&self.database, &batches, durability) {
+            // Back in front of what came since, so that nothing is skipped or reordered.
+            let mut tail = lock(&self.tail);
+            tail.pending_records += batches
+                .iter()
+                .map(|batch| batch.records.len())
+                .sum::<usize>();
+            tail.pending.splice(0..0, batches);
+            return Err(error);
+        }
+        if durable {
+            for segment in std::mem::take(&mut folding.retired) {
+                journal::remove_segment(&self.dir, segment)?;
+            }
+        }
+        Ok(())
     }
 
     fn read_snapshot_file(&self) -> Result<Option<Snapshot>, StoreError> {
@@ -143,6 +383,12 @@ impl RedbStore {
             }
         }
     }
+
+    /// Readers call this first: every commit so far becomes visible in redb.
+    fn caught_up(&self) -> Result<&Database, StoreError> {
+        self.fold(false)?;
+        Ok(&self.database)
+    }
 }
 
 fn write_error(error: impl std::fmt::Display) -> StoreError {
@@ -169,45 +415,26 @@ impl Store for RedbStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut transaction = self.database.begin_write().map_err(write_error)?;
-        // Acknowledgements wait for this commit: it must be on disk when it returns.
-        transaction
-            .set_durability(Durability::Immediate)
-            .map_err(write_error)?;
-        {
-            let mut log = transaction.open_table(LOG).map_err(write_error)?;
-            let mut timeline = transaction.open_table(TIMELINE).map_err(write_error)?;
-            for record in &batch.records {
-                log.insert(record.seq, encode(record)?.as_slice())
-                    .map_err(write_error)?;
-                for (index, entry) in record.timeline.iter().enumerate() {
-                    let key = (entry.conversation.key(), record.seq, index as u32);
-                    timeline
-                        .insert(key, encode(entry)?.as_slice())
-                        .map_err(write_error)?;
-                }
-            }
-            let mut outbox = transaction.open_table(OUTBOX).map_err(write_error)?;
-            for entry in &batch.outbox {
-                outbox
-                    .insert(entry.id.as_str(), encode(entry)?.as_slice())
-                    .map_err(write_error)?;
-            }
-            for id in &batch.sent {
-                outbox.remove(id.as_str()).map_err(write_error)?;
-            }
+        let frame = encode(batch)?;
+        let mut tail = lock(&self.shared.tail);
+        // Acknowledgements wait for this commit: the frame is on disk when it returns.
+        tail.journal.append(&frame)?;
+        tail.pending.push(batch.clone());
+        tail.pending_records += batch.records.len();
+        if tail.pending_records >= FOLD_AT_RECORDS {
+            self.shared.wake.notify_one();
         }
-        transaction.commit().map_err(write_error)
+        Ok(())
     }
 
     fn recover(&self) -> Result<Recovery, StoreError> {
-        let transaction = self.database.begin_read().map_err(read_error)?;
+        let transaction = self.shared.caught_up()?.begin_read().map_err(read_error)?;
         let snapshot_table = transaction.open_table(SNAPSHOT).map_err(read_error)?;
         let from_table: Option<Snapshot> = match snapshot_table.get(0).map_err(read_error)? {
             Some(bytes) => Some(decode(bytes.value(), "snapshot")?),
             None => None,
         };
-        let from_file = self.read_snapshot_file()?;
+        let from_file = self.shared.read_snapshot_file()?;
         // The newer of the two: a store written before snapshots moved out of redb has only
         // the table's.
         let snapshot = match (from_table, from_file) {
@@ -226,38 +453,33 @@ impl Store for RedbStore {
     }
 
     fn write_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        let mut written = self
-            .snapshot_written
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut written = lock(&self.shared.snapshot_written);
         if snapshot.last_seq <= *written {
             return Ok(());
         }
         let encoded = encode(snapshot)?;
-        self.write_snapshot_file(&encoded)?;
+        self.shared.write_snapshot_file(&encoded)?;
         *written = snapshot.last_seq;
-        // The snapshot is durable: the log behind it may go. Non-durable (the next commit's
-        // fsync persists the removal; a crash before it leaves records that recovery skips).
-        self.drop_log_through(snapshot.last_seq)
+        // The snapshot is durable: the log behind it may go, once every record it covers is
+        // in redb (they were all committed before the snapshot was taken). Non-durable (the
+        // next durable commit persists the removal; a crash before it leaves records that
+        // recovery skips).
+        self.shared.caught_up()?;
+        self.shared.drop_log_through(snapshot.last_seq)
     }
 
     fn mark_sent(&self, ids: &[String]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut transaction = self.database.begin_write().map_err(write_error)?;
-        // Losing a "sent" mark only means publishing again with the same id: no fsync of its own
-        // (the next durable commit persists it).
-        transaction
-            .set_durability(Durability::None)
-            .map_err(write_error)?;
-        {
-            let mut outbox = transaction.open_table(OUTBOX).map_err(write_error)?;
-            for id in ids {
-                outbox.remove(id.as_str()).map_err(write_error)?;
-            }
-        }
-        transaction.commit().map_err(write_error)
+        // Losing a "sent" mark only means publishing again with the same id: not journaled
+        // (redb's next durable commit persists it). It waits in line behind the commits, so
+        // that it never comes before the entry it removes.
+        lock(&self.shared.tail).pending.push(Batch {
+            sent: ids.to_vec(),
+            ..Batch::default()
+        });
+        Ok(())
     }
 
     fn outbox_after(
@@ -265,7 +487,7 @@ impl Store for RedbStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
-        let transaction = self.database.begin_read().map_err(read_error)?;
+        let transaction = self.shared.caught_up()?.begin_read().map_err(read_error)?;
         let outbox = transaction.open_table(OUTBOX).map_err(read_error)?;
         let rows = match after {
             Some(after) => outbox.range::<&str>(after..).map_err(read_error)?,
@@ -286,20 +508,20 @@ impl Store for RedbStore {
     }
 
     fn outbox_len(&self) -> Result<u64, StoreError> {
-        let transaction = self.database.begin_read().map_err(read_error)?;
+        let transaction = self.shared.caught_up()?.begin_read().map_err(read_error)?;
         let outbox = transaction.open_table(OUTBOX).map_err(read_error)?;
         outbox.len().map_err(read_error)
     }
 
     fn outbox_newest_id(&self) -> Result<Option<String>, StoreError> {
-        let transaction = self.database.begin_read().map_err(read_error)?;
+        let transaction = self.shared.caught_up()?.begin_read().map_err(read_error)?;
         let outbox = transaction.open_table(OUTBOX).map_err(read_error)?;
         let newest = outbox.last().map_err(read_error)?;
         Ok(newest.map(|(key, _)| key.value().to_owned()))
     }
 
     fn timeline(&self, conversation: ConversationId) -> Result<Vec<TimelineEntry>, StoreError> {
-        let transaction = self.database.begin_read().map_err(read_error)?;
+        let transaction = self.shared.caught_up()?.begin_read().map_err(read_error)?;
         let table = transaction.open_table(TIMELINE).map_err(read_error)?;
         let key = conversation.key();
         let mut entries = Vec::new();

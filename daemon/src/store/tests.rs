@@ -397,3 +397,131 @@ fn outbox_bodies_are_stored_as_text_when_utf8_and_read_back_in_either_form() {
         .unwrap();
     assert_eq!(pending, [text, binary]);
 }
+
+/// The journal segment files in `dir`.
+fn journal_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("journal-"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn commits_the_indexer_never_folded_come_back_from_the_journal_after_a_crash() {
+    let dir = temp_dir("journal-crash");
+    let mut h = Harness::new();
+    run_scenario(&mut h);
+    let (first, second) = h.records.split_at(h.records.len() / 2);
+    {
+        let store = RedbStore::open_without_indexer(&dir).unwrap();
+        commit_one_by_one_with_outbox(&store, first);
+        // Half of it reaches redb durably, half only the journal; then the process dies.
+        store.fold().unwrap();
+        commit_one_by_one_with_outbox(&store, second);
+        assert!(!journal_files(&dir).is_empty());
+    }
+    // The crash tore the last frame of a commit that was never acknowledged.
+    let newest = journal_files(&dir).pop().unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&newest)
+        .unwrap();
+    std::io::Write::write_all(&mut file, &[200, 1, 0, 0, 7, 7]).unwrap();
+    drop(file);
+
+    let store = RedbStore::open_without_indexer(&dir).unwrap();
+    assert_eq!(
+        journal_files(&dir).len(),
+        1,
+        "replayed segments are deleted; a fresh one takes the next commits"
+    );
+    let recovery = store.recover().unwrap();
+    assert_eq!(recovery.records, h.records);
+    let engine = Engine::restore(demo_setup(), recovery.snapshot, &recovery.records);
+    assert!(engine.state() == h.engine.state());
+    assert_eq!(store.outbox_len().unwrap(), 2 * h.records.len() as u64);
+}
+
+#[test]
+fn replaying_a_journal_redb_already_holds_changes_nothing() {
+    let dir = temp_dir("journal-twice");
+    let mut h = Harness::new();
+    run_scenario(&mut h);
+    let store = RedbStore::open_without_indexer(&dir).unwrap();
+    commit_one_by_one_with_outbox(&store, &h.records[..10]);
+    let sent: Vec<String> = store
+        .outbox_after(None, 5)
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.id)
+        .collect();
+    store
+        .commit(&Batch {
+            records: h.records[10..].to_vec(),
+            sent: sent.clone(),
+            ..Batch::default()
+        })
+        .unwrap();
+    // A crash between redb's durable commit and the deletion of the segments it holds.
+    let kept: Vec<(PathBuf, Vec<u8>)> = journal_files(&dir)
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect();
+    store.fold().unwrap();
+    let outbox_before = store.outbox_after(None, 1000).unwrap();
+    drop(store);
+    for (path, bytes) in &kept {
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    let store = RedbStore::open_without_indexer(&dir).unwrap();
+    let recovery = store.recover().unwrap();
+    assert_eq!(recovery.records, h.records, "each record once, in order");
+    assert_eq!(store.outbox_after(None, 1000).unwrap(), outbox_before);
+    assert!(
+        outbox_before.iter().all(|entry| !sent.contains(&entry.id)),
+        "confirmed entries stay removed"
+    );
+}
+
+#[test]
+fn readers_see_every_commit_before_the_indexer_folds_it() {
+    let dir = temp_dir("journal-readers");
+    let mut h = Harness::new();
+    let conversation = h.active("web-chat", "a-1");
+    let store = RedbStore::open_without_indexer(&dir).unwrap();
+    commit_one_by_one_with_outbox(&store, &h.records);
+    assert!(!store.timeline(conversation).unwrap().is_empty());
+    let all = store.outbox_after(None, 1000).unwrap();
+    assert_eq!(all.len(), 2 * h.records.len());
+    // A "sent" mark waits behind the commit that added the entry, even when neither has
+    // reached redb yet.
+    h.on(&conversation, |conversation| EventBody::Closed {
+        conversation,
+    });
+    let closing = h.records.last().unwrap().clone();
+    let added = outbox_for(&closing);
+    store
+        .commit(&Batch {
+            records: vec![closing],
+            outbox: added.clone(),
+            ..Batch::default()
+        })
+        .unwrap();
+    store.mark_sent(&[added[0].id.clone()]).unwrap();
+    assert_eq!(store.outbox_len().unwrap(), all.len() as u64 + 1);
+    assert_eq!(
+        store.outbox_newest_id().unwrap().as_ref(),
+        Some(&added[1].id)
+    );
+}
