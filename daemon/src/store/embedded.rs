@@ -46,7 +46,7 @@ pub(super) const LOG_DROP_CHUNK: u64 = 1_000;
 /// How often the indexer folds the journal into redb. Longer means fewer durable redb commits
 /// (their fixed cost is what the journal saves) but more to replay after a crash and more
 /// commits held in memory.
-pub(super) const FOLD_INTERVAL: Duration = Duration::from_millis(200);
+pub(super) const FOLD_INTERVAL: Duration = Duration::from_millis(1000);
 /// Records waiting in memory that wake the indexer before [`FOLD_INTERVAL`] is up (a bound on
 /// that memory under a flood).
 const FOLD_AT_RECORDS: usize = 8_192;
@@ -212,8 +212,25 @@ fn replay_journal(database: &Database, dir: &Path) -> Result<u64, StoreError> {
     Ok(newest + 1)
 }
 
-/// Writes `batches` into redb in one transaction, in order.
+/// Writes `batches` into redb in one transaction, with the outcome of writing them in order.
+///
+/// An outbox entry removed later in the same run of batches (its publication confirmed within
+/// [`FOLD_INTERVAL`], the usual case with a broker) is not inserted at all: inserting and then
+/// removing it leaves it absent, as removing it alone does. That spares redb most of the
+/// outbox, the largest values it would write (bodies of a kilobyte, JSON-escaped).
 fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Result<(), StoreError> {
+    let mut last_removal: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (index, batch) in batches.iter().enumerate() {
+        for id in &batch.sent {
+            last_removal.insert(id.as_str(), index);
+        }
+    }
+    // A batch's own removals come after its insertions (they are of entries committed before).
+    let removed_later = |id: &str, index: usize| {
+        last_removal
+            .get(id)
+            .is_some_and(|&removal| removal >= index)
+    };
     let mut transaction = database.begin_write().map_err(write_error)?;
     transaction
         .set_durability(durability)
@@ -222,7 +239,7 @@ fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Resu
         let mut log = transaction.open_table(LOG).map_err(write_error)?;
         let mut timeline = transaction.open_table(TIMELINE).map_err(write_error)?;
         let mut outbox = transaction.open_table(OUTBOX).map_err(write_error)?;
-        for batch in batches {
+        for (index, batch) in batches.iter().enumerate() {
             for record in &batch.records {
                 log.insert(record.seq, encode(record)?.as_slice())
                     .map_err(write_error)?;
@@ -234,6 +251,9 @@ fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Resu
                 }
             }
             for entry in &batch.outbox {
+                if removed_later(&entry.id, index) {
+                    continue;
+                }
                 outbox
                     .insert(entry.id.as_str(), encode(entry)?.as_slice())
                     .map_err(write_error)?;

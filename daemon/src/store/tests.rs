@@ -525,3 +525,39 @@ fn readers_see_every_commit_before_the_indexer_folds_it() {
         Some(&added[1].id)
     );
 }
+
+#[test]
+fn an_entry_confirmed_before_its_fold_never_reaches_the_outbox_and_the_rest_stay_in_order() {
+    let dir = temp_dir("journal-coalesce");
+    let mut h = Harness::new();
+    run_scenario(&mut h);
+    let store = RedbStore::open_without_indexer(&dir).unwrap();
+    let [first, second, third] = [&h.records[0], &h.records[1], &h.records[2]];
+    commit_one_by_one_with_outbox(&store, std::slice::from_ref(first));
+    store.fold().unwrap();
+    let [first_a, first_b] = <[OutboxEntry; 2]>::try_from(outbox_for(first)).unwrap();
+    let [second_a, second_b] = <[OutboxEntry; 2]>::try_from(outbox_for(second)).unwrap();
+    // In one fold: an entry of an earlier fold confirmed, an entry of this fold confirmed by
+    // the next commit, another by a "sent" mark.
+    store
+        .commit(&Batch {
+            records: vec![second.clone()],
+            outbox: vec![second_a.clone(), second_b.clone()],
+            sent: vec![first_a.id.clone()],
+        })
+        .unwrap();
+    store
+        .commit(&Batch {
+            records: vec![third.clone()],
+            outbox: outbox_for(third),
+            sent: vec![second_a.id.clone()],
+        })
+        .unwrap();
+    store.mark_sent(std::slice::from_ref(&second_b.id)).unwrap();
+    store.fold().unwrap();
+    let expected: Vec<OutboxEntry> = std::iter::once(first_b).chain(outbox_for(third)).collect();
+    assert_eq!(store.outbox_after(None, 100).unwrap(), expected);
+    drop(store);
+    let store = RedbStore::open(&dir).unwrap();
+    assert_eq!(store.outbox_after(None, 100).unwrap(), expected);
+}
