@@ -221,16 +221,16 @@ fn replay_journal(database: &Database, dir: &Path) -> Result<u64, StoreError> {
 /// outbox, the largest values it would write (bodies of a kilobyte, JSON-escaped).
 fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Result<(), StoreError> {
     let mut last_removal: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for (index, batch) in batches.iter().enumerate() {
+    for (position, batch) in batches.iter().enumerate() {
         for id in &batch.sent {
-            last_removal.insert(id.as_str(), index);
+            last_removal.insert(id.as_str(), position);
         }
     }
     // A batch's own removals come after its insertions (they are of entries committed before).
-    let removed_later = |id: &str, index: usize| {
+    let removed_later = |id: &str, position: usize| {
         last_removal
             .get(id)
-            .is_some_and(|&removal| removal >= index)
+            .is_some_and(|&removal| removal >= position)
     };
     let mut transaction = database.begin_write().map_err(write_error)?;
     transaction
@@ -240,7 +240,7 @@ fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Resu
         let mut log = transaction.open_table(LOG).map_err(write_error)?;
         let mut timeline = transaction.open_table(TIMELINE).map_err(write_error)?;
         let mut outbox = transaction.open_table(OUTBOX).map_err(write_error)?;
-        for (index, batch) in batches.iter().enumerate() {
+        for (position, batch) in batches.iter().enumerate() {
             for record in &batch.records {
                 log.insert(record.seq, encode(record)?.as_slice())
                     .map_err(write_error)?;
@@ -252,7 +252,7 @@ fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Resu
                 }
             }
             for entry in &batch.outbox {
-                if removed_later(&entry.id, index) {
+                if removed_later(&entry.id, position) {
                     continue;
                 }
                 outbox
@@ -340,8 +340,16 @@ impl Shared {
             return Err(error);
         }
         if durable {
-            for segment in std::mem::take(&mut folding.retired) {
-                journal::remove_segment(&self.dir, segment)?;
+            // One that cannot be deleted now is tried again after the next durable fold (and
+            // replayed harmlessly should the daemon stop first).
+            let mut failure = None;
+            folding.retired.retain(|&segment| {
+                journal::remove_segment(&self.dir, segment)
+                    .map_err(|error| failure = Some(error))
+                    .is_err()
+            });
+            if let Some(error) = failure {
+                return Err(error);
             }
         }
         Ok(())

@@ -75,13 +75,16 @@ impl Journal {
         frame.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(payload).to_le_bytes());
         frame.extend_from_slice(payload);
         // After a failed write or sync the file's state is unknown (and a failed fsync cannot
-        // be retried safely): this segment takes no more frames.
+        // be retried safely): this segment takes no more frames. What a failed write left is
+        // cut off if possible, so that the segment ends with a whole frame even once a newer
+        // one follows it (replay accepts a torn frame only at the end of the newest).
         let written = self
             .file
             .write_all(&frame)
             .and_then(|()| self.file.sync_data());
         if let Err(error) = written {
             self.broken = true;
+            let _ = self.file.set_len(self.len);
             return Err(write_error(
                 format!("appending to journal segment {}", self.segment),
                 error,
