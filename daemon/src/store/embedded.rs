@@ -90,6 +90,9 @@ struct Folding {
     /// Segments no longer appended to whose frames are in redb, perhaps not durably yet:
     /// deleted after the next durable redb commit.
     retired: Vec<u64>,
+    /// A non-durable fold applied something (a reader's, perhaps only "sent" marks, which
+    /// no segment holds) that the next durable fold must persist.
+    unpersisted: bool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -320,8 +323,8 @@ impl Shared {
             std::mem::take(&mut tail.pending)
         };
         // A durable fold with nothing new still persists what earlier non-durable ones
-        // applied, so that the segments holding it can go.
-        let nothing_to_persist = !durable || folding.retired.is_empty();
+        // applied, so that the segments holding it can go and the marks stay made.
+        let nothing_to_persist = !durable || (folding.retired.is_empty() && !folding.unpersisted);
         if batches.is_empty() && nothing_to_persist {
             return Ok(());
         }
@@ -339,6 +342,7 @@ impl Shared {
             tail.pending.splice(0..0, batches);
             return Err(error);
         }
+        folding.unpersisted = !durable;
         if durable {
             // One that cannot be deleted now is tried again after the next durable fold (and
             // replayed harmlessly should the daemon stop first).
