@@ -204,15 +204,18 @@ fn replay_journal(database: &Database, dir: &Path) -> Result<u64, StoreError> {
             batches.push(decode::<Batch>(&payload, "journal frame")?);
         }
     }
-    apply(database, &batches, Durability::Immediate)?;
+    // After an orderly stop the journal is one empty segment: nothing to say or apply.
+    if !batches.is_empty() {
+        apply(database, &batches, Durability::Immediate)?;
+        tracing::info!(
+            segments = segments.len(),
+            commits = batches.len(),
+            "replayed the journal into the store (the daemon had stopped without folding it)"
+        );
+    }
     for &segment in &segments {
         journal::remove_segment(dir, segment)?;
     }
-    tracing::info!(
-        segments = segments.len(),
-        commits = batches.len(),
-        "replayed the journal into the store"
-    );
     Ok(newest + 1)
 }
 
