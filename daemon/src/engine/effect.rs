@@ -51,6 +51,9 @@ pub struct Record {
     pub seq: u64,
     pub at: Millis,
     pub changes: Vec<Change>,
+    /// Absent from the store's `log` table, which keeps what replay needs (the timeline has a
+    /// table of its own).
+    #[serde(default)]
     pub timeline: Vec<TimelineEntry>,
 }
 

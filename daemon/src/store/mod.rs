@@ -108,7 +108,8 @@ impl Batch {
 #[derive(Debug, Default)]
 pub struct Recovery {
     pub snapshot: Option<Snapshot>,
-    /// Records after the snapshot, in order.
+    /// Records after the snapshot, in order, without their timeline (read per conversation
+    /// with [`Store::timeline`]; replay does not need it).
     pub records: Vec<Record>,
 }
 
