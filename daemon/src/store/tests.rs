@@ -1,6 +1,8 @@
 //! Store tests: an engine run committed batch by batch and reopened from disk recovers the
 //! same state, with or without a snapshot in between; the outbox keeps unsent entries in
-//! commit order until they are marked sent; timelines come back per conversation.
+//! commit order until they are marked sent; timelines come back per conversation; what only
+//! the journal held when the process died comes back, in any interleaving of commits, marks,
+//! folds and reads (a property test).
 
 use std::path::PathBuf;
 
