@@ -25,7 +25,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 
-use super::journal::{self, Journal};
+use super::journal::{self, Frame, Journal};
 use super::{Batch, OutboxEntry, Recovery, Store, StoreError};
 use crate::engine::{ConversationId, Record, Snapshot, TimelineEntry};
 
@@ -471,7 +471,7 @@ impl Store for RedbStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let frame = encode(batch)?;
+        let frame = Frame::json(batch)?;
         let mut tail = lock(&self.shared.tail);
         // Acknowledgements wait for this commit: the frame is on disk when it returns.
         tail.journal.append(&frame)?;

@@ -62,25 +62,20 @@ impl Journal {
     }
 
     /// Appends one frame and waits until it is on disk.
-    pub(super) fn append(&mut self, payload: &[u8]) -> Result<(), StoreError> {
+    pub(super) fn append(&mut self, frame: &Frame) -> Result<(), StoreError> {
         if self.broken {
             return Err(StoreError::Write(
                 "an earlier journal write failed; restart to recover from the store".to_owned(),
             ));
         }
-        let len = u32::try_from(payload.len())
-            .map_err(|_| StoreError::Write("a commit of more than 4 GiB".to_owned()))?;
-        let mut frame = Vec::with_capacity(HEADER + payload.len());
-        frame.extend_from_slice(&len.to_le_bytes());
-        frame.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(payload).to_le_bytes());
-        frame.extend_from_slice(payload);
+        let frame = &frame.0;
         // After a failed write or sync the file's state is unknown (and a failed fsync cannot
         // be retried safely): this segment takes no more frames. What a failed write left is
         // cut off if possible, so that the segment ends with a whole frame even once a newer
         // one follows it (replay accepts a torn frame only at the end of the newest).
         let written = self
             .file
-            .write_all(&frame)
+            .write_all(frame)
             .and_then(|()| self.file.sync_data());
         if let Err(error) = written {
             self.broken = true;
@@ -92,6 +87,38 @@ impl Journal {
         }
         self.len += frame.len() as u64;
         Ok(())
+    }
+}
+
+/// One frame, header included, built before the journal is locked.
+#[derive(Debug)]
+pub(super) struct Frame(Vec<u8>);
+
+impl Frame {
+    /// `value` as JSON, serialized straight behind room for the header (a commit's bytes are
+    /// not copied once more to put the header in front).
+    pub(super) fn json<T: serde::Serialize>(value: &T) -> Result<Self, StoreError> {
+        let mut bytes = vec![0; HEADER];
+        serde_json::to_writer(&mut bytes, value)
+            .map_err(|error| StoreError::Write(error.to_string()))?;
+        Self::seal(bytes)
+    }
+
+    #[cfg(test)]
+    fn of_payload(payload: &[u8]) -> Self {
+        let mut bytes = vec![0; HEADER];
+        bytes.extend_from_slice(payload);
+        Self::seal(bytes).unwrap()
+    }
+
+    /// Fills in the header of `bytes`, a header's room followed by the payload.
+    fn seal(mut bytes: Vec<u8>) -> Result<Self, StoreError> {
+        let len = u32::try_from(bytes.len() - HEADER)
+            .map_err(|_| StoreError::Write("a commit of more than 4 GiB".to_owned()))?;
+        let checksum = xxhash_rust::xxh3::xxh3_64(&bytes[HEADER..]);
+        bytes[..4].copy_from_slice(&len.to_le_bytes());
+        bytes[4..HEADER].copy_from_slice(&checksum.to_le_bytes());
+        Ok(Self(bytes))
     }
 }
 
@@ -193,25 +220,20 @@ fn write_error(what: String, error: std::io::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::temp_dir;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-journal-{name}-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn append(journal: &mut Journal, payload: &[u8]) {
+        journal.append(&Frame::of_payload(payload)).unwrap();
     }
 
     #[test]
     fn frames_come_back_in_order_across_segments() {
-        let dir = temp_dir("order");
+        let dir = temp_dir("journal-order");
         let mut first = Journal::create(&dir, 3).unwrap();
-        first.append(b"one").unwrap();
-        first.append(b"").unwrap();
+        append(&mut first, b"one");
+        append(&mut first, b"");
         let mut second = Journal::create(&dir, 4).unwrap();
-        second.append(b"two").unwrap();
+        append(&mut second, b"two");
         assert_eq!(segments(&dir).unwrap(), vec![3, 4]);
         assert_eq!(
             read_segment(&dir, 3, false).unwrap(),
@@ -229,10 +251,10 @@ mod tests {
 
     #[test]
     fn a_torn_tail_ends_the_newest_segment_and_is_corruption_in_an_older_one() {
-        let dir = temp_dir("torn");
+        let dir = temp_dir("journal-torn");
         let mut journal = Journal::create(&dir, 0).unwrap();
-        journal.append(b"whole").unwrap();
-        journal.append(b"torn frame").unwrap();
+        append(&mut journal, b"whole");
+        append(&mut journal, b"torn frame");
         let path = segment_path(&dir, 0);
         let bytes = std::fs::read(&path).unwrap();
         for cut in [1, 5, HEADER + 3] {

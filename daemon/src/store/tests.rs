@@ -10,7 +10,7 @@ use super::*;
 use crate::engine::tests::harness::*;
 use crate::engine::*;
 
-fn temp_dir(name: &str) -> PathBuf {
+pub(super) fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "switchboard-store-{name}-{}-{}",
         std::process::id(),
