@@ -62,7 +62,13 @@ fn main() {
         "cargo:rustc-env=SWITCHBOARD_TEST_PLUGINS={}",
         components.display()
     );
-    for watched in ["plugin-sdk", "plugins", "tests/plugins"] {
+    // `.cargo/config.toml` holds the wasm build flags.
+    for watched in [
+        "plugin-sdk",
+        "plugins",
+        "tests/plugins",
+        ".cargo/config.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 }
