@@ -3,8 +3,8 @@
 //! Parsing is the SDK's own, with `form_urlencoded`'s exact results (a property test holds
 //! them equal): it looks for the delimiters eight bytes at a time and decodes each field in
 //! one pass. `form_urlencoded` walks the body byte by byte three times (`&`/`=`, `+`, `%`),
-//! and in wasm every turn of a loop also checks the time budget's epoch: that walk was about
-//! 40 % of a Twilio decode through the host, 5 times its native cost (`perf`, wasmtime's
+//! and in wasm every turn of a loop also checks the time budget's epoch: that walk was over
+//! half of a Twilio decode through the host, 2.4 times its native cost (`perf`, wasmtime's
 //! perf map).
 
 use std::borrow::Cow;
