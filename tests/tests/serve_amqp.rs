@@ -300,3 +300,63 @@ async fn a_refused_publication_is_published_again_until_the_broker_takes_it() {
     }
     daemon.stop(&client).await;
 }
+
+/// `switchboard load` against a running daemon: every webhook comes back as its event (the
+/// tool fails otherwise), and the report holds the three phases — end to end, the one-crossing
+/// baseline and the two-crossing relay — with ratios that are the quotients of their
+/// throughputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_tool_measures_end_to_end_the_baseline_and_the_relay() {
+    use switchboard::transport::amqp::load::{self, LoadPlan, Measurement};
+
+    let Some(client) = broker_client().await else {
+        return;
+    };
+    let daemon = Daemon::start(&client, "load").await;
+    let plan = LoadPlan {
+        messages: 300,
+        rate: None,
+    };
+    let report = tokio::time::timeout(Duration::from_secs(120), load::run(&daemon.names, &plan))
+        .await
+        .expect("the load run ends")
+        .expect("every webhook came back as its event");
+
+    assert_eq!(report.messages, 300);
+    assert!(report.message_bytes > 400, "{}", report.message_bytes);
+    let phases: [(&str, &Measurement); 3] = [
+        ("end to end", &report.end_to_end),
+        ("baseline", &report.baseline),
+        ("relay", &report.relay),
+    ];
+    for (phase, measured) in phases {
+        assert!(measured.throughput_per_second > 0.0, "{phase}");
+        assert!(measured.seconds > 0.0, "{phase}");
+        let latency = &measured.latency_ms;
+        assert!(
+            0.0 <= latency.p50
+                && latency.p50 <= latency.p90
+                && latency.p90 <= latency.p99
+                && latency.p99 <= latency.max,
+            "{phase}: {latency:?}"
+        );
+    }
+    let quotient = |part: &Measurement, whole: &Measurement| {
+        part.throughput_per_second / whole.throughput_per_second
+    };
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
+    assert!(close(
+        report.throughput_ratio,
+        quotient(&report.end_to_end, &report.baseline)
+    ));
+    assert!(close(
+        report.relay_ratio,
+        quotient(&report.relay, &report.baseline)
+    ));
+    assert!(close(
+        report.throughput_ratio_to_relay,
+        quotient(&report.end_to_end, &report.relay)
+    ));
+
+    daemon.stop(&client).await;
+}

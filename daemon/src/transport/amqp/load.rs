@@ -9,6 +9,11 @@
 //! i-th event answers the i-th webhook and its latency is the difference of the two times.
 //! Baseline: the same messages published with confirms to a fresh quorum queue and consumed
 //! with acks (same size, durability and prefetch), timed the same way.
+//! Relay: the broker's share of an end-to-end event. The same messages cross the broker twice,
+//! as an event does (into a quorum queue, out to a second queue, each crossing with confirms),
+//! relayed by a minimal client of its own connection that does nothing between the crossings:
+//! no decode, engine or store. What end to end lacks against it is the daemon's own cost; what
+//! it lacks against the baseline is the second crossing's.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -28,6 +33,10 @@ use crate::config::AmqpConfig;
 /// Confirms awaited at once: enough to keep the broker busy, bounded for memory.
 const CONFIRM_WINDOW: usize = 512;
 
+/// Bound on each clean-up step after a phase (stopping the relay, closing its connection,
+/// deleting its queue): the report is what matters, a broker slow to tidy up must not hold it.
+const CLEAN_UP: Duration = Duration::from_secs(5);
+
 /// What `switchboard load` measures.
 #[derive(Clone, Debug)]
 pub struct LoadPlan {
@@ -45,6 +54,13 @@ pub struct LoadReport {
     pub baseline: Measurement,
     /// End-to-end throughput as a share of the baseline's.
     pub throughput_ratio: f64,
+    /// Two crossings and nothing else (see the module's documentation).
+    pub relay: Measurement,
+    /// The relay's throughput as a share of the baseline's: the most end to end could reach
+    /// against the baseline on this machine if the daemon cost nothing.
+    pub relay_ratio: f64,
+    /// End-to-end throughput as a share of the relay's: the daemon's own cost.
+    pub throughput_ratio_to_relay: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -135,18 +151,7 @@ pub async fn run(config: &AmqpConfig, plan: &LoadPlan) -> Result<LoadReport, Tra
     // End to end: subscribe first, then stream webhooks into the daemon.
     let subscriber = connection.create_channel().await.map_err(broker)?;
     let queue = format!("switchboard.load.{run:x}");
-    subscriber
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(broker)?;
+    declare_private(&subscriber, &queue).await?;
     subscriber
         .queue_bind(
             queue.as_str().into(),
@@ -175,19 +180,7 @@ pub async fn run(config: &AmqpConfig, plan: &LoadPlan) -> Result<LoadReport, Tra
 
     // Baseline: the same bytes through a quorum queue of its own, nothing else.
     let baseline_queue = format!("switchboard.load.baseline.{run:x}");
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    subscriber
-        .queue_declare(
-            baseline_queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            arguments,
-        )
-        .await
-        .map_err(broker)?;
+    declare_quorum(&subscriber, &baseline_queue).await?;
     let baseline = measure(
         &connection,
         &subscriber,
@@ -207,16 +200,204 @@ pub async fn run(config: &AmqpConfig, plan: &LoadPlan) -> Result<LoadReport, Tra
         )
         .await;
     let baseline = baseline?;
+
+    // Relay: into a quorum queue like the inbound one, out through a second queue like the
+    // load's own outbound subscription, a minimal client in between.
+    let relay_in = format!("switchboard.load.relay-in.{run:x}");
+    let relay_out = format!("switchboard.load.relay-out.{run:x}");
+    declare_quorum(&subscriber, &relay_in).await?;
+    declare_private(&subscriber, &relay_out).await?;
+    let relay_connection = Connection::connect(
+        config.url.expose(),
+        ConnectionProperties::default().with_connection_name("switchboard-load-relay".into()),
+    )
+    .await
+    .map_err(broker)?;
+    let stop_relay = tokio_util::sync::CancellationToken::new();
+    let relaying = tokio::spawn(relay(
+        relay_connection.create_channel().await.map_err(broker)?,
+        relay_connection.create_channel().await.map_err(broker)?,
+        relay_in.clone(),
+        relay_out.clone(),
+        config.prefetch,
+        stop_relay.clone(),
+    ));
+    let relayed = measure(
+        &connection,
+        &subscriber,
+        &relay_out,
+        "",
+        &relay_in,
+        &bodies,
+        plan,
+        config.prefetch,
+        |_| true,
+    )
+    .await;
+    // Stopped, not aborted: a relay dropped between a publication and its confirm once left
+    // the connection's close waiting forever. Each step of the clean-up is bounded all the same.
+    stop_relay.cancel();
+    let relay_failure = match tokio::time::timeout(CLEAN_UP, relaying).await {
+        Ok(Ok(Err(error))) => Some(error),
+        _ => None,
+    };
+    let _ = tokio::time::timeout(CLEAN_UP, relay_connection.close(200, "load done".into())).await;
+    let _ = tokio::time::timeout(
+        CLEAN_UP,
+        subscriber.queue_delete(relay_in.as_str().into(), QueueDeleteOptions::default()),
+    )
+    .await;
+    let relayed = match (relayed, relay_failure) {
+        (Ok(relayed), _) => relayed,
+        (Err(_), Some(cause)) | (Err(cause), None) => return Err(cause),
+    };
+
     let _ = connection.close(200, "load done".into()).await;
+    let share = |part: &Measurement, whole: &Measurement| {
+        part.throughput_per_second / whole.throughput_per_second.max(f64::MIN_POSITIVE)
+    };
     Ok(LoadReport {
         messages: plan.messages,
         message_bytes,
         rate_requested: plan.rate,
-        throughput_ratio: end_to_end.throughput_per_second
-            / baseline.throughput_per_second.max(f64::MIN_POSITIVE),
+        throughput_ratio: share(&end_to_end, &baseline),
+        relay_ratio: share(&relayed, &baseline),
+        throughput_ratio_to_relay: share(&end_to_end, &relayed),
         end_to_end,
         baseline,
+        relay: relayed,
     })
+}
+
+/// A durable quorum queue, as the daemon's inbound queue is.
+async fn declare_quorum(channel: &Channel, name: &str) -> Result<(), TransportError> {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(name.into(), QueueDeclareOptions::durable(), arguments)
+        .await
+        .map(drop)
+        .map_err(broker)
+}
+
+/// A queue of this run alone, as a frontend's subscription would be: gone with its consumer or
+/// its connection.
+async fn declare_private(channel: &Channel, name: &str) -> Result<(), TransportError> {
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(name.into(), options, FieldTable::default())
+        .await
+        .map(drop)
+        .map_err(broker)
+}
+
+/// The relay's client: consumes `from` as the daemon consumes its inbound queue (what is
+/// buffered, up to the prefetch), republishes each message to `to` as the daemon publishes an
+/// event (persistent, mandatory, CloudEvents headers, confirms awaited in a window, each batch
+/// handed over at once), then acknowledges the batch with one `multiple` ack. Runs until
+/// `stop`, then waits for the confirms still due.
+async fn relay(
+    consume: Channel,
+    publish: Channel,
+    from: String,
+    to: String,
+    prefetch: u16,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(), TransportError> {
+    consume
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(broker)?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(broker)?;
+    let mut deliveries = consume
+        .basic_consume(
+            from.as_str().into(),
+            "load-relay".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker)?;
+    let mut confirms = VecDeque::new();
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => break,
+            next = deliveries.next() => match next {
+                Some(delivery) => delivery.map_err(broker)?,
+                None => return Err(TransportError::Broker("the relay's consumer ended".to_owned())),
+            },
+        };
+        let mut batch = vec![first];
+        while batch.len() < usize::from(prefetch.max(1)) {
+            match deliveries.next().now_or_never() {
+                Some(Some(delivery)) => batch.push(delivery.map_err(broker)?),
+                _ => break,
+            }
+        }
+        let started = futures_util::future::join_all(batch.iter().map(|delivery| {
+            let id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map_or_else(String::new, ToString::to_string);
+            let mut headers = FieldTable::default();
+            for (name, value) in [
+                ("cloudEvents_specversion", "1.0"),
+                ("cloudEvents_id", id.as_str()),
+                ("cloudEvents_source", "switchboard-load"),
+                ("cloudEvents_type", "dev.switchboard.load.relayed"),
+                ("cloudEvents_time", "2026-01-01T00:00:00.000Z"),
+            ] {
+                headers.insert(name.into(), AMQPValue::LongString(value.into()));
+            }
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/cloudevents+json".into())
+                .with_message_id(id.as_str().into())
+                .with_headers(headers);
+            publish.basic_publish(
+                "".into(),
+                to.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &delivery.data,
+                properties,
+            )
+        }))
+        .await;
+        for confirm in started {
+            confirms.push_back(confirm.map_err(broker)?);
+        }
+        while confirms.len() > CONFIRM_WINDOW {
+            if let Some(confirm) = confirms.pop_front() {
+                confirm.await.map_err(broker)?;
+            }
+        }
+        if let Some(last) = batch.last() {
+            last.ack(BasicAckOptions { multiple: true })
+                .await
+                .map_err(broker)?;
+        }
+    }
+    let _ = consume
+        .basic_cancel("load-relay".into(), Default::default())
+        .await;
+    for confirm in confirms {
+        confirm.await.map_err(broker)?;
+    }
+    Ok(())
 }
 
 /// Publishes `bodies` to `exchange`/`routing_key` while consuming `queue`, pairing the i-th
