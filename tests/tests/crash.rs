@@ -16,7 +16,7 @@ use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use switchboard::config::AmqpConfig;
 use switchboard_tests::{
     Lifetime, amqp_header, amqp_names, amqp_url, broker_client, free_port, shipped_config_text,
@@ -87,27 +87,34 @@ impl Drop for Daemon {
     }
 }
 
-async fn wait_for_topology(client: &Connection, names: &AmqpConfig) {
-    for _ in 0..300 {
+/// Waits until the daemon consumes its inbound queue: by then its exchanges, queues and the
+/// binding between them exist. The queue alone is not enough: a message published to the
+/// inbound exchange before the binding is unroutable and the broker drops it (the first 14
+/// messages of one CI run were lost that way, and the test stalled on them).
+async fn wait_until_consuming(client: &Connection, names: &AmqpConfig) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
         let probe = client.create_channel().await.unwrap();
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
         };
-        if probe
+        let declared = probe
             .queue_declare(
                 names.inbound_queue.as_str().into(),
                 passive,
                 FieldTable::default(),
             )
-            .await
-            .is_ok()
-        {
+            .await;
+        if declared.is_ok_and(|queue| queue.consumer_count() > 0) {
             return;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the daemon never consumed its inbound queue"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the daemon never declared its topology");
 }
 
 async fn queue_depth(client: &Connection, queue: &str) -> u32 {
@@ -128,11 +135,16 @@ async fn publish_range(channel: &Channel, exchange: &str, range: std::ops::Range
         let body = format!(
             "MessageSid=SM{i:032}&From=%2B1555{i:07}&To=%2B15005550006&Body=Hello+number+{i}&NumMedia=0&AccountSid=AC00000000000000000000000000000000&ApiVersion=2010-04-01"
         );
-        channel
+        // Mandatory: a message the broker could not route comes back instead of vanishing, and
+        // fails the test here rather than as a stall later.
+        let confirmation = channel
             .basic_publish(
                 exchange.into(),
                 "sms-twilio".into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
                 body.as_bytes(),
                 BasicProperties::default()
                     .with_content_type("application/x-www-form-urlencoded".into())
@@ -143,6 +155,10 @@ async fn publish_range(channel: &Channel, exchange: &str, range: std::ops::Range
             .unwrap()
             .await
             .unwrap();
+        assert!(
+            matches!(confirmation, Confirmation::Ack(None)),
+            "message {i} was not taken into the inbound queue: {confirmation:?}"
+        );
     }
 }
 
@@ -160,7 +176,7 @@ async fn kill_9_mid_stream_then_restart_applies_everything_exactly_once() {
     let config = config_file(&dir, &names, port);
 
     let mut daemon = start(&config);
-    wait_for_topology(&client, &names).await;
+    wait_until_consuming(&client, &names).await;
     // A durable subscriber that outlives the daemon's restarts.
     let channel = confirming_channel(&client).await;
     let subscriber = subscribe(
@@ -240,7 +256,7 @@ async fn broker_connections_force_closed_mid_stream_lose_and_duplicate_nothing()
     let port = free_port();
     let config = config_file(&dir, &names, port);
     let mut daemon = start(&config);
-    wait_for_topology(&client, &names).await;
+    wait_until_consuming(&client, &names).await;
     let subscriber = subscribe(
         &client.create_channel().await.unwrap(),
         &names,
@@ -493,7 +509,7 @@ async fn broker_restart_cancelled_consumer_and_memory_alarm_are_survived() {
     let port = free_port();
     let config = config_file(&dir, &names, port);
     let mut daemon = start(&config);
-    wait_for_topology(&client, &names).await;
+    wait_until_consuming(&client, &names).await;
     wait_for_readyz(port, 200, &mut daemon, "connected").await;
     let subscriber = subscribe(
         &client.create_channel().await.unwrap(),
@@ -523,30 +539,7 @@ async fn broker_restart_cancelled_consumer_and_memory_alarm_are_survived() {
     // 2. The inbound queue is deleted under the consumer (the server cancels it): the daemon
     //    declares its topology again and consumes on.
     rabbitmqctl(&["delete_queue", &names.inbound_queue]);
-    wait_for_topology(&client, &names).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let channel = client.create_channel().await.unwrap();
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let declared = channel
-            .queue_declare(
-                names.inbound_queue.as_str().into(),
-                passive,
-                FieldTable::default(),
-            )
-            .await;
-        if declared.is_ok_and(|queue| queue.consumer_count() > 0) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the daemon never consumed again"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_consuming(&client, &names).await;
     wait_for_readyz(port, 200, &mut daemon, "consuming again").await;
     publish_range(&publisher, &names.inbound_exchange, 2_000..3_000).await;
     wait_until_published(&client, &names, &subscriber, 3_000, &mut daemon, port).await;
