@@ -2,8 +2,8 @@
 //! published to the inbound exchange becomes a conversation, and its CloudEvent reaches a
 //! subscriber of the outbound exchange; a poison message is dead-lettered with its reason while
 //! the stream goes on; a redelivered message changes nothing; a publication the broker refuses
-//! goes out again once it can; shutdown is clean. Names are this run's own and are deleted
-//! afterwards.
+//! goes out again once it can; shutdown is clean; `switchboard load` measures its three
+//! phases against it. Names are this run's own and are deleted afterwards.
 
 use std::path::Path;
 use std::time::Duration;
