@@ -270,15 +270,15 @@ pub async fn run(config: &AmqpConfig, plan: &LoadPlan) -> Result<LoadReport, Tra
     })
 }
 
-/// A durable quorum queue, as the daemon's inbound queue is.
+/// A durable quorum queue, as the daemon's inbound queue is (its arguments from the same
+/// helper).
 async fn declare_quorum(channel: &Channel, name: &str) -> Result<(), TransportError> {
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
     channel
-        .queue_declare(name.into(), QueueDeclareOptions::durable(), arguments)
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions::durable(),
+            super::quorum([]),
+        )
         .await
         .map(drop)
         .map_err(broker)
