@@ -145,10 +145,11 @@ pub fn header_pair(name: &str, value: impl Into<String>) -> Header {
 /// Parses a JSON body into `T` (which may borrow from the body), or says what is wrong with
 /// it.
 ///
-/// The body is checked to be UTF-8 once, as a whole, and then parsed as text: parsing bytes
-/// checks every string separately, which measured about 7 % of a WhatsApp decode in wasm.
+/// The body is checked to be UTF-8 once, as a whole ([`utf8`]), and then parsed as text:
+/// parsing bytes checks every string separately, which measured about 7 % of a WhatsApp
+/// decode in wasm.
 pub fn json_body<'a, T: serde::Deserialize<'a>>(request: &'a Inbound) -> Result<T, PluginError> {
-    let text = std::str::from_utf8(&request.body).map_err(|error| {
+    let text = utf8(&request.body).map_err(|error| {
         PluginError::InvalidPayload(format!(
             "body is not the expected JSON: not UTF-8 ({error})"
         ))
@@ -160,6 +161,82 @@ pub fn json_body<'a, T: serde::Deserialize<'a>>(request: &'a Inbound) -> Result<
 
 /// The body as UTF-8 text.
 pub fn text_body(request: &Inbound) -> Result<&str, PluginError> {
-    std::str::from_utf8(&request.body)
-        .map_err(|_| PluginError::InvalidPayload("body is not UTF-8".to_owned()))
+    utf8(&request.body).map_err(|_| PluginError::InvalidPayload("body is not UTF-8".to_owned()))
+}
+
+/// `bytes` as text, as [`std::str::from_utf8`] says, sooner when they are ASCII.
+///
+/// Provider payloads are nearly always ASCII (JSON escapes, form encoding), and ASCII is
+/// UTF-8 as it is: seeing that takes one OR per eight bytes. `std::str::from_utf8`, as the
+/// standard library is built for wasm32, took about 2.9 instructions a byte in a plugin
+/// (callgrind: 2 900 of a WhatsApp decode's 35 000, against 460 natively); text that is not
+/// ASCII still goes through it.
+pub fn utf8(bytes: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    if is_ascii(bytes) {
+        // SAFETY: every byte is below 0x80, and a sequence of ASCII bytes is valid UTF-8.
+        #[allow(unsafe_code)]
+        return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    std::str::from_utf8(bytes)
+}
+
+/// [`utf8`] for bytes already owned: the same text as [`String::from_utf8`] gives, without
+/// its byte-by-byte check when they are ASCII.
+pub fn utf8_owned(bytes: Vec<u8>) -> Result<String, std::string::FromUtf8Error> {
+    if is_ascii(&bytes) {
+        // SAFETY: every byte is below 0x80, and a sequence of ASCII bytes is valid UTF-8.
+        #[allow(unsafe_code)]
+        return Ok(unsafe { String::from_utf8_unchecked(bytes) });
+    }
+    String::from_utf8(bytes)
+}
+
+/// Whether every byte is below 0x80: four 8-byte words OR-ed together a turn (in wasm, each
+/// turn of a loop also checks the time budget), the high bits looked at once at the end.
+fn is_ascii(bytes: &[u8]) -> bool {
+    const HIGH_BITS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let word = |chunk: &[u8]| u64::from_ne_bytes(chunk.try_into().expect("eight bytes"));
+    let mut blocks = bytes.chunks_exact(32);
+    let mut seen = 0u64;
+    for block in blocks.by_ref() {
+        seen |= word(&block[..8]) | word(&block[8..16]) | word(&block[16..24]) | word(&block[24..]);
+    }
+    let mut words = blocks.remainder().chunks_exact(8);
+    for chunk in words.by_ref() {
+        seen |= word(chunk);
+    }
+    seen & HIGH_BITS == 0 && words.remainder().is_ascii()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_agrees_with_the_standard_library_at_every_length_and_offset() {
+        for length in 0..80 {
+            let ascii = vec![b'a'; length];
+            assert_eq!(utf8(&ascii), std::str::from_utf8(&ascii));
+            for at in 0..length {
+                for byte in [0x80, 0xc3, 0xff] {
+                    let mut bytes = ascii.clone();
+                    bytes[at] = byte;
+                    assert_eq!(utf8(&bytes), std::str::from_utf8(&bytes), "{length} {at}");
+                    assert_eq!(utf8_owned(bytes.clone()), String::from_utf8(bytes));
+                }
+                // Valid text that is not ASCII.
+                let mut text = ascii.clone();
+                text.splice(at..at, "é".bytes());
+                assert_eq!(utf8(&text), Ok(std::str::from_utf8(&text).unwrap()));
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn utf8_agrees_with_the_standard_library(bytes in proptest::collection::vec(0u8..=255, 0..200)) {
+            proptest::prop_assert_eq!(utf8(&bytes), std::str::from_utf8(&bytes));
+            proptest::prop_assert_eq!(utf8_owned(bytes.clone()), String::from_utf8(bytes));
+        }
+    }
 }

@@ -6,6 +6,15 @@
 //! per-call times and of the rounds' ratios, with the ratios' quartiles.
 //!
 //! Run: `cargo bench -p switchboard-tests --bench plugin_ratio`.
+//!
+//! Counting instructions instead (the VM's speed swings; callgrind's counts do not): with
+//! `PLUGIN_RATIO_PROFILE=<plugin>:<wasm|native>:<calls>` the benchmark only makes that many
+//! decodes of one plugin on one side, compiling through a cache in the temporary directory so
+//! that a second run under valgrind does not compile. Run it once, then
+//! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='switchboard::plugin::Plugin::decode'`
+//! (wasm, the host included) or `--toggle-collect='whatsapp_cloud::decode*'` (native) and
+//! divide the collected count by the calls; `SWITCHBOARD_WASM_PERFMAP=1` names the plugins'
+//! functions (`/tmp/perf-<pid>.map`, from a plugin built unstripped).
 
 use std::hint::black_box;
 use std::io::Write as _;
@@ -22,6 +31,9 @@ const ROUNDS: usize = 61;
 const CALLS_PER_ROUND: u32 = 1_000;
 
 fn main() {
+    if let Ok(profile) = std::env::var("PLUGIN_RATIO_PROFILE") {
+        return profile_one(&profile);
+    }
     let host = PluginHost::new(64 << 20, None).expect("the plugin host starts");
     let mut out = std::io::stdout().lock();
     for case in cases::cases() {
@@ -71,6 +83,41 @@ fn main() {
         });
         writeln!(out, "{line}").expect("stdout is writable");
     }
+}
+
+/// `<plugin>:<wasm|native>:<calls>`: only those decodes, for a profiler to count.
+fn profile_one(profile: &str) {
+    let usage = "PLUGIN_RATIO_PROFILE=<plugin>:<wasm|native>:<calls>";
+    let mut parts = profile.split(':');
+    let (Some(id), Some(side), Some(calls)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("{usage}");
+    };
+    let calls: u32 = calls.parse().expect(usage);
+    let case = cases::cases()
+        .into_iter()
+        .find(|case| case.id == id)
+        .unwrap_or_else(|| panic!("no plugin case `{id}`"));
+    let cache = std::env::temp_dir().join("switchboard-plugin-ratio-cache");
+    let host = PluginHost::new(64 << 20, Some(cache)).expect("the plugin host starts");
+    let plugin = case.load(&host);
+    let native_request = cases::native_request(&case.request);
+    let started = Instant::now();
+    match side {
+        "wasm" => (0..calls).for_each(|_| {
+            black_box(plugin.decode(black_box(&case.request)).unwrap().len());
+        }),
+        "native" => (0..calls).for_each(|_| {
+            black_box((case.native)(black_box(&native_request)));
+        }),
+        _ => panic!("{usage}"),
+    }
+    let line = serde_json::json!({
+        "plugin": id,
+        "side": side,
+        "calls": calls,
+        "ns_per_call": (started.elapsed().as_nanos() as f64 / f64::from(calls)).round(),
+    });
+    writeln!(std::io::stdout().lock(), "{line}").expect("stdout is writable");
 }
 
 /// Nanoseconds per call over one round.

@@ -86,13 +86,9 @@ pub(super) fn declared_headers<'a>(
     request
         .headers
         .iter()
-        .filter(|(name, _)| {
-            wanted.is_none_or(|wanted| {
-                wanted
-                    .iter()
-                    .any(|wanted| wanted.eq_ignore_ascii_case(name))
-            })
-        })
+        // Both sides are lowercase (the request's rule; `wanted` is lowered when probed), so
+        // names compare as they are: a dozen case-folding comparisons were ~1 % of a decode.
+        .filter(|(name, _)| wanted.is_none_or(|wanted| wanted.iter().any(|wanted| wanted == name)))
         .map(|(name, value)| wit::HeaderParam { name, value })
         .collect()
 }
@@ -448,7 +444,7 @@ mod tests {
     #[test]
     fn a_plugin_is_passed_only_the_headers_it_declared() {
         let request = request();
-        let wanted = ["X-Hub-Signature-256".to_owned()];
+        let wanted = ["x-hub-signature-256".to_owned()];
         let declared = declared_headers(&request, Some(&wanted));
         assert_eq!(names(&declared), ["x-hub-signature-256"]);
         assert_eq!(declared[0].value, "sha256=00");

@@ -149,6 +149,11 @@ fn config(max_memory: Option<usize>) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    // `perf` names plugin functions from the map wasmtime writes (`/tmp/perf-<pid>.map`);
+    // off unless asked for, as the map grows with every compiled plugin.
+    if std::env::var_os("SWITCHBOARD_WASM_PERFMAP").is_some_and(|value| value == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     // Hostile plugins may recurse deeply: a bounded stack traps instead of crashing the host.
     config.max_wasm_stack(1 << 20);
     if let Some(max_memory) = max_memory {
