@@ -4,6 +4,8 @@
 //! canonical events; supervisor notifications -> the agentless outbound message API.
 //! Mapping and settings: `README.md` beside it.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::json;
 use switchboard_plugin_sdk::settings::{self, Settings};
@@ -80,50 +82,52 @@ switchboard_plugin_sdk::export_plugin!(OpenMessaging, headers: [SIGNATURE_HEADER
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Normalized {
-    #[serde(default)]
-    id: Option<String>,
-    channel: Channel,
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    direction: Option<String>,
-    #[serde(default)]
-    originating_entity: Option<String>,
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    events: Vec<ChannelEvent>,
-    #[serde(default)]
-    content: Vec<Content>,
+struct Normalized<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    channel: Channel<'a>,
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    direction: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    originating_entity: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    events: Vec<ChannelEvent<'a>>,
+    #[serde(borrow, default)]
+    content: Vec<Content<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Channel {
-    #[serde(default)]
-    message_id: Option<String>,
-    #[serde(default)]
-    from: Option<Party>,
-    #[serde(default)]
-    to: Option<Party>,
+struct Channel<'a> {
+    #[serde(borrow, default)]
+    message_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    from: Option<Party<'a>>,
+    #[serde(borrow, default)]
+    to: Option<Party<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Party {
-    id: String,
-    #[serde(default)]
-    nickname: Option<String>,
-    #[serde(default)]
-    first_name: Option<String>,
-    #[serde(default)]
-    last_name: Option<String>,
+struct Party<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    nickname: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    first_name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    last_name: Option<Cow<'a, str>>,
 }
 
-impl Party {
+impl Party<'_> {
     fn name(&self) -> Option<String> {
         let full = [self.first_name.as_deref(), self.last_name.as_deref()]
             .into_iter()
@@ -131,7 +135,7 @@ impl Party {
             .collect::<Vec<_>>()
             .join(" ");
         if full.is_empty() {
-            self.nickname.clone()
+            self.nickname.as_deref().map(str::to_owned)
         } else {
             Some(full)
         }
@@ -140,45 +144,47 @@ impl Party {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ChannelEvent {
-    event_type: String,
-    #[serde(default)]
-    typing: Option<TypingEvent>,
+struct ChannelEvent<'a> {
+    #[serde(borrow)]
+    event_type: Cow<'a, str>,
+    #[serde(borrow, default)]
+    typing: Option<TypingEvent<'a>>,
 }
 
 #[derive(Deserialize)]
-struct TypingEvent {
-    #[serde(rename = "type")]
-    kind: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Content {
-    content_type: String,
-    #[serde(default)]
-    attachment: Option<Attachment>,
-    #[serde(default)]
-    button_response: Option<ButtonResponse>,
+struct TypingEvent<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Attachment {
-    #[serde(default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    url: Option<String>,
-    #[serde(default)]
-    filename: Option<String>,
+struct Content<'a> {
+    #[serde(borrow)]
+    content_type: Cow<'a, str>,
+    #[serde(borrow, default)]
+    attachment: Option<Attachment<'a>>,
+    #[serde(borrow, default)]
+    button_response: Option<ButtonResponse<'a>>,
 }
 
 #[derive(Deserialize)]
-struct ButtonResponse {
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    payload: Option<String>,
+#[serde(rename_all = "camelCase")]
+struct Attachment<'a> {
+    #[serde(borrow, default)]
+    media_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    url: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    filename: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ButtonResponse<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    payload: Option<Cow<'a, str>>,
 }
 
 /// One normalized message -> events.
@@ -196,7 +202,7 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
             ));
         }
     }
-    let message: Normalized = json_body(request)?;
+    let message: Normalized<'_> = json_body(request)?;
     let outbound = match message.direction.as_deref() {
         Some("Outbound") => true,
         Some("Inbound") | None => false,
@@ -215,12 +221,13 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
     .ok_or_else(|| {
         PluginError::InvalidPayload("channel.from / channel.to is missing".to_owned())
     })?;
-    let thread = customer.id.clone();
+    let thread = customer.id.to_string();
     let message_id = message
         .id
-        .clone()
-        .or_else(|| message.channel.message_id.clone());
-    match message.kind.as_str() {
+        .as_deref()
+        .or(message.channel.message_id.as_deref())
+        .map(str::to_owned);
+    match message.kind.as_ref() {
         "Text" | "Structured" => {
             let text = text_of(&message);
             if text.is_empty() {
@@ -238,7 +245,7 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
                 body: EventBody::Message(Message {
                     thread,
                     customer: (!outbound).then(|| Customer {
-                        id: customer.id.clone(),
+                        id: customer.id.to_string(),
                         name: customer.name(),
                     }),
                     sender,
@@ -303,10 +310,10 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
     }
 }
 
-fn text_of(message: &Normalized) -> String {
-    let mut text = message.text.clone().unwrap_or_default();
+fn text_of(message: &Normalized<'_>) -> String {
+    let mut text = message.text.as_deref().unwrap_or_default().to_owned();
     for content in &message.content {
-        let line = match content.content_type.as_str() {
+        let line = match content.content_type.as_ref() {
             "Attachment" => content.attachment.as_ref().map(|attachment| {
                 let kind = attachment.media_type.as_deref().unwrap_or("File");
                 let name = attachment.filename.as_deref().unwrap_or_default();
@@ -320,7 +327,7 @@ fn text_of(message: &Normalized) -> String {
             "ButtonResponse" => content.button_response.as_ref().map(|button| {
                 match (&button.text, &button.payload) {
                     (Some(text), Some(payload)) => format!("{text} [{payload}]"),
-                    (Some(text), None) => text.clone(),
+                    (Some(text), None) => text.to_string(),
                     (None, Some(payload)) => format!("[{payload}]"),
                     (None, None) => String::new(),
                 }
