@@ -193,6 +193,8 @@ pub fn utf8_owned(bytes: Vec<u8>) -> Result<String, std::string::FromUtf8Error> 
 
 /// Whether every byte is below 0x80: four 8-byte words OR-ed together a turn (in wasm, each
 /// turn of a loop also checks the time budget), the high bits looked at once at the end.
+/// `<[u8]>::is_ascii` in its place made a WhatsApp decode through the host 38 700
+/// instructions against 34 800 (callgrind): more than the `str::from_utf8` it would skip.
 fn is_ascii(bytes: &[u8]) -> bool {
     const HIGH_BITS: u64 = u64::from_ne_bytes([0x80; 8]);
     let word = |chunk: &[u8]| u64::from_ne_bytes(chunk.try_into().expect("eight bytes"));
