@@ -64,6 +64,7 @@ fn setup() -> Setup {
         .map(|t| Team {
             id: format!("team-{t}").as_str().into(),
             name: format!("Team {t}").into(),
+            groups: Vec::new(),
         })
         .collect();
     let queues: Vec<Queue> = (0..TEAMS * QUEUES_PER_TEAM)

@@ -97,8 +97,8 @@ pub fn build(config: &Config) -> anyhow::Result<Service> {
 
 /// Runs the daemon until `shutdown` is cancelled (SIGTERM/SIGINT in `main`).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let authenticator =
-        Authenticator::from_config(&config.auth).context("reading the token verification keys")?;
+    let authenticator = Authenticator::from_config(&config.auth, &config.teams)
+        .context("reading the token verification keys")?;
     let service = Arc::new(tokio::task::block_in_place(|| build(&config))?);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -197,7 +197,8 @@ fn log_new_outbox_entries(store: &dyn Store, last: &mut Option<String>) {
                 id = %entry.id,
                 routing_key = %entry.routing_key,
                 event_type = %entry.event_type,
-                body = %String::from_utf8_lossy(&entry.body[..entry.body.len().min(512)]),
+                bytes = entry.body.len(),
+                body = %crate::telemetry::content(&String::from_utf8_lossy(&entry.body[..entry.body.len().min(512)])),
                 "outbound (embedded transport: kept in the outbox, not sent)"
             );
         }
@@ -338,7 +339,7 @@ async fn handle_batch(
     };
     for (message, disposition) in batch.iter().zip(&dispositions) {
         if let Disposition::DeadLetter { code, detail } = disposition {
-            tracing::warn!(routing_key = %message.routing_key, code = %code, detail = %detail, "dead-lettering a message");
+            tracing::warn!(routing_key = %message.routing_key, code = %code, detail = %crate::telemetry::content(detail), "dead-lettering a message");
             transport.dead_letter(message, code, detail).await?;
         }
     }

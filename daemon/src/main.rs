@@ -105,7 +105,7 @@ fn main() -> ExitCode {
     telemetry::init(cli.log_format);
     let default_config = cli.config == std::path::Path::new(config::DEFAULT_FILE);
     let result = match cli.command {
-        Command::Serve => load(&cli.config).and_then(|config| {
+        Command::Serve => load_checked(&cli.config).and_then(|config| {
             serve(config).map_err(|error| Failure::Failed(format!("{error:#}")))
         }),
         Command::Load { messages, rate } => load(&cli.config).and_then(|config| {
@@ -129,7 +129,7 @@ fn main() -> ExitCode {
             teams,
             ttl,
         } => load(&cli.config).and_then(|config| token(&config, sub, roles, teams, ttl.into())),
-        Command::CheckConfig => load(&cli.config).map(|config| {
+        Command::CheckConfig => load_checked(&cli.config).map(|config| {
             let summary = format!(
                 "{}: ok ({} teams, {} queues, {} agents, {} plugins, {})",
                 config.file.display(),
@@ -275,7 +275,16 @@ impl From<CliError> for Failure {
 }
 
 fn load(file: &std::path::Path) -> Result<Config, Failure> {
-    config::load(file).map_err(Failure::Config)
+    let config = config::load(file).map_err(Failure::Config)?;
+    telemetry::log_content(config.server.log_content);
+    Ok(config)
+}
+
+/// [`load`], and every file the configuration names must exist.
+fn load_checked(file: &std::path::Path) -> Result<Config, Failure> {
+    let config = load(file)?;
+    config.check_files().map_err(Failure::Config)?;
+    Ok(config)
 }
 
 /// Prints the outcome: results on stdout, problems on stderr as plain lines (the

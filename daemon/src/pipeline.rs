@@ -23,8 +23,14 @@ use crate::transport::InboundMessage;
 /// What to do with one inbound message once the batch is committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Disposition {
-    /// Applied (or a duplicate): acknowledge. `events` canonical events came of it.
-    Done { events: usize },
+    /// Applied, or already applied: acknowledge. `events` canonical events came of it, of
+    /// which `duplicates` had been applied before (a resent webhook, a redelivery);
+    /// `conversations` are those its events belong to, in order, once each.
+    Done {
+        events: usize,
+        duplicates: usize,
+        conversations: Vec<ConversationId>,
+    },
     /// Cannot be handled: dead-letter with a stable code and a human reason, then acknowledge.
     DeadLetter { code: String, detail: String },
 }
@@ -220,6 +226,10 @@ impl Pipeline {
             Ok(events) => self.apply_all(events, now, batch),
         };
         let outcome = match &disposition {
+            // Nothing new: a provider's retry or a redelivery, told apart in the metrics.
+            Disposition::Done {
+                events, duplicates, ..
+            } if *events > 0 && duplicates == events => "duplicate",
             Disposition::Done { .. } => "applied",
             Disposition::DeadLetter { code, .. } => {
                 self.metrics
@@ -322,16 +332,33 @@ impl Pipeline {
     ) -> Disposition {
         let mut refused = Vec::new();
         let count = events.len();
+        let mut duplicates = 0;
+        let mut conversations = Vec::new();
         for event in events {
             self.engine
                 .apply(Input::Channel(event), now, &mut self.outcome);
-            if let Some(refusal) = self.outcome.refusal() {
-                refused.push((refusal.code.as_str().to_owned(), refusal.detail.clone()));
+            match &self.outcome.reply {
+                Some(Err(refusal)) => {
+                    refused.push((refusal.code.as_str().to_owned(), refusal.detail.clone()));
+                }
+                Some(Ok(reply)) => {
+                    duplicates += usize::from(reply.replayed);
+                    if let Some(id) = reply.conversation
+                        && !conversations.contains(&id)
+                    {
+                        conversations.push(id);
+                    }
+                }
+                None => {}
             }
             self.collect(now, batch);
         }
         match refused.into_iter().next() {
-            None => Disposition::Done { events: count },
+            None => Disposition::Done {
+                events: count,
+                duplicates,
+                conversations,
+            },
             // The message's other events were applied; the dead letter says which rule refused.
             Some((code, detail)) => Disposition::DeadLetter { code, detail },
         }
@@ -517,7 +544,7 @@ impl Pipeline {
             // The change stands; what could not be encoded is logged with the plugin's reason
             // (a WhatsApp message outside the service window, a plugin failure).
             Err(error) => {
-                tracing::warn!(plugin = %plugin, error = %error, notification = %notification.id, "channel notification not sent")
+                tracing::warn!(plugin = %plugin, error = %crate::telemetry::content(&error.to_string()), notification = %notification.id, "channel notification not sent")
             }
         }
     }

@@ -29,3 +29,22 @@ pub fn init(format: LogFormat) {
         LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }
+
+/// Whether log lines may carry conversation content: message texts, whispers, payload
+/// bodies, and the customer identifiers inside rule and plugin details. Off unless an
+/// operator turns it on (`server.log_content`), since logs travel further than the store.
+static LOG_CONTENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets [`content`]'s switch, once, from the configuration.
+pub fn log_content(enabled: bool) {
+    LOG_CONTENT.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `text` when content logging is on, else a placeholder that says why it is missing.
+pub fn content(text: &str) -> &str {
+    if LOG_CONTENT.load(std::sync::atomic::Ordering::Relaxed) {
+        text
+    } else {
+        "[content not logged: set server.log_content = true to log it]"
+    }
+}

@@ -1,5 +1,6 @@
-//! The `switchboard` binary from the outside: exit codes and output of `check-config`
-//! (CONTRACT.md §1: every problem with file, line and column, exit 64).
+//! The `switchboard` binary from the outside: exit codes and output of `check-config` (every
+//! problem with file, line and column, exit 64). The shipped default passing `check-config`
+//! needs the built plugins: `tests/tests/serve_embedded.rs` checks it.
 
 use std::process::Command;
 
@@ -14,19 +15,6 @@ fn switchboard() -> Command {
         }
     }
     command
-}
-
-#[test]
-fn check_config_accepts_the_shipped_default() {
-    let output = switchboard().arg("check-config").output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(stdout.contains("config/switchboard.toml: ok"), "{stdout}");
-    assert!(stdout.contains("embedded transport"), "{stdout}");
 }
 
 #[test]
@@ -45,7 +33,7 @@ fn check_config_lists_every_problem_and_exits_64() {
         .lines()
         .filter(|line| line.starts_with("daemon/tests/config-ui/bad-values.toml:"))
         .collect();
-    assert_eq!(problems.len(), 11, "{stderr}");
+    assert_eq!(problems.len(), 13, "{stderr}");
     assert!(
         stderr.contains("bad-values.toml:22:8: queue `chat` names unknown team `sales`"),
         "{stderr}"

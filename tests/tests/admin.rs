@@ -64,7 +64,7 @@ fn api_with(config: Config) -> Api {
     let service = Arc::new(switchboard::app::build(&config).unwrap());
     let stop = CancellationToken::new();
     tokio::spawn(service.clone().run_writer(stop.clone()));
-    let auth = Authenticator::from_config(&config.auth).unwrap();
+    let auth = Authenticator::from_config(&config.auth, &config.teams).unwrap();
     let router = admin::router(AdminContext::new(service.clone(), auth, &config.server));
     Api {
         router,
@@ -305,7 +305,7 @@ async fn a_supervisor_monitors_whispers_joins_and_force_closes_with_every_step_o
     let (status, bad) = api.get("/v1/conversations?state=closed", &sam).await;
     assert_eq!(
         (status, code(&bad)),
-        (StatusCode::BAD_REQUEST, "bad-request"),
+        (StatusCode::BAD_REQUEST, "invalid-query"),
         "{bad}"
     );
 
@@ -1433,4 +1433,235 @@ async fn the_stream_shows_changes_messages_to_participants_and_whispers_to_agent
         "nothing before Last-Event-ID"
     );
     assert!(replayed.iter().all(|e| e.name != "gap"));
+}
+
+// ---- what probing from outside found -------------------------------------------------------
+
+/// Teams come from whole group paths: `/billing/support` is not `/support`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_grants_a_team_only_by_its_whole_path() {
+    let api = api();
+    let id = api.start("groups-1", "support-chat", Some("a-ana")).await;
+    let uri = format!("/v1/conversations/{id}");
+    let (status, _) = api.get(&uri, &api.sam()).await;
+    assert_eq!(status, StatusCode::OK, "`/support` grants support");
+    for elsewhere in ["billing/support", "acme/support", "support/x"] {
+        let token = api.token("sup-eve", &["supervisor"], &[elsewhere]);
+        let (status, body) = api.get(&uri, &token).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "/{elsewhere}: {body}");
+    }
+}
+
+/// An `Idempotency-Key` compares what the body means, not how it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_replays_the_same_json_written_differently() {
+    let api = api();
+    let id = api.start("idem-format", "support-chat", None).await;
+    let sam = api.sam();
+    let send = |body: &'static str| {
+        let request = Request::post(format!("/v1/conversations/{id}/assign"))
+            .header(header::AUTHORIZATION, format!("Bearer {sam}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", "assign-once")
+            .body(Body::from(body))
+            .unwrap();
+        let api = &api;
+        async move {
+            let (status, _, body) = api.raw(request).await;
+            (status, serde_json::from_slice::<Value>(&body).unwrap())
+        }
+    };
+    let (status, first) = send(r#"{"agent":"a-ana","override_presence":true}"#).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (status, again) =
+        send("{\n  \"override_presence\": true,\n  \"agent\": \"a-ana\"\n}\n").await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["replayed"], true);
+    let (status, other) = send(r#"{"agent":"a-ben","override_presence":true}"#).await;
+    assert_eq!(
+        (status, code(&other)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused")
+    );
+}
+
+/// Every query parameter is checked the same way: 400 `invalid-query`, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_parameters_are_validated_alike() {
+    let api = api();
+    let admin = api.admin();
+    for query in [
+        "limit=-1",
+        "limit=abc",
+        "limit=10000000",
+        "limit=0",
+        "after=zzz",
+        "limit=5&limit=6",
+    ] {
+        let (status, body) = api.get(&format!("/v1/outbox?{query}"), &admin).await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::BAD_REQUEST, "invalid-query"),
+            "{query}: {body}"
+        );
+        let name = query.split('=').next().unwrap();
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("`{name}`")),
+            "{query}: {body}"
+        );
+    }
+    for query in ["state=sleeping", "channel=fax"] {
+        let (status, body) = api
+            .get(&format!("/v1/conversations?{query}"), &api.sam())
+            .await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::BAD_REQUEST, "invalid-query"),
+            "{query}: {body}"
+        );
+    }
+    let (status, body) = api.get("/v1/outbox?limit=1000", &admin).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api
+        .get(
+            "/v1/conversations?state=active&channel=web&queue=&unknown=1",
+            &api.sam(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// A resent webhook says it was a duplicate and of which conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_payload_is_answered_as_a_duplicate() {
+    let api = api();
+    let webhook = fixture("whatsapp", "text.json");
+    let post = || {
+        let request = Request::post("/v1/inbound/whatsapp-cloud")
+            .header(header::AUTHORIZATION, format!("Bearer {}", api.ingest()))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(webhook.clone()))
+            .unwrap();
+        async {
+            let (status, _, body) = api.raw(request).await;
+            (status, serde_json::from_slice::<Value>(&body).unwrap())
+        }
+    };
+    let (status, first) = post().await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    assert_eq!(
+        (first["duplicate"].clone(), first["duplicates"].clone()),
+        (json!(false), json!(0))
+    );
+    let conversation = first["conversations"][0].as_str().unwrap().to_owned();
+    let (status, again) = post().await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["conversations"], json!([conversation]));
+    let (_, headers, metrics) = api
+        .raw(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await;
+    assert!(
+        headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains(
+            "switchboard_inbound_total{plugin=\"whatsapp-cloud\",outcome=\"duplicate\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+/// Timeline details show times as RFC 3339, like everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_in_timeline_details_are_rfc3339() {
+    let api = api();
+    let id = api.start("times-1", "support-chat", Some("a-ana")).await;
+    let sam = api.sam();
+    let base = format!("/v1/conversations/{id}");
+    let (status, _) = api.post(&format!("{base}/monitor"), &sam, json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api
+        .call(Method::DELETE, &format!("{base}/monitor"), Some(&sam), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, detail) = api.get(&base, &sam).await;
+    let ended = detail["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|line| line["event"] == "supervision-ended")
+        .expect("the monitor's end is on the timeline");
+    let started = ended["details"]["started_at"].as_str().expect("a string");
+    let shape: String = started
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '9' } else { c })
+        .collect();
+    assert_eq!(shape, "9999-99-99T99:99:99.999Z", "{started}");
+}
+
+/// Requests without a valid token are limited per client address, with Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_valid_token_are_rate_limited() {
+    let api = api_with(shipped_config(&[(
+        "SWITCHBOARD_SERVER__UNAUTHENTICATED_RATE_LIMIT",
+        "10",
+    )]));
+    let mut limited = None;
+    for _ in 0..40 {
+        let (status, headers, body) = api
+            .raw(
+                Request::get("/v1/queues")
+                    .header(header::AUTHORIZATION, "Bearer not.a.jwt")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some((headers, body));
+            break;
+        }
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (headers, body) = limited.expect("a burst of bad tokens was limited");
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(code(&body), "rate-limited");
+}
+
+/// A stream ends when the token that opened it expires, after saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_ends_when_its_token_expires() {
+    let api = api();
+    let short = admin::mint(
+        &api.config.auth,
+        &TokenRequest {
+            subject: "sup-sam".to_owned(),
+            roles: vec!["supervisor".to_owned()],
+            teams: vec!["support".to_owned()],
+            lifetime: Duration::from_secs(2),
+        },
+        now(),
+    )
+    .unwrap();
+    let stream = Stream::open(&api, &short, None).await;
+    // The body ends by itself once the token has expired.
+    let body = tokio::time::timeout(Duration::from_secs(15), stream.body.collect())
+        .await
+        .expect("the stream ended")
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    let last = text
+        .split("\n\n")
+        .filter(|block| block.contains("event:"))
+        .last()
+        .unwrap_or_default();
+    assert!(last.contains("event: reauthenticate"), "{text}");
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard::config;
-use switchboard::engine::{Engine, Millis};
+use switchboard::engine::{ConversationId, Engine, Millis};
 use switchboard::pipeline::{Disposition, Pipeline, plugin_policy};
 use switchboard::plugin::{Plugin, PluginHost, PluginSettings};
 use switchboard::store::{OutboxEntry, RedbStore, Store, StoreError};
@@ -71,6 +71,14 @@ fn message(routing_key: &str, body: Vec<u8>, message_id: Option<&str>) -> Inboun
     }
 }
 
+fn done(events: usize, duplicates: usize, conversations: &[ConversationId]) -> Disposition {
+    Disposition::Done {
+        events,
+        duplicates,
+        conversations: conversations.to_vec(),
+    }
+}
+
 #[test]
 fn webhook_to_conversation_and_outbox_in_one_commit_and_back_after_a_restart() {
     let dir = temp_dir("pipeline");
@@ -80,12 +88,9 @@ fn webhook_to_conversation_and_outbox_in_one_commit_and_back_after_a_restart() {
         fixture("whatsapp", "text.json"),
         Some("amqp-1"),
     );
-    assert_eq!(
-        pipeline
-            .process(std::slice::from_ref(&webhook), NOW)
-            .unwrap(),
-        vec![Disposition::Done { events: 1 }]
-    );
+    let first = pipeline
+        .process(std::slice::from_ref(&webhook), NOW)
+        .unwrap();
     let conversation = pipeline
         .engine()
         .state()
@@ -93,6 +98,7 @@ fn webhook_to_conversation_and_outbox_in_one_commit_and_back_after_a_restart() {
         .next()
         .expect("a conversation")
         .clone();
+    assert_eq!(first, vec![done(1, 0, &[conversation.id])]);
     assert_eq!(
         conversation.queue.as_str(),
         "support-chat",
@@ -104,11 +110,11 @@ fn webhook_to_conversation_and_outbox_in_one_commit_and_back_after_a_restart() {
         "the customer message was scored"
     );
 
-    // A redelivery of the same message changes nothing.
+    // A redelivery of the same message changes nothing, and says so.
     let seq = pipeline.engine().state().last_seq();
     assert_eq!(
         pipeline.process(&[webhook], NOW).unwrap(),
-        vec![Disposition::Done { events: 1 }]
+        vec![done(1, 1, &[conversation.id])]
     );
     assert_eq!(pipeline.engine().state().last_seq(), seq);
 
@@ -121,7 +127,7 @@ fn webhook_to_conversation_and_outbox_in_one_commit_and_back_after_a_restart() {
         pipeline
             .process(&[message("canonical", accepted.into_bytes(), None)], NOW)
             .unwrap(),
-        vec![Disposition::Done { events: 1 }]
+        vec![done(1, 0, &[conversation.id])]
     );
     let after = pipeline
         .engine()
@@ -174,9 +180,15 @@ fn notifications_are_rendered_into_the_outbox() {
             fixture("whatsapp", "batched.json"),
             Some("amqp-2"),
         );
-        assert_eq!(
-            pipeline.process(&[webhook], NOW).unwrap(),
-            vec![Disposition::Done { events: 4 }],
+        assert!(
+            matches!(
+                pipeline.process(&[webhook], NOW).unwrap().as_slice(),
+                [Disposition::Done {
+                    events: 4,
+                    duplicates: 0,
+                    ..
+                }]
+            ),
             "the batched webhook holds four events"
         );
     }

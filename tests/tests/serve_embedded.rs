@@ -78,6 +78,134 @@ fn wait_ready(port: u16, daemon: &mut Child) {
     }
 }
 
+/// Writes `request` on a fresh connection and reads the whole answer (the server closes it).
+fn raw_exchange(port: u16, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut connection = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    connection
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // The server may answer (and close) before it has read everything we send.
+    let _ = connection.write_all(request);
+    let mut answer = Vec::new();
+    let _ = connection.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// hyper answers these before any handler runs; they must still be problem+json.
+fn requests_the_parser_refuses_get_problems(port: u16) {
+    let many_headers: String = (0..200).map(|i| format!("x-probe-{i}: {i}\r\n")).collect();
+    let large_header = format!("x-probe: {}\r\n", "a".repeat(40_000));
+    let huge_header = format!("x-probe: {}\r\n", "a".repeat(1_000_000));
+    let long_uri = format!("/v1/{}", "a".repeat(10_000));
+    let huge_uri = format!("/v1/{}", "a".repeat(70_000));
+    for (name, request, status, code) in [
+        (
+            "too many headers",
+            format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{many_headers}\r\n"),
+            "431",
+            "headers-too-large",
+        ),
+        (
+            "too large a header",
+            format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{large_header}\r\n"),
+            "431",
+            "headers-too-large",
+        ),
+        (
+            "far too large a header (hyper's limit)",
+            format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{huge_header}\r\n"),
+            "431",
+            "headers-too-large",
+        ),
+        (
+            "too long a URI",
+            format!("GET {long_uri} HTTP/1.1\r\nhost: x\r\n\r\n"),
+            "414",
+            "uri-too-long",
+        ),
+        (
+            "far too long a URI (hyper's limit)",
+            format!("GET {huge_uri} HTTP/1.1\r\nhost: x\r\n\r\n"),
+            "414",
+            "uri-too-long",
+        ),
+        (
+            "not HTTP",
+            "GET / HTTP/1.1\r\nbad header line\r\n\r\n".to_owned(),
+            "400",
+            "bad-request",
+        ),
+    ] {
+        let answer = raw_exchange(port, request.as_bytes());
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{name}: {answer}"
+        );
+        assert!(
+            answer.contains("content-type: application/problem+json"),
+            "{name}: {answer}"
+        );
+        let body = answer.split_once("\r\n\r\n").unwrap().1;
+        let problem: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(problem["code"], code, "{name}");
+    }
+}
+
+/// The shipped default (with the plugins built) passes `check-config`.
+#[test]
+fn check_config_accepts_the_shipped_default() {
+    let dir = temp_dir("check-config");
+    let config = config_file(&dir, free_port());
+    let output = Command::new(switchboard_binary())
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("switchboard.toml: ok"), "{stdout}");
+    assert!(stdout.contains("embedded transport"), "{stdout}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `check-config` checks every file the configuration names, before `serve` would fail on it.
+#[test]
+fn check_config_names_missing_files_with_their_resolved_path() {
+    let dir = temp_dir("check-config");
+    let text =
+        shipped_config_text(&dir, free_port()).replace("voice_ari.wasm", "no_such_plugin.wasm");
+    let config = dir.join("switchboard.toml");
+    std::fs::write(&config, text).unwrap();
+    for command in ["check-config", "serve"] {
+        let output = Command::new(switchboard_binary())
+            .args([command, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{command}: {stderr}");
+        let problem = stderr
+            .lines()
+            .find(|line| line.contains("no_such_plugin.wasm"))
+            .unwrap_or_else(|| panic!("{command}: {stderr}"));
+        assert!(problem.contains("`plugins.voice-ari.file`"), "{problem}");
+        assert!(
+            problem.contains(": /"),
+            "the path is resolved (absolute): {problem}"
+        );
+        assert!(
+            problem.starts_with(&format!("{}:", config.display())),
+            "file, line and column: {problem}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn terminate(daemon: &mut Child) {
     let status = Command::new("kill")
         .args(["-TERM", &daemon.id().to_string()])
@@ -98,6 +226,7 @@ fn the_readme_walkthrough_works_on_the_embedded_default() {
     wait_ready(port, &mut daemon);
     let (_, ready) = curl("GET", &format!("{base}/readyz"), "", None);
     assert_eq!(ready["broker"]["status"], "not-configured");
+    requests_the_parser_refuses_get_problems(port);
 
     let supervisor = token(
         &config,

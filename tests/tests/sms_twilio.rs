@@ -192,6 +192,10 @@ fn malformed_payloads_are_typed_errors() {
         "From=%2B1&Body=hi",
         "MessageSid=SM1&Body=hi",
         "%%%%&&&==",
+        // `NumMedia` is a count from 0 to 10; read as 0 it would drop attachments silently.
+        "MessageSid=SM1&From=%2B1&Body=hi&NumMedia=three",
+        "MessageSid=SM1&From=%2B1&Body=hi&NumMedia=-1",
+        "MessageSid=SM1&From=%2B1&Body=hi&NumMedia=11",
     ] {
         match plugin.decode(&request(body.to_owned(), None)) {
             Err(CallError::Plugin { kind, .. }) => {

@@ -66,6 +66,22 @@ fn it_declares_voice_controls() {
     );
 }
 
+/// The agent `a-ana` accepted the call `CALL`, and nothing else happened.
+fn assert_ana_joined_the_call(bodies: &[EventBody]) {
+    match bodies {
+        [
+            EventBody::Accepted {
+                conversation: ConversationRef::External(thread),
+                agent,
+            },
+        ] => {
+            assert_eq!(thread.key.as_ref(), CALL);
+            assert_eq!(agent.as_str(), "a-ana");
+        }
+        other => panic!("{other:#?}"),
+    }
+}
+
 #[test]
 fn the_call_lifecycle() {
     let plugin = plugin(SETTINGS);
@@ -87,18 +103,7 @@ fn the_call_lifecycle() {
         }
         other => panic!("{other:#?}"),
     }
-    match &bodies(&plugin, "agent-entered-bridge.json")[..] {
-        [
-            EventBody::Accepted {
-                conversation: ConversationRef::External(thread),
-                agent,
-            },
-        ] => {
-            assert_eq!(thread.key.as_ref(), CALL);
-            assert_eq!(agent.as_str(), "a-ana");
-        }
-        other => panic!("{other:#?}"),
-    }
+    assert_ana_joined_the_call(&bodies(&plugin, "agent-entered-bridge.json"));
     assert!(matches!(
         &bodies(&plugin, "hold.json")[..],
         [EventBody::Paused { .. }]
@@ -118,6 +123,60 @@ fn the_call_lifecycle() {
             "{name}"
         );
     }
+}
+
+/// What every Stasis application receives all the time (shapes from Asterisk's
+/// `rest-api/api-docs/events.json`): acknowledged with no events, never dead-lettered.
+#[test]
+fn routine_ari_events_are_ignored() {
+    let plugin = plugin(SETTINGS);
+    let channel = r#""channel":{"id":"1749418783.42","name":"PJSIP/+14155551234-00000012","state":"Up","caller":{"name":"","number":"+14155551234"},"connected":{"name":"","number":""},"accountcode":"","dialplan":{"context":"from-trunk","exten":"100","priority":1},"creationtime":"2025-06-08T21:39:43.000+0000","language":"en"}"#;
+    let routine = [
+        format!(r#"{{"type":"ChannelVarset","variable":"BRIDGEPEER","value":"PJSIP/1001-00000013",{channel}}}"#),
+        r#"{"type":"ChannelVarset","variable":"GLOBAL_FLAG","value":"1"}"#.to_owned(),
+        format!(r#"{{"type":"ChannelDialplan","dialplan_app":"Stasis","dialplan_app_data":"switchboard",{channel}}}"#),
+        format!(r#"{{"type":"ChannelConnectedLine",{channel}}}"#),
+        format!(r#"{{"type":"ChannelTalkingStarted",{channel}}}"#),
+        format!(r#"{{"type":"ChannelTalkingFinished","duration":1200,{channel}}}"#),
+        format!(r#"{{"type":"ChannelCallerId","caller_presentation":0,"caller_presentation_txt":"Presentation Allowed, Not Screened",{channel}}}"#),
+        format!(r#"{{"type":"ChannelCreated",{channel}}}"#),
+        format!(r#"{{"type":"ChannelStateChange",{channel}}}"#),
+        r#"{"type":"PlaybackStarted","playback":{"id":"pb-1","media_uri":"sound:beep","target_uri":"channel:1749418783.42","language":"en","state":"playing"}}"#.to_owned(),
+        r#"{"type":"PlaybackFinished","playback":{"id":"pb-1","media_uri":"sound:beep","target_uri":"channel:1749418783.42","language":"en","state":"done"}}"#.to_owned(),
+        r#"{"type":"BridgeCreated","bridge":{"id":"5f3c2a1e-0b9d-4c55-9b7e-3f1f5a2d9c10","technology":"simple_bridge","bridge_type":"mixing","bridge_class":"stasis","creator":"Stasis","name":"","channels":[]}}"#.to_owned(),
+        r#"{"type":"BridgeDestroyed","bridge":{"id":"5f3c2a1e-0b9d-4c55-9b7e-3f1f5a2d9c10","technology":"simple_bridge","bridge_type":"mixing","bridge_class":"stasis","creator":"Stasis","name":"","channels":[]}}"#.to_owned(),
+        r#"{"type":"DeviceStateChanged","device_state":{"name":"PJSIP/1001","state":"INUSE"}}"#.to_owned(),
+        r#"{"type":"EndpointStateChange","endpoint":{"technology":"PJSIP","resource":"1001","state":"online","channel_ids":[]}}"#.to_owned(),
+        r#"{"type":"Dial","peer":{"id":"1749418805.43","name":"PJSIP/1001-00000013","state":"Ring"},"dialstatus":"RINGING"}"#.to_owned(),
+    ];
+    for body in routine {
+        let mut request = event("hold.json");
+        request.body = body.clone().into_bytes();
+        match plugin.decode(&request) {
+            Ok(events) => assert!(events.is_empty(), "{body}: {events:?}"),
+            Err(error) => panic!("{body}: {error:?}"),
+        }
+    }
+}
+
+/// Asterisk names a bridge with a UUID unless told otherwise: the bridge's channel list says
+/// which call the agent joined.
+#[test]
+fn an_agent_joins_a_call_through_a_bridge_of_any_name() {
+    let plugin = plugin(SETTINGS);
+    let mut request = event("agent-entered-bridge.json");
+    let body = String::from_utf8(request.body.clone()).unwrap().replace(
+        r#""bridge":{"id":"1749418783.42""#,
+        r#""bridge":{"id":"5f3c2a1e-0b9d-4c55-9b7e-3f1f5a2d9c10""#,
+    );
+    request.body = body.into_bytes();
+    let bodies: Vec<EventBody> = plugin
+        .decode(&request)
+        .unwrap()
+        .into_iter()
+        .map(|event| event.body)
+        .collect();
+    assert_ana_joined_the_call(&bodies);
 }
 
 #[test]
@@ -141,8 +200,18 @@ fn malformed_events_are_typed_errors() {
         (b"{\"channel\":{}}", FailureKind::InvalidPayload),
         (b"{\"type\":\"StasisStart\"}", FailureKind::InvalidPayload),
         (
-            b"{\"type\":\"BridgeCreated\",\"bridge\":{}}",
+            b"{\"type\":\"FaxReceived\",\"channel\":{\"id\":\"1\"}}",
             FailureKind::Unsupported,
+        ),
+        // Routine events are ignored only in their documented shape.
+        (b"{\"type\":\"ChannelVarset\"}", FailureKind::InvalidPayload),
+        (
+            b"{\"type\":\"PlaybackStarted\"}",
+            FailureKind::InvalidPayload,
+        ),
+        (
+            b"{\"type\":\"ChannelStateChange\"}",
+            FailureKind::InvalidPayload,
         ),
     ] {
         let mut request = event("hold.json");

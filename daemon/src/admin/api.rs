@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::engine::report::{AgentSummary, ConversationSummary, QueueSummary};
-use crate::engine::{Millis, Reply, TimelineEntry};
+use crate::engine::{Millis, Reply, TimelineEntry, TimelineEvent};
 
 /// RFC 3339 with milliseconds, UTC.
 pub fn timestamp(at: Millis) -> String {
@@ -151,6 +151,10 @@ impl From<&TimelineEntry> for TimelineLine {
         if let Some(object) = details.as_object_mut() {
             object.remove("conversation");
             object.remove("at");
+            // Every time the API shows is RFC 3339, those inside details too.
+            if let TimelineEvent::SupervisionEnded { started_at, .. } = &entry.event {
+                object.insert("started_at".to_owned(), timestamp(*started_at).into());
+            }
         }
         Self {
             at: timestamp(entry.at),
@@ -314,6 +318,12 @@ pub struct PluginList {
 pub struct InboundAccepted {
     /// Canonical events the payload became.
     pub events: usize,
+    /// Of those, the ones applied before (a resent payload): they changed nothing.
+    pub duplicates: usize,
+    /// Every event was a duplicate: the payload had been received before.
+    pub duplicate: bool,
+    /// The conversations its events belong to.
+    pub conversations: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]

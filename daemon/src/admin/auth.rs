@@ -1,9 +1,10 @@
 //! Admin API identity: verifies `Authorization: Bearer <JWT>` (HS256 shared secret, or RS256
 //! with a PEM public key or a JWKS file), enforcing issuer, audience, `exp` and `nbf` (both
 //! required), and turns Keycloak claims into an [`Actor`]: `realm_access.roles` become roles,
-//! `groups` (`/team` paths or bare names) become teams. The only jsonwebtoken importer; also
+//! `groups` become teams through each team's configured group paths. The only jsonwebtoken importer; also
 //! mints development tokens for `switchboard token`.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use jsonwebtoken::jwk::JwkSet;
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::problem::Problem;
 use crate::config::AuthConfig;
-use crate::engine::{Actor, Role, TeamId, UserId};
+use crate::engine::{Actor, Role, Team, TeamId, UserId};
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 const LEEWAY: u64 = 30;
@@ -22,6 +23,7 @@ const LEEWAY: u64 = 30;
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
     #[serde(default)]
     realm_access: Option<RealmAccess>,
     #[serde(default)]
@@ -42,7 +44,14 @@ pub struct Authenticator {
     rs256_pem: Option<DecodingKey>,
     /// JWKS keys by `kid` (RS256 only).
     jwks: Vec<(Option<String>, DecodingKey)>,
+    /// Which group (a whole path or a bare name) grants which team.
+    groups: HashMap<Box<str>, TeamId>,
 }
+
+/// When the token that authenticated a request expires (seconds since the epoch): a live
+/// stream ends then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenExpiry(pub u64);
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,7 +78,7 @@ pub enum KeyError {
 }
 
 impl Authenticator {
-    pub fn from_config(auth: &AuthConfig) -> Result<Self, KeyError> {
+    pub fn from_config(auth: &AuthConfig, teams: &[Team]) -> Result<Self, KeyError> {
         let read = |path: &Path| {
             std::fs::read(path).map_err(|error| KeyError::Read {
                 path: path.display().to_string(),
@@ -109,11 +118,22 @@ impl Authenticator {
                 .map(|secret| DecodingKey::from_secret(secret.expose().as_bytes())),
             rs256_pem,
             jwks,
+            groups: teams
+                .iter()
+                .flat_map(|team| {
+                    team.groups
+                        .iter()
+                        .map(move |group| (group.clone(), team.id.clone()))
+                })
+                .collect(),
         })
     }
 
-    /// Verifies an `Authorization` header value and returns who is calling.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Actor, Problem> {
+    /// Verifies an `Authorization` header value and returns who is calling, and until when.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<(Actor, TokenExpiry), Problem> {
         let authorization = authorization.ok_or_else(|| {
             Problem::unauthorized("an `Authorization: Bearer <token>` header is required")
         })?;
@@ -159,7 +179,41 @@ impl Authenticator {
         if claims.sub.is_empty() {
             return Err(Problem::unauthorized("the token's `sub` is empty"));
         }
-        Ok(actor(claims))
+        let expiry = TokenExpiry(claims.exp);
+        Ok((self.actor(claims), expiry))
+    }
+
+    /// Keycloak claims as an [`Actor`]. A group grants a team only when it is one of the
+    /// team's configured groups, compared as a whole path: `/billing/support` does not grant
+    /// `support` unless configured to.
+    fn actor(&self, claims: Claims) -> Actor {
+        let roles = claims
+            .realm_access
+            .unwrap_or_default()
+            .roles
+            .iter()
+            .filter_map(|role| match role.as_str() {
+                "supervisor" => Some(Role::Supervisor),
+                "admin" => Some(Role::Admin),
+                "agent" => Some(Role::Agent),
+                "ingest" => Some(Role::Ingest),
+                _ => None,
+            })
+            .collect();
+        let mut teams: Vec<TeamId> = Vec::new();
+        for group in &claims.groups {
+            let path = group.trim_end_matches('/');
+            if let Some(team) = self.groups.get(path)
+                && !teams.contains(team)
+            {
+                teams.push(team.clone());
+            }
+        }
+        Actor {
+            id: UserId::new(claims.sub),
+            roles,
+            teams,
+        }
     }
 }
 
@@ -180,37 +234,6 @@ fn describe(kind: &jsonwebtoken::errors::ErrorKind) -> String {
             format!("the token's `{claim}` claim is malformed (a number is expected)")
         }
         _ => "the token is invalid".to_owned(),
-    }
-}
-
-fn actor(claims: Claims) -> Actor {
-    let roles = claims
-        .realm_access
-        .unwrap_or_default()
-        .roles
-        .iter()
-        .filter_map(|role| match role.as_str() {
-            "supervisor" => Some(Role::Supervisor),
-            "admin" => Some(Role::Admin),
-            "agent" => Some(Role::Agent),
-            "ingest" => Some(Role::Ingest),
-            _ => None,
-        })
-        .collect();
-    // Keycloak group paths (`/support`, `/org/support`) name the team by their last segment;
-    // bare names are teams as they are.
-    let mut teams: Vec<TeamId> = claims
-        .groups
-        .iter()
-        .filter_map(|group| group.trim_end_matches('/').rsplit('/').next())
-        .filter(|team| !team.is_empty())
-        .map(TeamId::new)
-        .collect();
-    teams.dedup();
-    Actor {
-        id: UserId::new(claims.sub),
-        roles,
-        teams,
     }
 }
 
@@ -253,7 +276,7 @@ pub fn mint(auth: &AuthConfig, request: &TokenRequest, now_seconds: u64) -> Resu
         groups: request
             .teams
             .iter()
-            .map(|team| format!("/{team}"))
+            .map(|team| format!("/{}", team.trim_start_matches('/')))
             .collect(),
         iat: now_seconds,
         nbf: now_seconds,

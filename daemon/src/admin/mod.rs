@@ -9,8 +9,10 @@
 
 pub mod api;
 pub mod auth;
+mod listener;
 mod openapi;
 pub mod problem;
+mod query;
 mod routes;
 mod sse;
 
@@ -20,13 +22,14 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
 
-pub use self::auth::{Authenticator, KeyError, TokenRequest, mint};
+pub use self::auth::{Authenticator, KeyError, TokenExpiry, TokenRequest, mint};
+use self::listener::{ClientAddr, ProblemListener};
 use self::problem::Problem;
 use crate::config::ServerConfig;
 use crate::engine::Actor;
@@ -40,6 +43,9 @@ pub struct AdminContext {
     pub body_limit: usize,
     pub request_timeout: Duration,
     rate: RateLimiter,
+    /// Requests without a valid token, per client address.
+    unauthenticated: RateLimiter,
+    trust_forwarded: bool,
 }
 
 impl AdminContext {
@@ -50,6 +56,8 @@ impl AdminContext {
             body_limit: server.body_limit,
             request_timeout: server.request_timeout,
             rate: RateLimiter::new(server.rate_limit),
+            unauthenticated: RateLimiter::new(server.unauthenticated_rate_limit),
+            trust_forwarded: server.trust_forwarded,
         }
     }
 }
@@ -74,6 +82,7 @@ pub fn router(context: AdminContext) -> Router {
         .merge(v1)
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no-route", "no such route") })
         .layer(middleware::from_fn(framework_problems))
+        .layer(middleware::from_fn(head_limits))
         .layer(middleware::from_fn_with_state(context.clone(), observe))
         .with_state(context)
 }
@@ -84,7 +93,8 @@ pub async fn serve(
     context: AdminContext,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(context))
+    let router = router(context).into_make_service_with_connect_info::<ClientAddr>();
+    axum::serve(ProblemListener::new(listener), router)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
 }
@@ -113,6 +123,43 @@ async fn observe(State(context): State<Shared>, request: Request, next: Next) ->
     );
     tracing::debug!(method = %method, route = %route, status = status.as_u16(), elapsed = ?started.elapsed(), "request");
     response
+}
+
+/// The largest request head (all header names and values) and URI the API takes; hyper's own
+/// limits, far above these, answer before this runs (see `listener`).
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Refuses oversized request heads before anything reads them: 431 and 414, as problem+json.
+async fn head_limits(request: Request, next: Next) -> Response {
+    let uri = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |path| path.as_str().len());
+    if uri > MAX_URI_BYTES {
+        return Problem::new(
+            StatusCode::URI_TOO_LONG,
+            "uri-too-long",
+            format!("the request's URI is {uri} bytes; at most {MAX_URI_BYTES} are taken"),
+        )
+        .into_response();
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            format!(
+                "the request's headers are {header_bytes} bytes; at most {MAX_HEADER_BYTES} are taken"
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// The framework's own errors (unknown route, wrong method, malformed JSON, body too large,
@@ -155,19 +202,62 @@ async fn framework_problems(request: Request, next: Next) -> Response {
     problem
 }
 
-/// Verifies the bearer token and puts the caller's [`Actor`] into the request.
+/// Verifies the bearer token and puts the caller's [`Actor`] and the token's expiry into the
+/// request. Requests without a valid token are limited per client address, and a client over
+/// its limit is answered 429 before its token is even checked (verifying costs CPU).
 async fn authenticate(State(context): State<Shared>, mut request: Request, next: Next) -> Response {
+    let client = client_address(&context, &request);
+    if let Err(retry_after) = context.unauthenticated.peek(&client) {
+        return too_many(
+            retry_after,
+            "too many requests without a valid token from this address",
+        );
+    }
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
     match context.auth.authenticate(authorization) {
-        Ok(actor) => {
+        Ok((actor, expiry)) => {
             request.extensions_mut().insert(actor);
+            request.extensions_mut().insert(expiry);
             next.run(request).await
         }
-        Err(problem) => problem.into_response(),
+        Err(problem) => {
+            let _ = context.unauthenticated.check(&client);
+            problem.into_response()
+        }
     }
+}
+
+/// Who is calling, by address: the connection's peer, or with `server.trust_forwarded` the
+/// address the trusted proxy appended last to `X-Forwarded-For` (earlier entries are the
+/// client's own word and can be forged).
+fn client_address(context: &AdminContext, request: &Request) -> String {
+    if context.trust_forwarded
+        && let Some(forwarded) = request
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .rfind(|entry| !entry.is_empty())
+    {
+        return forwarded.to_owned();
+    }
+    request
+        .extensions()
+        .get::<ConnectInfo<ClientAddr>>()
+        .map_or_else(String::new, |ConnectInfo(ClientAddr(address))| {
+            address.ip().to_string()
+        })
+}
+
+fn too_many(retry_after: u64, detail: &str) -> Response {
+    Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", detail)
+        .retry_after(retry_after)
+        .into_response()
 }
 
 /// A per-caller token bucket (keyed by the token's subject): `rate` requests per second,
@@ -189,6 +279,26 @@ impl RateLimiter {
         Self {
             rate: f64::from(rate.max(1)),
             buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `caller` has a token left, without taking it: `Err(seconds)` to wait.
+    fn peek(&self, caller: &str) -> Result<(), u64> {
+        let buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        match buckets.get(caller) {
+            Some(bucket) => {
+                let tokens =
+                    (bucket.tokens + bucket.at.elapsed().as_secs_f64() * self.rate).min(self.rate);
+                if tokens >= 1.0 {
+                    Ok(())
+                } else {
+                    Err(((1.0 - tokens) / self.rate).ceil().max(1.0) as u64)
+                }
+            }
+            None => Ok(()),
         }
     }
 
@@ -230,13 +340,7 @@ async fn rate_limit(State(context): State<Shared>, request: Request, next: Next)
         .unwrap_or_default();
     match context.rate.check(&caller) {
         Ok(()) => next.run(request).await,
-        Err(retry_after) => Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate-limited",
-            "too many requests from this caller; slow down",
-        )
-        .retry_after(retry_after)
-        .into_response(),
+        Err(retry_after) => too_many(retry_after, "too many requests from this caller; slow down"),
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::api::{self, ReportQuery};
 use super::problem::Problem;
+use super::query::{Params, invalid as invalid_query};
 use super::{Shared, json};
 use crate::engine::report::ReportFilter;
 use crate::engine::{
@@ -226,11 +227,52 @@ fn idempotency(
     fingerprinted.push(0);
     fingerprinted.extend_from_slice(resource.as_bytes());
     fingerprinted.push(0);
-    fingerprinted.extend_from_slice(bytes);
+    // The body's meaning, not its bytes: the same JSON re-formatted (spacing, key order) is
+    // the same request. A body that is not JSON is refused by the route anyway.
+    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    match serde_json::from_slice::<serde_json::Value>(text) {
+        Ok(value) => canonical_json(&value, &mut fingerprinted),
+        Err(_) => fingerprinted.extend_from_slice(bytes),
+    }
     Ok(Some(Idempotency {
         key: key.into(),
         fingerprint: xxhash_rust::xxh3::xxh3_64(&fingerprinted),
     }))
+}
+
+/// Writes `value` with object keys sorted and no spacing, so that equal JSON writes equally.
+fn canonical_json(value: &serde_json::Value, out: &mut Vec<u8>) {
+    match value {
+        serde_json::Value::Object(object) => {
+            let mut entries: Vec<_> = object.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(serde_json::Value::from(key.as_str()).to_string().as_bytes());
+                out.push(b':');
+                canonical_json(value, out);
+            }
+            out.push(b'}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+    }
 }
 
 /// Submits a command and answers with its committed outcome.
@@ -300,9 +342,10 @@ macro_rules! try_problem {
 pub(super) async fn conversations(
     State(context): State<Shared>,
     Extension(actor): Extension<Actor>,
-    Query(query): Query<ReportQuery>,
+    params: Params,
 ) -> Response {
     try_problem!(require_supervisor(&actor));
+    let query = try_problem!(report_query(&params));
     let filter = report_filter(&query);
     let rows = context
         .service
@@ -316,6 +359,16 @@ pub(super) async fn conversations(
             conversations,
         },
     )
+}
+
+/// The report's filters from the query string.
+fn report_query(params: &Params) -> Result<ReportQuery, Problem> {
+    Ok(ReportQuery {
+        state: params.choice("state", &["open", "active", "waiting", "wrap-up"])?,
+        queue: params.one("queue")?.map(str::to_owned),
+        channel: params.choice("channel", &["web", "sms", "whatsapp", "messaging", "voice"])?,
+        agent: params.one("agent")?.map(str::to_owned),
+    })
 }
 
 fn report_filter(query: &ReportQuery) -> ReportFilter {
@@ -786,20 +839,23 @@ pub(super) async fn reload(
 pub(super) async fn outbox(
     State(context): State<Shared>,
     Extension(actor): Extension<Actor>,
-    Query(query): Query<api::OutboxQuery>,
+    params: Params,
 ) -> Response {
     if !actor.is_admin() {
         return Problem::forbidden("the outbox is for admins").into_response();
     }
-    let limit = match query.limit {
-        None => 100,
-        Some(limit @ 1..=1000) => limit as usize,
-        Some(_) => {
-            return Problem::invalid_body("`limit` is 1 to 1000").into_response();
-        }
-    };
+    let limit = try_problem!(params.limit("limit", 100, 1000));
+    let after = try_problem!(params.one("after")).map(str::to_owned);
+    if let Some(after) = &after
+        && !crate::store::is_outbox_id(after)
+    {
+        return invalid_query(
+            "after",
+            "must be an outbox entry id (a page's `next_after`)",
+        )
+        .into_response();
+    }
     let store = context.service.store().clone();
-    let after = query.after.clone();
     let page =
         tokio::task::spawn_blocking(move || store.outbox_after(after.as_deref(), limit)).await;
     match page {
@@ -847,11 +903,21 @@ pub(super) async fn inbound(
     }
     let message = inbound_message(&plugin, &headers, &uri, bytes);
     match context.service.submit(Submission::Inbound(message)).await {
-        Ok(Completion::Inbound(Disposition::Done { events })) => {
-            json(StatusCode::ACCEPTED, &api::InboundAccepted { events })
-        }
+        Ok(Completion::Inbound(Disposition::Done {
+            events,
+            duplicates,
+            conversations,
+        })) => json(
+            StatusCode::ACCEPTED,
+            &api::InboundAccepted {
+                events,
+                duplicates,
+                duplicate: events > 0 && duplicates == events,
+                conversations: conversations.iter().map(ToString::to_string).collect(),
+            },
+        ),
         Ok(Completion::Inbound(Disposition::DeadLetter { code, detail })) => {
-            tracing::warn!(plugin = %plugin, code = %code, detail = %detail, "inbound payload refused");
+            tracing::warn!(plugin = %plugin, code = %code, detail = %crate::telemetry::content(&detail), "inbound payload refused");
             let status = match code.as_str() {
                 // The plugin failed (trap, budget, memory, breaker): the payload may be fine.
                 code if code.starts_with("plugin-") && code != "plugin-config" => {

@@ -19,6 +19,7 @@ use axum::routing::get;
 use futures_util::{Stream, StreamExt as _};
 use tokio::sync::broadcast::error::RecvError;
 
+use super::auth::TokenExpiry;
 use super::problem::Problem;
 use super::{Shared, api};
 use crate::engine::{Actor, Role};
@@ -28,6 +29,14 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 
 pub(super) fn routes() -> Router<Shared> {
     Router::new().route("/v1/stream", get(stream))
+}
+
+/// How long until `expiry` (zero when it has passed).
+fn until(expiry: TokenExpiry) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(expiry.0).saturating_sub(now)
 }
 
 /// An event as SSE, its data in the API's wire types (the same shapes the REST routes answer).
@@ -51,10 +60,11 @@ fn event(event: &StreamEvent, view: StreamPayload) -> Event {
 /// or has joined (agents: their conversations and the whispers addressed to them).
 #[utoipa::path(get, path = "/v1/stream", tag = "stream",
     params(("Last-Event-ID" = Option<String>, Header, description = "resume after this event id (`seq.index`)")),
-    responses((status = 200, description = "Server-Sent Events: `conversation` (a summary after a change), `timeline` (one timeline entry), `gap` (events were missed: reload)", content_type = "text/event-stream", body = String)))]
+    responses((status = 200, description = "Server-Sent Events: `conversation` (a summary after a change), `timeline` (one timeline entry), `gap` (events were missed: reload), `reauthenticate` (the token expired; the stream ends: reconnect with a fresh token and `Last-Event-ID`)", content_type = "text/event-stream", body = String)))]
 pub(super) async fn stream(
     State(context): State<Shared>,
     Extension(actor): Extension<Actor>,
+    Extension(expiry): Extension<TokenExpiry>,
     headers: HeaderMap,
 ) -> Response {
     if !(actor.may_supervise() || actor.has(Role::Agent)) {
@@ -80,19 +90,31 @@ pub(super) async fn stream(
             .filter_map(|replayed| replayed.view_for(&actor).map(|view| event(replayed, view))),
     );
     let stop = context.service.stopping.clone();
+    let expires = Box::pin(tokio::time::sleep(until(expiry)));
     let live = futures_util::stream::unfold(
-        (subscription.live, actor, stop),
-        |(mut live, actor, stop)| async move {
+        (subscription.live, actor, stop, expires, false),
+        |(mut live, actor, stop, mut expires, expired)| async move {
+            if expired {
+                return None;
+            }
             loop {
                 let received = tokio::select! {
                     () = stop.cancelled() => return None,
+                    // The token that opened the stream is no longer valid: say so, then end.
+                    // The client reconnects with a fresh token and its Last-Event-ID.
+                    () = &mut expires => {
+                        let notice = Event::default().event("reauthenticate").data(
+                            "{\"detail\":\"the token that opened this stream has expired; reconnect with a fresh token and Last-Event-ID\"}",
+                        );
+                        return Some((notice, (live, actor, stop, expires, true)));
+                    }
                     received = live.recv() => received,
                 };
                 match received {
                     Ok(next) => {
                         if let Some(view) = next.view_for(&actor) {
                             let sse = event(&next, view);
-                            return Some((sse, (live, actor, stop)));
+                            return Some((sse, (live, actor, stop, expires, false)));
                         }
                     }
                     // Too slow: end the stream; the client reconnects with its Last-Event-ID

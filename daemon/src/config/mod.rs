@@ -39,6 +39,16 @@ pub struct Config {
     pub agents: Vec<Agent>,
     pub supervisors: Vec<SupervisorConfig>,
     pub plugins: Vec<PluginConfig>,
+    /// Every file the configuration names (plugins, key files), for [`Config::check_files`].
+    pub files: Vec<NamedFile>,
+}
+
+/// A file the configuration names: the key that names it, where, and the path it resolves to.
+#[derive(Clone, Debug)]
+pub struct NamedFile {
+    pub key: String,
+    pub location: Location,
+    pub path: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -48,6 +58,12 @@ pub struct ServerConfig {
     pub body_limit: usize,
     pub request_timeout: Duration,
     pub rate_limit: u32,
+    /// Requests per second per client address without a valid token.
+    pub unauthenticated_rate_limit: u32,
+    /// Take the client address from `X-Forwarded-For` (a trusted proxy sets it).
+    pub trust_forwarded: bool,
+    /// Logs may carry conversation content.
+    pub log_content: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -207,6 +223,59 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl Config {
+    /// Checks that every file the configuration names can be read (`check-config` and
+    /// `serve` do, before anything else; a plugin that is not `enabled` is not checked).
+    /// Problems name the key and the path as resolved against the config file's folder.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let mut problems: Vec<Problem> = self
+            .files
+            .iter()
+            .filter_map(|named| {
+                let reason = match std::fs::metadata(&named.path) {
+                    Ok(metadata) if metadata.is_file() => return None,
+                    Ok(_) => "is not a file".to_owned(),
+                    Err(error) => format!("cannot be read ({error})"),
+                };
+                let resolved = resolved(&named.path);
+                Some(Problem {
+                    file: self.file.clone(),
+                    location: named.location.clone(),
+                    message: format!("`{}`: {} {reason}", named.key, resolved.display()),
+                })
+            })
+            .collect();
+        // In file order, as every other problem.
+        problems.sort_by_key(|problem| match &problem.location {
+            Location::File { line, column } => (0, *line, *column),
+            Location::Env { .. } => (1, 0, 0),
+            Location::Whole => (2, 0, 0),
+        });
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+/// `path` made absolute, with `.` and `..` taken out, as a reader looks for it.
+fn resolved(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut clean = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                clean.pop();
+            }
+            other => clean.push(other),
+        }
+    }
+    clean
+}
+
 /// Loads `file` with the process environment's overrides.
 pub fn load(file: &Path) -> Result<Config, ConfigError> {
     let env: Vec<(String, String)> = std::env::vars()
@@ -328,6 +397,8 @@ struct Problems<'t> {
     env_base: usize,
     env_names: Vec<String>,
     problems: Vec<(usize, Problem)>,
+    /// Files named so far, checked later by [`Config::check_files`].
+    files: Vec<NamedFile>,
 }
 
 impl<'t> Problems<'t> {
@@ -338,6 +409,7 @@ impl<'t> Problems<'t> {
             env_base: text.len() + 1,
             env_names: Vec::new(),
             problems: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -358,7 +430,30 @@ impl<'t> Problems<'t> {
             self.whole(message);
             return;
         };
-        let location = if span.start >= self.env_base {
+        let location = self.location(span.clone());
+        self.problems.push((
+            span.start,
+            Problem {
+                file: self.file.clone(),
+                location,
+                message,
+            },
+        ));
+    }
+
+    /// Remembers a file the configuration names under `key`.
+    fn names_file(&mut self, key: String, span: std::ops::Range<usize>, path: PathBuf) {
+        let location = self.location(span);
+        self.files.push(NamedFile {
+            key,
+            location,
+            path,
+        });
+    }
+
+    /// Where a span is, without recording a problem there.
+    fn location(&self, span: std::ops::Range<usize>) -> Location {
+        if span.start >= self.env_base {
             let variable = self
                 .env_names
                 .get(span.start - self.env_base)
@@ -368,15 +463,7 @@ impl<'t> Problems<'t> {
         } else {
             let (line, column) = line_column(self.text, span.start);
             Location::File { line, column }
-        };
-        self.problems.push((
-            span.start,
-            Problem {
-                file: self.file.clone(),
-                location,
-                message,
-            },
-        ));
+        }
     }
 
     fn whole(&mut self, message: String) {
@@ -432,36 +519,73 @@ impl<'t> Problems<'t> {
         }
     }
 
-    /// Deserializes one section, recording every unknown key and the first type error.
+    /// Deserializes one section, recording every unknown key and every value of the wrong
+    /// type, each with its key: a value serde refuses is reported and taken out, and the
+    /// section is read again without it, so that one wrong type hides nothing else.
     fn section<T: DeserializeOwned>(
         &mut self,
-        value: Spanned<DeValue<'_>>,
+        mut value: Spanned<DeValue<'_>>,
         path: &str,
     ) -> Option<T> {
-        let tree = value.clone();
-        let mut unknown: Vec<Vec<Segment>> = Vec::new();
-        let deserializer = ValueDeserializer::from(value);
-        let result = serde_ignored::deserialize(deserializer, |ignored| {
-            let mut segments = Vec::new();
-            segments_of(&ignored, &mut segments);
-            unknown.push(segments);
-        });
+        let mut removed: Vec<String> = Vec::new();
+        loop {
+            let tree = value.clone();
+            let mut unknown: Vec<Vec<Segment>> = Vec::new();
+            let deserializer = ValueDeserializer::from(value.clone());
+            let result = serde_ignored::deserialize(deserializer, |ignored| {
+                let mut segments = Vec::new();
+                segments_of(&ignored, &mut segments);
+                unknown.push(segments);
+            });
+            let error = match result {
+                // Without the refused values (each already a problem, so the configuration
+                // is refused anyway), so that validation still reports the section's others.
+                Ok(section) => {
+                    self.report_unknown(&tree, unknown, path);
+                    return Some(section);
+                }
+                Err(error) => error,
+            };
+            let located = error
+                .span()
+                .and_then(|span| take_key_at(&mut value, &span, &mut Vec::new()));
+            match located {
+                Some((name, span)) => {
+                    self.at(Some(span), format!("`{path}.{name}`: {}", error.message()));
+                    removed.push(name);
+                }
+                None => {
+                    // A required key missing because its wrong value was taken out above
+                    // has been reported already.
+                    let consequence = removed.iter().any(|name| {
+                        let leaf = name.rsplit('.').next().unwrap_or(name);
+                        error.message().contains(&format!("`{leaf}`"))
+                    });
+                    if !consequence {
+                        self.report_unknown(&tree, unknown, path);
+                        let span = error.span().or_else(|| Some(tree.span()));
+                        self.at(span, format!("in `{path}`: {}", error.message()));
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn report_unknown(
+        &mut self,
+        tree: &Spanned<DeValue<'_>>,
+        unknown: Vec<Vec<Segment>>,
+        path: &str,
+    ) {
         for segments in unknown {
-            let (span, name) = key_span(&tree, &segments);
+            let (span, name) = key_span(tree, &segments);
             let shown = if name.is_empty() {
                 path.to_owned()
             } else {
                 format!("{path}.{name}")
             };
             self.at(span, format!("unknown key `{shown}`"));
-        }
-        match result {
-            Ok(section) => Some(section),
-            Err(error) => {
-                let span = error.span().or_else(|| Some(tree.span()));
-                self.at(span, format!("in `{path}`: {}", error.message()));
-                None
-            }
         }
     }
 
@@ -550,6 +674,51 @@ fn key_span(
         }
     }
     (span, names.join("."))
+}
+
+/// Removes the innermost key whose value covers `span` (where serde refused a value) and
+/// returns its dotted name (array items by index) and the value's span.
+fn take_key_at(
+    node: &mut Spanned<DeValue<'_>>,
+    span: &std::ops::Range<usize>,
+    names: &mut Vec<String>,
+) -> Option<(String, std::ops::Range<usize>)> {
+    let covers = |candidate: &std::ops::Range<usize>| {
+        candidate.start <= span.start && span.end <= candidate.end
+    };
+    match node.get_mut() {
+        DeValue::Table(table) => {
+            let key = table
+                .iter()
+                .find(|(_, value)| covers(&value.span()))
+                .map(|(key, _)| key.clone())?;
+            names.push(key.get_ref().to_string());
+            let depth = names.len();
+            if let Some(value) = table.get_mut(&key)
+                && let Some(found) = take_key_at(value, span, names)
+            {
+                return Some(found);
+            }
+            names.truncate(depth);
+            let value = table.remove(&key)?;
+            Some((names.join("."), value.span()))
+        }
+        // An item of an array of tables spans its header only: look into each.
+        DeValue::Array(items) => items
+            .as_mut()
+            .iter_mut()
+            .enumerate()
+            .find_map(|(index, item)| {
+                let depth = names.len();
+                names.push(index.to_string());
+                let found = take_key_at(item, span, names);
+                if found.is_none() {
+                    names.truncate(depth);
+                }
+                found
+            }),
+        _ => None,
+    }
 }
 
 /// 1-based line and column (in characters) of a byte offset.

@@ -21,6 +21,17 @@ pub(crate) struct Server {
     /// Requests per second each caller (token subject) may make, bursts up to one second's
     /// worth; beyond it 429 with `Retry-After`. Default 1000.
     pub rate_limit: Option<Spanned<u32>>,
+    /// Requests per second each client address may make without a valid token (bursts up
+    /// to one second's worth); beyond it 429 with `Retry-After`, before the token is even
+    /// checked. Default 20.
+    pub unauthenticated_rate_limit: Option<Spanned<u32>>,
+    /// Whether a reverse proxy in front of the daemon is trusted to say who the client is:
+    /// then the client address is the last entry of `X-Forwarded-For`. Default false (the
+    /// connection's peer address; the header is ignored).
+    pub trust_forwarded: Option<bool>,
+    /// Whether logs may carry conversation content: message and whisper texts, payload
+    /// bodies, customer identifiers in refusal details. Default false.
+    pub log_content: Option<bool>,
 }
 
 /// `[store]`: the embedded durable store.
@@ -102,6 +113,10 @@ pub(crate) struct Team {
     pub id: Spanned<String>,
     /// Display name. Default: the id.
     pub name: Option<String>,
+    /// Identity-provider groups that grant this team, as whole paths (`/acme/support`) or
+    /// bare names, compared exactly: a group elsewhere in the tree with the same last segment
+    /// grants nothing. Default: `/<id>` and `<id>`.
+    pub groups: Option<Vec<Spanned<String>>>,
 }
 
 /// `[[queues]]`: where conversations wait for an agent.

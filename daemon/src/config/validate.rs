@@ -21,6 +21,7 @@ const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_BODY_LIMIT: u64 = 1 << 20;
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_RATE_LIMIT: u32 = 1000;
+const DEFAULT_UNAUTHENTICATED_RATE_LIMIT: u32 = 20;
 const DEFAULT_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
 const DEFAULT_TIME_LIMIT: Duration = Duration::from_millis(100);
 const DEFAULT_AGENT_CAPACITY: u32 = 3;
@@ -65,6 +66,7 @@ pub(super) fn validate(sink: &mut Problems<'_>, sections: Sections) -> Option<Co
         agents,
         supervisors,
         plugins,
+        files: std::mem::take(&mut sink.files),
     })
 }
 
@@ -99,20 +101,29 @@ fn server(sink: &mut Problems<'_>, raw: raw::Server) -> Option<ServerConfig> {
     };
     let request_timeout = duration(sink, raw.request_timeout.as_ref(), "server.request_timeout")
         .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
-    let rate_limit = match raw.rate_limit {
+    let mut rate = |value: Option<Spanned<u32>>, key: &str, default: u32| match value {
         Some(rate) if *rate.get_ref() == 0 => {
-            sink.at_spanned(&rate, "`server.rate_limit` must be at least 1".to_owned());
+            sink.at_spanned(&rate, format!("`{key}` must be at least 1"));
             1
         }
         Some(rate) => rate.into_inner(),
-        None => DEFAULT_RATE_LIMIT,
+        None => default,
     };
+    let rate_limit = rate(raw.rate_limit, "server.rate_limit", DEFAULT_RATE_LIMIT);
+    let unauthenticated_rate_limit = rate(
+        raw.unauthenticated_rate_limit,
+        "server.unauthenticated_rate_limit",
+        DEFAULT_UNAUTHENTICATED_RATE_LIMIT,
+    );
     Some(ServerConfig {
         listen: listen?,
         shutdown_grace,
         body_limit: usize::try_from(body_limit).unwrap_or(usize::MAX),
         request_timeout,
         rate_limit,
+        unauthenticated_rate_limit,
+        trust_forwarded: raw.trust_forwarded.unwrap_or(false),
+        log_content: raw.log_content.unwrap_or(false),
     })
 }
 
@@ -169,6 +180,14 @@ fn auth(sink: &mut Problems<'_>, raw: raw::Auth, file: &Path) -> Option<AuthConf
         );
     }
     let base = file.parent().unwrap_or(Path::new("."));
+    for (key, path) in [
+        ("auth.rs256_public_key_file", &raw.rs256_public_key_file),
+        ("auth.jwks_file", &raw.jwks_file),
+    ] {
+        if let Some(path) = path {
+            sink.names_file(key.to_owned(), path.span(), base.join(path.get_ref()));
+        }
+    }
     Some(AuthConfig {
         issuer: issuer?,
         audience: audience?,
@@ -284,9 +303,27 @@ fn teams(sink: &mut Problems<'_>, raw: Vec<raw::Team>) -> Vec<Team> {
             sink.at_spanned(&team.id, format!("team `{id}` is defined twice"));
             continue;
         }
+        let groups = match team.groups {
+            None => vec![format!("/{id}").into(), id.as_str().into()],
+            Some(groups) => groups
+                .iter()
+                .filter_map(|group| {
+                    let path = group.get_ref().trim_end_matches('/');
+                    if path.is_empty() || path.contains("//") {
+                        sink.at_spanned(
+                            group,
+                            format!("group {:?} is not a group path or name", group.get_ref()),
+                        );
+                        return None;
+                    }
+                    Some(path.into())
+                })
+                .collect(),
+        };
         teams.push(Team {
             name: team.name.unwrap_or_else(|| id.clone()).into(),
             id: id.as_str().into(),
+            groups,
         });
     }
     teams
@@ -475,8 +512,12 @@ fn plugins(
             &format!("{path}.time_limit"),
         )
         .unwrap_or(DEFAULT_TIME_LIMIT);
+        let file = base.join(plugin.file.get_ref());
+        if plugin.enabled.unwrap_or(true) {
+            sink.names_file(format!("{path}.file"), plugin.file.span(), file.clone());
+        }
         plugins.push(PluginConfig {
-            file: base.join(plugin.file.get_ref()),
+            file,
             default_queue: plugin.default_queue.get_ref().as_str().into(),
             enabled: plugin.enabled.unwrap_or(true),
             memory_limit,

@@ -31,7 +31,27 @@ impl Step<'_> {
         if let Some(key) = dedup_key
             && self.engine.state.has_seen(key)
         {
+            // Said back to the caller: a resent webhook learns it was a duplicate, and of
+            // which conversation (while its thread is still known).
+            let conversation = match &event.body {
+                EventBody::Started { conversation, .. }
+                | EventBody::Message { conversation, .. } => {
+                    self.engine.state.live_thread(conversation).map(|c| c.id)
+                }
+                EventBody::AgentPresence { .. } => None,
+                EventBody::Accepted { conversation, .. }
+                | EventBody::Paused { conversation }
+                | EventBody::Resumed { conversation }
+                | EventBody::AgentLeft { conversation, .. }
+                | EventBody::CustomerLeft { conversation }
+                | EventBody::Closed { conversation }
+                | EventBody::Typing { conversation, .. }
+                | EventBody::Receipt { conversation, .. }
+                | EventBody::Sentiment { conversation, .. }
+                | EventBody::Updated { conversation, .. } => self.resolve(conversation).ok(),
+            };
             self.accept(Reply {
+                conversation,
                 replayed: true,
                 ..Reply::default()
             });

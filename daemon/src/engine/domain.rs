@@ -603,4 +603,6 @@ pub struct Queue {
 pub struct Team {
     pub id: TeamId,
     pub name: Box<str>,
+    /// The identity provider's groups (whole paths or bare names) that grant this team.
+    pub groups: Vec<Box<str>>,
 }

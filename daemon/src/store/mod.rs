@@ -163,5 +163,17 @@ pub fn outbox_id(id: &NotificationId, part: usize) -> String {
     format!("{:020}-{:06}-{:03}", id.seq, id.index, part)
 }
 
+/// Whether `text` is written as [`outbox_id`] writes ids.
+pub fn is_outbox_id(text: &str) -> bool {
+    let digits =
+        |part: &str, len: usize| part.len() == len && part.bytes().all(|b| b.is_ascii_digit());
+    let mut parts = text.split('-');
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some(seq), Some(index), Some(part), None)
+            if digits(seq, 20) && digits(index, 6) && digits(part, 3)
+    )
+}
+
 #[cfg(test)]
 mod tests;

@@ -139,11 +139,22 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
 fn inbound_message(sid: &str, params: &[form::Pair<'_>]) -> Result<Event, PluginError> {
     let from = form::require(params, "From")?;
     let mut text = form::get(params, "Body").unwrap_or_default().to_owned();
-    let media: usize = form::get(params, "NumMedia")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    // Twilio documents `NumMedia` as the number of media items (0 to 10): anything else is not
+    // Twilio's, and reading it as 0 would drop attachments silently.
+    let media: usize = match form::get(params, "NumMedia") {
+        None | Some("") => 0,
+        Some(count) => count
+            .parse()
+            .ok()
+            .filter(|count| *count <= 10)
+            .ok_or_else(|| {
+                PluginError::InvalidPayload(format!(
+                    "`NumMedia` must be a number of media items from 0 to 10, not {count:?}"
+                ))
+            })?,
+    };
     // MMS: list each attachment so the transcript shows what the customer sent.
-    for index in 0..media.min(10) {
+    for index in 0..media {
         if let Some(url) = form::get(params, &format!("MediaUrl{index}")) {
             let kind = form::get(params, &format!("MediaContentType{index}")).unwrap_or("media");
             if !text.is_empty() {

@@ -167,6 +167,45 @@ impl<'a> Leg<'a> {
     }
 }
 
+/// ARI events (`rest-api/api-docs/events.json` of Asterisk) that carry nothing for
+/// supervision, each with a property its model requires ("" where none is). Anything not
+/// listed and not mapped is `unsupported`: not an ARI event this plugin knows.
+const IGNORED: &[(&str, &str)] = &[
+    ("ChannelStateChange", "channel"),
+    ("ChannelCreated", "channel"),
+    ("ChannelVarset", "variable"),
+    ("ChannelDialplan", "channel"),
+    ("ChannelCallerId", "channel"),
+    ("ChannelConnectedLine", "channel"),
+    ("ChannelUserevent", "eventname"),
+    ("ChannelTalkingStarted", "channel"),
+    ("ChannelTalkingFinished", "channel"),
+    ("ChannelToneDetected", "channel"),
+    ("ChannelTransfer", ""),
+    ("Dial", "peer"),
+    ("BridgeCreated", "bridge"),
+    ("BridgeDestroyed", "bridge"),
+    ("BridgeMerged", "bridge"),
+    ("BridgeVideoSourceChanged", "bridge"),
+    ("BridgeBlindTransfer", "channel"),
+    ("BridgeAttendedTransfer", "transferer_first_leg"),
+    ("PlaybackStarted", "playback"),
+    ("PlaybackContinuing", "playback"),
+    ("PlaybackFinished", "playback"),
+    ("RecordingStarted", "recording"),
+    ("RecordingFinished", "recording"),
+    ("RecordingFailed", "recording"),
+    ("DeviceStateChanged", "device_state"),
+    ("EndpointStateChange", "endpoint"),
+    ("ContactStatusChange", "endpoint"),
+    ("PeerStatusChange", "endpoint"),
+    ("TextMessageReceived", "message"),
+    ("ApplicationReplaced", ""),
+    ("ApplicationRegistered", ""),
+    ("ApplicationUnregistered", ""),
+    ("ApplicationMoveFailed", "channel"),
+];
+
 /// One ARI event -> events.
 pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginError> {
     let event: Value = serde_json::from_slice(&request.body)
@@ -226,7 +265,20 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
             }
             one(id(leg.id), EventBody::CustomerLeft(leg.id.to_owned()))
         }
-        "ChannelStateChange" => Ok(Vec::new()),
+        _ if IGNORED.iter().any(|(name, _)| *name == kind) => {
+            // Routine traffic of every Stasis application: acknowledged, nothing to map. Its
+            // shape is still checked, so that a malformed frame is an error, not silence.
+            let required = IGNORED
+                .iter()
+                .find(|(name, _)| *name == kind)
+                .map_or("", |(_, required)| *required);
+            if !required.is_empty() && event.get(required).is_none() {
+                return Err(PluginError::InvalidPayload(format!(
+                    "ARI {kind} event without `{required}`"
+                )));
+            }
+            Ok(Vec::new())
+        }
         "ChannelHold" | "ChannelUnhold" => {
             let leg = Leg::of(&event)?;
             if leg.agent(config).is_some() {
@@ -249,12 +301,26 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
                 .ok_or_else(|| {
                     PluginError::InvalidPayload("bridge event without `bridge.id`".to_owned())
                 })?;
-            // Convention: each call's bridge is named after the customer's channel.
             let Some(agent) = leg.agent(config) else {
                 return Ok(Vec::new());
             };
+            // The bridge lists its channels: the call is the one that is neither this agent
+            // leg nor a supervisor's (`leg-…`, `snoop-…`, ours). A bridge event without the
+            // list falls back to the convention of naming the bridge after the call.
+            let call = event
+                .get("bridge")
+                .and_then(|bridge| bridge.get("channels"))
+                .and_then(Value::as_array)
+                .and_then(|channels| {
+                    channels.iter().filter_map(Value::as_str).find(|channel| {
+                        *channel != leg.id
+                            && !channel.starts_with("leg-")
+                            && !channel.starts_with("snoop-")
+                    })
+                })
+                .unwrap_or(bridge);
             let reference = AgentRef {
-                thread: bridge.to_owned(),
+                thread: call.to_owned(),
                 agent,
             };
             let body = if kind == "ChannelEnteredBridge" {

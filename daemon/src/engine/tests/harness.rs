@@ -38,10 +38,12 @@ pub(crate) fn demo_setup() -> Setup {
             Team {
                 id: "support".into(),
                 name: "Support".into(),
+                groups: Vec::new(),
             },
             Team {
                 id: "billing".into(),
                 name: "Billing".into(),
+                groups: Vec::new(),
             },
         ],
         queues: vec![
