@@ -25,11 +25,11 @@ use crate::config::{AmqpConfig, Config};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::outbox::{self, OutboxFeed, PublishEnd};
-use crate::pipeline::{Disposition, Pipeline, STREAM_WINDOW, plugin_policy};
+use crate::pipeline::{Disposition, Pipeline, plugin_policy};
 use crate::plugin::{PluginHost, PluginSettings};
 use crate::service::{Service, now};
 use crate::store::{RedbStore, Store};
-use crate::stream::StreamHub;
+use crate::stream::{STREAM_WINDOW, StreamHub};
 use crate::transport::InboundMessage;
 use crate::transport::amqp::AmqpTransport;
 
@@ -85,9 +85,14 @@ pub fn build(config: &Config) -> anyhow::Result<Service> {
         &recovery.records,
     );
     let metrics = Arc::new(Metrics::new());
-    let hub = Arc::new(StreamHub::new(STREAM_WINDOW, engine.state().last_seq()));
-    let mut pipeline =
-        Pipeline::new(engine, plugins.clone(), store.clone()).with_observers(hub, metrics.clone());
+    let hub = Arc::new(StreamHub::new(STREAM_WINDOW, engine.state().position()));
+    let window = store
+        .stream_window()
+        .context("reading the live stream's window")?;
+    let mut pipeline = Pipeline::new(engine, plugins.clone(), store.clone())
+        .with_observers(hub.clone(), metrics.clone());
+    let now = crate::service::now();
+    hub.restore(window, |stored| pipeline.revive(stored, now));
     let outbox_feed = config.amqp.is_some().then(|| Arc::new(OutboxFeed::new()));
     if let Some(feed) = &outbox_feed {
         pipeline = pipeline.with_outbox_feed(feed.clone());

@@ -406,9 +406,16 @@ mod tests {
     use crate::engine::Millis;
     use crate::store::{Batch, RedbStore};
 
+    fn notification_id(public: u64) -> crate::engine::NotificationId {
+        crate::engine::NotificationId {
+            position: crate::engine::Position { public, silent: 0 },
+            index: 0,
+        }
+    }
+
     fn entry(seq: u64) -> OutboxEntry {
         OutboxEntry {
-            id: crate::store::outbox_id(&crate::engine::NotificationId { seq, index: 0 }, 0),
+            id: crate::store::outbox_id(&notification_id(seq), 0),
             routing_key: format!("conversation.{seq}"),
             event_type: "dev.switchboard.opened".to_owned(),
             subject: None,
@@ -427,6 +434,7 @@ mod tests {
                 records: Vec::new(),
                 outbox: entries.clone(),
                 sent: feed.take_confirmed(),
+                ..Batch::default()
             })
             .unwrap();
         feed.committed(entries);

@@ -17,7 +17,9 @@ use crate::metrics::Metrics;
 use crate::outbox::OutboxFeed;
 use crate::plugin::{ChannelNotification, InboundRequest, Plugin};
 use crate::store::{Batch, OutboxEntry, Store, StoreError, outbox_id};
-use crate::stream::{StreamAudience, StreamEvent, StreamHub, StreamId, StreamPayload};
+use crate::stream::{
+    STREAM_WINDOW, StoredEvent, StreamAudience, StreamEvent, StreamHub, StreamId, StreamPayload,
+};
 use crate::transport::InboundMessage;
 
 /// What to do with one inbound message once the batch is committed.
@@ -82,7 +84,7 @@ impl std::fmt::Debug for Pipeline {
 
 impl Pipeline {
     pub fn new(engine: Engine, plugins: Vec<Arc<Plugin>>, store: Arc<dyn Store>) -> Self {
-        let last_seq = engine.state().last_seq();
+        let start = engine.state().position();
         Self {
             engine,
             plugins: plugins
@@ -91,7 +93,7 @@ impl Pipeline {
                 .collect(),
             store,
             outcome: Outcome::default(),
-            hub: Arc::new(StreamHub::new(STREAM_WINDOW, last_seq)),
+            hub: Arc::new(StreamHub::new(STREAM_WINDOW, start)),
             metrics: Arc::new(Metrics::new()),
             stream: Vec::new(),
             feed: None,
@@ -187,6 +189,8 @@ impl Pipeline {
             // Should this commit fail, these entries go out again after the restart: harmless.
             batch.sent = feed.take_confirmed();
         }
+        // The stream's window is kept with the commit, so that it outlives a restart.
+        batch.stream = self.stream.iter().map(StreamEvent::stored).collect();
         let started = Instant::now();
         let result = self.store.commit(&batch);
         let stream = std::mem::take(&mut self.stream);
@@ -385,12 +389,15 @@ impl Pipeline {
         let mut index = 0u32;
         let mut next_id = || {
             let id = StreamId {
-                seq: record.seq,
+                position: record.position,
                 index,
             };
             index += 1;
             id
         };
+        // A silent record (silent monitoring) shows nothing to the conversation's agent, not
+        // even an unchanged summary.
+        let silent = record.position.silent > 0;
         let state = self.engine.state();
         for entry in &record.timeline {
             let conversation = state.conversation(entry.conversation);
@@ -454,10 +461,30 @@ impl Pipeline {
                 conversation: id,
                 team: summary.team.clone(),
                 audience: StreamAudience::Supervisors,
-                agent: summary.agent.clone(),
+                agent: if silent { None } else { summary.agent.clone() },
                 payload: StreamPayload::Conversation(summary),
             });
         }
+    }
+
+    /// A stored stream event made whole again after a restart: a summary is made from the
+    /// conversation as it is now (none once the conversation has left the engine).
+    pub fn revive(&self, stored: StoredEvent, now: Millis) -> Option<StreamEvent> {
+        let payload = match stored.timeline {
+            Some(entry) => StreamPayload::Timeline(entry),
+            None => {
+                let conversation = self.engine.state().conversation(stored.conversation)?;
+                StreamPayload::Conversation(self.engine.summary(conversation, now))
+            }
+        };
+        Some(StreamEvent {
+            id: stored.id,
+            conversation: stored.conversation,
+            team: stored.team,
+            audience: stored.audience,
+            payload,
+            agent: stored.agent,
+        })
     }
 
     fn render(&self, notification: &Notification, now: Millis, outbox: &mut Vec<OutboxEntry>) {
@@ -549,9 +576,6 @@ impl Pipeline {
         }
     }
 }
-
-/// Events kept in memory for `Last-Event-ID` resumption of the live stream.
-pub const STREAM_WINDOW: usize = 10_000;
 
 /// Whether an agent seeing this timeline entry would learn of silent monitoring.
 fn reveals_monitoring(event: &TimelineEvent) -> bool {

@@ -11,36 +11,106 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 use crate::engine::report::ConversationSummary;
-use crate::engine::{Actor, AgentId, ConversationId, Role, SupervisionMode, TeamId, TimelineEntry};
+use crate::engine::{
+    Actor, AgentId, ConversationId, Position, Role, SupervisionMode, TeamId, TimelineEntry,
+};
 
-/// A stream event's position: the log record that caused it and its index among the record's
-/// events. Comparable and stable across restarts (record sequence numbers are durable), so a
-/// client's `Last-Event-ID` means the same thing after the daemon restarted.
+/// A stream event's position: the [`Position`] of the record that caused it and its index
+/// among the record's events. Comparable and stable across restarts (positions are durable),
+/// so a client's `Last-Event-ID` means the same thing after the daemon restarted.
+///
+/// Written `public.silent.index`. Clients treat it as opaque: ids are not consecutive for any
+/// one client, and the silent counter never moves for an agent (it only grows on records an
+/// agent cannot see, and its events are not for agents), so an agent's ids are the same
+/// whether or not a supervisor monitored silently. The text leaves room for a cluster, whose
+/// ids will carry one position per partition (`partition:public.silent.index`, comma
+/// separated); one daemon's ids are those of partition `0`, which `parse` also accepts
+/// written with the `0:` prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamId {
-    pub seq: u64,
+    pub position: Position,
     pub index: u32,
 }
 
 impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.seq, self.index)
+        write!(
+            f,
+            "{}.{}.{}",
+            self.position.public, self.position.silent, self.index
+        )
     }
 }
 
 impl StreamId {
-    /// Parses `seq.index` (a `Last-Event-ID`).
+    /// Parses a `Last-Event-ID`: `public.silent.index` (optionally `0:`-prefixed), or
+    /// `seq.index` as versions before record positions wrote it (their records stand at
+    /// their log position, so it means the same place).
     pub fn parse(text: &str) -> Option<Self> {
-        let (seq, index) = text.trim().split_once('.')?;
+        let text = text.trim();
+        let text = text.strip_prefix("0:").unwrap_or(text);
+        let parts: Vec<&str> = text.split('.').collect();
+        let (public, silent, index) = match parts[..] {
+            [public, index] => (public, "0", index),
+            [public, silent, index] => (public, silent, index),
+            _ => return None,
+        };
         Some(Self {
-            seq: seq.parse().ok()?,
+            position: Position {
+                public: public.parse().ok()?,
+                silent: silent.parse().ok()?,
+            },
             index: index.parse().ok()?,
         })
     }
 }
 
+impl serde::Serialize for StreamId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StreamId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Self::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a stream id")))
+    }
+}
+
+impl StreamId {
+    /// The last id before this one: resuming from it misses nothing from here on.
+    fn before(self) -> Self {
+        match (self.index, self.position.silent, self.position.public) {
+            (1.., _, _) => Self {
+                index: self.index - 1,
+                ..self
+            },
+            (0, 1.., public) => Self {
+                position: Position {
+                    public,
+                    silent: self.position.silent - 1,
+                },
+                index: u32::MAX,
+            },
+            (0, 0, public) => Self {
+                position: Position {
+                    public: public.saturating_sub(1),
+                    silent: u32::MAX,
+                },
+                index: u32::MAX,
+            },
+        }
+    }
+}
+
+/// How many events the hub keeps for `Last-Event-ID` resumption, in memory and in the store.
+pub const STREAM_WINDOW: usize = 10_000;
+
 /// Who may receive an event.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "to", content = "users", rename_all = "kebab-case")]
 pub enum StreamAudience {
     /// Supervisors of the conversation's team and admins (state, assignment and supervision
     /// changes). The conversation's agent gets its own view (`agent_view`), if any.
@@ -74,7 +144,48 @@ pub struct StreamEvent {
     pub agent: Option<AgentId>,
 }
 
+/// A stream event as the store keeps it, so that the window survives a restart. A summary
+/// is not kept: it is made again from the state when the window is read back (a client
+/// catching up wants the conversation as it is, and the state has it), which keeps what each
+/// commit writes small.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredEvent {
+    pub id: StreamId,
+    pub conversation: ConversationId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<TeamId>,
+    pub audience: StreamAudience,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentId>,
+    /// The timeline entry; absent for a summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<TimelineEntry>,
+}
+
+/// The stored window read back: its events, oldest first, and the id of the newest event the
+/// store let go of (none if it never had to).
+#[derive(Clone, Debug, Default)]
+pub struct StoredWindow {
+    pub floor: Option<StreamId>,
+    pub events: Vec<StoredEvent>,
+}
+
 impl StreamEvent {
+    /// What the store keeps of it.
+    pub fn stored(&self) -> StoredEvent {
+        StoredEvent {
+            id: self.id,
+            conversation: self.conversation,
+            team: self.team.clone(),
+            audience: self.audience.clone(),
+            agent: self.agent.clone(),
+            timeline: match &self.payload {
+                StreamPayload::Timeline(entry) => Some(entry.clone()),
+                StreamPayload::Conversation(_) => None,
+            },
+        }
+    }
+
     /// The SSE event name: `conversation` or `timeline`.
     pub fn kind(&self) -> &'static str {
         match self.payload {
@@ -145,21 +256,49 @@ struct Window {
 }
 
 impl StreamHub {
-    /// A hub that keeps the last `window` events for resumption; `last_seq` is the log position
-    /// when the daemon started (events of earlier records cannot be replayed).
-    pub fn new(window: usize, last_seq: u64) -> Self {
+    /// A hub that keeps the last `window` events for resumption; `start` is the position of
+    /// the last record when the daemon started (events of earlier records cannot be replayed).
+    pub fn new(window: usize, start: Position) -> Self {
         let (sender, _) = broadcast::channel(window.clamp(16, 65_536));
         Self {
             sender,
             recent: Mutex::new(Window {
                 events: VecDeque::with_capacity(window.min(65_536)),
                 floor: StreamId {
-                    seq: last_seq,
+                    position: start,
                     index: u32::MAX,
                 },
             }),
             window: window.max(1),
         }
+    }
+
+    /// Fills the window with the events a previous run of the daemon stored (oldest first,
+    /// made whole by `revive`, which may drop one whose conversation is gone), so that a client
+    /// that resumes after a restart misses nothing the window held. Events before the stored
+    /// window's floor (or before its first event) may be gone: a client resuming from there
+    /// gets `gap`.
+    pub fn restore(
+        &self,
+        stored: StoredWindow,
+        mut revive: impl FnMut(StoredEvent) -> Option<StreamEvent>,
+    ) {
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let Some(first) = stored.events.first().map(|event| event.id) else {
+            return;
+        };
+        recent.floor = stored.floor.unwrap_or(first.before());
+        let keep = stored.events.len().saturating_sub(self.window);
+        recent.events = stored
+            .events
+            .into_iter()
+            .skip(keep)
+            .filter_map(&mut revive)
+            .map(Arc::new)
+            .collect();
     }
 
     /// Publishes events of a committed batch, in order.
@@ -233,9 +372,16 @@ mod tests {
         }
     }
 
+    fn id(public: u64) -> StreamId {
+        StreamId {
+            position: Position { public, silent: 0 },
+            index: 0,
+        }
+    }
+
     fn event(seq: u64, audience: StreamAudience) -> StreamEvent {
         StreamEvent {
-            id: StreamId { seq, index: 0 },
+            id: id(seq),
             conversation: ConversationId::from_key(1),
             team: Some(TeamId::new("support")),
             audience,
@@ -278,32 +424,77 @@ mod tests {
 
     #[test]
     fn resumes_after_the_last_event_id_and_reports_a_gap() {
-        let hub = StreamHub::new(3, 0);
+        let hub = StreamHub::new(3, Position::default());
         hub.publish(
             (1..=5)
                 .map(|seq| event(seq, StreamAudience::Supervisors))
                 .collect(),
         );
-        let resumed = hub.subscribe(Some(StreamId { seq: 3, index: 0 }));
-        let seqs: Vec<u64> = resumed.replay.iter().map(|event| event.id.seq).collect();
+        let resumed = hub.subscribe(Some(id(3)));
+        let seqs: Vec<u64> = resumed
+            .replay
+            .iter()
+            .map(|event| event.id.position.public)
+            .collect();
         assert_eq!(seqs, [4, 5]);
         assert!(!resumed.gap);
-        let too_old = hub.subscribe(Some(StreamId { seq: 1, index: 0 }));
+        let too_old = hub.subscribe(Some(id(1)));
         assert!(too_old.gap);
         assert_eq!(too_old.replay.len(), 3);
         // After a restart, a client that last saw an event of an earlier process has a gap.
-        let restarted = StreamHub::new(3, 5);
-        assert!(restarted.subscribe(Some(StreamId { seq: 4, index: 0 })).gap);
+        let restarted = StreamHub::new(3, id(5).position);
+        assert!(restarted.subscribe(Some(id(4))).gap);
+        // ... unless it restored the window the store kept.
+        let stored = StoredWindow {
+            floor: Some(id(2)),
+            events: (3..=5)
+                .map(|seq| event(seq, StreamAudience::Supervisors).stored())
+                .collect(),
+        };
+        let restored = StreamHub::new(3, id(5).position);
+        restored.restore(stored.clone(), |stored| {
+            Some(StreamEvent {
+                id: stored.id,
+                conversation: stored.conversation,
+                team: stored.team,
+                audience: stored.audience,
+                payload: StreamPayload::Timeline(stored.timeline?),
+                agent: stored.agent,
+            })
+        });
+        let resumed = restored.subscribe(Some(id(3)));
+        assert!(!resumed.gap);
+        assert_eq!(resumed.replay.len(), 2);
+        assert!(restored.subscribe(Some(id(1))).gap);
+        let json = serde_json::to_string(&stored.events[0]).unwrap();
+        assert_eq!(
+            serde_json::from_str::<StoredEvent>(&json).unwrap(),
+            stored.events[0]
+        );
         let mut fresh = hub.subscribe(None);
         hub.publish(vec![event(6, StreamAudience::Supervisors)]);
         assert_eq!(
-            fresh.live.try_recv().map(|event| event.id.seq).ok(),
+            fresh
+                .live
+                .try_recv()
+                .map(|event| event.id.position.public)
+                .ok(),
             Some(6)
         );
+        let twelve = |silent, index| StreamId {
+            position: Position { public: 12, silent },
+            index,
+        };
+        assert_eq!(StreamId::parse("12.0.3"), Some(twelve(0, 3)));
+        assert_eq!(StreamId::parse("0:12.2.3"), Some(twelve(2, 3)));
         assert_eq!(
             StreamId::parse("12.3"),
-            Some(StreamId { seq: 12, index: 3 })
+            Some(twelve(0, 3)),
+            "an earlier version's id"
         );
-        assert_eq!(StreamId::parse("nope"), None);
+        assert_eq!(twelve(2, 3).to_string(), "12.2.3");
+        for bad in ["nope", "1.2.3.4", "1:2.3.4", "-1.0.0"] {
+            assert_eq!(StreamId::parse(bad), None, "{bad}");
+        }
     }
 }

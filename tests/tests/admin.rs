@@ -1496,6 +1496,7 @@ async fn query_parameters_are_validated_alike() {
         "limit=0",
         "after=zzz",
         "limit=5&limit=6",
+        "limit=",
     ] {
         let (status, body) = api.get(&format!("/v1/outbox?{query}"), &admin).await;
         assert_eq!(
@@ -1512,7 +1513,7 @@ async fn query_parameters_are_validated_alike() {
             "{query}: {body}"
         );
     }
-    for query in ["state=sleeping", "channel=fax"] {
+    for query in ["state=sleeping", "channel=fax", "channel="] {
         let (status, body) = api
             .get(&format!("/v1/conversations?{query}"), &api.sam())
             .await;

@@ -192,7 +192,13 @@ fn supervisor_messages_go_out_agentless() {
     let plugin = load(&host(), "open-messaging", SETTINGS);
     let notification = ChannelNotification {
         notification: Notification {
-            id: NotificationId { seq: 3, index: 0 },
+            id: NotificationId {
+                position: Position {
+                    public: 3,
+                    silent: 0,
+                },
+                index: 0,
+            },
             conversation: ConversationId::parse("c-0123456789abcdef0123"),
             audience: Audience::Channel {
                 plugin: "open-messaging".into(),

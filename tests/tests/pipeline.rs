@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use switchboard::config;
 use switchboard::engine::{ConversationId, Engine, Millis};
-use switchboard::pipeline::{Disposition, Pipeline, plugin_policy};
+use switchboard::pipeline::{Completion, Disposition, Pipeline, plugin_policy};
 use switchboard::plugin::{Plugin, PluginHost, PluginSettings};
 use switchboard::store::{OutboxEntry, RedbStore, Store, StoreError};
 use switchboard::transport::InboundMessage;
@@ -246,6 +246,10 @@ impl Store for FailingStore {
     fn outbox_newest_id(&self) -> Result<Option<String>, StoreError> {
         self.0.outbox_newest_id()
     }
+    fn stream_window(&self) -> Result<switchboard::stream::StoredWindow, StoreError> {
+        self.0.stream_window()
+    }
+
     fn timeline(
         &self,
         conversation: switchboard::engine::ConversationId,
@@ -284,4 +288,179 @@ fn a_failed_commit_stops_the_pipeline_instead_of_acknowledging_a_lost_message() 
     // The redelivery is not taken for a duplicate: it is refused like everything else.
     assert!(pipeline.process(&[webhook], NOW).is_err());
     assert!(pipeline.tick(NOW).is_err());
+}
+
+/// Silent monitoring is silent: with a fixed clock, everything the conversation's agent and
+/// its customer can observe — the agent's stream (ids included), `agent.*`, `conversation.*`
+/// and channel notifications (ids and bodies), the conversation ids — is byte for byte the
+/// same whether or not a supervisor monitored (started and stopped) in between.
+#[test]
+fn silent_monitoring_changes_nothing_the_agent_or_customer_can_observe() {
+    let plain = agent_and_customer_view(false);
+    let monitored = agent_and_customer_view(true);
+    assert!(!plain.is_empty());
+    assert!(
+        plain.iter().any(|line| line.starts_with("stream ")),
+        "the agent saw its stream: {plain:#?}"
+    );
+    assert!(
+        plain
+            .iter()
+            .any(|line| line.starts_with("outbox ") && line.contains("channel.")),
+        "the customer was written to: {plain:#?}"
+    );
+    assert_eq!(plain, monitored);
+}
+
+/// Runs one scenario and returns what the agent `a-ana` and the customer could observe.
+fn agent_and_customer_view(monitor: bool) -> Vec<String> {
+    use switchboard::engine::{Action, Actor, Command, JoinMode, Role, TeamId, UserId};
+    use switchboard::pipeline::Submission;
+
+    let dir = temp_dir("silence");
+    let mut pipeline = open_pipeline(&dir);
+    let mut live = pipeline.hub().subscribe(None).live;
+    let supervisor = |id: &str| Actor {
+        id: UserId::new(id),
+        roles: vec![Role::Supervisor],
+        teams: vec![TeamId::new("support")],
+    };
+    let agent = Actor {
+        id: UserId::new("a-ana"),
+        roles: vec![Role::Agent],
+        teams: vec![TeamId::new("support")],
+    };
+    let at = |step: i64| Millis(NOW.0 + step * 1_000);
+    let webhook = |wamid: &str, from: &str, text: &str| {
+        let body = String::from_utf8(fixture("whatsapp", "text.json"))
+            .unwrap()
+            .replace(
+                "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=",
+                wamid,
+            )
+            .replace("16505551234", from)
+            .replace("Hi, I ordered", text);
+        message("whatsapp-cloud", body.into_bytes(), None)
+    };
+    let command = |actor: &Actor, action: Action| {
+        Submission::Command(Command {
+            actor: actor.clone(),
+            idempotency: None,
+            action,
+        })
+    };
+
+    pipeline
+        .process(&[webhook("wamid.one", "16505551234", "Hello")], at(1))
+        .unwrap();
+    let conversation = pipeline.engine().state().conversations().next().unwrap().id;
+    let accepted = format!(
+        r#"{{"id":"accept-1","source":"canonical","type":"accepted","conversation":{{"id":"{conversation}"}},"agent":"a-ana"}}"#
+    );
+    pipeline
+        .process(&[message("canonical", accepted.into_bytes(), None)], at(2))
+        .unwrap();
+    if monitor {
+        let monitoring = command(&supervisor("sup-sam"), Action::Monitor { conversation });
+        let replies = pipeline
+            .submit(vec![monitoring], Millis(at(2).0 + 500))
+            .unwrap();
+        assert!(
+            matches!(&replies[..], [Completion::Command(Ok(_))]),
+            "{replies:?}"
+        );
+    }
+    pipeline
+        .process(
+            &[webhook("wamid.two", "16505551234", "Still there?")],
+            at(3),
+        )
+        .unwrap();
+    let agent_message = r#"{"id":"agent-1","source":"canonical","type":"message","conversation":{"plugin":"whatsapp-cloud","key":"16505551234"},"channel":"whatsapp","sender":{"kind":"agent","id":"a-ana"},"text":"Looking into it"}"#;
+    pipeline
+        .process(
+            &[message(
+                "canonical",
+                agent_message.as_bytes().to_vec(),
+                None,
+            )],
+            at(4),
+        )
+        .unwrap();
+    if monitor {
+        let stop = command(&supervisor("sup-sam"), Action::StopMonitor { conversation });
+        let replies = pipeline.submit(vec![stop], Millis(at(4).0 + 500)).unwrap();
+        assert!(
+            matches!(&replies[..], [Completion::Command(Ok(_))]),
+            "{replies:?}"
+        );
+    }
+    let joe = supervisor("sup-joe");
+    for (step, action) in [
+        (
+            5,
+            Action::Join {
+                conversation,
+                mode: JoinMode::Public,
+            },
+        ),
+        (
+            6,
+            Action::Message {
+                conversation,
+                text: "I am Joe, the team lead".into(),
+                visibility: switchboard::engine::Visibility::Public,
+            },
+        ),
+        (
+            7,
+            Action::ForceClose {
+                conversation,
+                reason: Some("resolved".into()),
+                confirm: true,
+            },
+        ),
+    ] {
+        let replies = pipeline
+            .submit(vec![command(&joe, action)], at(step))
+            .unwrap();
+        assert!(
+            matches!(&replies[..], [Completion::Command(Ok(_))]),
+            "{replies:?}"
+        );
+    }
+    // A conversation opened afterwards gets the same id.
+    pipeline
+        .process(&[webhook("wamid.three", "16505550000", "New here")], at(8))
+        .unwrap();
+
+    let mut view = Vec::new();
+    while let Ok(event) = live.try_recv() {
+        if let Some(payload) = event.view_for(&agent) {
+            view.push(format!("stream {} {} {payload:?}", event.id, event.kind()));
+        }
+    }
+    let ids: Vec<String> = pipeline
+        .engine()
+        .state()
+        .conversations()
+        .map(|conversation| conversation.id.to_string())
+        .collect();
+    view.push(format!("conversations {ids:?}"));
+    drop(pipeline);
+    let store = RedbStore::open(&dir).unwrap();
+    for entry in store.outbox_after(None, 1_000).unwrap() {
+        if entry.routing_key.starts_with("supervisor.") {
+            continue;
+        }
+        view.push(format!(
+            "outbox {} {} {} {}",
+            entry.id,
+            entry.routing_key,
+            entry.event_type,
+            String::from_utf8_lossy(&entry.body)
+        ));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    view
 }

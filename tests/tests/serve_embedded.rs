@@ -309,9 +309,36 @@ fn the_readme_walkthrough_works_on_the_embedded_default() {
         );
     }
 
-    // A restart rebuilds the state from the store.
+    // A restart rebuilds the state from the store, and the stream's window with it: a client
+    // that resumes from the first event it saw misses nothing after it.
+    let first_id = events
+        .lines()
+        .find_map(|line| line.strip_prefix("id:"))
+        .map(|id| id.trim().to_owned())
+        .expect("stream events carry ids");
     let mut daemon = serve(&config);
     wait_ready(port, &mut daemon);
+    let resumed = Command::new("curl")
+        .args(["-s", "-N", "-m", "3", &format!("{base}/v1/stream")])
+        .args(["-H", &format!("Authorization: Bearer {supervisor}")])
+        .args(["-H", &format!("Last-Event-ID: {first_id}")])
+        .output()
+        .unwrap();
+    let resumed = String::from_utf8_lossy(&resumed.stdout);
+    assert!(!resumed.contains("event: gap"), "{resumed}");
+    for step in [
+        "\"event\":\"supervision-started\"",
+        "\"event\":\"force-closed\"",
+    ] {
+        assert!(
+            resumed.contains(step),
+            "{step} missing after the restart:\n{resumed}"
+        );
+    }
+    assert!(
+        !resumed.contains(&format!("id: {first_id}\n")),
+        "the event resumed from is not repeated"
+    );
     let (status, detail) = curl("GET", &conversation, &supervisor, None);
     assert_eq!(status, 200, "{detail}");
     assert_eq!(detail["state"], "closed");

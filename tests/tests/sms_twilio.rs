@@ -226,7 +226,13 @@ fn a_supervisor_message_becomes_a_messages_api_request() {
     );
     let notification = ChannelNotification {
         notification: Notification {
-            id: NotificationId { seq: 42, index: 0 },
+            id: NotificationId {
+                position: Position {
+                    public: 42,
+                    silent: 0,
+                },
+                index: 0,
+            },
             conversation: ConversationId::parse("c-0123456789abcdef0123"),
             audience: Audience::Channel {
                 plugin: "sms-twilio".into(),

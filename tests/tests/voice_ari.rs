@@ -228,7 +228,13 @@ fn malformed_events_are_typed_errors() {
 fn notification(body: NotificationBody) -> ChannelNotification {
     ChannelNotification {
         notification: Notification {
-            id: NotificationId { seq: 5, index: 0 },
+            id: NotificationId {
+                position: Position {
+                    public: 5,
+                    silent: 0,
+                },
+                index: 0,
+            },
             conversation: ConversationId::parse("c-0123456789abcdef0123"),
             audience: Audience::Channel {
                 plugin: "voice-ari".into(),

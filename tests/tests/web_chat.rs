@@ -249,7 +249,13 @@ fn malformed_payloads_are_typed_errors() {
 fn notification(body: NotificationBody) -> ChannelNotification {
     ChannelNotification {
         notification: Notification {
-            id: NotificationId { seq: 9, index: 0 },
+            id: NotificationId {
+                position: Position {
+                    public: 9,
+                    silent: 0,
+                },
+                index: 0,
+            },
             conversation: ConversationId::parse("c-0123456789abcdef0123"),
             audience: Audience::Channel {
                 plugin: "web-chat".into(),

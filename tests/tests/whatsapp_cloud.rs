@@ -228,7 +228,13 @@ fn supervisor_message(last_customer_message: Option<i64>) -> ChannelNotification
     let now = Millis(1_800_000_000_000);
     ChannelNotification {
         notification: Notification {
-            id: NotificationId { seq: 7, index: 1 },
+            id: NotificationId {
+                position: Position {
+                    public: 7,
+                    silent: 0,
+                },
+                index: 1,
+            },
             conversation: ConversationId::parse("c-0123456789abcdef0123"),
             audience: Audience::Channel {
                 plugin: "whatsapp-cloud".into(),

@@ -34,12 +34,9 @@ pub(super) fn invalid(name: &str, what: &str) -> Problem {
 }
 
 impl Params {
-    /// The parameter's one value, if given; an empty value counts as not given.
+    /// The parameter's one value, if given (empty if given empty).
     pub(super) fn one(&self, name: &str) -> Result<Option<&str>, Problem> {
-        let mut values = self
-            .0
-            .iter()
-            .filter(|(key, value)| key == name && !value.is_empty());
+        let mut values = self.0.iter().filter(|(key, _)| key == name);
         let first = values.next().map(|(_, value)| value.as_str());
         if values.next().is_some() {
             return Err(invalid(name, "is given more than once"));

@@ -421,7 +421,9 @@ impl Step<'_> {
 
     /// Starts a conversation in the queue its event names, else the plugin's default queue.
     fn open(&mut self, opening: Opening) -> ConversationId {
-        let id = conversation_id(&opening.external, self.now.0, self.seq);
+        // Opening a conversation is never silent: its record takes the next public position.
+        let public = self.engine.state.position.public + 1;
+        let id = conversation_id(&opening.external, self.now.0, public);
         let plugin_queue = self
             .engine
             .plugin(opening.external.plugin.as_str())
@@ -539,11 +541,11 @@ fn unknown(reference: &ConversationRef) -> Refusal {
 
 /// `c-` and 20 hex digits of a stable hash of the thread, the time and the log position:
 /// opaque, URL-safe, and the same on replay.
-fn conversation_id(external: &ExternalRef, now: i64, seq: u64) -> ConversationId {
+fn conversation_id(external: &ExternalRef, now: i64, public: u64) -> ConversationId {
     ConversationId::from_key(stable_key(&[
         external.plugin.as_bytes(),
         external.key.as_bytes(),
         &now.to_le_bytes(),
-        &seq.to_le_bytes(),
+        &public.to_le_bytes(),
     ]))
 }

@@ -209,22 +209,31 @@ impl Step<'_> {
                     supervisor: actor.id.clone(),
                 },
             );
+        } else {
+            // Genesys, Expertflow: nobody on the conversation can tell it started.
+            self.out.silent = true;
         }
         Ok(self.reply_for(id))
     }
 
     fn stop_monitor(&mut self, actor: &Actor, id: &ConversationId) -> Decision {
         let conversation = self.visible(actor, id)?;
-        match conversation.seat(&actor.id) {
-            Some(seat) if seat.mode.is_listening() => {}
+        let mode = match conversation.seat(&actor.id) {
+            Some(seat) if seat.mode.is_listening() => seat.mode,
             _ => {
                 return Err(Refusal::new(
                     Code::NotMonitoring,
                     format!("{} is not monitoring conversation {id}", actor.id),
                 ));
             }
-        }
+        };
+        let tell_agent = self
+            .engine
+            .policy(conversation.channel)
+            .tell_agent_on_monitor;
         self.release_seat(id, &actor.id, EndReason::Left);
+        // A silent monitor ends as silently as it started.
+        self.out.silent = mode == SupervisionMode::Monitor && !tell_agent;
         Ok(self.reply_for(id))
     }
 

@@ -19,6 +19,10 @@ pub struct Outcome {
     pub record: Record,
     pub notifications: Vec<Notification>,
     pub reply: Option<Result<Reply, Refusal>>,
+    /// Set by a rule whose whole effect the agent and the customer must not be able to tell
+    /// happened (silent monitoring): the record takes a [`Position`] that moves nothing they
+    /// can see.
+    pub silent: bool,
 }
 
 impl Outcome {
@@ -29,6 +33,7 @@ impl Outcome {
         self.record.timeline.clear();
         self.notifications.clear();
         self.reply = None;
+        self.silent = false;
     }
 
     /// Whether the input changed anything that must be stored or sent.
@@ -47,8 +52,13 @@ impl Outcome {
 /// the same setup rebuild the same state; the timeline is for readers and is not engine state.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
-    /// Position in the log; notification ids derive from it, so they are stable on replay.
+    /// Position in the log (the store's order; never shown outside the daemon).
     pub seq: u64,
+    /// Where the record stands for those outside: notification, stream and conversation ids
+    /// derive from it. Absent (zero) in records of versions before it existed, which stand at
+    /// `seq` (see [`Position::of`]).
+    #[serde(default, skip_serializing_if = "Position::is_zero")]
+    pub position: Position,
     pub at: Millis,
     pub changes: Vec<Change>,
     /// Absent from the store's `log` table, which keeps what replay needs (the timeline has a
@@ -308,17 +318,70 @@ pub enum Audience {
     Conversation,
 }
 
-/// A notification's id: the log position of the record that caused it and its index there,
-/// written `seq.index`. Stable across re-publication (the CloudEvents id).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Where a record stands as seen from outside the daemon. `public` counts the records that
+/// anyone may notice (an agent, a customer, a frontend following conversations); `silent`
+/// counts, from one, the silent records since the last public one (silent monitoring starting
+/// or ending), and is zero on a public record. Ids derived from positions are therefore the
+/// same, for everything an agent or a customer can see, whether or not anybody monitored
+/// silently in between: the silent records move only a counter that public records reset.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Position {
+    pub public: u64,
+    #[serde(default)]
+    pub silent: u32,
+}
+
+impl Position {
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// A record's position; a record of a version before positions existed stands at its
+    /// log position, which is what its ids were derived from then.
+    pub fn of(record: &Record) -> Self {
+        if record.position.is_zero() {
+            Self {
+                public: record.seq,
+                silent: 0,
+            }
+        } else {
+            record.position
+        }
+    }
+
+    /// The position of the record after this one.
+    pub fn next(self, silent: bool) -> Self {
+        if silent {
+            Self {
+                public: self.public,
+                silent: self.silent.saturating_add(1),
+            }
+        } else {
+            Self {
+                public: self.public + 1,
+                silent: 0,
+            }
+        }
+    }
+}
+
+/// A notification's id: the [`Position`] of the record that caused it and its index there,
+/// written `public.index`, or `public.silent.index` for a silent record. Stable across
+/// re-publication (the CloudEvents id).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NotificationId {
-    pub seq: u64,
+    pub position: Position,
     pub index: u32,
 }
 
 impl fmt::Display for NotificationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.seq, self.index)
+        match self.position.silent {
+            0 => write!(f, "{}.{}", self.position.public, self.index),
+            silent => write!(f, "{}.{silent}.{}", self.position.public, self.index),
+        }
     }
 }
 
@@ -331,16 +394,26 @@ impl Serialize for NotificationId {
 impl<'de> Deserialize<'de> for NotificationId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        text.split_once('.')
-            .and_then(|(seq, index)| {
-                Some(Self {
-                    seq: seq.parse().ok()?,
-                    index: index.parse().ok()?,
-                })
+        let parts: Vec<&str> = text.split('.').collect();
+        let parsed = match parts[..] {
+            [public, index] => Some((public, "0", index)),
+            [public, silent, index] => Some((public, silent, index)),
+            _ => None,
+        }
+        .and_then(|(public, silent, index)| {
+            Some(Self {
+                position: Position {
+                    public: public.parse().ok()?,
+                    silent: silent.parse().ok()?,
+                },
+                index: index.parse().ok()?,
             })
-            .ok_or_else(|| {
-                serde::de::Error::custom(format!("{text:?} is not a notification id (seq.index)"))
-            })
+        });
+        parsed.ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a notification id (public.index or public.silent.index)"
+            ))
+        })
     }
 }
 

@@ -148,7 +148,6 @@ impl Engine {
             engine: self,
             out,
             now,
-            seq,
         };
         match input {
             Input::Channel(event) => step.channel_event(event),
@@ -162,6 +161,15 @@ impl Engine {
             out.record.seq = 0;
         } else {
             self.state.last_seq = seq;
+            let position = self.state.position.next(out.silent);
+            self.state.position = position;
+            out.record.position = position;
+            for (index, notification) in out.notifications.iter_mut().enumerate() {
+                notification.id = NotificationId {
+                    position,
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                };
+            }
         }
     }
 
@@ -209,7 +217,6 @@ struct Step<'a> {
     engine: &'a mut Engine,
     out: &'a mut Outcome,
     now: Millis,
-    seq: u64,
 }
 
 impl Step<'_> {
@@ -239,12 +246,9 @@ impl Step<'_> {
         audience: Audience,
         body: NotificationBody,
     ) {
-        let id = NotificationId {
-            seq: self.seq,
-            index: u32::try_from(self.out.notifications.len()).unwrap_or(u32::MAX),
-        };
+        // The id is the record's position, known once the input is decided (`Engine::apply`).
         self.out.notifications.push(Notification {
-            id,
+            id: NotificationId::default(),
             conversation: conversation.cloned(),
             audience,
             body,

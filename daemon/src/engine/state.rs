@@ -10,7 +10,7 @@ use super::domain::{
     Agent, AgentId, CapacityHold, Conversation, ConversationId, ConversationState, ExternalRef,
     Millis, Seat, Sentiment,
 };
-use super::effect::{Change, Record, Refusal, Reply};
+use super::effect::{Change, Position, Record, Refusal, Reply};
 
 pub(crate) type Map<K, V> = HashMap<K, V, RandomState>;
 type Set<K> = HashSet<K, RandomState>;
@@ -47,6 +47,8 @@ pub struct State {
     answers_order: VecDeque<(Millis, u128)>,
     idempotency_ttl: i64,
     pub(crate) last_seq: u64,
+    /// The last record's [`Position`].
+    pub(crate) position: Position,
 }
 
 /// Everything [`State`] holds, in a form the store can keep: restoring it and then
@@ -54,6 +56,9 @@ pub struct State {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     pub last_seq: u64,
+    /// Absent from snapshots of versions before positions: those stand at `last_seq`.
+    #[serde(default)]
+    position: Position,
     conversations: Vec<Conversation>,
     agents: Vec<Agent>,
     /// In the order they were seen, so the window evicts the same ids after a restore.
@@ -77,6 +82,7 @@ impl PartialEq for State {
             && self.seen_order == other.seen_order
             && self.answers == other.answers
             && self.last_seq == other.last_seq
+            && self.position == other.position
     }
 }
 
@@ -99,6 +105,7 @@ impl State {
             answers_order: VecDeque::new(),
             idempotency_ttl,
             last_seq: 0,
+            position: Position::default(),
         }
     }
 
@@ -113,6 +120,7 @@ impl State {
         answers.dedup_by_key(|(key, _)| *key);
         Snapshot {
             last_seq: self.last_seq,
+            position: self.position,
             conversations: self.conversations().cloned().collect(),
             agents: self.agents.values().cloned().collect(),
             seen: self.seen_order.iter().copied().collect(),
@@ -148,6 +156,14 @@ impl State {
             self.answers.insert(key, answer);
         }
         self.last_seq = snapshot.last_seq;
+        self.position = if snapshot.position.is_zero() {
+            Position {
+                public: snapshot.last_seq,
+                silent: 0,
+            }
+        } else {
+            snapshot.position
+        };
     }
 
     pub fn conversation(&self, id: ConversationId) -> Option<&Conversation> {
@@ -220,6 +236,12 @@ impl State {
             self.evolve(record.at, change);
         }
         self.last_seq = self.last_seq.max(record.seq);
+        self.position = self.position.max(Position::of(record));
+    }
+
+    /// The last record's position (notification, stream and conversation ids derive from it).
+    pub fn position(&self) -> Position {
+        self.position
     }
 
     /// Applies one change. Changes that name something the state does not hold (a log

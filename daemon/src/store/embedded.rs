@@ -26,8 +26,9 @@ use redb::{
 };
 
 use super::journal::{self, Frame, Journal};
-use super::{Batch, OutboxEntry, Recovery, Store, StoreError};
-use crate::engine::{ConversationId, Record, Snapshot, TimelineEntry};
+use super::{Batch, OutboxEntry, Recovery, STREAM_WINDOW, Store, StoreError};
+use crate::engine::{ConversationId, Position, Record, Snapshot, TimelineEntry};
+use crate::stream::{StoredEvent, StoredWindow, StreamId};
 
 /// seq -> record.
 pub(super) const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
@@ -37,6 +38,10 @@ pub(super) const SNAPSHOT: TableDefinition<'_, u64, &[u8]> = TableDefinition::ne
 const OUTBOX: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("outbox");
 /// (conversation key, seq, index) -> timeline entry.
 const TIMELINE: TableDefinition<'_, (u128, u64, u32), &[u8]> = TableDefinition::new("timeline");
+/// (public, silent, index) position -> the live stream's event, the newest [`STREAM_WINDOW`].
+const STREAM: TableDefinition<'_, (u64, u32, u32), &[u8]> = TableDefinition::new("stream");
+/// 0 -> the position of the newest stream event let go of (resuming from before it is a gap).
+const STREAM_FLOOR: TableDefinition<'_, u8, (u64, u32, u32)> = TableDefinition::new("stream_floor");
 
 /// The latest snapshot, beside the database.
 pub(super) const SNAPSHOT_FILE: &str = "snapshot.json";
@@ -145,6 +150,12 @@ impl RedbStore {
             transaction
                 .open_table(TIMELINE)
                 .map_err(|error| failed(error.to_string()))?;
+            transaction
+                .open_table(STREAM)
+                .map_err(|error| failed(error.to_string()))?;
+            transaction
+                .open_table(STREAM_FLOOR)
+                .map_err(|error| failed(error.to_string()))?;
         }
         transaction
             .commit()
@@ -246,7 +257,13 @@ fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Resu
         let mut log = transaction.open_table(LOG).map_err(write_error)?;
         let mut timeline = transaction.open_table(TIMELINE).map_err(write_error)?;
         let mut outbox = transaction.open_table(OUTBOX).map_err(write_error)?;
+        let mut stream = transaction.open_table(STREAM).map_err(write_error)?;
         for (position, batch) in batches.iter().enumerate() {
+            for event in &batch.stream {
+                stream
+                    .insert(stream_key(event.id), encode(event)?.as_slice())
+                    .map_err(write_error)?;
+            }
             for record in &batch.records {
                 log.insert(record.seq, encode(&LoggedRecord::of(record))?.as_slice())
                     .map_err(write_error)?;
@@ -269,8 +286,31 @@ fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Resu
                 outbox.remove(id.as_str()).map_err(write_error)?;
             }
         }
+        // The window stays the newest events; the newest one let go becomes the floor.
+        let mut let_go = None;
+        while stream.len().map_err(write_error)? > STREAM_WINDOW as u64 {
+            match stream.pop_first().map_err(write_error)? {
+                Some((key, _)) => let_go = Some(key.value()),
+                None => break,
+            }
+        }
+        if let Some(key) = let_go {
+            let mut floor = transaction.open_table(STREAM_FLOOR).map_err(write_error)?;
+            floor.insert(0, key).map_err(write_error)?;
+        }
     }
     transaction.commit().map_err(write_error)
+}
+
+fn stream_key(id: StreamId) -> (u64, u32, u32) {
+    (id.position.public, id.position.silent, id.index)
+}
+
+fn stream_id((public, silent, index): (u64, u32, u32)) -> StreamId {
+    StreamId {
+        position: Position { public, silent },
+        index,
+    }
 }
 
 /// A record as the `log` table keeps it: what replay needs, without the timeline (which the
@@ -279,6 +319,8 @@ fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Resu
 #[derive(serde::Serialize)]
 struct LoggedRecord<'a> {
     seq: u64,
+    #[serde(skip_serializing_if = "Position::is_zero")]
+    position: Position,
     at: crate::engine::Millis,
     changes: &'a [crate::engine::Change],
 }
@@ -287,6 +329,7 @@ impl<'a> LoggedRecord<'a> {
     fn of(record: &'a Record) -> Self {
         Self {
             seq: record.seq,
+            position: record.position,
             at: record.at,
             changes: &record.changes,
         }
@@ -574,6 +617,22 @@ impl Store for RedbStore {
         let outbox = transaction.open_table(OUTBOX).map_err(read_error)?;
         let newest = outbox.last().map_err(read_error)?;
         Ok(newest.map(|(key, _)| key.value().to_owned()))
+    }
+
+    fn stream_window(&self) -> Result<StoredWindow, StoreError> {
+        let transaction = self.shared.caught_up()?.begin_read().map_err(read_error)?;
+        let stream = transaction.open_table(STREAM).map_err(read_error)?;
+        let mut events = Vec::new();
+        for row in stream.iter().map_err(read_error)? {
+            let (_, bytes) = row.map_err(read_error)?;
+            events.push(decode::<StoredEvent>(bytes.value(), "stream event")?);
+        }
+        let floor = transaction.open_table(STREAM_FLOOR).map_err(read_error)?;
+        let floor = floor
+            .get(0)
+            .map_err(read_error)?
+            .map(|key| stream_id(key.value()));
+        Ok(StoredWindow { floor, events })
     }
 
     fn timeline(&self, conversation: ConversationId) -> Result<Vec<TimelineEntry>, StoreError> {

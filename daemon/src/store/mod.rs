@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::embedded::RedbStore;
 use crate::engine::{ConversationId, Millis, NotificationId, Record, Snapshot, TimelineEntry};
+use crate::stream::{STREAM_WINDOW, StoredEvent, StoredWindow};
 
 /// A rendered outbound message, ready to publish as it is (after a crash it goes out again
 /// with the same id, so consumers can deduplicate).
@@ -95,6 +96,10 @@ pub struct Batch {
     /// Outbox entries whose publication the broker confirmed: removed in the same transaction
     /// (a "sent" mark needs no write of its own while commits keep coming).
     pub sent: Vec<String>,
+    /// The live stream's events of these records: the store keeps the newest
+    /// [`STREAM_WINDOW`] of them, so that clients resume across a restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stream: Vec<StoredEvent>,
 }
 
 impl Batch {
@@ -155,24 +160,33 @@ pub trait Store: Send + Sync + 'static {
 
     /// A conversation's timeline, oldest first.
     fn timeline(&self, conversation: ConversationId) -> Result<Vec<TimelineEntry>, StoreError>;
+
+    /// The live stream's window as committed: the newest [`STREAM_WINDOW`] events.
+    fn stream_window(&self) -> Result<StoredWindow, StoreError>;
 }
 
 /// The outbox id of part `part` of a notification: zero-padded so that ids sort in commit
 /// order.
 pub fn outbox_id(id: &NotificationId, part: usize) -> String {
-    format!("{:020}-{:06}-{:03}", id.seq, id.index, part)
+    format!(
+        "{:020}-{:06}-{:06}-{:03}",
+        id.position.public, id.position.silent, id.index, part
+    )
 }
 
-/// Whether `text` is written as [`outbox_id`] writes ids.
+/// Whether `text` is written as [`outbox_id`] writes ids (or as versions before record
+/// positions did: `seq-index-part`, without the silent counter).
 pub fn is_outbox_id(text: &str) -> bool {
     let digits =
         |part: &str, len: usize| part.len() == len && part.bytes().all(|b| b.is_ascii_digit());
-    let mut parts = text.split('-');
-    matches!(
-        (parts.next(), parts.next(), parts.next(), parts.next()),
-        (Some(seq), Some(index), Some(part), None)
-            if digits(seq, 20) && digits(index, 6) && digits(part, 3)
-    )
+    let parts: Vec<&str> = text.split('-').collect();
+    match parts[..] {
+        [public, silent, index, part] => {
+            digits(public, 20) && digits(silent, 6) && digits(index, 6) && digits(part, 3)
+        }
+        [seq, index, part] => digits(seq, 20) && digits(index, 6) && digits(part, 3),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -70,7 +70,10 @@ fn outbox_for(record: &Record) -> Vec<OutboxEntry> {
         .map(|part| OutboxEntry {
             id: outbox_id(
                 &NotificationId {
-                    seq: record.seq,
+                    position: crate::engine::Position {
+                        public: record.seq,
+                        silent: 0,
+                    },
                     index: 0,
                 },
                 part,
@@ -282,6 +285,7 @@ fn the_outbox_keeps_unsent_entries_in_commit_order() {
             records: vec![next.clone()],
             outbox: outbox_for(next),
             sent: left[..4].iter().map(|entry| entry.id.clone()).collect(),
+            ..Batch::default()
         })
         .unwrap();
     drop(store);
@@ -579,6 +583,7 @@ fn an_entry_confirmed_before_its_fold_never_reaches_the_outbox_and_the_rest_stay
             records: vec![second.clone()],
             outbox: vec![second_a.clone(), second_b.clone()],
             sent: vec![first_a.id.clone()],
+            ..Batch::default()
         })
         .unwrap();
     store
@@ -586,6 +591,7 @@ fn an_entry_confirmed_before_its_fold_never_reaches_the_outbox_and_the_rest_stay
             records: vec![third.clone()],
             outbox: outbox_for(third),
             sent: vec![second_a.id.clone()],
+            ..Batch::default()
         })
         .unwrap();
     store.mark_sent(std::slice::from_ref(&second_b.id)).unwrap();
