@@ -23,6 +23,7 @@ pub mod arena;
 pub mod form;
 pub mod settings;
 pub mod signature;
+pub mod thread;
 
 #[doc(hidden)]
 pub mod bindings {

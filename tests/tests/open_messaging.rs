@@ -11,6 +11,10 @@ use switchboard_plugin_sdk::signature;
 use switchboard_tests::{fixture, host, load};
 
 const SECRET: &str = "genesys-outbound-webhook-secret";
+const INTEGRATION: &str = "2b6f4a2e-8c3d-4a6b-9f5e-1d2c3b4a5e6f";
+/// The integration is part of the thread key: the customer on another integration is another
+/// conversation.
+const THREAD: &str = "2b6f4a2e-8c3d-4a6b-9f5e-1d2c3b4a5e6f/grace.hopper@example.com";
 const SETTINGS: &str = "integration_id = \"2b6f4a2e-8c3d-4a6b-9f5e-1d2c3b4a5e6f\"\nwebhook_secret = \"genesys-outbound-webhook-secret\"\naccess_token = \"gc-token\"\n";
 
 fn request(body: Vec<u8>, signature: Option<String>) -> InboundRequest {
@@ -59,7 +63,7 @@ fn inbound_text_and_attachments_are_customer_messages() {
             channel,
             ..
         } => {
-            assert_eq!(conversation.key.as_ref(), "grace.hopper@example.com");
+            assert_eq!(conversation.key.as_ref(), THREAD);
             assert_eq!(*channel, ChannelKind::Messaging);
             assert_eq!(&**text, "Hello, my invoice shows a double charge.");
             assert_eq!(
@@ -92,7 +96,7 @@ fn the_outbound_webhook_is_the_agent_speaking() {
         } => {
             assert_eq!(
                 conversation.key.as_ref(),
-                "grace.hopper@example.com",
+                THREAD,
                 "the thread is the customer's"
             );
             assert!(text.starts_with("I can see the duplicate charge"));
@@ -125,6 +129,143 @@ fn receipts_and_typing() {
             ..
         }]
     ));
+}
+
+/// The per-integration inbound API (`POST /api/v2/conversations/messages/{integrationId}/inbound/open/message`,
+/// `/event`, `/receipt`) takes bodies without `type` or `direction` (Genesys' SDK models
+/// `OpenInboundNormalizedMessage`, `…Event`, and the receipt with `reasons` and
+/// `isFinalReceipt`); the integration is in the URL.
+#[test]
+fn inbound_api_bodies_without_a_type() {
+    let plugin = load(
+        &host(),
+        "open-messaging",
+        "integration_ids = [\"f00dfeed-0000-4000-8000-000000000001\"]\n",
+    );
+    let inbound = |path: &str, body: &str| InboundRequest {
+        url: format!(
+            "https://api.mypurecloud.com/api/v2/conversations/messages/f00dfeed-0000-4000-8000-000000000001/inbound/open/{path}"
+        ),
+        ..request(body.as_bytes().to_vec(), None)
+    };
+    let customer = "f00dfeed-0000-4000-8000-000000000001/ada@example.com";
+    let message = plugin
+        .decode(&inbound(
+            "message",
+            r#"{"channel":{"messageId":"m-1","from":{"id":"ada@example.com","idType":"Email","firstName":"Ada","lastName":"Lovelace"},"time":"2025-06-08T21:40:00.000Z"},"text":"Is my order shipped?"}"#,
+        ))
+        .unwrap();
+    match &message[..] {
+        [
+            ChannelEvent {
+                body:
+                    EventBody::Message {
+                        conversation,
+                        sender: Sender::Customer,
+                        text,
+                        ..
+                    },
+                ..
+            },
+        ] => {
+            assert_eq!(conversation.key.as_ref(), customer);
+            assert_eq!(&**text, "Is my order shipped?");
+        }
+        other => panic!("{other:?}"),
+    }
+    let typing = plugin
+        .decode(&inbound(
+            "event",
+            r#"{"channel":{"from":{"id":"ada@example.com","idType":"Email"},"time":"2025-06-08T21:40:01.000Z"},"events":[{"eventType":"Typing","typing":{"type":"On","duration":5000}}]}"#,
+        ))
+        .unwrap();
+    assert!(matches!(
+        &typing[..],
+        [ChannelEvent {
+            body: EventBody::Typing {
+                sender: Sender::Customer,
+                ..
+            },
+            ..
+        }]
+    ));
+    let receipt = plugin
+        .decode(&inbound(
+            "receipt",
+            r#"{"id":"gc-msg-7","channel":{"to":{"id":"ada@example.com","idType":"Email"},"time":"2025-06-08T21:40:02.000Z"},"status":"Failed","reasons":[{"code":"RecipientOptedOut","message":"the customer opted out"}],"isFinalReceipt":true}"#,
+        ))
+        .unwrap();
+    match &receipt[..] {
+        [
+            ChannelEvent {
+                body:
+                    EventBody::Receipt {
+                        conversation,
+                        status: ReceiptStatus::Failed,
+                        message_id,
+                        ..
+                    },
+                ..
+            },
+        ] => {
+            assert_eq!(conversation_key(conversation), customer);
+            assert_eq!(&**message_id, "gc-msg-7");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Another integration than those listed is refused, with the list named.
+    let other = InboundRequest {
+        url:
+            "https://api.mypurecloud.com/api/v2/conversations/messages/another/inbound/open/message"
+                .to_owned(),
+        ..inbound(
+            "message",
+            r#"{"channel":{"from":{"id":"ada@example.com"}},"text":"hi"}"#,
+        )
+    };
+    match plugin.decode(&other) {
+        Err(CallError::Plugin {
+            kind: FailureKind::Unsupported,
+            detail,
+            ..
+        }) => assert!(detail.contains("integration_ids"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// On the outbound webhook `channel.from` is the integration, receipts included: a receipt is
+/// the customer's conversation's, not the integration's.
+#[test]
+fn a_webhook_receipt_belongs_to_the_customer() {
+    let plugin = load(&host(), "open-messaging", SETTINGS);
+    let body = format!(
+        r#"{{"id":"gc-msg-8","channel":{{"platform":"Open","type":"Private","messageId":"gc-msg-8","from":{{"id":"{INTEGRATION}","idType":"Opaque"}},"to":{{"id":"grace.hopper@example.com","idType":"Email"}},"time":"2025-06-08T21:42:00.000Z"}},"type":"Receipt","status":"Delivered","direction":"Outbound"}}"#
+    );
+    let signature = format!(
+        "sha256={}",
+        signature::base64(&signature::hmac_sha256(SECRET.as_bytes(), body.as_bytes()))
+    );
+    let events = plugin
+        .decode(&request(body.into_bytes(), Some(signature)))
+        .unwrap();
+    match &events[..] {
+        [
+            ChannelEvent {
+                body: EventBody::Receipt { conversation, .. },
+                ..
+            },
+        ] => {
+            assert_eq!(conversation_key(conversation), THREAD)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn conversation_key(reference: &ConversationRef) -> &str {
+    match reference {
+        ConversationRef::External(external) => external.key.as_ref(),
+        ConversationRef::Id { .. } => panic!("a plugin names threads"),
+    }
 }
 
 #[test]

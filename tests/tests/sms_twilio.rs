@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use switchboard::engine::*;
-use switchboard::plugin::{CallError, ChannelNotification, InboundRequest};
+use switchboard::plugin::{CallError, ChannelNotification, FailureKind, InboundRequest};
 use switchboard_plugin_sdk::signature;
 use switchboard_tests::{host, load};
 
@@ -108,7 +108,11 @@ fn an_inbound_sms_becomes_a_customer_message() {
             customer,
             ..
         } => {
-            assert_eq!(conversation.key.as_ref(), "+14155551234");
+            assert_eq!(
+                conversation.key.as_ref(),
+                "+15005550006/+14155551234",
+                "the business number written to, then the customer"
+            );
             assert_eq!(*channel, ChannelKind::Sms);
             assert_eq!(*sender, Sender::Customer);
             assert_eq!(&**text, "Hi! My order #1042 never arrived. Can you help?");
@@ -171,15 +175,57 @@ fn mms_media_and_status_callbacks() {
     let delivered = "SmsSid=SM5f6a&SmsStatus=delivered&MessageStatus=delivered&To=%2B14155551234&MessageSid=SM5f6a&AccountSid=AC00000000000000000000000000000000&From=%2B15005550006&ApiVersion=2010-04-01";
     let events = plugin.decode(&request(delivered.to_owned(), None)).unwrap();
     assert_eq!(events[0].id.as_deref(), Some("SM5f6a:delivered"));
-    assert!(matches!(
-        &events[0].body,
+    match &events[0].body {
         EventBody::Receipt {
             status: ReceiptStatus::Delivered,
+            conversation: ConversationRef::External(thread),
             ..
-        }
-    ));
+        } => assert_eq!(
+            thread.key.as_ref(),
+            "+15005550006/+14155551234",
+            "a status callback's From is the business number"
+        ),
+        other => panic!("{other:?}"),
+    }
     let queued = delivered.replace("delivered", "queued");
     assert!(plugin.decode(&request(queued, None)).unwrap().is_empty());
+}
+
+/// The business number is part of the key, a reply leaves from the number written to, and a
+/// number the settings do not list is refused.
+#[test]
+fn each_business_number_keeps_its_own_conversations() {
+    let host = host();
+    let open = load(&host, "sms-twilio", &settings(false));
+    let to = |number: &str| {
+        request(
+            inbound_sms().replace(
+                "To=%2B15005550006",
+                &format!("To={}", number.replace('+', "%2B")),
+            ),
+            None,
+        )
+    };
+    let thread = |request: InboundRequest| match &open.decode(&request).unwrap()[0].body {
+        EventBody::Message { conversation, .. } => conversation.key.to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(thread(to("+15005550006")), "+15005550006/+14155551234");
+    assert_eq!(thread(to("+15005550007")), "+15005550007/+14155551234");
+    let listed = load(
+        &host,
+        "sms-twilio",
+        &format!("{}numbers = [\"+15005550006\"]\n", settings(false)),
+    );
+    assert!(listed.decode(&to("+15005550006")).is_ok());
+    match listed.decode(&to("+15005550007")) {
+        Err(CallError::Plugin {
+            kind: FailureKind::Unsupported,
+            detail,
+            ..
+        }) => assert!(detail.contains("`numbers`"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -193,9 +239,9 @@ fn malformed_payloads_are_typed_errors() {
         "MessageSid=SM1&Body=hi",
         "%%%%&&&==",
         // `NumMedia` is a count from 0 to 10; read as 0 it would drop attachments silently.
-        "MessageSid=SM1&From=%2B1&Body=hi&NumMedia=three",
-        "MessageSid=SM1&From=%2B1&Body=hi&NumMedia=-1",
-        "MessageSid=SM1&From=%2B1&Body=hi&NumMedia=11",
+        "MessageSid=SM1&From=%2B1&To=%2B2&Body=hi&NumMedia=three",
+        "MessageSid=SM1&From=%2B1&To=%2B2&Body=hi&NumMedia=-1",
+        "MessageSid=SM1&From=%2B1&To=%2B2&Body=hi&NumMedia=11",
     ] {
         match plugin.decode(&request(body.to_owned(), None)) {
             Err(CallError::Plugin { kind, .. }) => {

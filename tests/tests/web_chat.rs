@@ -84,7 +84,7 @@ fn conversation_created_starts_it_in_the_team_queue_with_its_assignee() {
             },
             EventBody::Accepted { agent, .. },
         ] => {
-            assert_eq!(conversation.key.as_ref(), "42");
+            assert_eq!(conversation.key.as_ref(), "1/42", "account/conversation");
             assert_eq!(*channel, ChannelKind::Web);
             assert_eq!(customer.id.as_ref(), "contact-77");
             assert_eq!(customer.name.as_deref(), Some("Ada Lovelace"));
@@ -92,6 +92,55 @@ fn conversation_created_starts_it_in_the_team_queue_with_its_assignee() {
             assert_eq!(agent.as_str(), "a-ana");
         }
         other => panic!("{other:#?}"),
+    }
+}
+
+/// The Chatwoot account is part of the key: the same conversation id in another account is
+/// another conversation, answered through that account's API; an account the settings do
+/// not list is refused.
+#[test]
+fn each_account_keeps_its_own_conversations() {
+    let plugin = load(
+        &host(),
+        "web-chat",
+        "base_url = \"https://chat.example.com\"\n",
+    );
+    let of_account = |account: u64| {
+        let body = String::from_utf8(fixture("chatwoot", "conversation_created.json"))
+            .unwrap()
+            .replace("\"account_id\":1", &format!("\"account_id\":{account}"));
+        webhook(
+            body.into_bytes(),
+            NOW - 2,
+            None,
+            &format!("delivery-{account}"),
+        )
+    };
+    let thread = |request: InboundRequest| match &plugin.decode(&request).unwrap()[0].body {
+        EventBody::Started { conversation, .. } => conversation.key.to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(thread(of_account(1)), "1/42");
+    assert_eq!(thread(of_account(2)), "2/42");
+    let mut reply = notification(NotificationBody::EndSession);
+    reply.thread = "2/42".to_owned();
+    assert_eq!(
+        plugin.encode(&reply).unwrap()[0].url,
+        "https://chat.example.com/api/v1/accounts/2/conversations/42/toggle_status"
+    );
+    let listed = load(
+        &host(),
+        "web-chat",
+        "base_url = \"https://chat.example.com\"\naccount_ids = [1]\n",
+    );
+    assert!(listed.decode(&of_account(1)).is_ok());
+    match listed.decode(&of_account(2)) {
+        Err(CallError::Plugin {
+            kind: FailureKind::Unsupported,
+            detail,
+            ..
+        }) => assert!(detail.contains("account_ids"), "{detail}"),
+        other => panic!("{other:?}"),
     }
 }
 

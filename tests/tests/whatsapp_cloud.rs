@@ -69,7 +69,7 @@ fn a_text_message_with_the_profile_name() {
     let [(thread, text, name)] = &messages(&events)[..] else {
         panic!("{events:?}")
     };
-    assert_eq!(thread, "16505551234");
+    assert_eq!(thread, "106540352242922/16505551234", "number/customer");
     assert!(
         text.starts_with("Hi, I ordered the blue running shoes"),
         "{text}"
@@ -86,12 +86,12 @@ fn batched_entries_messages_and_statuses() {
         messages(&events),
         vec![
             (
-                "16505551234".to_owned(),
+                "106540352242922/16505551234".to_owned(),
                 "Is it in stock?".to_owned(),
                 Some("Sheena Nelson".to_owned())
             ),
             (
-                "14155550199".to_owned(),
+                "106540352242922/14155550199".to_owned(),
                 "Where is my refund?".to_owned(),
                 Some("Ravi Kumar".to_owned())
             ),
@@ -111,8 +111,14 @@ fn batched_entries_messages_and_statuses() {
     assert_eq!(
         receipts,
         vec![
-            ("16505551234".to_owned(), ReceiptStatus::Read),
-            ("14155550199".to_owned(), ReceiptStatus::Failed)
+            (
+                "106540352242922/16505551234".to_owned(),
+                ReceiptStatus::Read
+            ),
+            (
+                "106540352242922/14155550199".to_owned(),
+                ReceiptStatus::Failed
+            )
         ]
     );
 }
@@ -142,6 +148,17 @@ fn media_interactive_button_and_location_messages() {
         text("location.json"),
         vec!["[location 37.483307,-122.148403] Main office, 1 Hacker Way, Menlo Park, CA 94025"]
     );
+    // What cannot be mapped still shows that the customer sent something.
+    assert_eq!(
+        text("contacts.json"),
+        vec!["[contacts] Jane Doe +1 (650) 555-0100"]
+    );
+    assert_eq!(
+        text("unsupported.json"),
+        vec![
+            "[unsupported] the customer sent a message WhatsApp cannot show: Message type unknown (131051)"
+        ]
+    );
     let statuses = plugin.decode(&signed("statuses.json")).unwrap();
     let ids: Vec<_> = statuses
         .iter()
@@ -150,6 +167,53 @@ fn media_interactive_button_and_location_messages() {
     assert_eq!(ids[0].rsplit(':').next(), Some("sent"));
     assert_eq!(ids[1].rsplit(':').next(), Some("delivered"));
     assert_ne!(ids[0], ids[1], "each status is its own event");
+}
+
+/// The business number is part of the key: the same customer writing to two of the business's
+/// numbers is two conversations, and a reply leaves from the number written to. A number the
+/// settings do not list is refused.
+#[test]
+fn each_business_number_keeps_its_own_conversations() {
+    let open = load(&host(), "whatsapp-cloud", "access_token = \"t\"\n");
+    let to_number = |number: &str| {
+        let body = String::from_utf8(fixture("whatsapp", "text.json"))
+            .unwrap()
+            .replace("106540352242922", number);
+        webhook(body.into_bytes(), None)
+    };
+    let threads: Vec<String> = ["106540352242922", "209876543210987"]
+        .into_iter()
+        .map(|number| {
+            messages(&open.decode(&to_number(number)).unwrap())[0]
+                .0
+                .clone()
+        })
+        .collect();
+    assert_eq!(
+        threads,
+        ["106540352242922/16505551234", "209876543210987/16505551234"]
+    );
+    let mut reply = supervisor_message(Some(Millis::HOUR));
+    reply.thread = threads[1].clone();
+    let requests = open.encode(&reply).unwrap();
+    assert_eq!(
+        requests[0].url,
+        "https://graph.facebook.com/v21.0/209876543210987/messages"
+    );
+    let listed = load(
+        &host(),
+        "whatsapp-cloud",
+        "phone_number_ids = [\"106540352242922\"]\n",
+    );
+    assert!(listed.decode(&to_number("106540352242922")).is_ok());
+    match listed.decode(&to_number("209876543210987")) {
+        Err(CallError::Plugin {
+            kind: FailureKind::Unsupported,
+            detail,
+            ..
+        }) => assert!(detail.contains("phone_number_ids"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

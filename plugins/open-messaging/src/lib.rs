@@ -10,14 +10,22 @@ use serde::Deserialize;
 use serde_json::json;
 use switchboard_plugin_sdk::settings::{self, Settings};
 use switchboard_plugin_sdk::types::*;
-use switchboard_plugin_sdk::{Plugin, customer_text, header, header_pair, json_body, signature};
+use switchboard_plugin_sdk::{
+    Plugin, customer_text, header, header_pair, json_body, signature, thread,
+};
 
 /// `[plugins.open-messaging.config]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The Open Messaging integration id (the `fromAddress` of agentless messages).
-    pub integration_id: String,
+    /// The Open Messaging integrations this plugin serves; a payload of another is refused.
+    /// Empty: every integration (then `integration_id`, if set, is the only one known).
+    #[serde(default)]
+    pub integration_ids: Vec<String>,
+    /// The integration of a payload that names none (the inbound API's bodies name it only in
+    /// their URL), and the `fromAddress` for a conversation whose key names none.
+    #[serde(default)]
+    pub integration_id: Option<String>,
     /// Genesys Cloud API base, e.g. `https://api.mypurecloud.com`.
     #[serde(default = "api_base")]
     pub api_base: String,
@@ -75,6 +83,61 @@ impl Plugin for OpenMessaging {
     }
 }
 
+/// Which integration a payload is about and which party is the customer.
+///
+/// The integration comes from the URL of the per-integration inbound API
+/// (`…/conversations/messages/{integrationId}/inbound/open/…`), else from the party that is a
+/// known integration (on the outbound webhook `channel.from` is the integration, receipts
+/// included), else from `integration_id`. The customer is the other party: the one that is
+/// not the integration, else `to` of what went out and `from` of what came in.
+fn parties<'m>(
+    config: &Config,
+    request: &Inbound,
+    channel: &'m Channel<'m>,
+    outbound: bool,
+) -> Result<(String, &'m Party<'m>), PluginError> {
+    let known = |id: &str| {
+        config.integration_ids.iter().any(|known| known == id)
+            || config.integration_id.as_deref() == Some(id)
+    };
+    let from_url = request
+        .url
+        .split_once("/conversations/messages/")
+        .and_then(|(_, rest)| rest.split_once("/inbound/open/"))
+        .map(|(integration, _)| integration)
+        .filter(|integration| !integration.is_empty() && !integration.contains('/'));
+    let (from, to) = (channel.from.as_ref(), channel.to.as_ref());
+    let from_is_integration = from.is_some_and(|party| known(&party.id));
+    let to_is_integration = to.is_some_and(|party| known(&party.id));
+    let customer = match (from_is_integration, to_is_integration) {
+        (true, false) => to,
+        (false, true) => from,
+        _ if outbound => to,
+        _ => from,
+    }
+    .ok_or_else(|| {
+        PluginError::InvalidPayload("channel.from / channel.to is missing".to_owned())
+    })?;
+    let integration = from_url
+        .map(str::to_owned)
+        .or_else(|| {
+            [from, to]
+                .into_iter()
+                .flatten()
+                .find(|party| known(&party.id))
+                .map(|party| party.id.to_string())
+        })
+        .or_else(|| config.integration_id.clone())
+        .ok_or_else(|| {
+            PluginError::InvalidPayload(
+                "cannot tell which integration the payload is about: set `integration_id`"
+                    .to_owned(),
+            )
+        })?;
+    thread::check_endpoint(&integration, &config.integration_ids, "integration_ids")?;
+    Ok((integration, customer))
+}
+
 /// Genesys' HMAC-SHA256 of the raw body, the only request header `decode` reads.
 const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 
@@ -87,8 +150,10 @@ struct Normalized<'a> {
     id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     channel: Channel<'a>,
-    #[serde(borrow, rename = "type")]
-    kind: Cow<'a, str>,
+    /// Absent from the bodies of the per-integration inbound API (`…/inbound/open/message`,
+    /// `/event`, `/receipt`): the shape says what it is.
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     text: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -203,31 +268,36 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
         }
     }
     let message: Normalized<'_> = json_body(request)?;
+    let kind = message
+        .kind
+        .as_deref()
+        .unwrap_or(if message.status.is_some() {
+            "Receipt"
+        } else if !message.events.is_empty() {
+            "Event"
+        } else {
+            "Text"
+        });
     let outbound = match message.direction.as_deref() {
         Some("Outbound") => true,
-        Some("Inbound") | None => false,
+        Some("Inbound") => false,
+        // The inbound API's bodies carry no direction: a receipt there is of a message sent
+        // to the customer, anything else comes from the customer.
+        None => kind == "Receipt",
         Some(other) => {
             return Err(PluginError::InvalidPayload(format!(
                 "unknown direction {other:?}"
             )));
         }
     };
-    // The customer is who writes inbound and who is written to outbound.
-    let customer = if outbound {
-        message.channel.to.as_ref()
-    } else {
-        message.channel.from.as_ref()
-    }
-    .ok_or_else(|| {
-        PluginError::InvalidPayload("channel.from / channel.to is missing".to_owned())
-    })?;
-    let thread = customer.id.to_string();
+    let (integration, customer) = parties(config, request, &message.channel, outbound)?;
+    let thread = thread::key(&integration, &customer.id);
     let message_id = message
         .id
         .as_deref()
         .or(message.channel.message_id.as_deref())
         .map(str::to_owned);
-    match message.kind.as_ref() {
+    match kind {
         "Text" | "Structured" => {
             let text = text_of(&message);
             if text.is_empty() {
@@ -356,8 +426,13 @@ pub fn encode(
     ) else {
         return Ok(Vec::new());
     };
+    let integration = thread::endpoint_or(
+        &notification.thread,
+        config.integration_id.as_deref(),
+        "integration_id",
+    )?;
     let body = json!({
-        "fromAddress": config.integration_id,
+        "fromAddress": integration,
         "toAddress": notification.customer,
         "toAddressMessengerType": "open",
         "textBody": text,

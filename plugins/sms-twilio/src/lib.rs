@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use switchboard_plugin_sdk::settings::{self, Settings};
 use switchboard_plugin_sdk::types::*;
-use switchboard_plugin_sdk::{Plugin, customer_text, form, header, header_pair, signature};
+use switchboard_plugin_sdk::{Plugin, customer_text, form, header, header_pair, signature, thread};
 
 /// `[plugins.sms-twilio.config]`.
 #[derive(Debug, Deserialize)]
@@ -17,7 +17,13 @@ pub struct Config {
     /// when `outbound_auth = "basic"`). Unset: inbound signatures are not checked.
     #[serde(default)]
     pub auth_token: Option<String>,
-    /// The sending number (`From`), unless `messaging_service_sid` is set.
+    /// The business numbers (Twilio's `To` of an inbound message) this plugin serves; a
+    /// webhook for another is refused. Empty (the default): every number of the account.
+    #[serde(default)]
+    pub numbers: Vec<String>,
+    /// The sending number for a conversation whose key names no number (one opened by a
+    /// plugin version before numbers were part of keys); replies otherwise go out from the
+    /// number the customer wrote to. Unused with `messaging_service_sid`.
     #[serde(default)]
     pub from: Option<String>,
     /// `MG...`: send through a Messaging Service instead of a fixed number.
@@ -130,14 +136,21 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
     match status {
         // A message from the customer (inbound webhooks carry no status, or `received`).
         None | Some("received") | Some("receiving") => {
-            inbound_message(sid, &params).map(|event| vec![event])
+            inbound_message(config, sid, &params).map(|event| vec![event])
         }
-        Some(status) => status_callback(sid, status, &params),
+        Some(status) => status_callback(config, sid, status, &params),
     }
 }
 
-fn inbound_message(sid: &str, params: &[form::Pair<'_>]) -> Result<Event, PluginError> {
+fn inbound_message(
+    config: &Config,
+    sid: &str,
+    params: &[form::Pair<'_>],
+) -> Result<Event, PluginError> {
     let from = form::require(params, "From")?;
+    // The business number the customer wrote to: part of the thread key.
+    let number = form::require(params, "To")?;
+    thread::check_endpoint(number, &config.numbers, "numbers")?;
     let mut text = form::get(params, "Body").unwrap_or_default().to_owned();
     // Twilio documents `NumMedia` as the number of media items (0 to 10): anything else is not
     // Twilio's, and reading it as 0 would drop attachments silently.
@@ -171,7 +184,7 @@ fn inbound_message(sid: &str, params: &[form::Pair<'_>]) -> Result<Event, Plugin
     Ok(Event {
         id: Some(sid.to_owned()),
         body: EventBody::Message(Message {
-            thread: from.to_owned(),
+            thread: thread::key(number, from),
             sender: Sender::Customer,
             text,
             visibility: Visibility::Public,
@@ -186,6 +199,7 @@ fn inbound_message(sid: &str, params: &[form::Pair<'_>]) -> Result<Event, Plugin
 }
 
 fn status_callback(
+    config: &Config,
     sid: &str,
     status: &str,
     params: &[form::Pair<'_>],
@@ -202,14 +216,16 @@ fn status_callback(
             )));
         }
     };
-    // The customer is the recipient of a message we sent.
+    // The customer is the recipient of a message we sent, from one of the business's numbers.
     let to = form::require(params, "To")?;
+    let number = form::require(params, "From")?;
+    thread::check_endpoint(number, &config.numbers, "numbers")?;
     Ok(vec![Event {
         // One callback per status: the id must include it, or `delivered` would be taken for a
         // duplicate of `sent`.
         id: Some(format!("{sid}:{}", status_name(status))),
         body: EventBody::Receipt(Receipt {
-            thread: to.to_owned(),
+            thread: thread::key(number, to),
             message_id: sid.to_owned(),
             status,
         }),
@@ -299,7 +315,11 @@ pub fn encode(
         ("To", notification.customer.as_str()),
         ("Body", text.as_str()),
     ];
-    match (&config.messaging_service_sid, &config.from) {
+    // From the number the customer wrote to (the key's), else the configured one.
+    let from = thread::split(&notification.thread)
+        .0
+        .or(config.from.as_deref());
+    match (&config.messaging_service_sid, from) {
         (Some(service), _) => fields.push(("MessagingServiceSid", service)),
         (None, Some(from)) => fields.push(("From", from)),
         (None, None) => {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use switchboard_plugin_sdk::settings::{self, Settings};
 use switchboard_plugin_sdk::types::*;
-use switchboard_plugin_sdk::{Plugin, header, header_pair, json_body, signature};
+use switchboard_plugin_sdk::{Plugin, header, header_pair, json_body, signature, thread};
 
 /// `[plugins.web-chat.config]`.
 #[derive(Debug, Deserialize)]
@@ -17,8 +17,15 @@ use switchboard_plugin_sdk::{Plugin, header, header_pair, json_body, signature};
 pub struct Config {
     /// Chatwoot's base URL, e.g. `https://chat.example.com`.
     pub base_url: String,
-    /// The Chatwoot account whose conversations this plugin carries.
-    pub account_id: u64,
+    /// The Chatwoot accounts this plugin serves; a webhook of another is refused. Empty (the
+    /// default): every account that calls it.
+    #[serde(default)]
+    pub account_ids: Vec<u64>,
+    /// The account of a webhook that names none (Chatwoot's payloads do), and of a
+    /// conversation whose key names none (opened by a plugin version before accounts were
+    /// part of keys).
+    #[serde(default)]
+    pub account_id: Option<u64>,
     /// The webhook's secret: verifies `X-Chatwoot-Signature` when set.
     #[serde(default)]
     pub webhook_secret: Option<String>,
@@ -111,6 +118,7 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
         .ok_or_else(|| {
             PluginError::InvalidPayload("no `event` field: not a Chatwoot webhook".to_owned())
         })?;
+    let account = &account_of(config, &payload)?;
     // Chatwoot numbers each delivery; a redelivered webhook carries the same id.
     let delivery = header(request, DELIVERY_HEADER).map(str::to_owned);
     let id = |suffix: &str| {
@@ -120,7 +128,7 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
     };
     match event {
         "conversation_created" => {
-            let conversation = Conversation::from(&payload)?;
+            let conversation = Conversation::from(&payload, account)?;
             let mut events = vec![Event {
                 id: id("started")
                     .or_else(|| Some(format!("conversation_created:{}", conversation.thread))),
@@ -151,9 +159,9 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
             }
             Ok(events)
         }
-        "message_created" => message_created(config, &payload, delivery),
+        "message_created" => message_created(config, &payload, account, delivery),
         "conversation_status_changed" => {
-            let conversation = Conversation::from(&payload)?;
+            let conversation = Conversation::from(&payload, account)?;
             let thread = conversation.thread;
             let body = match conversation.status.as_str() {
                 "resolved" => EventBody::Closed(thread),
@@ -167,12 +175,12 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
                 body,
             }])
         }
-        "conversation_updated" => conversation_updated(config, &payload, delivery),
+        "conversation_updated" => conversation_updated(config, &payload, account, delivery),
         "conversation_typing_on" => {
             let conversation = payload.get("conversation").ok_or_else(|| {
                 PluginError::InvalidPayload("typing event without `conversation`".to_owned())
             })?;
-            let thread = Conversation::from(conversation)?.thread;
+            let thread = Conversation::from(conversation, account)?.thread;
             let user = payload.get("user");
             let is_contact = user
                 .and_then(|user| user.get("type"))
@@ -202,6 +210,33 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
             "Chatwoot event {other:?} is not mapped"
         ))),
     }
+}
+
+/// The account a webhook is about: the payload's `account.id` (every Chatwoot webhook names
+/// it), else its conversation's `account_id`, else the configured `account_id`; checked
+/// against `account_ids`.
+fn account_of(config: &Config, payload: &Value) -> Result<String, PluginError> {
+    let named = payload
+        .get("account")
+        .and_then(|account| account.get("id"))
+        .or_else(|| payload.get("account_id"))
+        .or_else(|| {
+            payload
+                .get("conversation")
+                .and_then(|conversation| conversation.get("account_id"))
+        })
+        .and_then(Value::as_u64)
+        .or(config.account_id)
+        .ok_or_else(|| {
+            PluginError::InvalidPayload(
+                "the webhook names no account (`account.id`) and `account_id` is not configured"
+                    .to_owned(),
+            )
+        })?;
+    let listed: Vec<String> = config.account_ids.iter().map(u64::to_string).collect();
+    let account = named.to_string();
+    thread::check_endpoint(&account, &listed, "account_ids")?;
+    Ok(account)
 }
 
 /// `X-Chatwoot-Signature: sha256=<hex HMAC-SHA256(secret, "{timestamp}.{body}")>`, with a
@@ -250,8 +285,8 @@ struct Conversation {
 
 impl Conversation {
     /// Reads a Chatwoot conversation object (a conversation event's payload, or the
-    /// `conversation` of a message).
-    fn from(value: &Value) -> Result<Self, PluginError> {
+    /// `conversation` of a message) of `account`.
+    fn from(value: &Value, account: &str) -> Result<Self, PluginError> {
         let id = value.get("id").and_then(Value::as_u64).ok_or_else(|| {
             PluginError::InvalidPayload("conversation has no numeric `id`".to_owned())
         })?;
@@ -273,7 +308,7 @@ impl Conversation {
             .and_then(Value::as_str)
             .map(str::to_owned);
         Ok(Self {
-            thread: id.to_string(),
+            thread: thread::key(account, &id.to_string()),
             status: value
                 .get("status")
                 .and_then(Value::as_str)
@@ -313,12 +348,13 @@ fn agent_of(config: &Config, user: Option<&Value>) -> String {
 fn message_created(
     config: &Config,
     payload: &Value,
+    account: &str,
     delivery: Option<String>,
 ) -> Result<Vec<Event>, PluginError> {
     let conversation = payload
         .get("conversation")
         .ok_or_else(|| PluginError::InvalidPayload("message without `conversation`".to_owned()))?;
-    let conversation = Conversation::from(conversation)?;
+    let conversation = Conversation::from(conversation, account)?;
     let message_id = payload
         .get("id")
         .map(scalar)
@@ -411,9 +447,10 @@ fn message_created(
 fn conversation_updated(
     config: &Config,
     payload: &Value,
+    account: &str,
     delivery: Option<String>,
 ) -> Result<Vec<Event>, PluginError> {
-    let conversation = Conversation::from(payload)?;
+    let conversation = Conversation::from(payload, account)?;
     let mut events = Vec::new();
     let changes = payload
         .get("changed_attributes")
@@ -487,11 +524,12 @@ pub fn encode(
     config: &Config,
     notification: &Notification,
 ) -> Result<Vec<OutboundRequest>, PluginError> {
+    let configured = config.account_id.map(|account| account.to_string());
+    let account = thread::endpoint_or(&notification.thread, configured.as_deref(), "account_id")?;
+    let conversation = thread::split(&notification.thread).1;
     let conversation_url = format!(
-        "{}/api/v1/accounts/{}/conversations/{}",
+        "{}/api/v1/accounts/{account}/conversations/{conversation}",
         config.base_url.trim_end_matches('/'),
-        config.account_id,
-        notification.thread
     );
     let message = |content: &str| -> Result<OutboundRequest, PluginError> {
         request(

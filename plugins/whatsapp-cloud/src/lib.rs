@@ -9,7 +9,9 @@ use serde::Deserialize;
 use serde_json::json;
 use switchboard_plugin_sdk::settings::{self, Settings};
 use switchboard_plugin_sdk::types::*;
-use switchboard_plugin_sdk::{Plugin, customer_text, header, header_pair, json_body, signature};
+use switchboard_plugin_sdk::{
+    Plugin, customer_text, header, header_pair, json_body, signature, thread,
+};
 
 /// Meta's customer service window: free-form messages only within 24 hours of the
 /// customer's last message.
@@ -19,8 +21,15 @@ pub const SERVICE_WINDOW_MILLIS: i64 = 24 * 60 * 60 * 1000;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The business phone number id messages are sent from.
-    pub phone_number_id: String,
+    /// The business phone numbers (phone number ids) this plugin serves; a webhook for
+    /// another is refused. Empty (the default): every number the app receives.
+    #[serde(default)]
+    pub phone_number_ids: Vec<String>,
+    /// The phone number id to send from for a conversation whose key names no number (one
+    /// opened by a plugin version before numbers were part of keys). Replies otherwise go
+    /// out from the number the customer wrote to.
+    #[serde(default)]
+    pub phone_number_id: Option<String>,
     /// Graph API version, e.g. `v21.0`.
     #[serde(default = "graph_version")]
     pub graph_version: String,
@@ -110,11 +119,20 @@ struct Change<'a> {
 #[derive(Deserialize)]
 struct Value<'a> {
     #[serde(borrow, default)]
+    metadata: Option<Metadata<'a>>,
+    #[serde(borrow, default)]
     contacts: Vec<Contact<'a>>,
     #[serde(borrow, default)]
     messages: Vec<WaMessage<'a>>,
     #[serde(borrow, default)]
     statuses: Vec<Status<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Metadata<'a> {
+    /// The business number the change is about: part of every thread key.
+    #[serde(borrow)]
+    phone_number_id: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -159,6 +177,48 @@ struct WaMessage<'a> {
     location: Option<Location<'a>>,
     #[serde(borrow, default)]
     reaction: Option<Reaction<'a>>,
+    /// Contact cards the customer shared.
+    #[serde(borrow, default)]
+    contacts: Vec<SharedContact<'a>>,
+    /// Why a message could not be shown (`type = unsupported`): Meta's code and title.
+    #[serde(borrow, default)]
+    errors: Vec<WaError<'a>>,
+    #[serde(borrow, default)]
+    system: Option<System<'a>>,
+}
+
+#[derive(Deserialize)]
+struct SharedContact<'a> {
+    #[serde(borrow, default)]
+    name: Option<SharedName<'a>>,
+    #[serde(borrow, default)]
+    phones: Vec<SharedPhone<'a>>,
+}
+
+#[derive(Deserialize)]
+struct SharedName<'a> {
+    #[serde(borrow, default)]
+    formatted_name: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct SharedPhone<'a> {
+    #[serde(borrow, default)]
+    phone: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WaError<'a> {
+    #[serde(default)]
+    code: Option<i64>,
+    #[serde(borrow, default)]
+    title: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct System<'a> {
+    #[serde(borrow, default)]
+    body: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -257,6 +317,17 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
         if change.field != "messages" {
             continue;
         }
+        let number = change
+            .value
+            .metadata
+            .as_ref()
+            .map(|metadata| metadata.phone_number_id.as_ref())
+            .ok_or_else(|| {
+                PluginError::InvalidPayload(
+                    "a messages change without `metadata.phone_number_id`".to_owned(),
+                )
+            })?;
+        thread::check_endpoint(number, &config.phone_number_ids, "phone_number_ids")?;
         for message in &change.value.messages {
             let name = change
                 .value
@@ -265,12 +336,12 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
                 .find(|contact| contact.wa_id == message.from)
                 .and_then(|contact| contact.profile.as_ref())
                 .and_then(|profile| profile.name.as_deref());
-            if let Some(event) = message_event(message, name) {
+            if let Some(event) = message_event(number, message, name) {
                 events.push(event);
             }
         }
         for status in &change.value.statuses {
-            if let Some(event) = status_event(status)? {
+            if let Some(event) = status_event(number, status)? {
                 events.push(event);
             }
         }
@@ -278,12 +349,12 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
     Ok(events)
 }
 
-fn message_event(message: &WaMessage<'_>, name: Option<&str>) -> Option<Event> {
+fn message_event(number: &str, message: &WaMessage<'_>, name: Option<&str>) -> Option<Event> {
     let text = message_text(message)?;
     Some(Event {
         id: Some(message.id.to_string()),
         body: EventBody::Message(Message {
-            thread: message.from.to_string(),
+            thread: thread::key(number, &message.from),
             sender: Sender::Customer,
             text,
             visibility: Visibility::Public,
@@ -296,8 +367,9 @@ fn message_event(message: &WaMessage<'_>, name: Option<&str>) -> Option<Event> {
     })
 }
 
-/// What the transcript shows for each message type; `None` for types that carry nothing to
-/// show (`system`, `unsupported`, a removed reaction).
+/// What the transcript shows for each message type: a supervisor must at least see that the
+/// customer sent something, also what cannot be shown (`unsupported`, with Meta's reason) or
+/// a type this plugin does not know. `None` only for a removed reaction, which carries nothing.
 fn message_text(message: &WaMessage<'_>) -> Option<String> {
     let media = |label: &str, media: &Option<Media<'_>>| {
         media.as_ref().map(|media| {
@@ -351,11 +423,70 @@ fn message_text(message: &WaMessage<'_>) -> Option<String> {
             .as_ref()
             .and_then(|reaction| reaction.emoji.as_ref())
             .map(|emoji| format!("[reaction] {emoji}")),
-        _ => None,
+        "contacts" => {
+            let cards: Vec<String> = message
+                .contacts
+                .iter()
+                .map(|card| {
+                    let name = card
+                        .name
+                        .as_ref()
+                        .and_then(|name| name.formatted_name.as_deref())
+                        .unwrap_or("(no name)");
+                    let phones: Vec<&str> = card
+                        .phones
+                        .iter()
+                        .filter_map(|phone| phone.phone.as_deref())
+                        .collect();
+                    if phones.is_empty() {
+                        name.to_owned()
+                    } else {
+                        format!("{name} {}", phones.join(", "))
+                    }
+                })
+                .collect();
+            Some(
+                format!("[contacts] {}", cards.join("; "))
+                    .trim_end()
+                    .to_owned(),
+            )
+        }
+        "unsupported" => {
+            let reasons: Vec<String> = message
+                .errors
+                .iter()
+                .map(|error| match (&error.title, error.code) {
+                    (Some(title), Some(code)) => format!("{title} ({code})"),
+                    (Some(title), None) => title.to_string(),
+                    (None, Some(code)) => format!("error {code}"),
+                    (None, None) => String::new(),
+                })
+                .filter(|reason| !reason.is_empty())
+                .collect();
+            Some(
+                format!(
+                    "[unsupported] the customer sent a message WhatsApp cannot show: {}",
+                    reasons.join("; ")
+                )
+                .trim_end_matches([' ', ':'])
+                .to_owned(),
+            )
+        }
+        "system" => Some(format!(
+            "[system] {}",
+            message
+                .system
+                .as_ref()
+                .and_then(|system| system.body.as_deref())
+                .unwrap_or_default()
+        )),
+        other => Some(format!(
+            "[{other}] (a message type this plugin does not show)"
+        )),
     }
 }
 
-fn status_event(status: &Status<'_>) -> Result<Option<Event>, PluginError> {
+fn status_event(number: &str, status: &Status<'_>) -> Result<Option<Event>, PluginError> {
     let receipt_status = match status.status.as_ref() {
         "sent" => ReceiptStatus::Sent,
         "delivered" => ReceiptStatus::Delivered,
@@ -372,7 +503,7 @@ fn status_event(status: &Status<'_>) -> Result<Option<Event>, PluginError> {
     Ok(Some(Event {
         id: Some(format!("{}:{}", status.id, status.status)),
         body: EventBody::Receipt(Receipt {
-            thread: status.recipient_id.to_string(),
+            thread: thread::key(number, &status.recipient_id),
             message_id: status.id.to_string(),
             status: receipt_status,
         }),
@@ -399,6 +530,12 @@ pub fn encode(
             "outside WhatsApp's 24-hour customer service window: the customer has not written in the last 24 hours, so only an approved template message may be sent".to_owned(),
         ));
     }
+    // From the number the customer wrote to (the key's), else the configured default.
+    let number = thread::endpoint_or(
+        &notification.thread,
+        config.phone_number_id.as_deref(),
+        "phone_number_id",
+    )?;
     let body = json!({
         "messaging_product": "whatsapp",
         "recipient_type": "individual",
@@ -413,8 +550,8 @@ pub fn encode(
     Ok(vec![OutboundRequest {
         method: "POST".to_owned(),
         url: format!(
-            "https://graph.facebook.com/{}/{}/messages",
-            config.graph_version, config.phone_number_id
+            "https://graph.facebook.com/{}/{number}/messages",
+            config.graph_version
         ),
         headers,
         body: serde_json::to_vec(&body)
