@@ -90,7 +90,8 @@ pub fn build(config: &Config) -> anyhow::Result<Service> {
         .stream_window()
         .context("reading the live stream's window")?;
     let mut pipeline = Pipeline::new(engine, plugins.clone(), store.clone())
-        .with_observers(hub.clone(), metrics.clone());
+        .with_observers(hub.clone(), metrics.clone())
+        .with_payload_limit(config.server.body_limit);
     let now = crate::service::now();
     hub.restore(window, |stored| pipeline.revive(stored, now));
     let outbox_feed = config.amqp.is_some().then(|| Arc::new(OutboxFeed::new()));

@@ -71,6 +71,9 @@ pub struct Pipeline {
     /// and acknowledged without ever being stored). Only a restart, which rebuilds the state
     /// from the store, clears it.
     poisoned: bool,
+    /// The largest payload taken (`server.body_limit`): HTTP refuses a larger body with 413
+    /// before it gets here; a larger AMQP message is dead-lettered unread.
+    payload_limit: usize,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -98,7 +101,14 @@ impl Pipeline {
             stream: Vec::new(),
             feed: None,
             poisoned: false,
+            payload_limit: usize::MAX,
         }
+    }
+
+    /// Refuses payloads larger than `limit` bytes (dead-lettered as `payload-too-large`).
+    pub fn with_payload_limit(mut self, limit: usize) -> Self {
+        self.payload_limit = limit;
+        self
     }
 
     /// Publishes committed changes to `hub` and records into `metrics` (the daemon's shared
@@ -278,6 +288,16 @@ impl Pipeline {
         message: &InboundMessage,
         now: Millis,
     ) -> Result<Vec<ChannelEvent>, (String, String)> {
+        if message.body.len() > self.payload_limit {
+            return Err((
+                "payload-too-large".to_owned(),
+                format!(
+                    "the payload is {} bytes; at most {} are taken (server.body_limit)",
+                    message.body.len(),
+                    self.payload_limit
+                ),
+            ));
+        }
         let mut events = if message.routing_key == "canonical" {
             canonical(&message.body)?
         } else {

@@ -1666,3 +1666,43 @@ async fn the_stream_ends_when_its_token_expires() {
         .unwrap_or_default();
     assert!(last.contains("event: reauthenticate"), "{text}");
 }
+
+/// The canonical ingest refuses what cannot be true, with coded 422s: a plugin that is not
+/// configured, a channel the plugin does not carry, an agent of another team.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canonical_events_that_cannot_be_true_are_refused() {
+    let api = api();
+    let gateway = api.ingest();
+    let started = |id: &str, plugin: &str, channel: &str| {
+        json!({
+            "id": id, "source": "canonical", "type": "started",
+            "conversation": {"plugin": plugin, "key": id}, "channel": channel,
+            "customer": {"id": "cust-1"}, "queue": "support-chat"
+        })
+    };
+    for (body, expected) in [
+        (started("no-plugin", "fax-gateway", "web"), "unknown-plugin"),
+        (
+            started("wrong-channel", "web-chat", "sms"),
+            "channel-mismatch",
+        ),
+    ] {
+        let (status, problem) = api.post("/v1/inbound/canonical", &gateway, body).await;
+        assert_eq!(
+            (status, code(&problem)),
+            (StatusCode::UNPROCESSABLE_ENTITY, expected),
+            "{problem}"
+        );
+    }
+    api.start("cross-team", "support-chat", None).await;
+    let accepted = json!({
+        "id": "cross-team-accept", "source": "canonical", "type": "accepted",
+        "conversation": {"plugin": "web-chat", "key": "cross-team"}, "agent": "a-dev"
+    });
+    let (status, problem) = api.post("/v1/inbound/canonical", &gateway, accepted).await;
+    assert_eq!(
+        (status, code(&problem)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "not-in-team"),
+        "{problem}"
+    );
+}

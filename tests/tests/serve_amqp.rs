@@ -209,6 +209,25 @@ async fn webhook_in_cloudevent_out_poison_dead_lettered_redelivery_harmless() {
         Some("invalid-payload")
     );
 
+    // The AMQP door takes no larger payload than the HTTP one (`server.body_limit`, 1 MiB).
+    let oversized = vec![b' '; 2 << 20];
+    publish(
+        &channel,
+        &names.inbound_exchange,
+        "whatsapp-cloud",
+        &oversized,
+        "gateway-3",
+    )
+    .await;
+    let dead = get(&channel, &names.dead_letter_queue, Duration::from_secs(15))
+        .await
+        .expect("the oversized message was dead-lettered");
+    assert_eq!(dead.delivery.data.len(), oversized.len(), "kept whole");
+    assert_eq!(
+        amqp_header(&dead.delivery.properties, "switchboard-error").as_deref(),
+        Some("payload-too-large")
+    );
+
     // The gateway retries the first webhook: nothing new happens.
     publish(
         &channel,

@@ -531,3 +531,65 @@ pub struct OutboxPage {
     /// Pass as `after` for the next page.
     pub next_after: Option<String>,
 }
+
+/// A canonical event, the body of `POST /v1/inbound/canonical` (and of AMQP messages routed
+/// `canonical`): what a routing platform or gateway reports without a plugin. The fields a
+/// `type` takes are those of its kind; an event that cannot be true (a plugin that is not
+/// configured, a channel the plugin does not carry, an agent of another team) is refused with
+/// a coded 422.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct CanonicalEvent {
+    /// Deduplication: the same id twice changes nothing the second time.
+    pub id: Option<String>,
+    /// Always `canonical`.
+    pub source: String,
+    #[serde(rename = "type")]
+    #[schema(inline)]
+    pub kind: CanonicalType,
+    /// The conversation: `{"plugin": "...", "key": "..."}` (a plugin's thread) or
+    /// `{"id": "c-..."}` (Switchboard's id). Not for `agent-presence`.
+    #[schema(value_type = Option<Object>)]
+    pub conversation: Option<serde_json::Value>,
+    /// `started`, `message`: the channel kind, which must be the plugin's.
+    #[schema(inline)]
+    pub channel: Option<Channel>,
+    /// `started`: `{"id": "...", "name": "..."}`; `message`: the customer of a message that
+    /// may start the conversation.
+    #[schema(value_type = Option<Object>)]
+    pub customer: Option<serde_json::Value>,
+    /// `started`, `updated`: the queue it is routed to.
+    pub queue: Option<String>,
+    /// `started`, `updated`.
+    pub subject: Option<String>,
+    /// `message`, `typing`: `{"kind": "customer"}`, `{"kind": "agent", "id": "a-17"}`,
+    /// `{"kind": "bot", "id": "..."}` or `{"kind": "system"}`.
+    #[schema(value_type = Option<Object>)]
+    pub sender: Option<serde_json::Value>,
+    /// `message`.
+    pub text: Option<String>,
+    /// `accepted`, `agent-left`, `agent-presence`: the agent, of a queue or team of the
+    /// conversation's team.
+    pub agent: Option<String>,
+    /// `agent-presence`: `available`, `busy`, `do-not-disturb`, `away`, `offline`.
+    pub presence: Option<String>,
+}
+
+/// The kinds of canonical events.
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CanonicalType {
+    Started,
+    Message,
+    Accepted,
+    Paused,
+    Resumed,
+    AgentLeft,
+    CustomerLeft,
+    Closed,
+    Typing,
+    Receipt,
+    Sentiment,
+    Updated,
+    AgentPresence,
+}

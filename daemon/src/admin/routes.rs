@@ -879,7 +879,10 @@ pub(super) async fn outbox(
 #[utoipa::path(post, path = "/v1/inbound/{plugin}", tag = "inbound",
     params(("plugin" = String, Path, description = "plugin id, or `canonical`"),
            ("Idempotency-Key" = Option<String>, Header, description = "deduplication key (as the AMQP message_id)", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
-    request_body(content = String, description = "the provider payload, byte for byte", content_type = "*/*"),
+    request_body(description = "the provider payload, byte for byte; for `canonical`, a canonical event", content(
+        (api::CanonicalEvent = "application/json"),
+        (String = "*/*"),
+    )),
     responses((status = 202, description = "durable", body = api::InboundAccepted)))]
 pub(super) async fn inbound(
     State(context): State<Shared>,
@@ -923,8 +926,11 @@ pub(super) async fn inbound(
                 code if code.starts_with("plugin-") && code != "plugin-config" => {
                     StatusCode::BAD_GATEWAY
                 }
+                "payload-too-large" => StatusCode::PAYLOAD_TOO_LARGE,
+                // What cannot be true of the payload, whatever the state.
                 "invalid-payload" | "unauthorized" | "unsupported" | "plugin-config"
-                | "unknown-plugin" => StatusCode::UNPROCESSABLE_ENTITY,
+                | "unknown-plugin" | "channel-mismatch" | "not-in-team" | "unknown-agent"
+                | "unknown-queue" => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::CONFLICT,
             };
             Problem::new(status, &code, detail).into_response()

@@ -57,6 +57,10 @@ impl Step<'_> {
             });
             return;
         }
+        if let Err(refusal) = self.check_source(&event.body) {
+            self.refuse(refusal);
+            return;
+        }
         match self.event_body(event.body) {
             Ok(reply) => {
                 if let Some(key) = dedup_key
@@ -67,6 +71,57 @@ impl Step<'_> {
                 self.accept(reply);
             }
             Err(refusal) => self.refuse(refusal),
+        }
+    }
+
+    /// What cannot be true of an event whatever the state (a canonical event may name
+    /// anything): a thread of a plugin that is not configured, or a channel other than the
+    /// plugin's.
+    fn check_source(&self, body: &EventBody) -> Result<(), Refusal> {
+        let (external, channel) = match body {
+            EventBody::Started {
+                conversation,
+                channel,
+                ..
+            }
+            | EventBody::Message {
+                conversation,
+                channel,
+                ..
+            } => (conversation, Some(*channel)),
+            EventBody::Accepted { conversation, .. }
+            | EventBody::Paused { conversation }
+            | EventBody::Resumed { conversation }
+            | EventBody::AgentLeft { conversation, .. }
+            | EventBody::CustomerLeft { conversation }
+            | EventBody::Closed { conversation }
+            | EventBody::Typing { conversation, .. }
+            | EventBody::Receipt { conversation, .. }
+            | EventBody::Sentiment { conversation, .. }
+            | EventBody::Updated { conversation, .. } => match conversation {
+                ConversationRef::External(external) => (external, None),
+                ConversationRef::Id { .. } => return Ok(()),
+            },
+            EventBody::AgentPresence { .. } => return Ok(()),
+        };
+        let Some(plugin) = self.engine.plugin(external.plugin.as_str()) else {
+            return Err(Refusal::new(
+                Code::UnknownPlugin,
+                format!(
+                    "the thread names plugin {:?}, which is not configured",
+                    external.plugin.as_str()
+                ),
+            ));
+        };
+        match channel {
+            Some(channel) if channel != plugin.channel => Err(Refusal::new(
+                Code::ChannelMismatch,
+                format!(
+                    "plugin {} carries {} conversations, not {channel}",
+                    plugin.id, plugin.channel
+                ),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -184,6 +239,23 @@ impl Step<'_> {
                         .ok_or_else(|| unknown(&conversation))?;
                     (c.state, c.agent.clone(), c.queue.clone())
                 };
+                // An agent of another team would take the conversation out of sight of the
+                // supervisors who may see it.
+                let team = self.engine.queue(&queue).map(|queue| queue.team.clone());
+                if let (Some(team), Some(roster)) = (team, self.engine.state.agents.get(&agent))
+                    && !roster.teams.contains(&team)
+                    && !roster
+                        .queues
+                        .iter()
+                        .any(|own| self.engine.queue(own).is_some_and(|own| own.team == team))
+                {
+                    return Err(Refusal::new(
+                        Code::NotInTeam,
+                        format!(
+                            "agent {agent} has no queue or team in team {team}, whose queue {queue} conversation {id} is in"
+                        ),
+                    ));
+                }
                 match state {
                     ConversationState::Open
                     | ConversationState::Active

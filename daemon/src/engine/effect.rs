@@ -580,6 +580,9 @@ pub enum Code {
     UnknownQueue,
     UnknownConversation,
     IdempotencyKeyReused,
+    UnknownPlugin,
+    ChannelMismatch,
+    NotInTeam,
 }
 
 impl Code {
@@ -607,6 +610,9 @@ impl Code {
             Self::UnknownQueue => "unknown-queue",
             Self::UnknownConversation => "unknown-conversation",
             Self::IdempotencyKeyReused => "idempotency-key-reused",
+            Self::UnknownPlugin => "unknown-plugin",
+            Self::ChannelMismatch => "channel-mismatch",
+            Self::NotInTeam => "not-in-team",
         }
     }
 
@@ -615,7 +621,13 @@ impl Code {
         match self {
             Self::NotFound | Self::UnknownConversation => 404,
             Self::Forbidden => 403,
-            Self::UnknownAgent | Self::UnknownQueue | Self::IdempotencyKeyReused => 422,
+            // What cannot be true of the input itself, whatever the state.
+            Self::UnknownAgent
+            | Self::UnknownQueue
+            | Self::IdempotencyKeyReused
+            | Self::UnknownPlugin
+            | Self::ChannelMismatch
+            | Self::NotInTeam => 422,
             _ => 409,
         }
     }
