@@ -9,7 +9,7 @@ use super::domain::{
 use super::effect::{
     Audience, Author, Change, Code, EndReason, NotificationBody, Refusal, Reply, TimelineEvent,
 };
-use super::input::{ChannelEvent, ConversationRef, EventBody, Sender};
+use super::input::{ChannelEvent, ConversationRef, EventBody, EventConversation, Sender};
 use super::{Step, TimerKind};
 
 /// What a new conversation starts with.
@@ -33,22 +33,12 @@ impl Step<'_> {
         {
             // Said back to the caller: a resent webhook learns it was a duplicate, and of
             // which conversation (while its thread is still known).
-            let conversation = match &event.body {
-                EventBody::Started { conversation, .. }
-                | EventBody::Message { conversation, .. } => {
-                    self.engine.state.live_thread(conversation).map(|c| c.id)
+            let conversation = match event.body.conversation() {
+                Some(EventConversation::Thread(thread)) => {
+                    self.engine.state.live_thread(thread).map(|c| c.id)
                 }
-                EventBody::AgentPresence { .. } => None,
-                EventBody::Accepted { conversation, .. }
-                | EventBody::Paused { conversation }
-                | EventBody::Resumed { conversation }
-                | EventBody::AgentLeft { conversation, .. }
-                | EventBody::CustomerLeft { conversation }
-                | EventBody::Closed { conversation }
-                | EventBody::Typing { conversation, .. }
-                | EventBody::Receipt { conversation, .. }
-                | EventBody::Sentiment { conversation, .. }
-                | EventBody::Updated { conversation, .. } => self.resolve(conversation).ok(),
+                Some(EventConversation::Reference(reference)) => self.resolve(reference).ok(),
+                None => None,
             };
             self.accept(Reply {
                 conversation,
@@ -78,31 +68,12 @@ impl Step<'_> {
     /// anything): a thread of a plugin that is not configured, or a channel other than the
     /// plugin's.
     fn check_source(&self, body: &EventBody) -> Result<(), Refusal> {
-        let (external, channel) = match body {
-            EventBody::Started {
-                conversation,
-                channel,
-                ..
+        let external = match body.conversation() {
+            Some(EventConversation::Thread(thread)) => thread,
+            Some(EventConversation::Reference(ConversationRef::External(thread))) => thread,
+            Some(EventConversation::Reference(ConversationRef::Id { .. })) | None => {
+                return Ok(());
             }
-            | EventBody::Message {
-                conversation,
-                channel,
-                ..
-            } => (conversation, Some(*channel)),
-            EventBody::Accepted { conversation, .. }
-            | EventBody::Paused { conversation }
-            | EventBody::Resumed { conversation }
-            | EventBody::AgentLeft { conversation, .. }
-            | EventBody::CustomerLeft { conversation }
-            | EventBody::Closed { conversation }
-            | EventBody::Typing { conversation, .. }
-            | EventBody::Receipt { conversation, .. }
-            | EventBody::Sentiment { conversation, .. }
-            | EventBody::Updated { conversation, .. } => match conversation {
-                ConversationRef::External(external) => (external, None),
-                ConversationRef::Id { .. } => return Ok(()),
-            },
-            EventBody::AgentPresence { .. } => return Ok(()),
         };
         let Some(plugin) = self.engine.plugin(external.plugin.as_str()) else {
             return Err(Refusal::new(
@@ -113,7 +84,7 @@ impl Step<'_> {
                 ),
             ));
         };
-        match channel {
+        match body.channel() {
             Some(channel) if channel != plugin.channel => Err(Refusal::new(
                 Code::ChannelMismatch,
                 format!(

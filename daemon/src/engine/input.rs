@@ -119,6 +119,47 @@ pub enum EventBody {
     AgentPresence { agent: AgentId, presence: Presence },
 }
 
+/// How an event names its conversation.
+#[derive(Clone, Copy, Debug)]
+pub enum EventConversation<'a> {
+    /// By the plugin's thread: the events that may start a conversation.
+    Thread(&'a ExternalRef),
+    /// By a reference that must resolve to a conversation that exists.
+    Reference(&'a ConversationRef),
+}
+
+impl EventBody {
+    /// The conversation the event is about (`None` for an agent's presence).
+    pub fn conversation(&self) -> Option<EventConversation<'_>> {
+        match self {
+            Self::Started { conversation, .. } | Self::Message { conversation, .. } => {
+                Some(EventConversation::Thread(conversation))
+            }
+            Self::Accepted { conversation, .. }
+            | Self::Paused { conversation }
+            | Self::Resumed { conversation }
+            | Self::AgentLeft { conversation, .. }
+            | Self::CustomerLeft { conversation }
+            | Self::Closed { conversation }
+            | Self::Typing { conversation, .. }
+            | Self::Receipt { conversation, .. }
+            | Self::Sentiment { conversation, .. }
+            | Self::Updated { conversation, .. } => {
+                Some(EventConversation::Reference(conversation))
+            }
+            Self::AgentPresence { .. } => None,
+        }
+    }
+
+    /// The channel kind the event says it is on (`started` and `message` do).
+    pub fn channel(&self) -> Option<ChannelKind> {
+        match self {
+            Self::Started { channel, .. } | Self::Message { channel, .. } => Some(*channel),
+            _ => None,
+        }
+    }
+}
+
 fn inbound() -> Direction {
     Direction::Inbound
 }
