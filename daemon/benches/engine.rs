@@ -94,6 +94,7 @@ fn setup() -> Setup {
             channel: *channel,
             default_queue: queues[0].id.clone(),
             voice_controls: false,
+            media_supervisors: None,
         })
         .collect();
     Setup {
@@ -232,6 +233,7 @@ impl Workload {
                     id: Some(format!("SM{:032x}", self.message_ids).into()),
                     source: self.threads[target].plugin.clone(),
                     body: EventBody::Message {
+                        reply_to: None,
                         conversation: self.threads[target].clone(),
                         channel: self.channels[target],
                         sender: Sender::Customer,

@@ -12,6 +12,7 @@ use std::time::Instant;
 use crate::engine::{
     Audience, ChannelEvent, Command, ConversationId, Engine, Input, Millis, Notification,
     NotificationBody, Outcome, PluginId, Record, Refusal, Reply, SupervisionMode, TimelineEvent,
+    UserId,
 };
 use crate::metrics::Metrics;
 use crate::outbox::OutboxFeed;
@@ -658,5 +659,9 @@ pub fn plugin_policy(
         channel: plugin.description().channel,
         default_queue: default_queue.clone(),
         voice_controls: plugin.voice_controls(),
+        media_supervisors: plugin
+            .description()
+            .media_supervisors
+            .map(|listed| listed.iter().map(|id| UserId::new(id.as_str())).collect()),
     }
 }

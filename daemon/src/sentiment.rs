@@ -42,6 +42,7 @@ mod tests {
             id: None,
             source: "web-chat".into(),
             body: EventBody::Message {
+                reply_to: None,
                 conversation: ExternalRef {
                     plugin: "web-chat".into(),
                     key: "1".into(),

@@ -1706,3 +1706,82 @@ async fn canonical_events_that_cannot_be_true_are_refused() {
         "{problem}"
     );
 }
+
+/// On a call, a supervisor the voice plugin gives no phone (`supervisor_endpoints`) is refused
+/// up front with 409 `no-media-endpoint`, instead of a success that does nothing; one with a
+/// phone is not. A failed receipt's provider reason shows on the timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_needs_a_media_endpoint_and_receipts_keep_their_reason() {
+    let api = api();
+    let gateway = api.ingest();
+    for body in [
+        json!({
+            "id": "endpoint-call", "source": "canonical", "type": "started",
+            "conversation": {"plugin": "voice-ari", "key": "endpoint-call"}, "channel": "voice",
+            "customer": {"id": "+14155550100"}, "queue": "support-voice"
+        }),
+        json!({
+            "id": "endpoint-call-accept", "source": "canonical", "type": "accepted",
+            "conversation": {"plugin": "voice-ari", "key": "endpoint-call"}, "agent": "a-ana"
+        }),
+    ] {
+        let (status, body) = api.post("/v1/inbound/canonical", &gateway, body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    let (_, calls) = api.get("/v1/conversations?channel=voice", &api.sam()).await;
+    let call = calls["conversations"][0]["id"].as_str().unwrap().to_owned();
+    let phoneless = api.token("sup-zoe", &["supervisor"], &["support"]);
+    for action in ["monitor", "barge"] {
+        let (status, problem) = api
+            .post(
+                &format!("/v1/conversations/{call}/{action}"),
+                &phoneless,
+                json!({}),
+            )
+            .await;
+        let expected = if action == "monitor" {
+            "no-media-endpoint"
+        } else {
+            "not-monitoring"
+        };
+        assert_eq!(
+            (status, code(&problem)),
+            (StatusCode::CONFLICT, expected),
+            "{problem}"
+        );
+    }
+    let (status, body) = api
+        .post(
+            &format!("/v1/conversations/{call}/monitor"),
+            &api.sam(),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "sup-sam has a phone: {body}");
+
+    let chat = api
+        .start("receipt-reason", "support-chat", Some("a-ben"))
+        .await;
+    let failed = json!({
+        "id": "receipt-1", "source": "canonical", "type": "receipt",
+        "conversation": {"id": chat}, "message_id": "SM123", "status": "failed",
+        "error": {"code": "30003", "text": "Unreachable destination handset"}
+    });
+    let (status, body) = api.post("/v1/inbound/canonical", &gateway, failed).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (_, detail) = api
+        .get(&format!("/v1/conversations/{chat}"), &api.sam())
+        .await;
+    let receipt = detail["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|line| line["event"] == "receipt")
+        .expect("the receipt is on the timeline");
+    assert_eq!(receipt["details"]["status"], "failed");
+    assert_eq!(receipt["details"]["error"]["code"], "30003");
+    assert_eq!(
+        receipt["details"]["error"]["text"],
+        "Unreachable destination handset"
+    );
+}

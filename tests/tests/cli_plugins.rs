@@ -39,7 +39,7 @@ fn inspect_describes_every_bundled_plugin() {
         let description = cli::inspect(&component(id)).unwrap();
         assert_eq!(description["id"], id);
         assert_eq!(description["channel"], channel);
-        assert_eq!(description["api_version"], "0.1.0");
+        assert_eq!(description["api_version"], switchboard::plugin::API_VERSION);
         let capabilities = description["capabilities"].as_array().unwrap();
         assert_eq!(
             capabilities.iter().any(|c| c == "voice-controls"),

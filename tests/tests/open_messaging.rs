@@ -203,6 +203,7 @@ fn inbound_api_bodies_without_a_type() {
                         conversation,
                         status: ReceiptStatus::Failed,
                         message_id,
+                        error,
                         ..
                     },
                 ..
@@ -210,6 +211,11 @@ fn inbound_api_bodies_without_a_type() {
         ] => {
             assert_eq!(conversation_key(conversation), customer);
             assert_eq!(&**message_id, "gc-msg-7");
+            let error = error.as_ref().expect("the reason is kept");
+            assert_eq!(
+                (&*error.code, &*error.text),
+                ("RecipientOptedOut", "the customer opted out")
+            );
         }
         other => panic!("{other:?}"),
     }

@@ -187,6 +187,20 @@ fn mms_media_and_status_callbacks() {
         ),
         other => panic!("{other:?}"),
     }
+    // An undelivered message keeps Twilio's `ErrorCode` (and `ErrorMessage`, when sent).
+    let undelivered = delivered.replace("delivered", "undelivered")
+        + "&ErrorCode=30003&ErrorMessage=Unreachable+destination+handset";
+    match &plugin.decode(&request(undelivered, None)).unwrap()[0].body {
+        EventBody::Receipt {
+            status: ReceiptStatus::Failed,
+            error: Some(error),
+            ..
+        } => {
+            assert_eq!(&*error.code, "30003");
+            assert_eq!(&*error.text, "Unreachable destination handset");
+        }
+        other => panic!("{other:?}"),
+    }
     let queued = delivered.replace("delivered", "queued");
     assert!(plugin.decode(&request(queued, None)).unwrap().is_empty());
 }

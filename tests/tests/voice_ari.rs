@@ -82,6 +82,15 @@ fn assert_ana_joined_the_call(bodies: &[EventBody]) {
     }
 }
 
+/// Which supervisors have a phone to ring comes from the configuration, after it is read.
+#[test]
+fn supervisors_with_a_media_endpoint_are_declared() {
+    assert_eq!(
+        plugin(SETTINGS).description().media_supervisors,
+        Some(vec!["sup-sam".to_owned()])
+    );
+}
+
 #[test]
 fn the_call_lifecycle() {
     let plugin = plugin(SETTINGS);

@@ -108,6 +108,24 @@ fn batched_entries_messages_and_statuses() {
             _ => None,
         })
         .collect();
+    // A failed status keeps Meta's reason: code and words.
+    let errors: Vec<_> = events
+        .iter()
+        .filter_map(|event| match &event.body {
+            EventBody::Receipt { error, .. } => Some(error.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            None,
+            Some(ProviderError {
+                code: "131047".into(),
+                text: "Re-engagement message: Message failed to send because more than 24 hours have passed since the customer last replied to this number.".into(),
+            })
+        ]
+    );
     assert_eq!(
         receipts,
         vec![
@@ -144,6 +162,20 @@ fn media_interactive_button_and_location_messages() {
         ]
     );
     assert_eq!(text("button.json"), vec!["Stop promotions [unsubscribe]"]);
+    // A button reply names the message it answers (`context.id`).
+    let replies: Vec<Option<String>> = plugin
+        .decode(&signed("interactive.json"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|event| match event.body {
+            EventBody::Message { reply_to, .. } => Some(reply_to.map(String::from)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        replies[0].as_deref(),
+        Some("wamid.HBgLMTQxMjU1NTA4MjkVAgASGBQzQUNCNjk5RDUwNUZGMUZEM0VBRAA=")
+    );
     assert_eq!(
         text("location.json"),
         vec!["[location 37.483307,-122.148403] Main office, 1 Hacker Way, Menlo Park, CA 94025"]

@@ -134,6 +134,7 @@ impl Step<'_> {
                 visibility,
                 sentiment,
                 customer,
+                reply_to,
             } => {
                 // The hot path: one lookup for what the message needs.
                 let live = self
@@ -175,6 +176,7 @@ impl Step<'_> {
                 let event = TimelineEvent::Message {
                     author: author.clone(),
                     text: text.clone(),
+                    reply_to,
                 };
                 self.timeline(&id, visibility, event);
                 if supervised {
@@ -392,12 +394,17 @@ impl Step<'_> {
                 conversation,
                 message_id,
                 status,
+                error,
             } => {
                 let id = self.resolve(&conversation)?;
                 self.timeline(
                     &id,
                     Visibility::Internal,
-                    TimelineEvent::Receipt { message_id, status },
+                    TimelineEvent::Receipt {
+                        message_id,
+                        status,
+                        error,
+                    },
                 );
                 Ok(self.reply_for(&id))
             }

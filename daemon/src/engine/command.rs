@@ -173,6 +173,9 @@ impl Step<'_> {
             .policy(conversation.channel)
             .tell_agent_on_monitor;
         let voice = self.has_voice_controls(conversation);
+        if voice {
+            self.media_endpoint(conversation, &actor.id, "monitor")?;
+        }
         let agent = conversation.agent.clone();
         let channel = Self::channel_audience(conversation);
         self.change(Change::SeatTaken {
@@ -256,6 +259,9 @@ impl Step<'_> {
         if voice && !self.has_voice_controls(conversation) {
             return Err(voice_not_supported(conversation, "whisper"));
         }
+        if voice {
+            self.media_endpoint(conversation, &actor.id, "whisper on")?;
+        }
         let agent = conversation.agent.clone();
         let channel = Self::channel_audience(conversation);
         if mode == SupervisionMode::Monitor {
@@ -311,10 +317,11 @@ impl Step<'_> {
             Some(_) => return Err(already_participating(conversation, &actor.id)),
             None => not_involved(conversation, &actor.id)?,
         }
-        if conversation.channel == super::ChannelKind::Voice
-            && !self.has_voice_controls(conversation)
-        {
-            return Err(voice_not_supported(conversation, "join"));
+        if conversation.channel == super::ChannelKind::Voice {
+            if !self.has_voice_controls(conversation) {
+                return Err(voice_not_supported(conversation, "join"));
+            }
+            self.media_endpoint(conversation, &actor.id, "join")?;
         }
         self.enter_publicly(id, &actor.id, current, target, mode);
         Ok(self.reply_for(id))
@@ -344,10 +351,11 @@ impl Step<'_> {
                 ));
             }
         };
-        if conversation.channel == super::ChannelKind::Voice
-            && !self.has_voice_controls(conversation)
-        {
-            return Err(voice_not_supported(conversation, "barge"));
+        if conversation.channel == super::ChannelKind::Voice {
+            if !self.has_voice_controls(conversation) {
+                return Err(voice_not_supported(conversation, "barge"));
+            }
+            self.media_endpoint(conversation, &actor.id, "barge into")?;
         }
         let holders: Vec<UserId> = conversation
             .seats
@@ -435,6 +443,7 @@ impl Step<'_> {
             TimelineEvent::Message {
                 author: author.clone(),
                 text: text.clone(),
+                reply_to: None,
             },
         );
         let body = NotificationBody::Message {

@@ -10,7 +10,7 @@ use super::domain::{
     AgentId, ChannelKind, ConversationId, ConversationState, Customer, Direction, ExternalRef,
     JoinMode, Millis, PluginId, Presence, QueueId, SupervisionMode, UserId, Visibility,
 };
-use super::input::ReceiptStatus;
+use super::input::{ProviderError, ReceiptStatus};
 
 /// Everything one input caused. Reused across inputs (`clear`) so that the hot path does not
 /// allocate vectors.
@@ -201,6 +201,9 @@ pub enum TimelineEvent {
     Message {
         author: Author,
         text: Arc<str>,
+        /// The provider's id of the message it answers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<Box<str>>,
     },
     Whisper {
         supervisor: UserId,
@@ -262,6 +265,9 @@ pub enum TimelineEvent {
     Receipt {
         message_id: Box<str>,
         status: ReceiptStatus,
+        /// The provider's reason, for a failure.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<ProviderError>,
     },
     SubjectChanged {
         subject: Option<Box<str>>,
@@ -583,6 +589,7 @@ pub enum Code {
     UnknownPlugin,
     ChannelMismatch,
     NotInTeam,
+    NoMediaEndpoint,
 }
 
 impl Code {
@@ -613,6 +620,7 @@ impl Code {
             Self::UnknownPlugin => "unknown-plugin",
             Self::ChannelMismatch => "channel-mismatch",
             Self::NotInTeam => "not-in-team",
+            Self::NoMediaEndpoint => "no-media-endpoint",
         }
     }
 

@@ -69,6 +69,9 @@ pub enum EventBody {
         /// The customer, for a message that starts a conversation.
         #[serde(default)]
         customer: Option<Customer>,
+        /// The provider's id of the message this one answers (a button reply, a quote).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<Box<str>>,
     },
     /// The routing platform connected an agent (ARI `ChannelEnteredBridge` of the agent's leg,
     /// Chatwoot assignee set).
@@ -101,6 +104,9 @@ pub enum EventBody {
         conversation: ConversationRef,
         message_id: Box<str>,
         status: ReceiptStatus,
+        /// Why it failed, as the provider says (a `failed` receipt).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<ProviderError>,
     },
     /// A sentiment score the provider computed for the customer.
     Sentiment {
@@ -117,6 +123,14 @@ pub enum EventBody {
     },
     /// An agent's presence changed on the routing platform.
     AgentPresence { agent: AgentId, presence: Presence },
+}
+
+/// A provider's reason for a failed delivery, in the provider's words (Twilio `ErrorCode`
+/// 30003, WhatsApp 131026): the timeline shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderError {
+    pub code: Box<str>,
+    pub text: Box<str>,
 }
 
 /// How an event names its conversation.

@@ -282,6 +282,32 @@ impl Step<'_> {
             .is_some_and(|plugin| plugin.voice_controls)
     }
 
+    /// Media for `supervisor` on a call needs a media endpoint the plugin knows (the voice-ari
+    /// plugin's `supervisor_endpoints`): without one, listening, coaching or joining could
+    /// only fail later, out of sight, so the configuration alone refuses it up front.
+    fn media_endpoint(
+        &self,
+        conversation: &Conversation,
+        supervisor: &UserId,
+        action: &str,
+    ) -> Result<(), Refusal> {
+        let Some(plugin) = self.engine.plugins.get(&conversation.external.plugin) else {
+            return Ok(());
+        };
+        match &plugin.media_supervisors {
+            Some(listed) if plugin.voice_controls && !listed.contains(supervisor) => {
+                Err(Refusal::new(
+                    Code::NoMediaEndpoint,
+                    format!(
+                        "{supervisor} has no media endpoint on plugin {} (its configuration gives none), so cannot {action} call {}",
+                        plugin.id, conversation.id
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Moves a conversation to `to`, with its timeline entry and the notice to followers.
     fn set_state(&mut self, id: &ConversationId, to: ConversationState) {
         let Some(from) = self.conversation(id).map(|conversation| conversation.state) else {

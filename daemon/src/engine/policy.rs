@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use super::domain::{Agent, ChannelKind, PerChannel, PluginId, Queue, QueueId, Team, TeamId};
+use super::domain::{
+    Agent, ChannelKind, PerChannel, PluginId, Queue, QueueId, Team, TeamId, UserId,
+};
 
 /// How long a conversation in `wrap-up` keeps blocking the agent's capacity (D365's
 /// "block capacity for wrap-up" setting).
@@ -65,6 +67,9 @@ pub struct PluginPolicy {
     pub default_queue: QueueId,
     /// The plugin declared the voice-controls capability (snoop, whisper, barge).
     pub voice_controls: bool,
+    /// With voice controls: the supervisors the plugin's configuration gives a media endpoint
+    /// (a phone to ring); `None`: every supervisor.
+    pub media_supervisors: Option<Vec<UserId>>,
 }
 
 /// Everything the engine is built from. Validated by `config` so that every id it refers to

@@ -19,12 +19,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use wasmtime::Store;
-use wasmtime::component::Component;
 
 pub use bindings::{
     API_VERSION, ChannelNotification, InboundRequest, OutboundRequest, PluginDescription,
 };
-use bindings::{ChannelBindings, ChannelBindingsPre, PluginExports};
+use bindings::{Bindings, BindingsPre, CallResult};
 pub(crate) use runtime::Runtime;
 use sandbox::Sandbox;
 
@@ -238,22 +237,21 @@ impl PluginHost {
     pub fn inspect(&self, file: &Path) -> Result<PluginDescription, LoadError> {
         let bytes = read(file)?;
         let compiled = self.runtime.compile(file, &bytes)?;
-        let pre = pre_instantiate(&self.runtime, file, &compiled.component)?;
+        let pre = pre_instantiate(&self.runtime, file, &compiled)?;
         let mut store = new_store(
             &self.runtime,
             "inspect".into(),
             64 << 20,
             Duration::from_secs(1),
         );
-        let (bindings, optional) = instantiate(&pre, &mut store, file)?;
-        let info = bindings
-            .switchboard_channel_plugin()
-            .call_describe(&mut store)
+        let (instance, optional, _) = instantiate(&pre, &mut store, file, &compiled.api_version)?;
+        let info = instance
+            .describe(&mut store)
             .map_err(|error| LoadError::Instantiate {
                 path: file.to_path_buf(),
                 reason: format!("describe trapped: {error:#}"),
             })?;
-        Ok(bindings::describe(info, &compiled.api_version, optional))
+        Ok(bindings::description(info, &compiled.api_version, optional))
     }
 }
 
@@ -348,18 +346,13 @@ impl Plugin {
     /// One provider payload -> canonical events.
     pub fn decode(&self, request: &InboundRequest) -> Result<Vec<ChannelEvent>, CallError> {
         let current = self.current.load_full();
-        let headers =
-            bindings::declared_headers(request, current.description.request_headers.as_deref());
-        let wit_request = bindings::wit_inbound(request, &headers);
-        let events = current.call(&self.stats, |exports, store| {
-            exports.call_decode(store, wit_request)
+        let wanted = current.description.request_headers.as_deref();
+        let channel = current.description.channel;
+        let events = current.call(&self.stats, |bindings, store| {
+            bindings.decode(store, request, wanted, &self.plugin_id, channel)
         })?;
         self.stats.decodes.fetch_add(1, Ordering::Relaxed);
-        Ok(bindings::events(
-            &self.plugin_id,
-            current.description.channel,
-            events,
-        ))
+        Ok(events)
     }
 
     /// One channel notification -> provider requests (none for a body the channel ignores).
@@ -367,9 +360,9 @@ impl Plugin {
         &self,
         notification: &ChannelNotification,
     ) -> Result<Vec<OutboundRequest>, CallError> {
-        let Some(body) = bindings::notification_body(notification) else {
+        if !bindings::for_channel(notification) {
             return Ok(Vec::new());
-        };
+        }
         let current = self.current.load_full();
         if matches!(
             notification.notification.body,
@@ -379,13 +372,13 @@ impl Plugin {
             // Media controls only go to plugins that declared them.
             return Ok(Vec::new());
         }
-        let ids = bindings::NotificationIds::of(notification);
-        let wit_notification = bindings::notification(notification, &ids, body);
-        let requests = current.call(&self.stats, |exports, store| {
-            exports.call_encode(store, wit_notification)
+        let requests = current.call(&self.stats, |bindings, store| {
+            bindings
+                .encode(store, notification)
+                .unwrap_or_else(|| Ok(Ok(Vec::new())))
         })?;
         self.stats.encodes.fetch_add(1, Ordering::Relaxed);
-        Ok(requests.into_iter().map(OutboundRequest::from).collect())
+        Ok(requests)
     }
 
     /// Whether the plugin exports `voice-controls`.
@@ -401,7 +394,7 @@ struct Loaded {
     from_cache: bool,
     source_hash: String,
     voice: bool,
-    pre: ChannelBindingsPre<Sandbox>,
+    pre: BindingsPre,
     runtime: Arc<Runtime>,
     plugin: Arc<str>,
     memory_limit: usize,
@@ -417,7 +410,7 @@ struct Loaded {
 /// A configured instance, reused across calls until it fails.
 struct Warm {
     store: Store<Sandbox>,
-    bindings: ChannelBindings,
+    bindings: Bindings,
 }
 
 #[derive(Debug, Default)]
@@ -437,7 +430,7 @@ impl Loaded {
         let started = Instant::now();
         let bytes = read(&settings.file)?;
         let compiled = runtime.compile(&settings.file, &bytes)?;
-        let pre = pre_instantiate(runtime, &settings.file, &compiled.component)?;
+        let pre = pre_instantiate(runtime, &settings.file, &compiled)?;
         let plugin: Arc<str> = settings.id.as_str().into();
         // Smoke test: a real instance must describe itself and accept its configuration.
         let mut store = new_store(
@@ -446,15 +439,15 @@ impl Loaded {
             settings.memory_limit,
             settings.time_limit,
         );
-        let (instance, optional) = instantiate(&pre, &mut store, &settings.file)?;
+        let (instance, optional, handle) =
+            instantiate(&pre, &mut store, &settings.file, &compiled.api_version)?;
         let info = instance
-            .switchboard_channel_plugin()
-            .call_describe(&mut store)
+            .describe(&mut store)
             .map_err(|error| LoadError::Instantiate {
                 path: settings.file.clone(),
                 reason: format!("describe trapped: {error:#}"),
             })?;
-        let description = bindings::describe(info, &compiled.api_version, optional);
+        let mut description = bindings::description(info, &compiled.api_version, optional);
         if let Some(expected) = expected_id
             && description.id != expected
         {
@@ -465,12 +458,22 @@ impl Loaded {
             });
         }
         configure(&instance, &mut store, &settings.settings, &settings.id)?;
-        store.data_mut().drain_stderr();
-        stats.instances_created.fetch_add(1, Ordering::Relaxed);
         let voice = description
             .capabilities
             .iter()
             .any(|capability| capability == "voice-controls");
+        if voice {
+            // Which supervisors can listen depends on the configuration: asked after it.
+            description.media_supervisors =
+                media_supervisors(&handle, &mut store, &compiled.api_version).map_err(
+                    |reason| LoadError::Instantiate {
+                        path: settings.file.clone(),
+                        reason,
+                    },
+                )?;
+        }
+        store.data_mut().drain_stderr();
+        stats.instances_created.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             plugin = %settings.id,
             version = %description.version,
@@ -506,10 +509,7 @@ impl Loaded {
     fn call<T>(
         &self,
         stats: &PluginStats,
-        run: impl FnOnce(
-            &PluginExports,
-            &mut Store<Sandbox>,
-        ) -> wasmtime::Result<Result<T, bindings::WitPluginError>>,
+        run: impl FnOnce(&Bindings, &mut Store<Sandbox>) -> CallResult<T>,
     ) -> Result<T, CallError> {
         self.admit(stats)?;
         let mut warm = match self.take_warm() {
@@ -518,7 +518,7 @@ impl Loaded {
         };
         let started = Instant::now();
         warm.store.set_epoch_deadline(ticks(self.time_limit));
-        let outcome = run(warm.bindings.switchboard_channel_plugin(), &mut warm.store);
+        let outcome = run(&warm.bindings, &mut warm.store);
         let elapsed = started.elapsed();
         stats.calls.fetch_add(1, Ordering::Relaxed);
         stats
@@ -531,12 +531,11 @@ impl Loaded {
                 self.give_back(warm, stats);
                 Ok(value)
             }
-            Ok(Err(error)) => {
+            Ok(Err((kind, detail))) => {
                 // A business error: the instance is fine and so is the plugin.
                 self.succeeded();
                 self.give_back(warm, stats);
                 stats.plugin_errors.fetch_add(1, Ordering::Relaxed);
-                let (kind, detail) = bindings::failure(error);
                 Err(CallError::Plugin {
                     plugin: self.plugin.to_string(),
                     version: self.description.version.clone(),
@@ -701,28 +700,26 @@ fn ticks(time_limit: Duration) -> u64 {
 fn pre_instantiate(
     runtime: &Runtime,
     path: &Path,
-    component: &Component,
-) -> Result<ChannelBindingsPre<Sandbox>, LoadError> {
-    let instance_pre =
-        runtime
-            .linker
-            .instantiate_pre(component)
-            .map_err(|error| LoadError::Instantiate {
-                path: path.to_path_buf(),
-                reason: format!("{error:#}"),
-            })?;
-    ChannelBindingsPre::new(instance_pre).map_err(|error| LoadError::Instantiate {
+    compiled: &runtime::Compiled,
+) -> Result<BindingsPre, LoadError> {
+    let failed = |error: wasmtime::Error| LoadError::Instantiate {
         path: path.to_path_buf(),
         reason: format!("{error:#}"),
-    })
+    };
+    let instance_pre = runtime
+        .linker
+        .instantiate_pre(&compiled.component)
+        .map_err(failed)?;
+    BindingsPre::new(&compiled.api_version, instance_pre).map_err(failed)
 }
 
-/// Instantiates and probes the optional interfaces.
+/// Instantiates and probes the optional interfaces (of the plugin's own version).
 fn instantiate(
-    pre: &ChannelBindingsPre<Sandbox>,
+    pre: &BindingsPre,
     store: &mut Store<Sandbox>,
     path: &Path,
-) -> Result<(ChannelBindings, bindings::Optional), LoadError> {
+    api_version: &str,
+) -> Result<(Bindings, bindings::Optional, wasmtime::component::Instance), LoadError> {
     let failed = |reason: String| LoadError::Instantiate {
         path: path.to_path_buf(),
         reason,
@@ -731,11 +728,13 @@ fn instantiate(
         .instance_pre()
         .instantiate(&mut *store)
         .map_err(|error| failed(format!("{error:#}")))?;
-    let bindings = ChannelBindings::new(&mut *store, &instance)
+    let bindings = pre
+        .bind(&mut *store, &instance)
         .map_err(|error| failed(format!("{error:#}")))?;
     let mut optional = bindings::Optional::default();
     if let Some(controls) =
-        probe::<Vec<String>>(&instance, store, "voice-controls", "controls").map_err(failed)?
+        probe::<Vec<String>>(&instance, store, api_version, "voice-controls", "controls")
+            .map_err(failed)?
     {
         optional.capabilities.push("voice-controls".to_owned());
         optional.capabilities.extend(
@@ -745,7 +744,7 @@ fn instantiate(
         );
     }
     if let Some(wanted) =
-        probe::<Option<Vec<String>>>(&instance, store, "request-headers", "wanted")
+        probe::<Option<Vec<String>>>(&instance, store, api_version, "request-headers", "wanted")
             .map_err(failed)?
     {
         optional.capabilities.push("request-headers".to_owned());
@@ -756,20 +755,41 @@ fn instantiate(
                 .collect()
         });
     }
-    Ok((bindings, optional))
+    Ok((bindings, optional, instance))
+}
+
+/// With 0.2's `voice-controls`, the supervisors the configured plugin gives a media endpoint
+/// (`None`: every supervisor, and all of them for a 0.1 plugin, which cannot say).
+fn media_supervisors(
+    instance: &wasmtime::component::Instance,
+    store: &mut Store<Sandbox>,
+    api_version: &str,
+) -> Result<Option<Vec<String>>, String> {
+    if api_version.starts_with("0.1.") {
+        return Ok(None);
+    }
+    Ok(probe::<Option<Vec<String>>>(
+        instance,
+        store,
+        api_version,
+        "voice-controls",
+        "media-supervisors",
+    )?
+    .flatten())
 }
 
 /// Calls `interface.function()` of an optional exported interface, if the plugin exports it.
 fn probe<T>(
     instance: &wasmtime::component::Instance,
     store: &mut Store<Sandbox>,
+    api_version: &str,
     interface: &str,
     function: &str,
 ) -> Result<Option<T>, String>
 where
     T: wasmtime::component::ComponentType + wasmtime::component::Lift + Send + Sync + 'static,
 {
-    let name = format!("switchboard:channel/{interface}@{API_VERSION}");
+    let name = format!("switchboard:channel/{interface}@{api_version}");
     let Some(exported) = instance.get_export_index(&mut *store, None, &name) else {
         return Ok(None);
     };
@@ -784,19 +804,16 @@ where
 }
 
 fn configure(
-    bindings: &ChannelBindings,
+    bindings: &Bindings,
     store: &mut Store<Sandbox>,
     settings: &str,
     plugin: &str,
 ) -> Result<(), LoadError> {
-    match bindings
-        .switchboard_channel_plugin()
-        .call_configure(&mut *store, settings)
-    {
+    match bindings.configure(&mut *store, settings) {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(LoadError::Configure {
+        Ok(Err((_, detail))) => Err(LoadError::Configure {
             plugin: plugin.to_owned(),
-            detail: bindings::failure(error).1,
+            detail,
         }),
         Err(trap) => Err(LoadError::Configure {
             plugin: plugin.to_owned(),

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::LoadError;
-use super::bindings::{API_VERSION, ChannelBindings};
+use super::bindings::{self, SUPPORTED};
 use super::sandbox::Sandbox;
 
 /// How often the epoch advances; a call's time budget is a number of these.
@@ -61,7 +61,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|error| LoadError::Engine(error.to_string()))?;
-        ChannelBindings::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |sandbox| sandbox)
+        bindings::add_to_linker(&mut linker)
             .map_err(|error| LoadError::Engine(error.to_string()))?;
         start_ticker(&engine);
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
@@ -247,7 +247,7 @@ fn api_version(path: &Path, bytes: &[u8]) -> Result<String, LoadError> {
             Some(version) => LoadError::ApiVersion {
                 path: path.to_path_buf(),
                 found: version,
-                supported: API_VERSION.to_owned(),
+                supported: SUPPORTED.join(", "),
             },
             None => LoadError::NotAPlugin {
                 path: path.to_path_buf(),
@@ -255,11 +255,14 @@ fn api_version(path: &Path, bytes: &[u8]) -> Result<String, LoadError> {
             },
         });
     };
-    if !compatible(&version, API_VERSION) {
+    if !SUPPORTED
+        .iter()
+        .any(|supported| compatible(&version, supported))
+    {
         return Err(LoadError::ApiVersion {
             path: path.to_path_buf(),
             found: version,
-            supported: API_VERSION.to_owned(),
+            supported: SUPPORTED.join(", "),
         });
     }
     Ok(version)

@@ -12,8 +12,6 @@ use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
 
-use super::bindings::switchboard::channel::host;
-
 /// Guest stderr kept per instance; an instance past half of it is retired, so a chatty
 /// plugin never sees a failing write (Rust's `eprintln!` would panic on one).
 pub(super) const STDERR_CAPACITY: usize = 1 << 20;
@@ -78,19 +76,46 @@ impl WasiView for Sandbox {
     }
 }
 
-impl host::Host for Sandbox {
-    fn log(&mut self, level: host::Level, message: String) {
+impl Sandbox {
+    /// A plugin's log line, whichever version's `host` interface it came through.
+    fn log_line(&self, level: tracing::Level, message: &str) {
         let plugin = &*self.plugin;
-        let message = truncate(&message);
+        let message = truncate(message);
         match level {
-            host::Level::Trace => tracing::trace!(plugin, "{message}"),
-            host::Level::Debug => tracing::debug!(plugin, "{message}"),
-            host::Level::Info => tracing::info!(plugin, "{message}"),
-            host::Level::Warn => tracing::warn!(plugin, "{message}"),
-            host::Level::Error => tracing::error!(plugin, "{message}"),
+            tracing::Level::TRACE => tracing::trace!(plugin, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(plugin, "{message}"),
+            tracing::Level::INFO => tracing::info!(plugin, "{message}"),
+            tracing::Level::WARN => tracing::warn!(plugin, "{message}"),
+            tracing::Level::ERROR => tracing::error!(plugin, "{message}"),
         }
     }
 }
+
+/// The `host` import of every supported version: the same log.
+macro_rules! host_import {
+    ($version:ident) => {
+        impl super::bindings::$version::switchboard::channel::host::Host for Sandbox {
+            fn log(
+                &mut self,
+                level: super::bindings::$version::switchboard::channel::host::Level,
+                message: String,
+            ) {
+                use super::bindings::$version::switchboard::channel::host::Level;
+                let level = match level {
+                    Level::Trace => tracing::Level::TRACE,
+                    Level::Debug => tracing::Level::DEBUG,
+                    Level::Info => tracing::Level::INFO,
+                    Level::Warn => tracing::Level::WARN,
+                    Level::Error => tracing::Level::ERROR,
+                };
+                self.log_line(level, &message);
+            }
+        }
+    };
+}
+
+host_import!(v0_1);
+host_import!(v0_2);
 
 fn truncate(text: &str) -> &str {
     if text.len() <= MAX_LOG_LINE {
@@ -169,5 +194,6 @@ impl HostMonotonicClock for FrozenClock {
     }
 }
 
-/// The `types` interface has no functions; the binding still wants it implemented.
-impl super::bindings::switchboard::channel::types::Host for Sandbox {}
+/// The `types` interface has no functions; each version's binding still wants it implemented.
+impl super::bindings::v0_1::switchboard::channel::types::Host for Sandbox {}
+impl super::bindings::v0_2::switchboard::channel::types::Host for Sandbox {}

@@ -166,6 +166,17 @@ struct Normalized<'a> {
     events: Vec<ChannelEvent<'a>>,
     #[serde(borrow, default)]
     content: Vec<Content<'a>>,
+    /// A failed receipt's reasons.
+    #[serde(borrow, default)]
+    reasons: Vec<Reason<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Reason<'a> {
+    #[serde(borrow, default)]
+    code: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    message: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -322,6 +333,7 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
                     text,
                     visibility: Visibility::Public,
                     sentiment: None,
+                    reply_to: None,
                 }),
             }])
         }
@@ -349,6 +361,15 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
                     thread,
                     message_id: id,
                     status,
+                    // `reasons` (`ConversationReason`: code and message) say why it failed.
+                    error: message.reasons.first().map(|reason| ProviderError {
+                        code: reason.code.as_deref().unwrap_or_default().to_owned(),
+                        text: reason
+                            .message
+                            .as_deref()
+                            .unwrap_or_else(|| reason.code.as_deref().unwrap_or("failed"))
+                            .to_owned(),
+                    }),
                 }),
             }])
         }

@@ -194,6 +194,8 @@ fn inbound_message(
                 // WhatsApp-over-Twilio senders have a profile name; SMS senders do not.
                 name: form::get(params, "ProfileName").map(str::to_owned),
             }),
+            // A WhatsApp-over-Twilio reply names the message it answers.
+            reply_to: form::get(params, "OriginalRepliedMessageSid").map(str::to_owned),
         }),
     })
 }
@@ -228,6 +230,16 @@ fn status_callback(
             thread: thread::key(number, to),
             message_id: sid.to_owned(),
             status,
+            // `ErrorCode` (30003 unreachable, 21610 unsubscribed) and, when Twilio sends it,
+            // `ErrorMessage`.
+            error: form::get(params, "ErrorCode")
+                .filter(|code| !code.is_empty())
+                .map(|code| ProviderError {
+                    code: code.to_owned(),
+                    text: form::get(params, "ErrorMessage")
+                        .unwrap_or("see Twilio's error dictionary")
+                        .to_owned(),
+                }),
         }),
     }])
 }

@@ -101,6 +101,16 @@ impl VoiceControls for VoiceAri {
             .map(str::to_owned)
             .to_vec()
     }
+
+    /// Only the supervisors `supervisor_endpoints` names have a phone to ring.
+    fn media_supervisors() -> Option<Vec<String>> {
+        Some(
+            CONFIG
+                .get()
+                .map(|config| config.supervisor_endpoints.keys().cloned().collect())
+                .unwrap_or_default(),
+        )
+    }
 }
 
 /// An ARI event carries everything `decode` needs in its body: no request header is read.
@@ -345,6 +355,7 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
                     visibility: Visibility::Internal,
                     sentiment: None,
                     customer: None,
+                    reply_to: None,
                 }),
             )
         }

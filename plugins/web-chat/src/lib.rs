@@ -440,6 +440,12 @@ fn message_created(
                 Visibility::Public
             },
             sentiment: None,
+            // Chatwoot's reply-to: `content_attributes.in_reply_to` (the message id it quotes).
+            reply_to: payload
+                .get("content_attributes")
+                .and_then(|attributes| attributes.get("in_reply_to"))
+                .filter(|id| !id.is_null())
+                .map(scalar),
         }),
     }])
 }

@@ -177,6 +177,9 @@ struct WaMessage<'a> {
     location: Option<Location<'a>>,
     #[serde(borrow, default)]
     reaction: Option<Reaction<'a>>,
+    /// The message this one answers (a button reply, a quoted reply).
+    #[serde(borrow, default)]
+    context: Option<Context<'a>>,
     /// Contact cards the customer shared.
     #[serde(borrow, default)]
     contacts: Vec<SharedContact<'a>>,
@@ -185,6 +188,12 @@ struct WaMessage<'a> {
     errors: Vec<WaError<'a>>,
     #[serde(borrow, default)]
     system: Option<System<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Context<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +222,39 @@ struct WaError<'a> {
     code: Option<i64>,
     #[serde(borrow, default)]
     title: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    message: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    error_data: Option<ErrorData<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ErrorData<'a> {
+    #[serde(borrow, default)]
+    details: Option<Cow<'a, str>>,
+}
+
+impl WaError<'_> {
+    /// Meta's code and its words: the title, and the details when they add to it.
+    fn provider_error(&self) -> ProviderError {
+        let title = self
+            .title
+            .as_deref()
+            .or(self.message.as_deref())
+            .unwrap_or("failed");
+        let text = match self
+            .error_data
+            .as_ref()
+            .and_then(|data| data.details.as_deref())
+        {
+            Some(details) if details != title => format!("{title}: {details}"),
+            _ => title.to_owned(),
+        };
+        ProviderError {
+            code: self.code.map_or_else(String::new, |code| code.to_string()),
+            text,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -287,6 +329,9 @@ struct Status<'a> {
     status: Cow<'a, str>,
     #[serde(borrow)]
     recipient_id: Cow<'a, str>,
+    /// Why a message failed (131047 outside the service window, 131026 undeliverable).
+    #[serde(borrow, default)]
+    errors: Vec<WaError<'a>>,
 }
 
 /// A webhook -> events: every message and status of every change of every entry (Meta
@@ -363,6 +408,11 @@ fn message_event(number: &str, message: &WaMessage<'_>, name: Option<&str>) -> O
                 id: message.from.to_string(),
                 name: name.map(str::to_owned),
             }),
+            reply_to: message
+                .context
+                .as_ref()
+                .and_then(|context| context.id.as_deref())
+                .map(str::to_owned),
         }),
     })
 }
@@ -506,6 +556,7 @@ fn status_event(number: &str, status: &Status<'_>) -> Result<Option<Event>, Plug
             thread: thread::key(number, &status.recipient_id),
             message_id: status.id.to_string(),
             status: receipt_status,
+            error: status.errors.first().map(WaError::provider_error),
         }),
     }))
 }

@@ -31,6 +31,7 @@ pub(crate) fn demo_setup() -> Setup {
         channel,
         default_queue: queue.into(),
         voice_controls,
+        media_supervisors: None,
     };
     use Presence::*;
     Setup {

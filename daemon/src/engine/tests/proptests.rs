@@ -171,6 +171,7 @@ fn run(h: &mut Harness, step: Step) {
                 id: id.map(|id| format!("m{id}").into()),
                 source: PLUGINS[plugin].into(),
                 body: EventBody::Message {
+                    reply_to: None,
                     conversation: thread(plugin, key),
                     channel: channel_of(PLUGINS[plugin]),
                     sender: Sender::Customer,
@@ -399,6 +400,7 @@ fn records_round_trip_through_json() {
         id: Some("wamid.1".into()),
         source: "whatsapp-cloud".into(),
         body: EventBody::Message {
+            reply_to: None,
             conversation: thread,
             channel: ChannelKind::Whatsapp,
             sender: Sender::Customer,

@@ -76,6 +76,7 @@ fn customer_says(h: &mut Harness, id: &ConversationId, words: &str, score: Optio
     h.event(
         &thread.plugin.to_string(),
         EventBody::Message {
+            reply_to: None,
             conversation: thread,
             channel,
             sender: Sender::Customer,
@@ -411,6 +412,35 @@ fn barge_only_from_monitoring_and_only_one_at_a_time() {
     h.command(&third, join(&id, JoinMode::Internal)).ok();
     h.command(&third, barge(&id)).refused(Code::NotMonitoring);
     h.assert_invariants();
+}
+
+// Rule: on a call, a supervisor whom the plugin's configuration gives no media endpoint (a
+// phone to ring) cannot monitor, whisper, join or barge: refused up front instead of
+// answered with success while nothing can happen. Source: Genesys and Amazon Connect refuse
+// monitoring to a supervisor without a station.
+#[test]
+fn voice_media_needs_the_supervisors_endpoint() {
+    let mut setup = demo_setup();
+    for plugin in &mut setup.plugins {
+        if plugin.voice_controls {
+            plugin.media_supervisors = Some(vec![UserId::new("sup-1")]);
+        }
+    }
+    let mut h = Harness::with(setup);
+    let call = h.active("voice-ari", "a-2");
+    let without = supervisor("sup-2", &["support"]);
+    let before = h.records.len();
+    h.command(&without, monitor(&call))
+        .refused(Code::NoMediaEndpoint);
+    h.command(&without, barge(&call))
+        .refused(Code::NotMonitoring);
+    assert_eq!(h.records.len(), before, "a refusal changes nothing");
+    let with = supervisor("sup-1", &["support"]);
+    h.command(&with, monitor(&call)).ok();
+    h.command(&with, whisper(&call, "psst")).ok();
+    // Chat needs no media endpoint.
+    let chat = h.active("web-chat", "a-1");
+    h.command(&without, monitor(&chat)).ok();
 }
 
 // Rule: whisper and barge on voice only if the conversation's plugin declares the voice
@@ -825,6 +855,7 @@ fn sms_and_whatsapp_end_by_inactivity_on_a_tick() {
     let again = h.event(
         "sms-twilio",
         EventBody::Message {
+            reply_to: None,
             conversation: sms_thread,
             channel: ChannelKind::Sms,
             sender: Sender::Customer,
@@ -861,6 +892,7 @@ fn duplicates_change_nothing_and_idempotent_commands_replay() {
         id: Some("wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBJDQjZCMzlEQUE4OTJBMTE4RTUA".into()),
         source: "whatsapp-cloud".into(),
         body: EventBody::Message {
+            reply_to: None,
             conversation: thread,
             channel: ChannelKind::Whatsapp,
             sender: Sender::Customer,

@@ -1,4 +1,4 @@
-//! A test plugin built against `switchboard:channel@0.2.0`: a well-formed plugin of an API
+//! A test plugin built against `switchboard:channel@9.0.0`: a well-formed plugin of an API
 //! version the host does not support. Loading it must fail before instantiation, with a
 //! message naming both versions.
 
@@ -22,7 +22,7 @@ impl Guest for FromTheFuture {
             id: "hostile-wrong-version".to_owned(),
             version: "0.1.0".to_owned(),
             channel: ChannelKind::Web,
-            description: "built against switchboard:channel@0.2.0".to_owned(),
+            description: "built against switchboard:channel@9.0.0".to_owned(),
         }
     }
 

@@ -1,13 +1,14 @@
-//! A test plugin built with plain wit-bindgen against the `baseline` world: it exports only
-//! the `plugin` interface, like a plugin built before `request-headers` existed. The host must
-//! still load it and pass it every request header; `decode` echoes the header names it was
-//! given as the text of one message, so a test can see them.
+//! A test plugin built with plain wit-bindgen against the 0.1.0 package (`plugin-sdk/wit-0.1`)
+//! and its `baseline` world: it exports only the `plugin` interface, like a plugin built before
+//! `request-headers` and 0.2.0 existed. The host must still load it through its 0.1 bindings
+//! and pass it every request header; `decode` echoes the header names it was given as the text
+//! of one message, so a test can see them.
 
 // wit-bindgen's export glue (expanded here, not in the SDK) is unsafe FFI by nature.
 #![allow(unsafe_code)]
 
 wit_bindgen::generate!({
-    path: "../../../plugin-sdk/wit",
+    path: "../../../plugin-sdk/wit-0.1",
     world: "baseline",
 });
 
