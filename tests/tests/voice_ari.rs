@@ -82,6 +82,76 @@ fn assert_ana_joined_the_call(bodies: &[EventBody]) {
     }
 }
 
+/// A call the business places is outbound, and its customer is the number called: the
+/// application says so as it originates (`direction=outbound`, `customer=`), or the caller is
+/// one of `business_numbers` (then the connected line is the customer).
+#[test]
+fn originated_calls_are_outbound_to_the_number_called() {
+    let plugin = plugin(&format!(
+        "{SETTINGS}business_numbers = [\"+15005550006\"]\n"
+    ));
+    let started = |args: &str, connected: &str| {
+        let body = String::from_utf8(fixture("ari", "stasis-start.json"))
+            .unwrap()
+            .replace(
+                r#""args":["queue=support-voice"]"#,
+                &format!(r#""args":[{args}]"#),
+            )
+            .replace(
+                r#""caller":{"name":"Ada Lovelace","number":"+14155551234"}"#,
+                r#""caller":{"name":"Acme","number":"+15005550006"}"#,
+            )
+            .replace(r#""connected":{"name":"","number":""}"#, connected);
+        let mut request = event("stasis-start.json");
+        request.body = body.into_bytes();
+        match &plugin
+            .decode(&request)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.body)
+            .collect::<Vec<_>>()[..]
+        {
+            [
+                EventBody::Started {
+                    direction,
+                    customer,
+                    ..
+                },
+            ] => (*direction, customer.id.to_string()),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        started(
+            r#""direction=outbound","customer=+14155550123""#,
+            r#""connected":{"name":"","number":""}"#
+        ),
+        (Direction::Outbound, "+14155550123".to_owned())
+    );
+    assert_eq!(
+        started(
+            r#""queue=support-voice""#,
+            r#""connected":{"name":"Grace","number":"+14155550777"}"#
+        ),
+        (Direction::Outbound, "+14155550777".to_owned()),
+        "the caller is a business number"
+    );
+    // The customer's own call stays inbound, from the caller.
+    match &bodies(&plugin, "stasis-start.json")[..] {
+        [
+            EventBody::Started {
+                direction,
+                customer,
+                ..
+            },
+        ] => {
+            assert_eq!(*direction, Direction::Inbound);
+            assert_eq!(customer.id.as_ref(), "+14155551234");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Which supervisors have a phone to ring comes from the configuration, after it is read.
 #[test]
 fn supervisors_with_a_media_endpoint_are_declared() {

@@ -40,8 +40,21 @@ const OUTBOX: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("outbox");
 const TIMELINE: TableDefinition<'_, (u128, u64, u32), &[u8]> = TableDefinition::new("timeline");
 /// (public, silent, index) position -> the live stream's event, the newest [`STREAM_WINDOW`].
 const STREAM: TableDefinition<'_, (u64, u32, u32), &[u8]> = TableDefinition::new("stream");
+/// `format` -> the store format this directory is written in ([`STORE_FORMAT`]).
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// 0 -> the position of the newest stream event let go of (resuming from before it is a gap).
 const STREAM_FLOOR: TableDefinition<'_, u8, (u64, u32, u32)> = TableDefinition::new("stream_floor");
+
+/// The store format this version writes, and the newest it reads. A store has a format so
+/// that an upgrade reads what the version before wrote (each step up is a migration, run on
+/// open, once) and a downgrade refuses what it cannot read instead of misreading it.
+///
+/// - 1: stores written before the format was recorded (no `meta` table).
+/// - 2: records carry their position (ids no longer derive from the log position; format 1's
+///   records stand at theirs, read as is); the live stream's window (`stream`,
+///   `stream_floor`); thread keys name the business endpoint (format 1's keys stay valid for
+///   the conversations that have them).
+pub const STORE_FORMAT: u64 = 2;
 
 /// The latest snapshot, beside the database.
 pub(super) const SNAPSHOT_FILE: &str = "snapshot.json";
@@ -133,11 +146,22 @@ impl RedbStore {
         std::fs::create_dir_all(dir).map_err(|error| failed(error.to_string()))?;
         let database = Database::create(dir.join("switchboard.redb"))
             .map_err(|error| failed(error.to_string()))?;
+        let found = stored_format(&database).map_err(|error| failed(error.to_string()))?;
+        if let Some(format) = found
+            && format > STORE_FORMAT
+        {
+            return Err(failed(format!(
+                "the store is in format {format}, written by a newer Switchboard; this version reads formats up to {STORE_FORMAT}: upgrade Switchboard or restore a backup of the data directory"
+            )));
+        }
         // Create the tables up front so that readers never meet a missing table.
         let transaction = database
             .begin_write()
             .map_err(|error| failed(error.to_string()))?;
         {
+            transaction
+                .open_table(META)
+                .map_err(|error| failed(error.to_string()))?;
             transaction
                 .open_table(LOG)
                 .map_err(|error| failed(error.to_string()))?;
@@ -161,6 +185,7 @@ impl RedbStore {
             .commit()
             .map_err(|error| failed(error.to_string()))?;
         let next_segment = replay_journal(&database, dir)?;
+        migrate(&database, dir, found)?;
         let journal = Journal::create(dir, next_segment)?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -204,6 +229,66 @@ impl Drop for RedbStore {
 
 /// Applies the segments in `dir` to redb in one durable commit and deletes them; returns the
 /// number for the next segment.
+/// The format a store is in: `None` for a new store, 1 for one written before formats were
+/// recorded (it has a `log` table and no `meta`).
+fn stored_format(database: &Database) -> Result<Option<u64>, redb::Error> {
+    let transaction = database.begin_read()?;
+    match transaction.open_table(META) {
+        Ok(meta) => {
+            if let Some(format) = meta.get("format")? {
+                return Ok(Some(format.value()));
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(error) => return Err(error.into()),
+    }
+    Ok(match transaction.open_table(LOG) {
+        Ok(_) => Some(1),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(error) => return Err(error.into()),
+    })
+}
+
+/// Brings a store of an earlier format to [`STORE_FORMAT`], one step at a time, and records it.
+///
+/// 1 -> 2 transforms nothing (format 1's records read as records at their log position, its
+/// keys as keys without an endpoint, and the stream tables start empty): it reads every record
+/// and the snapshot once, so that a store this version cannot read is refused here, with the
+/// entry named, rather than half-applied later.
+fn migrate(database: &Database, dir: &Path, found: Option<u64>) -> Result<(), StoreError> {
+    let from = found.unwrap_or(STORE_FORMAT);
+    if from < 2 {
+        let transaction = database.begin_read().map_err(read_error)?;
+        let log = transaction.open_table(LOG).map_err(read_error)?;
+        let mut records = 0usize;
+        for row in log.iter().map_err(read_error)? {
+            let (_, bytes) = row.map_err(read_error)?;
+            decode::<Record>(bytes.value(), "log record of format 1")?;
+            records += 1;
+        }
+        let snapshot = dir.join(SNAPSHOT_FILE);
+        if snapshot.exists() {
+            let bytes = std::fs::read(&snapshot).map_err(read_error)?;
+            decode::<Snapshot>(&bytes, "snapshot of format 1")?;
+        }
+        tracing::info!(
+            from,
+            to = STORE_FORMAT,
+            records,
+            "migrated the store's format"
+        );
+    }
+    if found != Some(STORE_FORMAT) {
+        let transaction = database.begin_write().map_err(write_error)?;
+        {
+            let mut meta = transaction.open_table(META).map_err(write_error)?;
+            meta.insert("format", STORE_FORMAT).map_err(write_error)?;
+        }
+        transaction.commit().map_err(write_error)?;
+    }
+    Ok(())
+}
+
 fn replay_journal(database: &Database, dir: &Path) -> Result<u64, StoreError> {
     let segments = journal::segments(dir)?;
     let Some(&newest) = segments.last() else {

@@ -12,7 +12,7 @@ mod journal;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::embedded::RedbStore;
+pub use self::embedded::{RedbStore, STORE_FORMAT};
 use crate::engine::{ConversationId, Millis, NotificationId, Record, Snapshot, TimelineEntry};
 use crate::stream::{STREAM_WINDOW, StoredEvent, StoredWindow};
 

@@ -47,6 +47,10 @@ pub struct Config {
     /// Switchboard supervisor id -> the endpoint to ring for listening, coaching and joining.
     #[serde(default)]
     pub supervisor_endpoints: BTreeMap<String, String>,
+    /// The business's own numbers: a channel entering the application with one of them as its
+    /// caller is a call the business places (outbound), whose customer is the number called.
+    #[serde(default)]
+    pub business_numbers: Vec<String>,
     /// Record DTMF digits on the timeline. Off by default: callers type card numbers into
     /// IVRs, and a supervision timeline must not keep them.
     #[serde(default)]
@@ -243,25 +247,66 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
             if leg.agent(config).is_some() || args.iter().any(|arg| arg.starts_with("role=")) {
                 return Ok(Vec::new());
             }
-            let queue = args
-                .iter()
-                .find_map(|arg| arg.strip_prefix("queue="))
-                .map(str::to_owned);
-            let number = leg.caller_number.unwrap_or(leg.id);
+            let arg = |name: &str| {
+                args.iter()
+                    .find_map(|arg| arg.strip_prefix(name)?.strip_prefix('='))
+                    .filter(|value| !value.is_empty())
+            };
+            let queue = arg("queue").map(str::to_owned);
+            // A call the business places: the application says so (`direction=outbound`, as
+            // it originates the channel), or the caller is one of the business's numbers.
+            let outbound = arg("direction") == Some("outbound")
+                || leg
+                    .caller_number
+                    .is_some_and(|number| config.business_numbers.iter().any(|own| own == number));
+            let dialplan = event
+                .get("channel")
+                .and_then(|channel| channel.get("dialplan"));
+            let exten = dialplan
+                .and_then(|plan| plan.get("exten"))
+                .and_then(Value::as_str)
+                .filter(|exten| !exten.is_empty() && *exten != "s");
+            let (direction, customer_number, customer_name, subject) = if outbound {
+                // The customer is the number called: the application's `customer=` argument,
+                // else the channel's connected line, else the extension dialled.
+                let connected = event
+                    .get("channel")
+                    .and_then(|channel| channel.get("connected"));
+                let connected_number = connected
+                    .and_then(|party| party.get("number"))
+                    .and_then(Value::as_str)
+                    .filter(|number| !number.is_empty());
+                let called = arg("customer")
+                    .or(connected_number)
+                    .or(exten)
+                    .unwrap_or(leg.id);
+                (
+                    Direction::Outbound,
+                    called,
+                    connected
+                        .and_then(|party| party.get("name"))
+                        .and_then(Value::as_str)
+                        .filter(|name| !name.is_empty())
+                        .map(str::to_owned),
+                    Some(format!("Call to {called}")),
+                )
+            } else {
+                (
+                    Direction::Inbound,
+                    leg.caller_number.unwrap_or(leg.id),
+                    leg.caller_name.map(str::to_owned),
+                    exten.map(|exten| format!("Call to {exten}")),
+                )
+            };
             one(
                 id(leg.id),
                 EventBody::Started(Started {
                     thread: leg.id.to_owned(),
-                    direction: Direction::Inbound,
-                    subject: event
-                        .get("channel")
-                        .and_then(|channel| channel.get("dialplan"))
-                        .and_then(|plan| plan.get("exten"))
-                        .and_then(Value::as_str)
-                        .map(|exten| format!("Call to {exten}")),
+                    direction,
+                    subject,
                     customer: Customer {
-                        id: number.to_owned(),
-                        name: leg.caller_name.map(str::to_owned),
+                        id: customer_number.to_owned(),
+                        name: customer_name,
                     },
                     queue,
                 }),
