@@ -289,6 +289,18 @@ fn migrate(database: &Database, dir: &Path, found: Option<u64>) -> Result<(), St
     Ok(())
 }
 
+/// Writes `format` as the store's format (tests: a store from a newer version).
+#[cfg(test)]
+pub(super) fn write_format(dir: &Path, format: u64) -> Result<(), StoreError> {
+    let database = Database::create(dir.join("switchboard.redb")).map_err(write_error)?;
+    let transaction = database.begin_write().map_err(write_error)?;
+    {
+        let mut meta = transaction.open_table(META).map_err(write_error)?;
+        meta.insert("format", format).map_err(write_error)?;
+    }
+    transaction.commit().map_err(write_error)
+}
+
 fn replay_journal(database: &Database, dir: &Path) -> Result<u64, StoreError> {
     let segments = journal::segments(dir)?;
     let Some(&newest) = segments.last() else {

@@ -742,3 +742,21 @@ proptest::proptest! {
         std::fs::remove_dir_all(&dir).ok();
     }
 }
+
+#[test]
+fn a_store_of_a_newer_format_is_refused_with_a_clear_message() {
+    let dir = temp_dir("store-newer-format");
+    drop(RedbStore::open(&dir).unwrap());
+    embedded::write_format(&dir, STORE_FORMAT + 1).unwrap();
+    let refused = RedbStore::open(&dir).unwrap_err().to_string();
+    assert!(
+        refused.contains(&format!("format {}", STORE_FORMAT + 1)),
+        "{refused}"
+    );
+    assert!(refused.contains("newer Switchboard"), "{refused}");
+    // Its own format opens, again and again.
+    embedded::write_format(&dir, STORE_FORMAT).unwrap();
+    drop(RedbStore::open(&dir).unwrap());
+    drop(RedbStore::open(&dir).unwrap());
+    let _ = std::fs::remove_dir_all(dir);
+}
