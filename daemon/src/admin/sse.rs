@@ -1,9 +1,10 @@
 //! `GET /v1/stream`: the live stream as Server-Sent Events. Each subscriber gets the events of
-//! the [`crate::stream::StreamHub`] it may see (decided there), with `id: seq.index` so that a
-//! reconnect with `Last-Event-ID` resumes from the hub's window without gaps; when the window
-//! no longer reaches back that far, a `gap` event says so (reload, then follow). Heartbeats
-//! (SSE comments) keep proxies from closing an idle stream. A subscriber too slow to keep up
-//! is disconnected and resumes by reconnecting.
+//! the [`crate::stream::StreamHub`] it may see (decided there), with opaque ids
+//! (`public.silent.index`) so that a reconnect with `Last-Event-ID` resumes from the hub's
+//! window without gaps; when the window no longer reaches back that far, a `gap` event says so
+//! (reload, then follow). The stream ends when the token that opened it expires, after a
+//! `reauthenticate` event. Heartbeats (SSE comments) keep proxies from closing an idle stream.
+//! A subscriber too slow to keep up is disconnected and resumes by reconnecting.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -59,7 +60,7 @@ fn event(event: &StreamEvent, view: StreamPayload) -> Event {
 /// Live changes to the conversations the caller may see, and the messages of those it monitors
 /// or has joined (agents: their conversations and the whispers addressed to them).
 #[utoipa::path(get, path = "/v1/stream", tag = "stream",
-    params(("Last-Event-ID" = Option<String>, Header, description = "resume after this event id (`seq.index`)")),
+    params(("Last-Event-ID" = Option<String>, Header, description = "resume after this event id (an opaque string from an earlier event)")),
     responses((status = 200, description = "Server-Sent Events: `conversation` (a summary after a change), `timeline` (one timeline entry), `gap` (events were missed: reload), `reauthenticate` (the token expired; the stream ends: reconnect with a fresh token and `Last-Event-ID`)", content_type = "text/event-stream", body = String)))]
 pub(super) async fn stream(
     State(context): State<Shared>,
