@@ -20,7 +20,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
             .map(|Query(pairs)| Self(pairs))
-            .map_err(|_| invalid("the query string", "is not URL-encoded text"))
+            .map_err(|_| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid-query",
+                    "the query string is not URL-encoded text",
+                )
+            })
     }
 }
 
