@@ -70,6 +70,7 @@ pub fn build(config: &Config) -> anyhow::Result<Service> {
         policies.push(plugin_policy(&plugin, &configured.default_queue));
         plugins.push(Arc::new(plugin));
     }
+    crate::sentiment::prepare();
     let recovery = store.recover().context("reading the store")?;
     tracing::info!(
         snapshot = recovery
