@@ -71,25 +71,29 @@ pub fn build(config: &Config) -> anyhow::Result<Service> {
         plugins.push(Arc::new(plugin));
     }
     crate::sentiment::prepare();
+    let started = std::time::Instant::now();
     let recovery = store.recover().context("reading the store")?;
-    tracing::info!(
-        snapshot = recovery
-            .snapshot
-            .as_ref()
-            .map_or(0, |snapshot| snapshot.last_seq),
-        records = recovery.records.len(),
-        "restoring the engine"
-    );
+    let read = started.elapsed();
+    let snapshot_seq = recovery
+        .snapshot
+        .as_ref()
+        .map_or(0, |snapshot| snapshot.last_seq);
+    let records = recovery.records.len();
+    let window = recovery.window;
     let engine = Engine::restore(
         config.engine_setup(policies),
         recovery.snapshot,
         &recovery.records,
     );
+    tracing::info!(
+        snapshot = snapshot_seq,
+        records,
+        read_millis = read.as_millis() as u64,
+        replay_millis = (started.elapsed() - read).as_millis() as u64,
+        "restored the engine"
+    );
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(StreamHub::new(STREAM_WINDOW, engine.state().position()));
-    let window = store
-        .stream_window()
-        .context("reading the live stream's window")?;
     let mut pipeline = Pipeline::new(engine, plugins.clone(), store.clone())
         .with_observers(hub.clone(), metrics.clone())
         .with_payload_limit(config.server.body_limit);

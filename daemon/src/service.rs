@@ -308,7 +308,7 @@ impl Service {
     /// reported but does not make the daemon unready: the other channels keep working, and
     /// taking the whole sidecar out of service would not heal the plugin.
     pub fn readiness(&self) -> Readiness {
-        let store = match self.store.outbox_after(None, 1) {
+        let store = match self.store.probe() {
             _ if self.fatal.is_cancelled() => ComponentStatus {
                 status: "down",
                 detail: Some("a commit failed; the daemon is stopping".to_owned()),

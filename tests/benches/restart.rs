@@ -10,6 +10,7 @@
 //! cargo build --release -p switchboard
 //! cargo bench -p switchboard-tests --bench restart              # 100 000 conversations
 //! RESTART_CONVERSATIONS=20000 cargo bench -p switchboard-tests --bench restart
+//! RESTART_LOG=info cargo bench -p switchboard-tests --bench restart   # with the phases
 //! ```
 //!
 //! One JSON line: the seeding figures, the store's size on disk, and `restart_ms`.
@@ -50,12 +51,18 @@ fn main() {
 
     // A first run creates the store and fills the compile cache under it, as a daemon that
     // restarts finds them.
+    // `RESTART_LOG=info` shows the daemon's log: the journal, read and replay phases.
+    let log = std::env::var("RESTART_LOG").ok();
     let serve = || {
         Command::new(switchboard_binary())
             .args(["serve", "--config"])
             .arg(&config_file)
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::null())
+            .env("RUST_LOG", log.as_deref().unwrap_or("warn"))
+            .stderr(if log.is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .unwrap()
     };

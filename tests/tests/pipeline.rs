@@ -243,11 +243,11 @@ impl Store for FailingStore {
     fn outbox_len(&self) -> Result<u64, StoreError> {
         self.0.outbox_len()
     }
+    fn probe(&self) -> Result<(), StoreError> {
+        self.0.probe()
+    }
     fn outbox_newest_id(&self) -> Result<Option<String>, StoreError> {
         self.0.outbox_newest_id()
-    }
-    fn stream_window(&self) -> Result<switchboard::stream::StoredWindow, StoreError> {
-        self.0.stream_window()
     }
 
     fn timeline(

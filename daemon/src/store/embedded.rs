@@ -184,9 +184,36 @@ impl RedbStore {
         transaction
             .commit()
             .map_err(|error| failed(error.to_string()))?;
-        let next_segment = replay_journal(&database, dir)?;
+        let unfolded = read_journal(dir)?;
+        // A store already in this format serves at once: the journal's commits wait in memory
+        // as if just made and the indexer folds them in the background (a restart after
+        // `kill -9` under load would otherwise first spend seconds writing them into redb).
+        // Their segments go once that fold is durable. A store of an earlier format applies
+        // them first, so that the migration sees everything.
+        let (pending, retired) = if found == Some(STORE_FORMAT) {
+            (unfolded.batches, unfolded.segments)
+        } else {
+            if !unfolded.batches.is_empty() {
+                apply(&database, &unfolded.batches, Durability::Immediate)?;
+            }
+            for &segment in &unfolded.segments {
+                journal::remove_segment(dir, segment)?;
+            }
+            (Vec::new(), Vec::new())
+        };
+        if !pending.is_empty() {
+            tracing::info!(
+                segments = retired.len(),
+                commits = pending.len(),
+                "the journal holds commits the store had not folded (the daemon had stopped without folding them): folding them in the background"
+            );
+        }
         migrate(&database, dir, found)?;
-        let journal = Journal::create(dir, next_segment)?;
+        let journal = Journal::create(dir, unfolded.next_segment)?;
+        // Not counted towards waking the indexer early: its first fold comes after
+        // `FOLD_INTERVAL`, and the daemon's recovery (which holds folds off while it reads)
+        // starts well before that instead of waiting for seconds of folding.
+        let pending_records = 0;
         Ok(Self {
             shared: Arc::new(Shared {
                 database,
@@ -194,12 +221,15 @@ impl RedbStore {
                 snapshot_written: Mutex::new(0),
                 tail: Mutex::new(Tail {
                     journal,
-                    pending: Vec::new(),
-                    pending_records: 0,
+                    pending,
+                    pending_records,
                     stopping: false,
                 }),
                 wake: Condvar::new(),
-                folding: Mutex::new(Folding::default()),
+                folding: Mutex::new(Folding {
+                    retired,
+                    unpersisted: false,
+                }),
             }),
             indexer: None,
         })
@@ -227,8 +257,6 @@ impl Drop for RedbStore {
     }
 }
 
-/// Applies the segments in `dir` to redb in one durable commit and deletes them; returns the
-/// number for the next segment.
 /// The format a store is in: `None` for a new store, 1 for one written before formats were
 /// recorded (it has a `log` table and no `meta`).
 fn stored_format(database: &Database) -> Result<Option<u64>, redb::Error> {
@@ -301,10 +329,23 @@ pub(super) fn write_format(dir: &Path, format: u64) -> Result<(), StoreError> {
     transaction.commit().map_err(write_error)
 }
 
-fn replay_journal(database: &Database, dir: &Path) -> Result<u64, StoreError> {
+/// What the journal holds at open: commits that may not be in redb yet.
+struct Unfolded {
+    batches: Vec<Batch>,
+    /// The segments they came from, deleted once redb holds them durably.
+    segments: Vec<u64>,
+    /// The number for the next segment.
+    next_segment: u64,
+}
+
+fn read_journal(dir: &Path) -> Result<Unfolded, StoreError> {
     let segments = journal::segments(dir)?;
     let Some(&newest) = segments.last() else {
-        return Ok(0);
+        return Ok(Unfolded {
+            batches: Vec::new(),
+            segments,
+            next_segment: 0,
+        });
     };
     let mut batches = Vec::new();
     for &segment in &segments {
@@ -312,19 +353,11 @@ fn replay_journal(database: &Database, dir: &Path) -> Result<u64, StoreError> {
             batches.push(decode::<Batch>(&payload, "journal frame")?);
         }
     }
-    // After an orderly stop the journal is one empty segment: nothing to say or apply.
-    if !batches.is_empty() {
-        apply(database, &batches, Durability::Immediate)?;
-        tracing::info!(
-            segments = segments.len(),
-            commits = batches.len(),
-            "replayed the journal into the store (the daemon had stopped without folding it)"
-        );
-    }
-    for &segment in &segments {
-        journal::remove_segment(dir, segment)?;
-    }
-    Ok(newest + 1)
+    Ok(Unfolded {
+        batches,
+        segments,
+        next_segment: newest + 1,
+    })
 }
 
 /// Writes `batches` into redb in one transaction, with the outcome of writing them in order.
@@ -623,29 +656,97 @@ impl Store for RedbStore {
         Ok(())
     }
 
+    fn probe(&self) -> Result<(), StoreError> {
+        let transaction = self.shared.database.begin_read().map_err(read_error)?;
+        transaction.open_table(META).map_err(read_error)?;
+        Ok(())
+    }
+
     fn recover(&self) -> Result<Recovery, StoreError> {
-        let transaction = self.shared.caught_up()?.begin_read().map_err(read_error)?;
+        // Read without folding (the journal's commits from before a crash may be many, and
+        // the indexer folds them in the background): redb, then the commits not in it yet,
+        // with folds held off in between so that none is seen twice or missed.
+        let _folding = lock(&self.shared.folding);
+        let transaction = self.shared.database.begin_read().map_err(read_error)?;
         let snapshot_table = transaction.open_table(SNAPSHOT).map_err(read_error)?;
         let from_table: Option<Snapshot> = match snapshot_table.get(0).map_err(read_error)? {
             Some(bytes) => Some(decode(bytes.value(), "snapshot")?),
             None => None,
         };
-        let from_file = self.shared.read_snapshot_file()?;
+        let log = transaction.open_table(LOG).map_err(read_error)?;
+        // The snapshot file and the log decode on two threads (most of a restart's time after
+        // a crash under load). The log behind a snapshot is dropped in chunks after it is
+        // written, so the log may begin before the snapshot: those records are skipped.
+        let (from_file, logged) = std::thread::scope(|scope| {
+            let file = scope.spawn(|| self.shared.read_snapshot_file());
+            let logged = (|| {
+                let mut records = Vec::new();
+                for row in log.iter().map_err(read_error)? {
+                    let (_, bytes) = row.map_err(read_error)?;
+                    records.push(decode::<Record>(bytes.value(), "log record")?);
+                }
+                Ok::<_, StoreError>(records)
+            })();
+            let file = file.join().unwrap_or_else(|_| {
+                Err(StoreError::Read(
+                    "decoding the snapshot panicked".to_owned(),
+                ))
+            });
+            (file, logged)
+        });
         // The newer of the two: a store written before snapshots moved out of redb has only
         // the table's.
-        let snapshot = match (from_table, from_file) {
+        let snapshot = match (from_table, from_file?) {
             (Some(table), Some(file)) if table.last_seq > file.last_seq => Some(table),
             (table, None) => table,
             (_, file) => file,
         };
-        let after = snapshot.as_ref().map_or(0, |snapshot| snapshot.last_seq);
-        let log = transaction.open_table(LOG).map_err(read_error)?;
-        let mut records = Vec::new();
-        for row in log.range(after + 1..).map_err(read_error)? {
+        let mut after = snapshot.as_ref().map_or(0, |snapshot| snapshot.last_seq);
+        let mut records = logged?;
+        records.retain(|record| record.seq > after);
+        after = records.last().map_or(after, |record| record.seq);
+        let stream = transaction.open_table(STREAM).map_err(read_error)?;
+        let mut events = std::collections::VecDeque::new();
+        for row in stream.iter().map_err(read_error)? {
             let (_, bytes) = row.map_err(read_error)?;
-            records.push(decode::<Record>(bytes.value(), "log record")?);
+            events.push_back(decode::<StoredEvent>(bytes.value(), "stream event")?);
         }
-        Ok(Recovery { snapshot, records })
+        let floor = transaction.open_table(STREAM_FLOOR).map_err(read_error)?;
+        let mut floor = floor
+            .get(0)
+            .map_err(read_error)?
+            .map(|key| stream_id(key.value()));
+        // A crash between a durable fold and the deletion of its segments leaves commits in
+        // both: redb's copy counts.
+        let tail = lock(&self.shared.tail);
+        for record in tail
+            .pending
+            .iter()
+            .flat_map(|batch| &batch.records)
+            .filter(|record| record.seq > after)
+        {
+            records.push(Record {
+                timeline: Vec::new(),
+                ..record.clone()
+            });
+        }
+        for event in tail.pending.iter().flat_map(|batch| &batch.stream) {
+            if events.back().is_some_and(|last| last.id >= event.id) {
+                continue;
+            }
+            events.push_back(event.clone());
+            if events.len() > STREAM_WINDOW {
+                floor = events.pop_front().map(|event| event.id);
+            }
+        }
+        Ok(Recovery {
+            snapshot,
+            records,
+            window: StoredWindow {
+                floor,
+                events: events.into(),
+            },
+        })
     }
 
     fn write_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
@@ -714,22 +815,6 @@ impl Store for RedbStore {
         let outbox = transaction.open_table(OUTBOX).map_err(read_error)?;
         let newest = outbox.last().map_err(read_error)?;
         Ok(newest.map(|(key, _)| key.value().to_owned()))
-    }
-
-    fn stream_window(&self) -> Result<StoredWindow, StoreError> {
-        let transaction = self.shared.caught_up()?.begin_read().map_err(read_error)?;
-        let stream = transaction.open_table(STREAM).map_err(read_error)?;
-        let mut events = Vec::new();
-        for row in stream.iter().map_err(read_error)? {
-            let (_, bytes) = row.map_err(read_error)?;
-            events.push(decode::<StoredEvent>(bytes.value(), "stream event")?);
-        }
-        let floor = transaction.open_table(STREAM_FLOOR).map_err(read_error)?;
-        let floor = floor
-            .get(0)
-            .map_err(read_error)?
-            .map(|key| stream_id(key.value()));
-        Ok(StoredWindow { floor, events })
     }
 
     fn timeline(&self, conversation: ConversationId) -> Result<Vec<TimelineEntry>, StoreError> {

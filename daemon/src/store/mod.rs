@@ -116,6 +116,8 @@ pub struct Recovery {
     /// Records after the snapshot, in order, without their timeline (read per conversation
     /// with [`Store::timeline`]; replay does not need it).
     pub records: Vec<Record>,
+    /// The live stream's window: the newest [`STREAM_WINDOW`] events.
+    pub window: StoredWindow,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +137,13 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a batch in one durable transaction (fsync before returning).
     fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
 
-    /// The last snapshot and the records after it.
+    /// Whether the store answers, without waiting for background work (readiness: after a
+    /// crash under load the indexer may fold the journal's commits for seconds, while commits
+    /// are taken and recovery is done).
+    fn probe(&self) -> Result<(), StoreError>;
+
+    /// What a restart needs, as committed: the last snapshot, the records after it and the
+    /// live stream's window.
     fn recover(&self) -> Result<Recovery, StoreError>;
 
     /// Stores a snapshot and drops the records it covers.
@@ -160,9 +168,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// A conversation's timeline, oldest first.
     fn timeline(&self, conversation: ConversationId) -> Result<Vec<TimelineEntry>, StoreError>;
-
-    /// The live stream's window as committed: the newest [`STREAM_WINDOW`] events.
-    fn stream_window(&self) -> Result<StoredWindow, StoreError>;
 }
 
 /// The outbox id of part `part` of a notification: zero-padded so that ids sort in commit

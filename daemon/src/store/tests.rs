@@ -453,14 +453,17 @@ fn commits_the_indexer_never_folded_come_back_from_the_journal_after_a_crash() {
     std::io::Write::write_all(&mut file, &[200, 1, 0, 0, 7, 7]).unwrap();
     drop(file);
 
+    let crashed_segments = journal_files(&dir).len();
     let store = RedbStore::open_without_indexer(&dir).unwrap();
-    assert_eq!(
-        journal_files(&dir).len(),
-        1,
-        "replayed segments are deleted; a fresh one takes the next commits"
-    );
+    // Recovery reads the commits redb lacks from memory, without folding them first (a
+    // restart under load serves at once; the indexer folds them in the background).
     let recovery = store.recover().unwrap();
     assert_eq!(recovery.records, without_timelines(&h.records));
+    assert_eq!(
+        journal_files(&dir).len(),
+        crashed_segments + 1,
+        "the crashed segments stay until redb holds their commits durably; a fresh one takes the next commits"
+    );
     let engine = Engine::restore(demo_setup(), recovery.snapshot, &recovery.records);
     assert!(engine.state() == h.engine.state());
     assert_eq!(store.outbox_len().unwrap(), 2 * h.records.len() as u64);
@@ -482,6 +485,18 @@ fn commits_the_indexer_never_folded_come_back_from_the_journal_after_a_crash() {
         .collect();
     assert!(!timeline.is_empty());
     assert_eq!(store.timeline(last).unwrap(), timeline);
+    store.fold().unwrap();
+    assert_eq!(
+        journal_files(&dir).len(),
+        1,
+        "folded durably, the crashed segments go"
+    );
+    drop(store);
+    let reopened = RedbStore::open_without_indexer(&dir).unwrap();
+    assert_eq!(
+        reopened.recover().unwrap().records,
+        without_timelines(&h.records)
+    );
 }
 
 #[test]
@@ -759,4 +774,67 @@ fn a_store_of_a_newer_format_is_refused_with_a_clear_message() {
     drop(RedbStore::open(&dir).unwrap());
     drop(RedbStore::open(&dir).unwrap());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The live stream's window after a crash: the events redb holds and those only the journal
+/// has, in order, the oldest let go of beyond the window (and the floor moved to it).
+#[test]
+fn the_stream_window_includes_commits_only_the_journal_holds() {
+    let dir = temp_dir("stream-journal");
+    let event = |public: u64| crate::stream::StoredEvent {
+        id: crate::stream::StreamId {
+            position: Position { public, silent: 0 },
+            index: 0,
+        },
+        conversation: ConversationId::from_key(7),
+        team: None,
+        audience: crate::stream::StreamAudience::Supervisors,
+        agent: None,
+        timeline: None,
+    };
+    let batch = |from: u64, to: u64| Batch {
+        records: Vec::new(),
+        outbox: vec![OutboxEntry {
+            id: outbox_id(
+                &NotificationId {
+                    position: Position {
+                        public: from,
+                        silent: 0,
+                    },
+                    index: 0,
+                },
+                0,
+            ),
+            routing_key: "conversation.c".to_owned(),
+            event_type: "test".to_owned(),
+            subject: None,
+            time: Millis(0),
+            content_type: "application/json".to_owned(),
+            headers: Vec::new(),
+            body: b"{}".to_vec(),
+        }],
+        sent: Vec::new(),
+        stream: (from..to).map(event).collect(),
+    };
+    let window = crate::stream::STREAM_WINDOW as u64;
+    {
+        let store = RedbStore::open_without_indexer(&dir).unwrap();
+        store.commit(&batch(1, window)).unwrap();
+        store.fold().unwrap();
+        store.commit(&batch(window, window + 5)).unwrap();
+    }
+    let store = RedbStore::open_without_indexer(&dir).unwrap();
+    let restored = store.recover().unwrap().window;
+    let ids: Vec<u64> = restored
+        .events
+        .iter()
+        .map(|event| event.id.position.public)
+        .collect();
+    assert_eq!(ids, (5..window + 5).collect::<Vec<_>>());
+    assert_eq!(restored.floor.map(|id| id.position.public), Some(4));
+    // Folded, the store reads the same window back.
+    store.fold().unwrap();
+    let folded = store.recover().unwrap().window;
+    assert_eq!(folded.events, restored.events);
+    assert_eq!(folded.floor, restored.floor);
 }
