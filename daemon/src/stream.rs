@@ -113,7 +113,8 @@ pub const STREAM_WINDOW: usize = 10_000;
 #[serde(tag = "to", content = "users", rename_all = "kebab-case")]
 pub enum StreamAudience {
     /// Supervisors of the conversation's team and admins (state, assignment and supervision
-    /// changes). The conversation's agent gets its own view (`agent_view`), if any.
+    /// changes). The conversation's agent sees it too when [`StreamEvent::agent`] names it
+    /// (not when it would reveal silent monitoring).
     Supervisors,
     /// Live messages: the users taking part (supervisors with a seat, the agent, consultants).
     Participants(Vec<Box<str>>),

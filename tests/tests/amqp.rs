@@ -1,4 +1,4 @@
-//! The AMQP transport against a real RabbitMQ: the topology of CONTRACT.md §3 (quorum inbound
+//! The AMQP transport against a real RabbitMQ: the topology the README's "Run on RabbitMQ" describes (quorum inbound
 //! queue with an explicit delivery limit, dead queue, topic exchanges), inbound deliveries with
 //! their headers, dead-lettering with `switchboard-error` and `switchboard-error-detail`, and
 //! confirmed CloudEvents publication. Every run uses names of its own and deletes them.

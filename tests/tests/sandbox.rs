@@ -46,8 +46,10 @@ fn an_infinite_loop_costs_one_call() {
     let elapsed = started.elapsed();
     assert!(matches!(error, CallError::Timeout { .. }), "{error}");
     assert_eq!(error.code(), "plugin-timeout");
-    // Budget 100 ms, 10 ms ticks: interrupted promptly, not after seconds.
-    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    // Behaviour, not speed: with a 100 ms budget the loop is interrupted rather than left to
+    // run. The bound is a hundred times the budget, so that a loaded CI machine never fails
+    // it and a host that stopped interrupting always does.
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
     assert!(
         looping.decode(&body("hello")).unwrap().is_empty(),
         "the next call is served"

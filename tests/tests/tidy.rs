@@ -73,12 +73,33 @@ const OWNERS: &[(&str, &str)] = &[
     ("jsonwebtoken", "daemon/src/admin/"),
     ("utoipa", "daemon/src/admin/"),
     ("redb", "daemon/src/store/"),
-    ("tokio_util", "daemon/src/"),
-    ("rusqlite", "daemon/src/store/"),
     ("vader_sentiment", "daemon/src/sentiment.rs"),
     ("toml", "daemon/src/config/"),
     ("tracing_subscriber", "daemon/src/telemetry.rs"),
 ];
+
+/// Every owned crate is a dependency of the daemon: an entry for a crate it no longer uses
+/// would check nothing.
+#[test]
+fn every_owned_crate_is_a_dependency() {
+    let manifest = fs::read_to_string(repo_root().join("daemon/Cargo.toml")).expect("manifest");
+    let missing: Vec<&str> = OWNERS
+        .iter()
+        .map(|(krate, _)| *krate)
+        .filter(|krate| {
+            let dashed = krate.replace('_', "-");
+            !manifest.lines().any(|line| {
+                [*krate, dashed.as_str()].iter().any(|name| {
+                    line.starts_with(&format!("{name} ")) || line.starts_with(&format!("{name}."))
+                })
+            })
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not dependencies of the daemon: {missing:?}"
+    );
+}
 
 /// Ownership is the daemon's rule; tests and benches exercise crates from the outside, and
 /// the plugin SDK and plugins are separate programs.

@@ -1,6 +1,6 @@
 //! The admin API's wire types: what `/v1` takes and answers, and what `/openapi.json` documents.
 //! Kept apart from the engine's types on purpose: the engine may change shape, the contract
-//! (CONTRACT.md §2) may not. Times are RFC 3339 strings in UTC.
+//! (README, "Admin API") may not. Times are RFC 3339 strings in UTC.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -1,4 +1,4 @@
-//! The admin HTTP API (CONTRACT.md §2), the flow's second front door: supervisors' reads and
+//! The admin HTTP API (README, "Admin API"), the flow's second front door: supervisors' reads and
 //! commands, `POST /v1/inbound/{plugin}` (the embedded transport's entry), the live stream and
 //! the operations endpoints. The only axum importer.
 //!

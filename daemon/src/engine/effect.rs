@@ -624,7 +624,7 @@ impl Code {
         }
     }
 
-    /// The HTTP status the admin API answers with (CONTRACT.md §2).
+    /// The HTTP status the admin API answers with (README, "Admin API").
     pub fn http_status(self) -> u16 {
         match self {
             Self::NotFound | Self::UnknownConversation => 404,

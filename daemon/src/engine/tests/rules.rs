@@ -1,4 +1,4 @@
-//! One test per rule of the engine issue's table, in the table's order, each citing its source.
+//! One test per rule of the rules table in the README ("The supervision rules"), in the table's order, each citing its source.
 
 use super::harness::*;
 use crate::engine::*;
@@ -956,7 +956,7 @@ fn duplicates_change_nothing_and_idempotent_commands_replay() {
 }
 
 // Not in the table, but the engine's contract: every new conversation lands in the queue its
-// event names, else its plugin's default queue (CONTRACT.md §1).
+// event names, else its plugin's default queue (README, "Plugins").
 #[test]
 fn new_conversations_land_in_the_named_or_default_queue() {
     let mut h = Harness::new();

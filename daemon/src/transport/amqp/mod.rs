@@ -1,4 +1,4 @@
-//! Transport step, AMQP 0-9-1 (RabbitMQ): the topology of CONTRACT.md §3, inbound deliveries
+//! Transport step, AMQP 0-9-1 (RabbitMQ): the topology the README's "Run on RabbitMQ" describes, inbound deliveries
 //! with manual acknowledgements, dead-lettering with a reason, and outbound publication with
 //! publisher confirms (persistent, mandatory, CloudEvents binary mode). The only module that
 //! imports lapin; its types never leave it.
