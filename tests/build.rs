@@ -5,7 +5,9 @@
 //! `SWITCHBOARD_TEST_PLUGINS`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+#[path = "../build-support/wasm_plugins.rs"]
+mod wasm_plugins;
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -22,37 +24,8 @@ fn main() {
         .unwrap_or_else(|| root.join("target"))
         .join("wasm-plugins");
 
-    let packages = plugin_packages(&root);
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(&root)
-        .args([
-            "build",
-            "--profile",
-            "plugin",
-            "--target",
-            "wasm32-wasip2",
-            "--target-dir",
-        ])
-        .arg(&target_dir);
-    for package in &packages {
-        command.args(["-p", package]);
-    }
-    for variable in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_PRIMARY_PACKAGE",
-    ] {
-        command.env_remove(variable);
-    }
-    let status = command
-        .status()
-        .expect("cannot run cargo to build the plugins");
-    if !status.success() {
+    let packages = wasm_plugins::packages(&[&root.join("plugins"), &root.join("tests/plugins")]);
+    if !wasm_plugins::build(&root, &packages, &target_dir) {
         panic!(
             "building the plugins for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)"
         );
@@ -71,29 +44,4 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
-}
-
-/// The packages under `plugins/` and `tests/plugins/` (each directory with a Cargo.toml).
-fn plugin_packages(root: &Path) -> Vec<String> {
-    let mut packages = Vec::new();
-    for parent in ["plugins", "tests/plugins"] {
-        let Ok(entries) = std::fs::read_dir(root.join(parent)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let manifest = entry.path().join("Cargo.toml");
-            let Ok(text) = std::fs::read_to_string(&manifest) else {
-                continue;
-            };
-            let name = text
-                .lines()
-                .find_map(|line| line.strip_prefix("name = \""))
-                .and_then(|rest| rest.strip_suffix('"'));
-            if let Some(name) = name {
-                packages.push(name.to_owned());
-            }
-        }
-    }
-    packages.sort();
-    packages
 }
