@@ -570,16 +570,19 @@ async fn broker_restart_cancelled_consumer_and_memory_alarm_are_survived() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A daemon with nothing to do must not burn CPU: its CPU time over two quiet seconds stays
-/// under a tenth of that (idle it uses about 0.01 s). The outbox publisher used to spin after
-/// 100 ms without work, burning more than a core of this two-core machine.
+/// A daemon with nothing to do must not burn CPU. The outbox publisher once spun after 100 ms
+/// without work, burning more than a core of this two-core machine: that is what this
+/// catches, with a wide margin (a quarter of one core over two quiet seconds). An idle daemon
+/// uses about 0.01 s there, but the store's indexer may still be folding the last commits (in
+/// this debug build, after a restart that left it the crashed daemon's journal too), which is
+/// work, not a spin.
 async fn assert_idle(daemon: &Child) {
     // Past the publisher's idle flush of confirmed ids (100 ms).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = cpu_seconds(daemon);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let used = cpu_seconds(daemon) - before;
-    assert!(used < 0.2, "an idle daemon used {used:.2} s of CPU in 2 s");
+    assert!(used < 0.5, "an idle daemon used {used:.2} s of CPU in 2 s");
 }
 
 /// User plus system CPU time of a process, from `/proc/<pid>/stat`.
