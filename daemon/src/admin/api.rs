@@ -8,12 +8,6 @@ use utoipa::ToSchema;
 use crate::engine::report::{AgentSummary, ConversationSummary, QueueSummary};
 use crate::engine::{Millis, Reply, TimelineEntry, TimelineEvent};
 
-/// RFC 3339 with milliseconds, UTC.
-pub fn timestamp(at: Millis) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at.0.max(0) as u64);
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Customer {
     pub id: String,
@@ -84,9 +78,9 @@ impl From<ConversationSummary> for Conversation {
                 .iter()
                 .map(|agent| agent.as_str().to_owned())
                 .collect(),
-            created_at: timestamp(summary.created_at),
-            accepted_at: summary.accepted_at.map(timestamp),
-            last_activity_at: timestamp(summary.last_activity_at),
+            created_at: summary.created_at.rfc3339(),
+            accepted_at: summary.accepted_at.map(Millis::rfc3339),
+            last_activity_at: summary.last_activity_at.rfc3339(),
             wait_seconds: summary.wait_seconds,
             handle_seconds: summary.handle_seconds,
             sentiment: Sentiment {
@@ -99,7 +93,7 @@ impl From<ConversationSummary> for Conversation {
                 .map(|seat| SupervisorSeat {
                     id: seat.id.as_str().to_owned(),
                     mode: seat.mode.as_str().to_owned(),
-                    since: timestamp(seat.since),
+                    since: seat.since.rfc3339(),
                 })
                 .collect(),
         }
@@ -153,11 +147,11 @@ impl From<&TimelineEntry> for TimelineLine {
             object.remove("at");
             // Every time the API shows is RFC 3339, those inside details too.
             if let TimelineEvent::SupervisionEnded { started_at, .. } = &entry.event {
-                object.insert("started_at".to_owned(), timestamp(*started_at).into());
+                object.insert("started_at".to_owned(), started_at.rfc3339().into());
             }
         }
         Self {
-            at: timestamp(entry.at),
+            at: entry.at.rfc3339(),
             visibility,
             event,
             details,
@@ -518,7 +512,7 @@ impl From<crate::store::OutboxEntry> for OutboxItem {
             routing_key: entry.routing_key,
             event_type: entry.event_type,
             subject: entry.subject,
-            time: timestamp(entry.time),
+            time: entry.time.rfc3339(),
             content_type: entry.content_type,
             headers: entry.headers,
         }

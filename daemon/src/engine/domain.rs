@@ -27,6 +27,51 @@ impl Millis {
     pub fn plus(self, millis: i64) -> Millis {
         Millis(self.0.saturating_add(millis))
     }
+
+    /// RFC 3339 in UTC with milliseconds (`2025-06-08T20:59:43.123Z`): the one formatter of
+    /// every time Switchboard writes (API answers, timeline details, CloudEvents `time`).
+    pub fn rfc3339(self) -> String {
+        let seconds = self.0.div_euclid(1000);
+        let milli = self.0.rem_euclid(1000);
+        let days = seconds.div_euclid(86_400);
+        let second_of_day = seconds.rem_euclid(86_400);
+        // Howard Hinnant's civil-from-days.
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let year = yoe + era * 400;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = if month <= 2 { year + 1 } else { year };
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+            second_of_day / 3600,
+            second_of_day % 3600 / 60,
+            second_of_day % 60
+        )
+    }
+}
+
+#[cfg(test)]
+mod millis_tests {
+    use super::Millis;
+
+    #[test]
+    fn rfc3339_from_unix_millis() {
+        assert_eq!(Millis(0).rfc3339(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            Millis(1_749_416_383_123).rfc3339(),
+            "2025-06-08T20:59:43.123Z"
+        );
+        assert_eq!(
+            Millis(951_782_400_000).rfc3339(),
+            "2000-02-29T00:00:00.000Z"
+        );
+        assert_eq!(Millis(-1).rfc3339(), "1969-12-31T23:59:59.999Z");
+    }
 }
 
 macro_rules! shared_id {

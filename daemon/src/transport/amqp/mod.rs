@@ -343,7 +343,7 @@ fn cloudevent(entry: &OutboxEntry) -> (BasicProperties, ShortString) {
     header("cloudEvents_id", &entry.id);
     header("cloudEvents_source", CLOUDEVENTS_SOURCE);
     header("cloudEvents_type", &entry.event_type);
-    header("cloudEvents_time", &rfc3339(entry.time.0));
+    header("cloudEvents_time", &entry.time.rfc3339());
     if let Some(subject) = &entry.subject {
         header("cloudEvents_subject", subject);
     }
@@ -448,43 +448,5 @@ fn text(value: &AMQPValue) -> Option<String> {
         AMQPValue::LongLongInt(n) => Some(n.to_string()),
         AMQPValue::Timestamp(n) => Some(n.to_string()),
         _ => None,
-    }
-}
-
-/// RFC 3339 in UTC with milliseconds, from Unix milliseconds (CloudEvents `time`).
-pub fn rfc3339(millis: i64) -> String {
-    let seconds = millis.div_euclid(1000);
-    let milli = millis.rem_euclid(1000);
-    let days = seconds.div_euclid(86_400);
-    let second_of_day = seconds.rem_euclid(86_400);
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let year = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = if month <= 2 { year + 1 } else { year };
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339_from_unix_millis() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            super::rfc3339(1_749_416_383_123),
-            "2025-06-08T20:59:43.123Z"
-        );
-        assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 }
