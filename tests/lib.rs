@@ -204,8 +204,13 @@ pub fn free_port() -> u16 {
 }
 
 /// The shipped `config/switchboard.toml` with the test-built plugins, a store under `dir` and
-/// the API on `port`, as text (tests add their own sections).
+/// the API on `port`, as text (tests add their own sections); its webhook door on a free port.
 pub fn shipped_config_text(dir: &std::path::Path, port: u16) -> String {
+    shipped_config_with_door(dir, port, free_port())
+}
+
+/// [`shipped_config_text`] with the webhook door on `door_port`.
+pub fn shipped_config_with_door(dir: &std::path::Path, port: u16, door_port: u16) -> String {
     let shipped = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../config/switchboard.toml"
@@ -219,6 +224,10 @@ pub fn shipped_config_text(dir: &std::path::Path, port: u16) -> String {
         .replace(
             "path = \"./data\"",
             &format!("path = \"{}\"", dir.join("data").display()),
+        )
+        .replace(
+            "webhook_listen = \"127.0.0.1:8081\"",
+            &format!("webhook_listen = \"127.0.0.1:{door_port}\""),
         )
         .replace(
             "listen = \"127.0.0.1:8080\"",

@@ -126,6 +126,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         AdminContext::new(service.clone(), authenticator, &config.server),
         http_stop.clone(),
     ));
+    let door_stop = CancellationToken::new();
+    let door = match config.server.webhook_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("listening for webhooks on {address}"))?;
+            let listen = listener.local_addr().unwrap_or(address);
+            tracing::info!(webhook_listen = %listen, "the webhook door is open");
+            Some(tokio::spawn(admin::door::serve(
+                listener,
+                admin::door::DoorContext::new(
+                    service.clone(),
+                    &config.server,
+                    listen,
+                    &config.plugins,
+                ),
+                door_stop.clone(),
+            )))
+        }
+        None => None,
+    };
     let transport = match config.amqp.clone() {
         Some(amqp) => tokio::spawn(run_amqp(service.clone(), amqp, shutdown.clone())),
         None => tokio::spawn(run_embedded_outbox(service.clone(), shutdown.clone())),
@@ -142,6 +163,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // its batch in flight.
     service.stopping.cancel();
     http_stop.cancel();
+    door_stop.cancel();
     let transport_result = transport.await;
     // Requests in flight get their answers: the writer drains what it accepted.
     writer_stop.cancel();
@@ -152,6 +174,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Ok(Err(error)) => tracing::warn!(error = %error, "the admin API ended with an error"),
         Err(error) => tracing::warn!(error = %error, "the admin API task failed"),
         Ok(Ok(())) => {}
+    }
+    if let Some(door) = door {
+        match door.await {
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "the webhook door ended with an error")
+            }
+            Err(error) => tracing::warn!(error = %error, "the webhook door task failed"),
+            Ok(Ok(())) => {}
+        }
     }
     tracing::info!("stopped; what is committed and not yet published stays in the outbox");
     if service.fatal.is_cancelled() {

@@ -69,6 +69,18 @@ impl Metrics {
             Kind::Counter(BTreeMap::new()),
         );
         add(
+            "switchboard_webhook_requests_total",
+            "Requests on the webhook door by plugin and outcome (accepted, duplicate, ignored, handshake, unauthorized, invalid, refused, unsigned, rate-limited, unavailable, unknown-plugin).",
+            &["plugin", "outcome"][..],
+            Kind::Counter(BTreeMap::new()),
+        );
+        add(
+            "switchboard_webhook_answer_seconds",
+            "From a webhook reaching the door to its answer (commit included).",
+            &["plugin"][..],
+            Kind::Histogram(&LATENCY_BUCKETS, BTreeMap::new()),
+        );
+        add(
             "switchboard_dead_lettered_total",
             "Inbound messages dead-lettered, by reason code.",
             &["reason"][..],

@@ -51,36 +51,116 @@ use types::{Header, Inbound, PluginError};
 /// [`export_plugin!`] implements it.
 pub use bindings::exports::switchboard::channel::request_headers::Guest as RequestHeaders;
 
+/// The answer the webhook door gives the provider (status, headers, body).
+pub use bindings::exports::switchboard::channel::webhook::Answer;
+
+/// How a plugin answers its provider on the webhook door (`/webhooks/{plugin}`). Every method
+/// has the answer a provider without particular needs expects; implement the trait (and name
+/// it in [`export_plugin!`] with `webhook`) to change them.
+pub trait Webhook {
+    /// Whether the configuration holds the secret that authenticates the provider's webhooks.
+    /// The door refuses the traffic of a plugin that says `false` unless the daemon's
+    /// configuration allows it unsigned, so say `true` only when `decode` checks a signature
+    /// or a shared token.
+    fn signed() -> bool {
+        false
+    }
+
+    /// A `GET` on the door: the provider's verification handshake. `Ok(None)` (the default):
+    /// not a handshake this plugin knows, and the door answers 404. `Err(Unauthorized)`: a
+    /// wrong verify token, answered 403.
+    fn handshake(request: Inbound) -> Result<Option<Answer>, PluginError> {
+        let _ = request;
+        Ok(None)
+    }
+
+    /// The answer to a `POST` whose events are durable (or that `decode` ignored with
+    /// `Unsupported`, then `ignored` is true). The default: `200` with an empty body.
+    fn acknowledge(request: Inbound, ignored: bool) -> Answer {
+        let _ = (request, ignored);
+        answer(200, None, Vec::new())
+    }
+}
+
+/// An [`Answer`] with an optional content type.
+pub fn answer(status: u16, content_type: Option<&str>, body: impl Into<Vec<u8>>) -> Answer {
+    Answer {
+        status,
+        headers: content_type
+            .map(|content_type| vec![header_pair("content-type", content_type)])
+            .unwrap_or_default(),
+        body: body.into(),
+    }
+}
+
+/// The first value of a query parameter of the request's URL, percent-decoded (a handshake's
+/// `hub.challenge`).
+pub fn query_param(request: &Inbound, name: &str) -> Option<String> {
+    let query = request.url.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or(query);
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+/// The webhook answers of a plugin that keeps the defaults (see [`Webhook`]).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct DefaultWebhook;
+
+impl Webhook for DefaultWebhook {}
+
 /// Exports a [`Plugin`] implementation as the component's `plugin` interface, with the
-/// request headers its `decode` reads:
+/// request headers its `decode` reads and, with `webhook`, its own [`Webhook`] answers:
 ///
 /// ```ignore
-/// switchboard_plugin_sdk::export_plugin!(MyPlugin, headers: ["x-hub-signature-256"]);
+/// switchboard_plugin_sdk::export_plugin!(MyPlugin, headers: ["x-hub-signature-256"], webhook);
 /// ```
 ///
 /// The host then passes `decode` only those headers (lowercase names): every header is copied
 /// into the sandbox on each call, about 0.2 µs apiece, and a webhook through a gateway brings a
-/// dozen. `headers: []` for none; `export_plugin!(MyPlugin)` passes every header.
+/// dozen. `headers: []` for none; `export_plugin!(MyPlugin)` passes every header. Without
+/// `webhook` the plugin answers with [`Webhook`]'s defaults (unsigned, no handshake, `200`).
 ///
 /// On a native build (tests, benchmarks comparing wasm with native) nothing is exported, so
 /// several plugins can be linked into one program.
 #[macro_export]
 macro_rules! export_plugin {
-    ($plugin:ident) => {
-        impl $crate::RequestHeaders for $plugin {
-            fn wanted() -> ::std::option::Option<::std::vec::Vec<::std::string::String>> {
-                ::std::option::Option::None
-            }
-        }
+    ($plugin:ident, headers: [$($name:expr),* $(,)?] $(, $webhook:ident)?) => {
+        $crate::export_plugin!(@headers $plugin, ::std::option::Option::Some(
+            ::std::vec![$(::std::string::String::from($name)),*]
+        ));
+        $crate::export_plugin!(@webhook $plugin, $crate::export_plugin!(@answers $plugin $($webhook)?));
         $crate::export_plugin!(@export $plugin);
     };
-    ($plugin:ident, headers: [$($name:expr),* $(,)?]) => {
+    ($plugin:ident $(, $webhook:ident)?) => {
+        $crate::export_plugin!(@headers $plugin, ::std::option::Option::None);
+        $crate::export_plugin!(@webhook $plugin, $crate::export_plugin!(@answers $plugin $($webhook)?));
+        $crate::export_plugin!(@export $plugin);
+    };
+    (@answers $plugin:ident) => { $crate::DefaultWebhook };
+    (@answers $plugin:ident webhook) => { $plugin };
+    (@headers $plugin:ident, $wanted:expr) => {
         impl $crate::RequestHeaders for $plugin {
             fn wanted() -> ::std::option::Option<::std::vec::Vec<::std::string::String>> {
-                ::std::option::Option::Some(::std::vec![$(::std::string::String::from($name)),*])
+                $wanted
             }
         }
-        $crate::export_plugin!(@export $plugin);
+    };
+    (@webhook $plugin:ident, $answers:ty) => {
+        impl $crate::bindings::exports::switchboard::channel::webhook::Guest for $plugin {
+            fn signed() -> bool {
+                <$answers as $crate::Webhook>::signed()
+            }
+            fn handshake(
+                request: $crate::types::Inbound,
+            ) -> ::std::result::Result<::std::option::Option<$crate::Answer>, $crate::types::PluginError> {
+                <$answers as $crate::Webhook>::handshake(request)
+            }
+            fn acknowledge(request: $crate::types::Inbound, ignored: bool) -> $crate::Answer {
+                <$answers as $crate::Webhook>::acknowledge(request, ignored)
+            }
+        }
     };
     (@export $plugin:ident) => {
         #[cfg(target_family = "wasm")]

@@ -68,6 +68,20 @@ fn verify<M: Mac>(
     mac.verify_slice(expected).is_ok()
 }
 
+/// Whether a shared token the provider sent (a verify token, a secret header) is `expected`,
+/// compared in constant time: a forged token learns nothing from how long the refusal took,
+/// not even its length: both sides are first MACed to 32 bytes, and the MACs compared by
+/// `Mac::verify_slice`.
+pub fn verify_token(expected: &str, provided: &str) -> bool {
+    const KEY: &[u8] = b"switchboard verify_token";
+    let expected = hmac_sha256(KEY, expected.as_bytes());
+    verify(
+        Hmac::<Sha256>::new_from_slice(KEY),
+        &[provided.as_bytes()],
+        &expected,
+    )
+}
+
 /// Base64 (standard alphabet, padded).
 pub fn base64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
@@ -81,6 +95,15 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_match_only_when_equal() {
+        assert!(verify_token("s3cret", "s3cret"));
+        assert!(!verify_token("s3cret", "s3creT"));
+        assert!(!verify_token("s3cret", "s3cret "));
+        assert!(!verify_token("s3cret", ""));
+        assert!(verify_token("", ""));
+    }
 
     // RFC 4231 test case 2 (HMAC-SHA256) and RFC 2202 test case 2 (HMAC-SHA1).
     #[test]

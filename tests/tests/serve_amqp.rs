@@ -86,6 +86,7 @@ impl Daemon {
         .unwrap();
         config.store.path = store.clone();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.webhook_listen = Some("127.0.0.1:0".parse().unwrap());
         config.amqp = Some(names.clone());
         for plugin in &mut config.plugins {
             plugin.file = component(&plugin.id);

@@ -159,7 +159,7 @@ fn the_engine_does_no_io_and_reads_no_clock() {
     for file in rust_files() {
         let path = relative(&file);
         // The engine's own tests may read the environment (proptest case counts).
-        if !path.starts_with("daemon/src/engine/") || path.starts_with("daemon/src/engine/tests") {
+        if !path.starts_with("engine/src/") || path.starts_with("engine/src/tests") {
             continue;
         }
         let text = fs::read_to_string(&file).expect("readable source");
@@ -177,6 +177,45 @@ fn the_engine_does_no_io_and_reads_no_clock() {
         found.is_empty(),
         "the engine is sans-IO:\n{}",
         found.join("\n")
+    );
+}
+
+/// "No I/O" is enforced by the engine crate's dependency tree, not only by its source: nothing
+/// that does I/O may be compiled into it, directly or transitively.
+#[test]
+fn the_engine_crate_depends_on_nothing_that_does_io() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .current_dir(repo_root())
+        .args([
+            "tree",
+            "-p",
+            "switchboard-engine",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        output.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tree = String::from_utf8_lossy(&output.stdout);
+    let crates: Vec<&str> = tree
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert!(crates.contains(&"switchboard-engine"), "{tree}");
+    let io = [
+        "tokio", "mio", "wasmtime", "lapin", "axum", "hyper", "redb", "socket2", "libc",
+    ];
+    let found: Vec<&&str> = crates.iter().filter(|name| io.contains(name)).collect();
+    assert!(
+        found.is_empty(),
+        "the engine crate pulls in {found:?}:\n{tree}"
     );
 }
 

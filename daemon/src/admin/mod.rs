@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod door;
 mod listener;
 mod openapi;
 pub mod problem;
@@ -93,7 +94,17 @@ pub async fn serve(
     context: AdminContext,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let router = router(context).into_make_service_with_connect_info::<ClientAddr>();
+    serve_router(listener, router(context), stop).await
+}
+
+/// Serves `router` on `listener` (client addresses known, parse errors as problem+json) until
+/// `stop` is cancelled; requests in flight finish. The admin API's and the door's.
+async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let router = router.into_make_service_with_connect_info::<ClientAddr>();
     axum::serve(ProblemListener::new(listener), router)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
@@ -206,7 +217,7 @@ async fn framework_problems(request: Request, next: Next) -> Response {
 /// request. Requests without a valid token are limited per client address, and a client over
 /// its limit is answered 429 before its token is even checked (verifying costs CPU).
 async fn authenticate(State(context): State<Shared>, mut request: Request, next: Next) -> Response {
-    let client = client_address(&context, &request);
+    let client = client_address(context.trust_forwarded, &request);
     if let Err(retry_after) = context.unauthenticated.peek(&client) {
         return too_many(
             retry_after,
@@ -233,8 +244,8 @@ async fn authenticate(State(context): State<Shared>, mut request: Request, next:
 /// Who is calling, by address: the connection's peer, or with `server.trust_forwarded` the
 /// address the trusted proxy appended last to `X-Forwarded-For` (earlier entries are the
 /// client's own word and can be forged).
-fn client_address(context: &AdminContext, request: &Request) -> String {
-    if context.trust_forwarded
+fn client_address(trust_forwarded: bool, request: &Request) -> String {
+    if trust_forwarded
         && let Some(forwarded) = request
             .headers()
             .get_all("x-forwarded-for")

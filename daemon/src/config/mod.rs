@@ -60,8 +60,15 @@ pub struct ServerConfig {
     pub rate_limit: u32,
     /// Requests per second per client address without a valid token.
     pub unauthenticated_rate_limit: u32,
-    /// Take the client address from `X-Forwarded-For` (a trusted proxy sets it).
+    /// Take the client address from `X-Forwarded-For` (a trusted proxy sets it), and the
+    /// door's request URL from `X-Forwarded-Proto` / `X-Forwarded-Host`.
     pub trust_forwarded: bool,
+    /// The webhook door's address; `None`: no door.
+    pub webhook_listen: Option<SocketAddr>,
+    /// Webhooks per second per client address on the door.
+    pub webhook_rate_limit: u32,
+    /// Webhooks per second per plugin on the door.
+    pub webhook_plugin_rate_limit: u32,
     /// Logs may carry conversation content.
     pub log_content: bool,
 }
@@ -114,6 +121,10 @@ pub struct PluginConfig {
     pub enabled: bool,
     pub memory_limit: u64,
     pub time_limit: Duration,
+    /// The URL the provider was given (what its signatures cover).
+    pub public_url: Option<String>,
+    /// Whether the door takes its webhooks without a signature secret.
+    pub allow_unsigned: bool,
     /// The plugin's own `[plugins.<id>.config]` table, as TOML text for the plugin.
     pub settings: Secret,
 }

@@ -26,9 +26,19 @@ pub(crate) struct Server {
     /// checked. Default 20.
     pub unauthenticated_rate_limit: Option<Spanned<u32>>,
     /// Whether a reverse proxy in front of the daemon is trusted to say who the client is:
-    /// then the client address is the last entry of `X-Forwarded-For`. Default false (the
-    /// connection's peer address; the header is ignored).
+    /// then the client address is the last entry of `X-Forwarded-For`, and on the webhook
+    /// door the URL a provider called comes from `X-Forwarded-Proto` and `X-Forwarded-Host`.
+    /// Default false (the connection's peer address; the headers are ignored).
     pub trust_forwarded: Option<bool>,
+    /// Address and port of the webhook door: `POST` and `GET /webhooks/{plugin}` and nothing
+    /// else, safe to expose to providers. Unset: no door.
+    pub webhook_listen: Option<Spanned<String>>,
+    /// Webhooks per second each client address may send to the door (bursts up to one
+    /// second's worth); beyond it 429 with `Retry-After`. Default 10000.
+    pub webhook_rate_limit: Option<Spanned<u32>>,
+    /// Webhooks per second the door takes for each plugin, from all addresses together.
+    /// Default 20000.
+    pub webhook_plugin_rate_limit: Option<Spanned<u32>>,
     /// Whether logs may carry conversation content: message and whisper texts, payload
     /// bodies, customer identifiers in refusal details. Default false.
     pub log_content: Option<bool>,
@@ -176,6 +186,13 @@ pub(crate) struct Plugin {
     pub memory_limit: Option<Spanned<String>>,
     /// Time budget per call, e.g. `"100ms"`. Default 100 ms.
     pub time_limit: Option<Spanned<String>>,
+    /// The URL the provider was given for this plugin's webhooks (what signatures such as
+    /// Twilio's cover), e.g. `https://hooks.example.com/webhooks/sms-twilio`. Unset: the URL
+    /// the request reached (see `server.trust_forwarded`).
+    pub public_url: Option<Spanned<String>>,
+    /// Take this plugin's webhooks on the door although its configuration holds no
+    /// signature secret (development only; a warning at start). Default false.
+    pub allow_unsigned: Option<bool>,
     /// The plugin's own settings (secrets included), handed to the plugin as TOML.
     #[serde(default)]
     pub config: toml::Table,

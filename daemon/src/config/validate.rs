@@ -22,6 +22,10 @@ const DEFAULT_BODY_LIMIT: u64 = 1 << 20;
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_RATE_LIMIT: u32 = 1000;
 const DEFAULT_UNAUTHENTICATED_RATE_LIMIT: u32 = 20;
+/// Well above what one provider sends one daemon (the door's benchmark drives 2 000/s from
+/// one address): the limits stop a flood, not a busy provider.
+const DEFAULT_WEBHOOK_RATE_LIMIT: u32 = 10_000;
+const DEFAULT_WEBHOOK_PLUGIN_RATE_LIMIT: u32 = 20_000;
 const DEFAULT_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
 const DEFAULT_TIME_LIMIT: Duration = Duration::from_millis(100);
 const DEFAULT_AGENT_CAPACITY: u32 = 3;
@@ -115,7 +119,32 @@ fn server(sink: &mut Problems<'_>, raw: raw::Server) -> Option<ServerConfig> {
         "server.unauthenticated_rate_limit",
         DEFAULT_UNAUTHENTICATED_RATE_LIMIT,
     );
+    let webhook_rate_limit = rate(
+        raw.webhook_rate_limit,
+        "server.webhook_rate_limit",
+        DEFAULT_WEBHOOK_RATE_LIMIT,
+    );
+    let webhook_plugin_rate_limit = rate(
+        raw.webhook_plugin_rate_limit,
+        "server.webhook_plugin_rate_limit",
+        DEFAULT_WEBHOOK_PLUGIN_RATE_LIMIT,
+    );
+    let webhook_listen = raw.webhook_listen.and_then(|address| {
+        address.get_ref().parse().ok().or_else(|| {
+            sink.at_spanned(
+                &address,
+                format!(
+                    "`server.webhook_listen` must be an address and port such as 127.0.0.1:8081, not {:?}",
+                    address.get_ref()
+                ),
+            );
+            None
+        })
+    });
     Some(ServerConfig {
+        webhook_listen,
+        webhook_rate_limit,
+        webhook_plugin_rate_limit,
         listen: listen?,
         shutdown_grace,
         body_limit: usize::try_from(body_limit).unwrap_or(usize::MAX),
@@ -516,7 +545,25 @@ fn plugins(
         if plugin.enabled.unwrap_or(true) {
             sink.names_file(format!("{path}.file"), plugin.file.span(), file.clone());
         }
+        let public_url = plugin.public_url.and_then(|url| {
+            let text = url.get_ref();
+            let absolute = (text.starts_with("https://") || text.starts_with("http://"))
+                && text.split("://").nth(1).is_some_and(|rest| !rest.is_empty());
+            if absolute && !text.contains('#') {
+                Some(url.into_inner())
+            } else {
+                sink.at_spanned(
+                    &url,
+                    format!(
+                        "`{path}.public_url` must be an absolute http(s) URL without a fragment, such as \"https://hooks.example.com/webhooks/{name}\", not {text:?}"
+                    ),
+                );
+                None
+            }
+        });
         plugins.push(PluginConfig {
+            public_url,
+            allow_unsigned: plugin.allow_unsigned.unwrap_or(false),
             file,
             default_queue: plugin.default_queue.get_ref().as_str().into(),
             enabled: plugin.enabled.unwrap_or(true),

@@ -71,6 +71,10 @@ pub struct PluginDescription {
     /// With voice controls: the supervisors its configuration gives a media endpoint; `None`:
     /// every supervisor (or a plugin of a version that cannot say).
     pub media_supervisors: Option<Vec<String>>,
+    /// With the `webhook` interface, after `configure`: whether its configuration holds the
+    /// secret that authenticates the provider's webhooks. `None`: no `webhook` interface.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_signed: Option<bool>,
 }
 
 /// A plugin's description from its `describe` answer and its optional interfaces.
@@ -88,6 +92,7 @@ pub(super) fn description(
         capabilities: optional.capabilities,
         request_headers: optional.request_headers,
         media_supervisors: None,
+        webhook_signed: None,
     }
 }
 
@@ -482,17 +487,63 @@ pub(super) mod v0_2 {
     }
 }
 
-/// An instance of a plugin, bound through the version it was built against.
+/// 0.2's optional `webhook` interface, bound on its own (world `webhook-door`) over 0.2's
+/// types, once the host has found it exported.
+pub(super) mod v0_2_webhook {
+    wasmtime::component::bindgen!({
+        path: "../plugin-sdk/wit",
+        world: "webhook-door",
+        ownership: Borrowing {
+            duplicate_if_necessary: true
+        },
+        with: {
+            "switchboard:channel/types": super::v0_2::switchboard::channel::types,
+        },
+    });
+
+    pub(in crate::plugin) use self::exports::switchboard::channel::webhook::{
+        Answer, Guest, GuestIndices,
+    };
+}
+
+/// What the webhook door answers a provider, as a plugin decided it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookAnswer {
+    pub status: u16,
+    /// Lowercase names.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl WebhookAnswer {
+    fn from_wit(answer: v0_2_webhook::Answer) -> Self {
+        Self {
+            status: answer.status,
+            headers: answer
+                .headers
+                .into_iter()
+                .map(|header| (header.name.to_ascii_lowercase(), header.value))
+                .collect(),
+            body: answer.body,
+        }
+    }
+}
+
+/// An instance of a plugin, bound through the version it was built against (with 0.2's
+/// `webhook` interface when the plugin exports it).
 pub(super) enum Bindings {
     V0_1(v0_1::Baseline),
-    V0_2(v0_2::Baseline),
+    V0_2(v0_2::Baseline, Option<v0_2_webhook::Guest>),
 }
 
 /// A plugin ready to instantiate, for its version.
 #[derive(Clone)]
 pub(super) enum BindingsPre {
     V0_1(v0_1::BaselinePre<Sandbox>),
-    V0_2(v0_2::BaselinePre<Sandbox>),
+    V0_2(
+        v0_2::BaselinePre<Sandbox>,
+        Option<std::sync::Arc<v0_2_webhook::GuestIndices>>,
+    ),
 }
 
 /// A plugin call's result: the plugin's own answer (or its typed error), or a trap.
@@ -510,22 +561,24 @@ impl BindingsPre {
         if api_version.starts_with("0.1.") {
             Ok(Self::V0_1(v0_1::BaselinePre::new(pre)?))
         } else {
-            Ok(Self::V0_2(v0_2::BaselinePre::new(pre)?))
+            // Optional: a plugin without the interface (the indices cannot be found) loads.
+            let webhook = v0_2_webhook::GuestIndices::new(&pre)
+                .ok()
+                .map(std::sync::Arc::new);
+            Ok(Self::V0_2(v0_2::BaselinePre::new(pre)?, webhook))
         }
     }
 
     pub(super) fn instance_pre(&self) -> &InstancePre<Sandbox> {
         match self {
             Self::V0_1(pre) => pre.instance_pre(),
-            Self::V0_2(pre) => pre.instance_pre(),
+            Self::V0_2(pre, _) => pre.instance_pre(),
         }
     }
 
     pub(super) fn instantiate(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<Bindings> {
-        Ok(match self {
-            Self::V0_1(pre) => Bindings::V0_1(pre.instantiate(store)?),
-            Self::V0_2(pre) => Bindings::V0_2(pre.instantiate(store)?),
-        })
+        let instance = self.instance_pre().instantiate(&mut *store)?;
+        self.bind(store, &instance)
     }
 
     pub(super) fn bind(
@@ -534,8 +587,14 @@ impl BindingsPre {
         instance: &Instance,
     ) -> wasmtime::Result<Bindings> {
         Ok(match self {
-            Self::V0_1(_) => Bindings::V0_1(v0_1::Baseline::new(store, instance)?),
-            Self::V0_2(_) => Bindings::V0_2(v0_2::Baseline::new(store, instance)?),
+            Self::V0_1(_) => Bindings::V0_1(v0_1::Baseline::new(&mut *store, instance)?),
+            Self::V0_2(_, webhook) => Bindings::V0_2(
+                v0_2::Baseline::new(&mut *store, instance)?,
+                webhook
+                    .as_ref()
+                    .map(|indices| indices.load(&mut *store, instance))
+                    .transpose()?,
+            ),
         })
     }
 }
@@ -550,7 +609,7 @@ impl Bindings {
             Self::V0_1(bindings) => {
                 v0_1::info(bindings.switchboard_channel_plugin().call_describe(store)?)
             }
-            Self::V0_2(bindings) => {
+            Self::V0_2(bindings, _) => {
                 v0_2::info(bindings.switchboard_channel_plugin().call_describe(store)?)
             }
         })
@@ -562,7 +621,7 @@ impl Bindings {
                 .switchboard_channel_plugin()
                 .call_configure(store, settings)?
                 .map_err(v0_1::failure),
-            Self::V0_2(bindings) => bindings
+            Self::V0_2(bindings, _) => bindings
                 .switchboard_channel_plugin()
                 .call_configure(store, settings)?
                 .map_err(v0_2::failure),
@@ -587,7 +646,7 @@ impl Bindings {
                     .map(|events| v0_1::events(plugin, channel, events))
                     .map_err(v0_1::failure)
             }
-            Self::V0_2(bindings) => {
+            Self::V0_2(bindings, _) => {
                 let headers = v0_2::declared_headers(request, wanted);
                 bindings
                     .switchboard_channel_plugin()
@@ -628,8 +687,67 @@ impl Bindings {
         }
         match self {
             Self::V0_1(bindings) => encode!(v0_1, bindings),
-            Self::V0_2(bindings) => encode!(v0_2, bindings),
+            Self::V0_2(bindings, _) => encode!(v0_2, bindings),
         }
+    }
+}
+
+impl Bindings {
+    /// Whether the plugin exports the optional `webhook` interface.
+    pub(super) fn has_webhook(&self) -> bool {
+        matches!(self, Self::V0_2(_, Some(_)))
+    }
+
+    /// `webhook.signed`; `None` for a plugin without the interface.
+    pub(super) fn webhook_signed(
+        &self,
+        store: &mut Store<Sandbox>,
+    ) -> wasmtime::Result<Option<bool>> {
+        match self {
+            Self::V0_2(_, Some(webhook)) => webhook.call_signed(store).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// `webhook.handshake`; `None` for a plugin without the interface.
+    pub(super) fn handshake(
+        &self,
+        store: &mut Store<Sandbox>,
+        request: &InboundRequest,
+        wanted: Option<&[String]>,
+    ) -> Option<CallResult<Option<WebhookAnswer>>> {
+        let Self::V0_2(_, Some(webhook)) = self else {
+            return None;
+        };
+        let headers = v0_2::declared_headers(request, wanted);
+        Some(
+            webhook
+                .call_handshake(store, v0_2::wit_inbound(request, &headers))
+                .map(|answer| {
+                    answer
+                        .map(|answer| answer.map(WebhookAnswer::from_wit))
+                        .map_err(v0_2::failure)
+                }),
+        )
+    }
+
+    /// `webhook.acknowledge`; `None` for a plugin without the interface.
+    pub(super) fn acknowledge(
+        &self,
+        store: &mut Store<Sandbox>,
+        request: &InboundRequest,
+        wanted: Option<&[String]>,
+        ignored: bool,
+    ) -> Option<CallResult<WebhookAnswer>> {
+        let Self::V0_2(_, Some(webhook)) = self else {
+            return None;
+        };
+        let headers = v0_2::declared_headers(request, wanted);
+        Some(
+            webhook
+                .call_acknowledge(store, v0_2::wit_inbound(request, &headers), ignored)
+                .map(|answer| Ok(WebhookAnswer::from_wit(answer))),
+        )
     }
 }
 

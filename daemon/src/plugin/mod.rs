@@ -22,6 +22,7 @@ use wasmtime::Store;
 
 pub use bindings::{
     API_VERSION, ChannelNotification, InboundRequest, OutboundRequest, PluginDescription,
+    WebhookAnswer,
 };
 use bindings::{Bindings, BindingsPre, CallResult};
 pub(crate) use runtime::Runtime;
@@ -385,6 +386,46 @@ impl Plugin {
     pub fn voice_controls(&self) -> bool {
         self.current.load().voice
     }
+
+    /// Whether the plugin authenticates its provider's webhooks with a configured secret (its
+    /// `webhook.signed` answer; `false` for a plugin without the interface).
+    pub fn signed(&self) -> bool {
+        self.current.load().description.webhook_signed == Some(true)
+    }
+
+    /// A `GET` on the webhook door: the plugin's handshake answer, `None` when it knows no
+    /// handshake of that shape (or has no `webhook` interface).
+    pub fn handshake(&self, request: &InboundRequest) -> Result<Option<WebhookAnswer>, CallError> {
+        let current = self.current.load_full();
+        let wanted = current.description.request_headers.as_deref();
+        current.call(&self.stats, |bindings, store| {
+            bindings
+                .handshake(store, request, wanted)
+                .unwrap_or(Ok(Ok(None)))
+        })
+    }
+
+    /// The answer to a webhook whose events are durable (or that `decode` ignored); a plugin
+    /// without the `webhook` interface answers `200` with an empty body.
+    pub fn acknowledge(
+        &self,
+        request: &InboundRequest,
+        ignored: bool,
+    ) -> Result<WebhookAnswer, CallError> {
+        let current = self.current.load_full();
+        let wanted = current.description.request_headers.as_deref();
+        current.call(&self.stats, |bindings, store| {
+            bindings
+                .acknowledge(store, request, wanted, ignored)
+                .unwrap_or_else(|| {
+                    Ok(Ok(WebhookAnswer {
+                        status: 200,
+                        headers: Vec::new(),
+                        body: Vec::new(),
+                    }))
+                })
+        })
+    }
 }
 
 /// One version of a plugin, ready to run.
@@ -462,6 +503,14 @@ impl Loaded {
             .capabilities
             .iter()
             .any(|capability| capability == "voice-controls");
+        // Whether the configuration holds a webhook secret: asked after it, like media below.
+        description.webhook_signed =
+            instance
+                .webhook_signed(&mut store)
+                .map_err(|error| LoadError::Instantiate {
+                    path: settings.file.clone(),
+                    reason: format!("webhook.signed trapped: {error:#}"),
+                })?;
         if voice {
             // Which supervisors can listen depends on the configuration: asked after it.
             description.media_supervisors =
@@ -732,6 +781,9 @@ fn instantiate(
         .bind(&mut *store, &instance)
         .map_err(|error| failed(format!("{error:#}")))?;
     let mut optional = bindings::Optional::default();
+    if bindings.has_webhook() {
+        optional.capabilities.push("webhook".to_owned());
+    }
     if let Some(controls) =
         probe::<Vec<String>>(&instance, store, api_version, "voice-controls", "controls")
             .map_err(failed)?

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::engine::tests::harness::*;
+use crate::engine::testing::*;
 use crate::engine::*;
 
 pub(super) fn temp_dir(name: &str) -> PathBuf {

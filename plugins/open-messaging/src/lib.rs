@@ -11,7 +11,7 @@ use serde_json::json;
 use switchboard_plugin_sdk::settings::{self, Settings};
 use switchboard_plugin_sdk::types::*;
 use switchboard_plugin_sdk::{
-    Plugin, customer_text, header, header_pair, json_body, signature, thread,
+    Plugin, Webhook, customer_text, header, header_pair, json_body, signature, thread,
 };
 
 /// `[plugins.open-messaging.config]`.
@@ -141,7 +141,16 @@ fn parties<'m>(
 /// Genesys' HMAC-SHA256 of the raw body, the only request header `decode` reads.
 const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 
-switchboard_plugin_sdk::export_plugin!(OpenMessaging, headers: [SIGNATURE_HEADER]);
+/// Genesys takes any 2xx; the plugin is signed when its webhook secret is set.
+impl Webhook for OpenMessaging {
+    fn signed() -> bool {
+        CONFIG
+            .get()
+            .is_ok_and(|config| config.webhook_secret.is_some())
+    }
+}
+
+switchboard_plugin_sdk::export_plugin!(OpenMessaging, headers: [SIGNATURE_HEADER], webhook);
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -5,7 +5,9 @@
 use serde::Deserialize;
 use switchboard_plugin_sdk::settings::{self, Settings};
 use switchboard_plugin_sdk::types::*;
-use switchboard_plugin_sdk::{Plugin, customer_text, form, header, header_pair, signature, thread};
+use switchboard_plugin_sdk::{
+    Answer, Plugin, Webhook, answer, customer_text, form, header, header_pair, signature, thread,
+};
 
 /// `[plugins.sms-twilio.config]`.
 #[derive(Debug, Deserialize)]
@@ -100,7 +102,22 @@ impl Plugin for SmsTwilio {
 /// Twilio's HMAC-SHA1 of the URL and parameters, the only request header `decode` reads.
 const SIGNATURE_HEADER: &str = "x-twilio-signature";
 
-switchboard_plugin_sdk::export_plugin!(SmsTwilio, headers: [SIGNATURE_HEADER]);
+/// What Twilio expects of a messaging webhook: TwiML. Empty TwiML sends no reply to the
+/// customer (replies go through the API when a supervisor writes); status callbacks take any
+/// 2xx and get the same.
+pub const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>";
+
+impl Webhook for SmsTwilio {
+    fn signed() -> bool {
+        CONFIG.get().is_ok_and(|config| config.auth_token.is_some())
+    }
+
+    fn acknowledge(_request: Inbound, _ignored: bool) -> Answer {
+        answer(200, Some("text/xml"), EMPTY_TWIML)
+    }
+}
+
+switchboard_plugin_sdk::export_plugin!(SmsTwilio, headers: [SIGNATURE_HEADER], webhook);
 
 /// Inbound webhook or status callback -> events.
 pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginError> {

@@ -25,6 +25,7 @@ wit_bindgen::generate!({
 use exports::switchboard::channel::plugin::Guest as Plugin;
 use exports::switchboard::channel::request_headers::Guest as RequestHeaders;
 use exports::switchboard::channel::voice_controls::Guest as VoiceControls;
+use exports::switchboard::channel::webhook::{Answer, Guest as Webhook};
 use switchboard::channel::types::*;
 
 /// `[plugins.voice-ari.config]`.
@@ -121,6 +122,26 @@ impl VoiceControls for VoiceAri {
 impl RequestHeaders for VoiceAri {
     fn wanted() -> Option<Vec<String>> {
         Some(Vec::new())
+    }
+}
+
+/// ARI has no webhooks: its events come over the events WebSocket, so on the webhook door
+/// the plugin is unsigned (refused unless allowed) and answers as the door's defaults do.
+impl Webhook for VoiceAri {
+    fn signed() -> bool {
+        false
+    }
+
+    fn handshake(_request: Inbound) -> Result<Option<Answer>, PluginError> {
+        Ok(None)
+    }
+
+    fn acknowledge(_request: Inbound, _ignored: bool) -> Answer {
+        Answer {
+            status: 200,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use switchboard_plugin_sdk::settings::{self, Settings};
 use switchboard_plugin_sdk::types::*;
-use switchboard_plugin_sdk::{Plugin, header, header_pair, json_body, signature, thread};
+use switchboard_plugin_sdk::{Plugin, Webhook, header, header_pair, json_body, signature, thread};
 
 /// `[plugins.web-chat.config]`.
 #[derive(Debug, Deserialize)]
@@ -104,7 +104,16 @@ const TIMESTAMP_HEADER: &str = "x-chatwoot-timestamp";
 const SIGNATURE_HEADER: &str = "x-chatwoot-signature";
 
 // The request headers `decode` reads; the host passes no others.
-switchboard_plugin_sdk::export_plugin!(WebChat, headers: [DELIVERY_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER]);
+/// Chatwoot takes any 2xx; the plugin is signed when its webhook secret is set.
+impl Webhook for WebChat {
+    fn signed() -> bool {
+        CONFIG
+            .get()
+            .is_ok_and(|config| config.webhook_secret.is_some())
+    }
+}
+
+switchboard_plugin_sdk::export_plugin!(WebChat, headers: [DELIVERY_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER], webhook);
 
 /// One webhook event -> events.
 pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginError> {

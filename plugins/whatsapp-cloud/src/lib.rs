@@ -10,7 +10,8 @@ use serde_json::json;
 use switchboard_plugin_sdk::settings::{self, Settings};
 use switchboard_plugin_sdk::types::*;
 use switchboard_plugin_sdk::{
-    Plugin, customer_text, header, header_pair, json_body, signature, thread,
+    Answer, Plugin, Webhook, answer, customer_text, header, header_pair, json_body, query_param,
+    signature, thread,
 };
 
 /// Meta's customer service window: free-form messages only within 24 hours of the
@@ -36,6 +37,10 @@ pub struct Config {
     /// The app secret: verifies `X-Hub-Signature-256` when set.
     #[serde(default)]
     pub app_secret: Option<String>,
+    /// The token Meta's verification request must carry (`hub.verify_token`): the value
+    /// typed into the app dashboard's webhook settings. Unset: every handshake is refused.
+    #[serde(default)]
+    pub verify_token: Option<String>,
     /// A system-user access token: outbound requests carry `Authorization: Bearer` when set
     /// (otherwise the delivery worker adds it).
     #[serde(default)]
@@ -92,10 +97,47 @@ impl Plugin for WhatsappCloud {
 /// Meta's HMAC-SHA256 of the raw body, the only request header `decode` reads.
 const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 
-switchboard_plugin_sdk::export_plugin!(WhatsappCloud, headers: [SIGNATURE_HEADER]);
+impl Webhook for WhatsappCloud {
+    fn signed() -> bool {
+        CONFIG.get().is_ok_and(|config| config.app_secret.is_some())
+    }
+
+    fn handshake(request: Inbound) -> Result<Option<Answer>, PluginError> {
+        handshake(CONFIG.get()?, &request)
+    }
+}
+
+switchboard_plugin_sdk::export_plugin!(WhatsappCloud, headers: [SIGNATURE_HEADER], webhook);
+
+/// Meta's webhook verification request: `GET ?hub.mode=subscribe&hub.verify_token=…&
+/// hub.challenge=…`, answered with the challenge as plain text when the token is the one
+/// configured.
+pub fn handshake(config: &Config, request: &Inbound) -> Result<Option<Answer>, PluginError> {
+    let Some(mode) = query_param(request, "hub.mode") else {
+        return Ok(None);
+    };
+    if mode != "subscribe" {
+        return Err(PluginError::InvalidPayload(format!(
+            "hub.mode is {mode:?}, not \"subscribe\""
+        )));
+    }
+    let challenge = query_param(request, "hub.challenge")
+        .ok_or_else(|| PluginError::InvalidPayload("no hub.challenge".to_owned()))?;
+    let expected = config
+        .verify_token
+        .as_deref()
+        .ok_or_else(|| PluginError::Unauthorized("no verify_token is configured".to_owned()))?;
+    let provided = query_param(request, "hub.verify_token").unwrap_or_default();
+    if !signature::verify_token(expected, &provided) {
+        return Err(PluginError::Unauthorized(
+            "hub.verify_token is not the configured verify_token".to_owned(),
+        ));
+    }
+    Ok(Some(answer(200, Some("text/plain"), challenge)))
+}
 
 #[derive(Deserialize)]
-struct Webhook<'a> {
+struct Payload<'a> {
     #[serde(borrow)]
     object: Cow<'a, str>,
     #[serde(borrow, default)]
@@ -350,7 +392,7 @@ pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginEr
             ));
         }
     }
-    let webhook: Webhook<'_> = json_body(request)?;
+    let webhook: Payload<'_> = json_body(request)?;
     if webhook.object != "whatsapp_business_account" {
         return Err(PluginError::Unsupported(format!(
             "webhook object {:?} is not whatsapp_business_account",

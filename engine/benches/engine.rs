@@ -3,7 +3,7 @@
 //! memory one ongoing conversation costs (counted by a global allocator, message text
 //! excluded because the engine keeps none).
 //!
-//! Run: `cargo bench -p switchboard --bench engine`.
+//! Run: `cargo bench -p switchboard-engine --bench engine`.
 
 #![allow(clippy::print_stderr)]
 // The counting allocator is the only unsafe code in the repository.
@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use switchboard::engine::*;
+use switchboard_engine::*;
 
 /// Counts live heap bytes, so that the state's footprint can be read off exactly.
 struct Counting;

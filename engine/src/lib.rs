@@ -1,4 +1,5 @@
-//! Engine step 2: the sans-IO supervision core. `Engine::apply(input, now, &mut outcome)`
+//! Engine step 2 of the flow (see `ARCHITECTURE.md`): the sans-IO supervision core, a crate of
+//! its own so that its dependency list enforces "no I/O". `Engine::apply(input, now, &mut outcome)`
 //! decides, evolves the state and reports effects; no clock, no I/O, no tokio, so every rule
 //! is a plain unit test and replaying the log is exact.
 //!
@@ -17,8 +18,12 @@ mod channel;
 mod command;
 mod tick;
 
+/// The test harness (demo roster, input helpers, effect assertions), shared with the daemon's
+/// store tests through the `testing` feature.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

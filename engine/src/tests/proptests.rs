@@ -5,8 +5,8 @@
 
 use proptest::prelude::*;
 
-use super::harness::*;
-use crate::engine::*;
+use crate::testing::*;
+use crate::*;
 
 const PLUGINS: [&str; 6] = [
     "web-chat",

@@ -1,7 +1,7 @@
 //! One test per rule of the rules table in the README ("The supervision rules"), in the table's order, each citing its source.
 
-use super::harness::*;
-use crate::engine::*;
+use crate::testing::*;
+use crate::*;
 
 fn monitor(id: &ConversationId) -> Action {
     Action::Monitor { conversation: *id }

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use crate::engine::*;
+use crate::*;
 
-pub(crate) const T0: Millis = Millis(1_800_000_000_000);
+pub const T0: Millis = Millis(1_800_000_000_000);
 
 /// Two teams, four queues, agents with different presences and a bot, and plugins for every
 /// channel (two voice plugins: one with voice controls, one without).
-pub(crate) fn demo_setup() -> Setup {
+pub fn demo_setup() -> Setup {
     let queue = |id: &str, team: &str, allowed: &[Presence]| Queue {
         id: id.into(),
         name: id.into(),
@@ -78,7 +78,7 @@ pub(crate) fn demo_setup() -> Setup {
     }
 }
 
-pub(crate) fn supervisor(id: &str, teams: &[&str]) -> Actor {
+pub fn supervisor(id: &str, teams: &[&str]) -> Actor {
     Actor {
         id: id.into(),
         roles: vec![Role::Supervisor],
@@ -86,7 +86,7 @@ pub(crate) fn supervisor(id: &str, teams: &[&str]) -> Actor {
     }
 }
 
-pub(crate) fn admin(id: &str) -> Actor {
+pub fn admin(id: &str) -> Actor {
     Actor {
         id: id.into(),
         roles: vec![Role::Admin],
@@ -94,7 +94,7 @@ pub(crate) fn admin(id: &str) -> Actor {
     }
 }
 
-pub(crate) fn agent_actor(id: &str) -> Actor {
+pub fn agent_actor(id: &str) -> Actor {
     Actor {
         id: id.into(),
         roles: vec![Role::Agent],
@@ -102,7 +102,7 @@ pub(crate) fn agent_actor(id: &str) -> Actor {
     }
 }
 
-pub(crate) fn channel_of(plugin: &str) -> ChannelKind {
+pub fn channel_of(plugin: &str) -> ChannelKind {
     match plugin {
         "web-chat" => ChannelKind::Web,
         "sms-twilio" => ChannelKind::Sms,
@@ -113,26 +113,27 @@ pub(crate) fn channel_of(plugin: &str) -> ChannelKind {
 }
 
 /// Feeds inputs to an engine, keeps every record for replay checks, and returns outcomes.
-pub(crate) struct Harness {
-    pub(crate) engine: Engine,
-    pub(crate) now: Millis,
-    pub(crate) records: Vec<Record>,
+#[derive(Debug)]
+pub struct Harness {
+    pub engine: Engine,
+    pub now: Millis,
+    pub records: Vec<Record>,
     setup: Setup,
     threads: u32,
 }
 
 /// What one input produced, detached from the reusable [`Outcome`].
 #[derive(Debug)]
-pub(crate) struct Effects {
-    pub(crate) changes: Vec<Change>,
-    pub(crate) timeline: Vec<TimelineEntry>,
-    pub(crate) notifications: Vec<Notification>,
-    pub(crate) reply: Result<Reply, Refusal>,
+pub struct Effects {
+    pub changes: Vec<Change>,
+    pub timeline: Vec<TimelineEntry>,
+    pub notifications: Vec<Notification>,
+    pub reply: Result<Reply, Refusal>,
 }
 
 impl Effects {
     #[track_caller]
-    pub(crate) fn ok(&self) -> &Reply {
+    pub fn ok(&self) -> &Reply {
         match &self.reply {
             Ok(reply) => reply,
             Err(refusal) => panic!("expected success, got {refusal}"),
@@ -140,7 +141,7 @@ impl Effects {
     }
 
     #[track_caller]
-    pub(crate) fn refused(&self, code: Code) -> &Refusal {
+    pub fn refused(&self, code: Code) -> &Refusal {
         match &self.reply {
             Err(refusal) if refusal.code == code => {
                 assert!(
@@ -157,7 +158,7 @@ impl Effects {
         }
     }
 
-    pub(crate) fn to(&self, audience: &Audience) -> Vec<&NotificationBody> {
+    pub fn to(&self, audience: &Audience) -> Vec<&NotificationBody> {
         self.notifications
             .iter()
             .filter(|n| &n.audience == audience)
@@ -165,7 +166,7 @@ impl Effects {
             .collect()
     }
 
-    pub(crate) fn to_channel(&self) -> Vec<&NotificationBody> {
+    pub fn to_channel(&self) -> Vec<&NotificationBody> {
         self.notifications
             .iter()
             .filter(|n| matches!(n.audience, Audience::Channel { .. }))
@@ -173,29 +174,29 @@ impl Effects {
             .collect()
     }
 
-    pub(crate) fn to_agent(&self, agent: &str) -> Vec<&NotificationBody> {
+    pub fn to_agent(&self, agent: &str) -> Vec<&NotificationBody> {
         self.to(&Audience::Agent {
             agent: agent.into(),
         })
     }
 
-    pub(crate) fn to_supervisor(&self, supervisor: &str) -> Vec<&NotificationBody> {
+    pub fn to_supervisor(&self, supervisor: &str) -> Vec<&NotificationBody> {
         self.to(&Audience::Supervisor {
             supervisor: supervisor.into(),
         })
     }
 
-    pub(crate) fn timeline_events(&self) -> Vec<&TimelineEvent> {
+    pub fn timeline_events(&self) -> Vec<&TimelineEvent> {
         self.timeline.iter().map(|entry| &entry.event).collect()
     }
 }
 
 impl Harness {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Self::with(demo_setup())
     }
 
-    pub(crate) fn with(setup: Setup) -> Self {
+    pub fn with(setup: Setup) -> Self {
         Self {
             engine: Engine::new(setup.clone()),
             now: T0,
@@ -205,20 +206,17 @@ impl Harness {
         }
     }
 
-    pub(crate) fn with_policy(
-        channel: ChannelKind,
-        change: impl FnOnce(&mut ChannelPolicy),
-    ) -> Self {
+    pub fn with_policy(channel: ChannelKind, change: impl FnOnce(&mut ChannelPolicy)) -> Self {
         let mut setup = demo_setup();
         change(setup.policies.get_mut(channel));
         Self::with(setup)
     }
 
-    pub(crate) fn advance(&mut self, millis: i64) {
+    pub fn advance(&mut self, millis: i64) {
         self.now = self.now.plus(millis);
     }
 
-    pub(crate) fn input(&mut self, input: Input) -> Effects {
+    pub fn input(&mut self, input: Input) -> Effects {
         let mut out = Outcome::default();
         self.engine.apply(input, self.now, &mut out);
         if !out.is_empty() {
@@ -233,7 +231,7 @@ impl Harness {
         }
     }
 
-    pub(crate) fn event(&mut self, source: &str, body: EventBody) -> Effects {
+    pub fn event(&mut self, source: &str, body: EventBody) -> Effects {
         self.input(Input::Channel(ChannelEvent {
             id: None,
             source: source.into(),
@@ -241,7 +239,7 @@ impl Harness {
         }))
     }
 
-    pub(crate) fn command(&mut self, actor: &Actor, action: Action) -> Effects {
+    pub fn command(&mut self, actor: &Actor, action: Action) -> Effects {
         self.input(Input::Command(Command {
             actor: actor.clone(),
             idempotency: None,
@@ -249,11 +247,11 @@ impl Harness {
         }))
     }
 
-    pub(crate) fn tick(&mut self) -> Effects {
+    pub fn tick(&mut self) -> Effects {
         self.input(Input::Tick)
     }
 
-    pub(crate) fn thread(&mut self, plugin: &str) -> ExternalRef {
+    pub fn thread(&mut self, plugin: &str) -> ExternalRef {
         self.threads += 1;
         ExternalRef {
             plugin: plugin.into(),
@@ -262,11 +260,11 @@ impl Harness {
     }
 
     /// Starts an open conversation on `plugin` and returns its id.
-    pub(crate) fn open(&mut self, plugin: &str) -> ConversationId {
+    pub fn open(&mut self, plugin: &str) -> ConversationId {
         self.open_in(plugin, None)
     }
 
-    pub(crate) fn open_in(&mut self, plugin: &str, queue: Option<&str>) -> ConversationId {
+    pub fn open_in(&mut self, plugin: &str, queue: Option<&str>) -> ConversationId {
         let thread = self.thread(plugin);
         let effects = self.event(
             plugin,
@@ -286,13 +284,13 @@ impl Harness {
     }
 
     /// An active conversation on `plugin` handled by `agent`.
-    pub(crate) fn active(&mut self, plugin: &str, agent: &str) -> ConversationId {
+    pub fn active(&mut self, plugin: &str, agent: &str) -> ConversationId {
         let id = self.open(plugin);
         self.accept(&id, agent);
         id
     }
 
-    pub(crate) fn accept(&mut self, id: &ConversationId, agent: &str) -> Effects {
+    pub fn accept(&mut self, id: &ConversationId, agent: &str) -> Effects {
         let effects = self.event(
             "canonical",
             EventBody::Accepted {
@@ -304,7 +302,7 @@ impl Harness {
         effects
     }
 
-    pub(crate) fn on(
+    pub fn on(
         &mut self,
         id: &ConversationId,
         body: impl FnOnce(ConversationRef) -> EventBody,
@@ -312,24 +310,24 @@ impl Harness {
         self.event("canonical", body(ConversationRef::Id { id: *id }))
     }
 
-    pub(crate) fn conversation(&self, id: &ConversationId) -> &Conversation {
+    pub fn conversation(&self, id: &ConversationId) -> &Conversation {
         self.engine
             .state()
             .conversation(*id)
             .expect("conversation exists")
     }
 
-    pub(crate) fn agent(&self, id: &str) -> &Agent {
+    pub fn agent(&self, id: &str) -> &Agent {
         self.engine.state().agent(id).expect("agent exists")
     }
 
-    pub(crate) fn state_of(&self, id: &ConversationId) -> ConversationState {
+    pub fn state_of(&self, id: &ConversationId) -> ConversationState {
         self.conversation(id).state
     }
 
     /// Rebuilds an engine from the records so far and checks it equals the live one.
     #[track_caller]
-    pub(crate) fn assert_replays(&self) {
+    pub fn assert_replays(&self) {
         let replayed = Engine::replay(self.setup.clone(), &self.records);
         assert!(
             replayed.state() == self.engine.state(),
@@ -339,14 +337,14 @@ impl Harness {
 
     /// Checks the invariants the property test checks, on the current state.
     #[track_caller]
-    pub(crate) fn assert_invariants(&self) {
+    pub fn assert_invariants(&self) {
         check_invariants(&self.engine);
     }
 }
 
 /// Invariants that no sequence of inputs may break.
 #[track_caller]
-pub(crate) fn check_invariants(engine: &Engine) {
+pub fn check_invariants(engine: &Engine) {
     let state = engine.state();
     for conversation in state.conversations() {
         let policy = engine.policy(conversation.channel);
@@ -444,6 +442,12 @@ pub(crate) fn check_invariants(engine: &Engine) {
     assert!(state.live_threads.len() <= state.conversations().count());
 }
 
-pub(crate) fn text(value: &str) -> Arc<str> {
+pub fn text(value: &str) -> Arc<str> {
     value.into()
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
 }
