@@ -71,6 +71,7 @@ fn try_load_with_time_limit(
         memory_limit: 64 << 20,
         time_limit,
         settings: settings.to_owned(),
+        secrets: Default::default(),
     })
 }
 

@@ -59,13 +59,7 @@ pub fn build(config: &Config) -> anyhow::Result<Service> {
     let mut policies = Vec::new();
     for configured in config.plugins.iter().filter(|plugin| plugin.enabled) {
         let plugin = host
-            .load(PluginSettings {
-                id: configured.id.clone(),
-                file: configured.file.clone(),
-                memory_limit: configured.memory_limit as usize,
-                time_limit: configured.time_limit,
-                settings: configured.settings.expose().to_owned(),
-            })
+            .load(PluginSettings::from_config(configured))
             .with_context(|| format!("loading plugin {}", configured.id))?;
         policies.push(plugin_policy(&plugin, &configured.default_queue));
         plugins.push(Arc::new(plugin));
@@ -123,7 +117,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let http_stop = CancellationToken::new();
     let http = tokio::spawn(admin::serve(
         listener,
-        AdminContext::new(service.clone(), authenticator, &config.server),
+        AdminContext::new(service.clone(), authenticator, &config.server)
+            .with_config_file(config.file.clone()),
         http_stop.clone(),
     ));
     let door_stop = CancellationToken::new();

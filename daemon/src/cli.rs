@@ -40,6 +40,10 @@ pub fn list(config: &Config) -> Result<Value, CliError> {
                 "enabled": plugin.enabled,
                 "memory_limit": plugin.memory_limit,
                 "time_limit_ms": plugin.time_limit.as_millis() as u64,
+                "public_url": plugin.public_url,
+                "allow_unsigned": plugin.allow_unsigned,
+                // Which secrets are set, never their values.
+                "secrets": plugin.secrets.keys().collect::<Vec<_>>(),
             });
             match host.inspect(&plugin.file) {
                 Ok(description) => entry["description"] = json!(description),
@@ -129,6 +133,7 @@ pub fn decode(config: Option<&Config>, request: DecodeRequest) -> Result<Value, 
             memory_limit: configured.map_or(CLI_MEMORY, |plugin| plugin.memory_limit as usize),
             time_limit: configured.map_or(Duration::from_millis(100), |plugin| plugin.time_limit),
             settings,
+            secrets: Default::default(),
         })
         .map_err(|error| CliError::Failed(error.to_string()))?;
     let received_at = Millis(

@@ -43,6 +43,7 @@ fn call_overhead(c: &mut Criterion) {
                 memory_limit: 64 << 20,
                 time_limit: Duration::from_millis(100),
                 settings: String::new(),
+                secrets: Default::default(),
             })
             .unwrap();
         c.bench_function(&format!("call_overhead/{name}"), |b| {
@@ -79,6 +80,7 @@ fn cold_start(c: &mut Criterion) {
         memory_limit: 64 << 20,
         time_limit: Duration::from_millis(100),
         settings: "phone_number_id = \"106540352242922\"\n".to_owned(),
+        secrets: Default::default(),
     };
     // Fill the cache once; every measured load reads the precompiled component back.
     host.load(settings.clone()).unwrap();

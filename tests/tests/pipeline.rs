@@ -42,6 +42,7 @@ fn open_pipeline(store_dir: &Path) -> Pipeline {
                 memory_limit: 64 << 20,
                 time_limit: Duration::from_millis(100),
                 settings: configured.settings.expose().to_owned(),
+                secrets: configured.secrets.clone(),
             })
             .unwrap(),
         );

@@ -73,6 +73,7 @@ fn a_memory_bomb_hits_its_cap() {
             memory_limit: 16 << 20,
             time_limit: Duration::from_secs(5),
             settings: String::new(),
+            secrets: Default::default(),
         })
         .unwrap();
     let error = bomb.decode(&body("attack")).unwrap_err();
@@ -194,6 +195,7 @@ fn hot_reload_swaps_atomically_and_drops_nothing() {
             memory_limit: 64 << 20,
             time_limit: Duration::from_millis(100),
             settings: SMS_SETTINGS.to_owned(),
+            secrets: Default::default(),
         })
         .unwrap();
     assert!(
@@ -245,6 +247,7 @@ fn compiled_plugins_are_cached_on_disk() {
         memory_limit: 64 << 20,
         time_limit: Duration::from_millis(100),
         settings: SMS_SETTINGS.to_owned(),
+        secrets: Default::default(),
     };
     let first = PluginHost::new(64 << 20, Some(dir.clone()))
         .unwrap()
@@ -271,6 +274,7 @@ fn junk_files_are_refused_with_a_clear_message() {
             memory_limit: 64 << 20,
             time_limit: Duration::from_millis(100),
             settings: String::new(),
+            secrets: Default::default(),
         })
         .unwrap_err();
     assert!(matches!(error, LoadError::Invalid { .. }), "{error}");

@@ -520,7 +520,13 @@ fn the_binary_opens_the_door_on_its_own_listener() {
     let dir = temp_dir("door-binary");
     let (port, door_port) = (free_port(), free_port());
     let file = dir.join("switchboard.toml");
-    std::fs::write(&file, config_text(&dir, port, door_port)).unwrap();
+    // Twilio's token from a mounted secret file, rotated below.
+    std::fs::write(dir.join("twilio-token"), format!("{TWILIO_TOKEN}\n")).unwrap();
+    let text = config_text(&dir, port, door_port).replace(
+        &format!("auth_token = \"{TWILIO_TOKEN}\""),
+        "auth_token = { file = \"twilio-token\" }",
+    );
+    std::fs::write(&file, text).unwrap();
     let mut daemon = Command::new(switchboard_binary())
         .args(["serve", "--config"])
         .arg(&file)
@@ -577,6 +583,45 @@ fn the_binary_opens_the_door_on_its_own_listener() {
         ),
         "{metrics}"
     );
+
+    // The token is rotated: after a reload (which reads the secret file again) only the new
+    // one signs.
+    std::fs::write(dir.join("twilio-token"), "rotated-twilio-token").unwrap();
+    let admin = Command::new(switchboard_binary())
+        .args(["token", "--config"])
+        .arg(&file)
+        .args(["--sub", "root", "--role", "admin"])
+        .output()
+        .unwrap();
+    let admin = String::from_utf8(admin.stdout).unwrap().trim().to_owned();
+    let (status, body) = curl(&[
+        "-X",
+        "POST",
+        &format!("http://127.0.0.1:{port}/v1/plugins/sms-twilio/reload"),
+        "-H",
+        &format!("Authorization: Bearer {admin}"),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("rotated-twilio-token"), "{body}");
+    let post = |token: &str| {
+        curl(&[
+            "-X",
+            "POST",
+            &sms_url,
+            "-H",
+            &format!(
+                "X-Twilio-Signature: {}",
+                twilio_signature(&sms_url, INBOUND_SMS, token)
+            ),
+            "-H",
+            "Content-Type: application/x-www-form-urlencoded",
+            "--data-binary",
+            INBOUND_SMS,
+        ])
+        .0
+    };
+    assert_eq!(post(TWILIO_TOKEN), 401);
+    assert_eq!(post("rotated-twilio-token"), 200);
     let _ = Command::new("kill")
         .args(["-TERM", &daemon.id().to_string()])
         .status();

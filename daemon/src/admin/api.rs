@@ -297,6 +297,11 @@ pub struct PluginInfo {
     /// SHA-256 of the component in use.
     pub hash: String,
     pub voice_controls: bool,
+    /// Whether its configuration holds the secret that authenticates its provider's webhooks
+    /// (the webhook door refuses an unsigned plugin unless it is allowed).
+    pub webhook_signed: bool,
+    /// The names of its `[plugins.<id>.secrets]` (never their values).
+    pub secrets: Vec<String>,
     /// `healthy`, `degraded` or `unhealthy` (circuit breaker open).
     pub health: String,
     pub counters: PluginCounters,

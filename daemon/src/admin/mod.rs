@@ -47,6 +47,8 @@ pub struct AdminContext {
     /// Requests without a valid token, per client address.
     unauthenticated: RateLimiter,
     trust_forwarded: bool,
+    /// The configuration file, read again by a plugin reload (settings and secrets).
+    config_file: Option<std::path::PathBuf>,
 }
 
 impl AdminContext {
@@ -59,7 +61,15 @@ impl AdminContext {
             rate: RateLimiter::new(server.rate_limit),
             unauthenticated: RateLimiter::new(server.unauthenticated_rate_limit),
             trust_forwarded: server.trust_forwarded,
+            config_file: None,
         }
+    }
+
+    /// Reloads read the plugin's settings and secrets again from `file` (the daemon's own
+    /// configuration file; without it a reload keeps the settings it started with).
+    pub fn with_config_file(mut self, file: std::path::PathBuf) -> Self {
+        self.config_file = Some(file);
+        self
     }
 }
 

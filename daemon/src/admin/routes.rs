@@ -746,6 +746,8 @@ fn plugin_info(plugin: &crate::plugin::Plugin) -> api::PluginInfo {
         api_version: description.api_version,
         hash: plugin.version_hash(),
         voice_controls: plugin.voice_controls(),
+        webhook_signed: plugin.signed(),
+        secrets: plugin.secret_names(),
         health: plugin.health().as_str().to_owned(),
         counters: api::PluginCounters {
             decodes: stats.decodes.load(Relaxed),
@@ -817,7 +819,27 @@ pub(super) async fn reload(
     };
     let reloaded = {
         let plugin = plugin.clone();
-        tokio::task::spawn_blocking(move || plugin.reload()).await
+        let file = context.config_file.clone();
+        tokio::task::spawn_blocking(move || match file {
+            // Settings and secrets as the configuration (and the files and variables it
+            // names) says now: a rotated secret takes effect without a restart.
+            Some(file) => {
+                let config = crate::config::load(&file).map_err(|error| error.to_string())?;
+                let configured = config
+                    .plugins
+                    .iter()
+                    .find(|configured| configured.id == plugin.id())
+                    .ok_or_else(|| {
+                        "the configuration no longer names this plugin; restart to remove it"
+                            .to_owned()
+                    })?;
+                plugin
+                    .reload_with(crate::plugin::PluginSettings::from_config(configured))
+                    .map_err(|error| error.to_string())
+            }
+            None => plugin.reload().map_err(|error| error.to_string()),
+        })
+        .await
     };
     match reloaded {
         Ok(Ok(_)) => json(StatusCode::OK, &plugin_info(&plugin)),

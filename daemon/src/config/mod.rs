@@ -125,6 +125,8 @@ pub struct PluginConfig {
     pub public_url: Option<String>,
     /// Whether the door takes its webhooks without a signature secret.
     pub allow_unsigned: bool,
+    /// `[plugins.<id>.secrets]`: named credentials the delivery worker fills in at send time.
+    pub secrets: std::collections::BTreeMap<String, Secret>,
     /// The plugin's own `[plugins.<id>.config]` table, as TOML text for the plugin.
     pub settings: Secret,
 }
@@ -319,6 +321,7 @@ pub fn parse(file: &Path, text: &str, env: &[(String, String)]) -> Result<Config
     }
     let mut root = root.into_inner();
     sink.apply_env(&mut root, env);
+    sink.resolve_secrets(&mut root, &mut Vec::new());
     let sections = Sections::read(&mut sink, root);
     match validate::validate(&mut sink, sections) {
         Some(config) if sink.problems.is_empty() => Ok(config),
@@ -410,6 +413,8 @@ struct Problems<'t> {
     problems: Vec<(usize, Problem)>,
     /// Files named so far, checked later by [`Config::check_files`].
     files: Vec<NamedFile>,
+    /// Values read from `{ env = … }` and `{ file = … }`: blanked out of every problem.
+    secrets: Vec<String>,
 }
 
 impl<'t> Problems<'t> {
@@ -421,17 +426,118 @@ impl<'t> Problems<'t> {
             env_names: Vec::new(),
             problems: Vec::new(),
             files: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 
     fn finish(mut self) -> ConfigError {
         self.problems.sort_by_key(|(offset, _)| *offset);
+        let secrets = std::mem::take(&mut self.secrets);
         ConfigError {
             problems: self
                 .problems
                 .into_iter()
-                .map(|(_, problem)| problem)
+                .map(|(_, mut problem)| {
+                    // A problem may quote the value it is about; a secret's never shows.
+                    for secret in &secrets {
+                        problem.message = problem.message.replace(secret.as_str(), "***");
+                    }
+                    problem
+                })
                 .collect(),
+        }
+    }
+
+    /// Replaces every secret reference — a table whose only key is `env` (an environment
+    /// variable's name) or `file` (a path relative to the configuration file, one trailing
+    /// newline trimmed) — with the value it names, wherever it stands: any string of the
+    /// configuration may come from the environment or a mounted secret file (Kubernetes
+    /// secrets, systemd credentials). Values are remembered so that no problem quotes them.
+    fn resolve_secrets(&mut self, table: &mut DeTable<'_>, path: &mut Vec<String>) {
+        for (key, value) in table.iter_mut() {
+            path.push(key.get_ref().to_string());
+            self.resolve_value(value, path);
+            path.pop();
+        }
+    }
+
+    fn resolve_value(&mut self, value: &mut Spanned<DeValue<'_>>, path: &mut Vec<String>) {
+        let span = value.span();
+        match value.get_mut() {
+            DeValue::Table(table) => match secret_reference(table) {
+                Some((source, name)) => {
+                    let key = path.join(".");
+                    if let Some(secret) = self.read_secret(source, &name, &key, span.clone()) {
+                        self.secrets
+                            .extend((secret.len() >= 4).then(|| secret.clone()));
+                        *value = Spanned::new(span, DeValue::String(secret.into()));
+                    }
+                }
+                None => self.resolve_secrets(table, path),
+            },
+            DeValue::Array(items) => {
+                for (index, item) in items.iter_mut().enumerate() {
+                    path.push(index.to_string());
+                    self.resolve_value(item, path);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The value of one reference; a problem (naming the variable or file, never a value) when
+    /// it cannot be read.
+    fn read_secret(
+        &mut self,
+        source: SecretSource,
+        name: &str,
+        key: &str,
+        span: std::ops::Range<usize>,
+    ) -> Option<String> {
+        match source {
+            SecretSource::Env => match std::env::var(name) {
+                Ok(value) => Some(value),
+                Err(std::env::VarError::NotPresent) => {
+                    self.at(
+                        Some(span),
+                        format!("`{key}`: environment variable {name} is not set"),
+                    );
+                    None
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    self.at(
+                        Some(span),
+                        format!("`{key}`: environment variable {name} is not UTF-8"),
+                    );
+                    None
+                }
+            },
+            SecretSource::File => {
+                let base = self.file.parent().unwrap_or(Path::new("."));
+                let path = base.join(name);
+                match std::fs::read_to_string(&path) {
+                    Ok(mut text) => {
+                        if text.ends_with('\n') {
+                            text.pop();
+                            if text.ends_with('\r') {
+                                text.pop();
+                            }
+                        }
+                        Some(text)
+                    }
+                    Err(error) => {
+                        self.at(
+                            Some(span),
+                            format!(
+                                "`{key}`: cannot read secret file {}: {error}",
+                                resolved(&path).display()
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
         }
     }
 
@@ -617,6 +723,29 @@ impl<'t> Problems<'t> {
                 Vec::new()
             }
         }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum SecretSource {
+    Env,
+    File,
+}
+
+/// `{ env = "NAME" }` or `{ file = "PATH" }`: a table with that single string key.
+fn secret_reference(table: &DeTable<'_>) -> Option<(SecretSource, String)> {
+    if table.len() != 1 {
+        return None;
+    }
+    let (key, value) = table.iter().next()?;
+    let source = match key.get_ref().as_ref() {
+        "env" => SecretSource::Env,
+        "file" => SecretSource::File,
+        _ => return None,
+    };
+    match value.get_ref() {
+        DeValue::String(name) => Some((source, name.to_string())),
+        _ => None,
     }
 }
 

@@ -193,6 +193,11 @@ pub(crate) struct Plugin {
     /// Take this plugin's webhooks on the door although its configuration holds no
     /// signature secret (development only; a warning at start). Default false.
     pub allow_unsigned: Option<bool>,
+    /// Named credentials for the delivery worker, which puts them where the plugin's requests
+    /// say `{{secret:NAME}}` at send time; never handed to the plugin, never stored. Write
+    /// each as `{ env = "VAR" }` or `{ file = "path" }`.
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, String>,
     /// The plugin's own settings (secrets included), handed to the plugin as TOML.
     #[serde(default)]
     pub config: toml::Table,

@@ -208,3 +208,89 @@ fn sizes_and_ids() {
     assert!(super::validate::valid_id("support-chat"));
     assert!(!super::validate::valid_id("a b"));
 }
+
+/// A configuration in a directory of its own, with files beside it.
+fn config_dir(name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("switchboard-config-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, text) in files {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn any_string_can_come_from_a_file_or_the_environment() {
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/switchboard.toml"),
+    )
+    .unwrap();
+    let text = shipped
+        .replace(
+            "hs256_secret = \"dev-only-switchboard-hs256-secret-change-me\"",
+            "hs256_secret = { file = \"secrets/hs256\" }",
+        )
+        .replace(
+            "[plugins.sms-twilio.config]",
+            "secrets = { auth_token = { file = \"secrets/twilio\" }, path = { env = \"PATH\" } }\n[plugins.sms-twilio.config]\nauth_token = { file = \"secrets/twilio\" }",
+        );
+    let dir = config_dir("secrets", &[]);
+    std::fs::create_dir_all(dir.join("secrets")).unwrap();
+    std::fs::write(
+        dir.join("secrets/hs256"),
+        "a-32-byte-or-longer-hs256-secret-from-a-file\n",
+    )
+    .unwrap();
+    // Kubernetes and systemd write the value as it is; an editor adds a newline (trimmed).
+    std::fs::write(dir.join("secrets/twilio"), "twilio-token-from-file").unwrap();
+    let file = dir.join("switchboard.toml");
+    let config = parse(&file, &text, &[]).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(
+        config.auth.hs256_secret.as_ref().unwrap().expose(),
+        "a-32-byte-or-longer-hs256-secret-from-a-file"
+    );
+    let twilio = config
+        .plugins
+        .iter()
+        .find(|plugin| plugin.id == "sms-twilio")
+        .unwrap();
+    assert_eq!(
+        twilio.secrets["auth_token"].expose(),
+        "twilio-token-from-file"
+    );
+    assert_eq!(
+        twilio.secrets["path"].expose(),
+        std::env::var("PATH").unwrap()
+    );
+    assert!(
+        twilio
+            .settings
+            .expose()
+            .contains("auth_token = \"twilio-token-from-file\"")
+    );
+    assert!(!format!("{config:?}").contains("twilio-token-from-file"));
+}
+
+#[test]
+fn a_secret_that_cannot_be_read_is_a_problem_and_no_problem_quotes_a_secret() {
+    let dir = config_dir("secret-problems", &[("listen", "canary-not-an-address\n")]);
+    let text = "[server]\nlisten = { file = \"listen\" }\n\n[auth]\nissuer = { env = \"SWITCHBOARD_TEST_SURELY_UNSET\" }\naudience = { file = \"missing\" }\n";
+    let error = parse(&dir.join("s.toml"), text, &[]).unwrap_err();
+    let rendered = error.to_string();
+    assert!(
+        rendered.contains("s.toml:2:10: `server.listen` must be an address"),
+        "{rendered}"
+    );
+    assert!(!rendered.contains("canary"), "{rendered}");
+    assert!(
+        rendered.contains(
+            "s.toml:5:10: `auth.issuer`: environment variable SWITCHBOARD_TEST_SURELY_UNSET is not set"
+        ),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("s.toml:6:12: `auth.audience`: cannot read secret file"),
+        "{rendered}"
+    );
+}

@@ -561,7 +561,19 @@ fn plugins(
                 None
             }
         });
+        for name in plugin.secrets.keys() {
+            if !valid_id(name) {
+                sink.whole(format!(
+                    "`{path}.secrets.{name}`: a secret's name is letters, digits, `-` or `_` (plugins write it as {{{{secret:NAME}}}})"
+                ));
+            }
+        }
         plugins.push(PluginConfig {
+            secrets: plugin
+                .secrets
+                .into_iter()
+                .map(|(name, value)| (name, Secret::new(value)))
+                .collect(),
             public_url,
             allow_unsigned: plugin.allow_unsigned.unwrap_or(false),
             file,

@@ -158,6 +158,24 @@ pub struct PluginSettings {
     pub time_limit: Duration,
     /// The plugin's `config` table as TOML text (secrets included; never logged).
     pub settings: String,
+    /// `[plugins.<id>.secrets]`: never handed to the plugin; the delivery worker puts them
+    /// where its requests say `{{secret:NAME}}`.
+    pub secrets: std::collections::BTreeMap<String, crate::config::Secret>,
+}
+
+impl PluginSettings {
+    /// What the host needs of a configured plugin (at start, and on a reload that reads the
+    /// configuration again).
+    pub fn from_config(configured: &crate::config::PluginConfig) -> Self {
+        Self {
+            id: configured.id.clone(),
+            file: configured.file.clone(),
+            memory_limit: configured.memory_limit as usize,
+            time_limit: configured.time_limit,
+            settings: configured.settings.expose().to_owned(),
+            secrets: configured.secrets.clone(),
+        }
+    }
 }
 
 /// Counters a user would graph, per plugin (all versions).
@@ -228,7 +246,8 @@ impl PluginHost {
         Ok(Plugin {
             runtime: self.runtime.clone(),
             plugin_id: PluginId::new(settings.id.as_str()),
-            settings,
+            id: settings.id.clone(),
+            settings: ArcSwap::from_pointee(settings),
             current: ArcSwap::from_pointee(loaded),
             stats,
         })
@@ -262,7 +281,9 @@ pub struct Plugin {
     runtime: Arc<Runtime>,
     /// `settings.id` as the engine names it, shared by every event decoded.
     plugin_id: PluginId,
-    settings: PluginSettings,
+    id: String,
+    /// Swapped by [`Plugin::reload_with`] (settings and secrets read again).
+    settings: ArcSwap<PluginSettings>,
     current: ArcSwap<Loaded>,
     stats: Arc<PluginStats>,
 }
@@ -270,15 +291,15 @@ pub struct Plugin {
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plugin")
-            .field("id", &self.settings.id)
-            .field("file", &self.settings.file)
+            .field("id", &self.id)
+            .field("file", &self.settings.load().file)
             .finish_non_exhaustive()
     }
 }
 
 impl Plugin {
     pub fn id(&self) -> &str {
-        &self.settings.id
+        &self.id
     }
 
     pub fn description(&self) -> PluginDescription {
@@ -320,22 +341,34 @@ impl Plugin {
     /// Loads the file again (replaced on disk, or on request) and swaps it in once it passed
     /// its smoke test. On any error the current version stays.
     pub fn reload(&self) -> Result<PluginDescription, LoadError> {
-        let loaded = Loaded::prepare(
-            &self.runtime,
-            &self.settings,
-            Some(&self.settings.id),
-            self.stats.clone(),
-        )?;
+        self.reload_with((*self.settings.load_full()).clone())
+    }
+
+    /// [`Plugin::reload`] with settings and secrets read again from the configuration: both
+    /// are swapped in only when the new version passed its smoke test with them.
+    pub fn reload_with(&self, settings: PluginSettings) -> Result<PluginDescription, LoadError> {
+        let loaded = Loaded::prepare(&self.runtime, &settings, Some(&self.id), self.stats.clone())?;
         let description = loaded.description.clone();
         self.current.store(Arc::new(loaded));
+        self.settings.store(Arc::new(settings));
         self.stats.reloads.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(plugin = %self.settings.id, version = %description.version, "plugin reloaded");
+        tracing::info!(plugin = %self.id, version = %description.version, "plugin reloaded");
         Ok(description)
+    }
+
+    /// A named secret of `[plugins.<id>.secrets]`, for the delivery worker only.
+    pub fn secret(&self, name: &str) -> Option<crate::config::Secret> {
+        self.settings.load().secrets.get(name).cloned()
+    }
+
+    /// The names of the plugin's secrets (what is set, never the values).
+    pub fn secret_names(&self) -> Vec<String> {
+        self.settings.load().secrets.keys().cloned().collect()
     }
 
     /// Reloads if the file's content changed; `Ok(None)` when it did not.
     pub fn reload_if_changed(&self) -> Result<Option<PluginDescription>, LoadError> {
-        let bytes = read(&self.settings.file)?;
+        let bytes = read(&self.settings.load().file)?;
         let current = self.current.load();
         if current.source_hash == source_hash(&bytes) {
             return Ok(None);

@@ -26,6 +26,7 @@ impl Case {
             memory_limit: 64 << 20,
             time_limit: Duration::from_millis(100),
             settings: self.settings.to_owned(),
+            secrets: Default::default(),
         })
         .expect("the bundled plugin loads")
     }
