@@ -1,5 +1,8 @@
 //! Shared helpers for the end-to-end tests in `tests/tests/`: where the plugins built by
-//! `tests/build.rs` are, and a plugin host to load them with.
+//! `tests/build.rs` are, a plugin host to load them with, and the provider emulators
+//! ([`emulators`]) deliveries are tested against.
+
+pub mod emulators;
 
 use std::path::PathBuf;
 use std::time::Duration;

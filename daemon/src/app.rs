@@ -142,9 +142,41 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
         None => None,
     };
+    let delivery_stop = CancellationToken::new();
+    let delivery = if !config.delivery.enabled {
+        None
+    } else if config.amqp.is_some() {
+        tracing::warn!(
+            "[delivery] on RabbitMQ is not implemented yet: channel.<plugin> requests go to the outbound exchange for an external worker"
+        );
+        None
+    } else {
+        let egress: std::collections::HashMap<String, crate::delivery::Egress> = config
+            .plugins
+            .iter()
+            .map(|plugin| {
+                let egress = crate::delivery::Egress {
+                    hosts: plugin.allowed_hosts.clone(),
+                    explicit: plugin.allowed_hosts_listed,
+                };
+                (plugin.id.clone(), egress)
+            })
+            .collect();
+        let worker =
+            crate::delivery::Worker::new(service.clone(), config.delivery.clone(), &egress)
+                .map_err(anyhow::Error::msg)?;
+        Some(tokio::spawn(
+            Arc::new(worker).run_embedded(delivery_stop.clone()),
+        ))
+    };
+    let delivering = delivery.is_some();
     let transport = match config.amqp.clone() {
         Some(amqp) => tokio::spawn(run_amqp(service.clone(), amqp, shutdown.clone())),
-        None => tokio::spawn(run_embedded_outbox(service.clone(), shutdown.clone())),
+        None => tokio::spawn(run_embedded_outbox(
+            service.clone(),
+            delivering,
+            shutdown.clone(),
+        )),
     };
 
     tokio::select! {
@@ -159,6 +191,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     service.stopping.cancel();
     http_stop.cancel();
     door_stop.cancel();
+    // Deliveries waiting for a retry stay in the outbox for the next start; one in flight
+    // is abandoned mid-request and sent again then (at least once).
+    delivery_stop.cancel();
+    if let Some(delivery) = delivery {
+        let _ = delivery.await;
+    }
     let transport_result = transport.await;
     // Requests in flight get their answers: the writer drains what it accepted.
     writer_stop.cancel();
@@ -189,7 +227,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// Without a broker: outbound notifications stay in the store's outbox, readable through
 /// `GET /v1/outbox`, and each is logged once (target `switchboard::outbound`) so that a
 /// newcomer sees what would be sent. The newest [`EMBEDDED_OUTBOX_KEEP`] are kept.
-async fn run_embedded_outbox(service: Arc<Service>, stop: CancellationToken) -> anyhow::Result<()> {
+async fn run_embedded_outbox(
+    service: Arc<Service>,
+    delivering: bool,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     // Reading entries only to log them is wasted work when nobody reads that log. Entries
     // from an earlier run were logged then: start after the newest.
     let logging = tracing::enabled!(target: "switchboard::outbound", tracing::Level::INFO);
@@ -205,7 +247,9 @@ async fn run_embedded_outbox(service: Arc<Service>, stop: CancellationToken) -> 
         }
         if last_trim.elapsed() >= Duration::from_secs(1) {
             last_trim = std::time::Instant::now();
-            tokio::task::block_in_place(|| trim_embedded_outbox(service.store().as_ref()));
+            tokio::task::block_in_place(|| {
+                trim_embedded_outbox(service.store().as_ref(), delivering);
+            });
         }
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
@@ -244,14 +288,20 @@ fn log_new_outbox_entries(store: &dyn Store, last: &mut Option<String>) {
 
 /// Drops the oldest entries beyond [`EMBEDDED_OUTBOX_KEEP`], once they exceed it by a tenth
 /// (one write transaction per thousand entries, not one per commit).
-fn trim_embedded_outbox(store: &dyn Store) {
+fn trim_embedded_outbox(store: &dyn Store, delivering: bool) {
     let Ok(len) = store.outbox_len() else { return };
     if len <= EMBEDDED_OUTBOX_KEEP + EMBEDDED_OUTBOX_KEEP / 10 {
         return;
     }
     let excess = usize::try_from(len - EMBEDDED_OUTBOX_KEEP).unwrap_or(usize::MAX);
     if let Ok(oldest) = store.outbox_after(None, excess) {
-        let ids: Vec<String> = oldest.into_iter().map(|entry| entry.id).collect();
+        // The delivery worker removes provider requests once delivered (or dead): never
+        // before.
+        let ids: Vec<String> = oldest
+            .into_iter()
+            .filter(|entry| !(delivering && entry.routing_key.starts_with("channel.")))
+            .map(|entry| entry.id)
+            .collect();
         if let Err(error) = store.mark_sent(&ids) {
             tracing::warn!(error = %error, "cannot trim the embedded outbox");
         }

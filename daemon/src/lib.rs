@@ -10,6 +10,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 /// The supervision engine lives in its own crate (`engine/`), re-exported under its old path.
 pub use switchboard_engine as engine;
 pub mod metrics;

@@ -81,6 +81,18 @@ impl Metrics {
             Kind::Histogram(&LATENCY_BUCKETS, BTreeMap::new()),
         );
         add(
+            "switchboard_deliveries_total",
+            "Provider requests by plugin and outcome (delivered, retried, dead).",
+            &["plugin", "outcome"][..],
+            Kind::Counter(BTreeMap::new()),
+        );
+        add(
+            "switchboard_delivery_seconds",
+            "Duration of one provider request, from sending to its answer.",
+            &["plugin"][..],
+            Kind::Histogram(&LATENCY_BUCKETS, BTreeMap::new()),
+        );
+        add(
             "switchboard_dead_lettered_total",
             "Inbound messages dead-lettered, by reason code.",
             &["reason"][..],

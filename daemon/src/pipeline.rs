@@ -45,6 +45,9 @@ pub enum Submission {
     Inbound(InboundMessage),
     /// A supervisor's, agent's or gateway's command.
     Command(Command),
+    /// Events the daemon itself observed (the delivery worker's receipts), applied as a
+    /// plugin's decoded events are.
+    Events(Vec<ChannelEvent>),
 }
 
 /// The committed result of a [`Submission`], in the same order.
@@ -155,6 +158,9 @@ impl Pipeline {
                 }
                 Submission::Command(command) => {
                     Completion::Command(self.command(command, now, &mut batch))
+                }
+                Submission::Events(events) => {
+                    Completion::Inbound(self.apply_all(events, now, &mut batch))
                 }
             });
         }
@@ -569,6 +575,13 @@ impl Pipeline {
                     let mut headers = vec![
                         ("switchboard-method".to_owned(), request.method.clone()),
                         ("switchboard-url".to_owned(), request.url.clone()),
+                        // What the request carries (`message`, `media`, ...): the delivery
+                        // worker reports receipts on the timeline for customer messages only
+                        // (a snoop request's receipt would tell the agent of a monitor).
+                        (
+                            "switchboard-notification".to_owned(),
+                            kind(&notification.body).to_owned(),
+                        ),
                     ];
                     let content_type = request
                         .headers

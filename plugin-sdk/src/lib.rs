@@ -202,6 +202,27 @@ pub fn customer_text(
     }
 }
 
+/// Where a credential goes in an outbound request: `{{secret:NAME}}`, which the delivery
+/// worker replaces with `[plugins.<id>.secrets] NAME` at send time. Plugins never hold
+/// credentials for outbound requests, so the outbox, the broker and the API never carry one.
+pub fn secret(name: &str) -> String {
+    format!("{{{{secret:{name}}}}}")
+}
+
+/// An `Authorization` value for HTTP Basic auth whose password is the secret `NAME` and whose
+/// user is not secret (a Twilio account SID, an ARI user): the delivery worker fills in
+/// `base64(user:password)`.
+pub fn basic_auth(user: &str, password_secret: &str) -> String {
+    format!("Basic {{{{basic:{user}:{password_secret}}}}}")
+}
+
+/// The refusal for a credential set in a plugin's settings that belongs in its secrets.
+pub fn credential_in_settings(key: &str, plugin: &str) -> types::PluginError {
+    types::PluginError::Config(format!(
+        "`{key}` is a credential for outbound requests: set it under [plugins.{plugin}.secrets] (the delivery worker puts it into each request at send time), not in the plugin's settings"
+    ))
+}
+
 /// The value of a request header (names are lowercase on the wire).
 pub fn header<'a>(request: &'a Inbound, name: &str) -> Option<&'a str> {
     find_header(&request.headers, name)

@@ -15,7 +15,7 @@ const INTEGRATION: &str = "2b6f4a2e-8c3d-4a6b-9f5e-1d2c3b4a5e6f";
 /// The integration is part of the thread key: the customer on another integration is another
 /// conversation.
 const THREAD: &str = "2b6f4a2e-8c3d-4a6b-9f5e-1d2c3b4a5e6f/grace.hopper@example.com";
-const SETTINGS: &str = "integration_id = \"2b6f4a2e-8c3d-4a6b-9f5e-1d2c3b4a5e6f\"\nwebhook_secret = \"genesys-outbound-webhook-secret\"\naccess_token = \"gc-token\"\n";
+const SETTINGS: &str = "integration_id = \"2b6f4a2e-8c3d-4a6b-9f5e-1d2c3b4a5e6f\"\nwebhook_secret = \"genesys-outbound-webhook-secret\"\n";
 
 fn request(body: Vec<u8>, signature: Option<String>) -> InboundRequest {
     let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
@@ -371,11 +371,10 @@ fn supervisor_messages_go_out_agentless() {
         request.url,
         "https://api.mypurecloud.com/api/v2/conversations/messages/agentless"
     );
-    assert!(
-        request
-            .headers
-            .contains(&("authorization".to_owned(), "Bearer gc-token".to_owned()))
-    );
+    assert!(request.headers.contains(&(
+        "authorization".to_owned(),
+        "Bearer {{secret:access_token}}".to_owned()
+    )));
     let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
     assert_eq!(body["fromAddress"], "2b6f4a2e-8c3d-4a6b-9f5e-1d2c3b4a5e6f");
     assert_eq!(body["toAddress"], "grace.hopper@example.com");

@@ -329,7 +329,8 @@ fn a_supervisor_message_becomes_a_messages_api_request() {
         request
             .headers
             .iter()
-            .any(|(name, value)| name == "authorization" && value.starts_with("Basic "))
+            .any(|(name, value)| name == "authorization"
+                && value == "Basic {{basic:AC00000000000000000000000000000000:auth_token}}")
     );
     assert!(
         request

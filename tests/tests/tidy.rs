@@ -75,6 +75,8 @@ const OWNERS: &[(&str, &str)] = &[
     ("redb", "daemon/src/store/"),
     ("vader_sentiment", "daemon/src/sentiment.rs"),
     ("toml", "daemon/src/config/"),
+    ("reqwest", "daemon/src/delivery/http.rs"),
+    ("rustls", "daemon/src/delivery/http.rs"),
     ("tracing_subscriber", "daemon/src/telemetry.rs"),
 ];
 

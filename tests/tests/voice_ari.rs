@@ -11,7 +11,6 @@ const SETTINGS: &str = r#"
 ari_url = "http://127.0.0.1:8088/ari"
 application = "switchboard"
 ari_user = "switchboard"
-ari_password = "ari-secret"
 agent_endpoints = { "PJSIP/1001" = "a-ana" }
 supervisor_endpoints = { "sup-sam" = "PJSIP/1101" }
 joined_sound = "beep"
@@ -416,7 +415,8 @@ fn listen_coach_barge_stop_and_hang_up_become_ari_requests() {
         hang_up[0]
             .headers
             .iter()
-            .any(|(name, value)| name == "authorization" && value.starts_with("Basic "))
+            .any(|(name, value)| name == "authorization"
+                && value == "Basic {{basic:switchboard:ari_password}}")
     );
 
     // Text has no ARI equivalent.

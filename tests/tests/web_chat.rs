@@ -16,7 +16,6 @@ const SETTINGS: &str = r#"
 base_url = "https://chat.example.com"
 account_id = 1
 webhook_secret = "chatwoot-webhook-secret"
-api_access_token = "cw-token"
 agents = { "7" = "a-ana", "8" = "a-ben" }
 teams = { "Support" = "support-chat", "Billing" = "billing" }
 "#;
@@ -337,11 +336,10 @@ fn outbound_create_message_and_resolve() {
         request.url,
         "https://chat.example.com/api/v1/accounts/1/conversations/42/messages"
     );
-    assert!(
-        request
-            .headers
-            .contains(&("api_access_token".to_owned(), "cw-token".to_owned()))
-    );
+    assert!(request.headers.contains(&(
+        "api_access_token".to_owned(),
+        "{{secret:api_access_token}}".to_owned()
+    )));
     let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
     assert_eq!(body["message_type"], "outgoing");
     assert_eq!(body["private"], false);

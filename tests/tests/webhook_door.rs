@@ -556,20 +556,23 @@ fn the_binary_opens_the_door_on_its_own_listener() {
     )]);
     assert_eq!((status, body.as_str()), (200, "42"));
     let sms_url = format!("{base}/sms-twilio");
-    let (status, body) = curl(&[
-        "-X",
-        "POST",
-        &sms_url,
-        "-H",
-        &format!(
-            "X-Twilio-Signature: {}",
-            twilio_signature(&sms_url, INBOUND_SMS, TWILIO_TOKEN)
-        ),
-        "-H",
-        "Content-Type: application/x-www-form-urlencoded",
-        "--data-binary",
-        INBOUND_SMS,
-    ]);
+    let post = |token: &str| {
+        curl(&[
+            "-X",
+            "POST",
+            &sms_url,
+            "-H",
+            &format!(
+                "X-Twilio-Signature: {}",
+                twilio_signature(&sms_url, INBOUND_SMS, token)
+            ),
+            "-H",
+            "Content-Type: application/x-www-form-urlencoded",
+            "--data-binary",
+            INBOUND_SMS,
+        ])
+    };
+    let (status, body) = post(TWILIO_TOKEN);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("<Response>"), "{body}");
     let (status, _) = curl(&[&format!("http://127.0.0.1:{door_port}/metrics")]);
@@ -603,25 +606,8 @@ fn the_binary_opens_the_door_on_its_own_listener() {
     ]);
     assert_eq!(status, 200, "{body}");
     assert!(!body.contains("rotated-twilio-token"), "{body}");
-    let post = |token: &str| {
-        curl(&[
-            "-X",
-            "POST",
-            &sms_url,
-            "-H",
-            &format!(
-                "X-Twilio-Signature: {}",
-                twilio_signature(&sms_url, INBOUND_SMS, token)
-            ),
-            "-H",
-            "Content-Type: application/x-www-form-urlencoded",
-            "--data-binary",
-            INBOUND_SMS,
-        ])
-        .0
-    };
-    assert_eq!(post(TWILIO_TOKEN), 401);
-    assert_eq!(post("rotated-twilio-token"), 200);
+    assert_eq!(post(TWILIO_TOKEN).0, 401);
+    assert_eq!(post("rotated-twilio-token").0, 200);
     let _ = Command::new("kill")
         .args(["-TERM", &daemon.id().to_string()])
         .status();

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use switchboard::engine::*;
 use switchboard::plugin::{CallError, ChannelNotification, FailureKind, InboundRequest};
 use switchboard_plugin_sdk::signature;
-use switchboard_tests::{fixture, host, load, load_with_time_limit};
+use switchboard_tests::{fixture, host, load, load_with_time_limit, try_load};
 
 const SECRET: &str = "meta-app-secret-for-tests";
-const SETTINGS: &str = "phone_number_id = \"106540352242922\"\napp_secret = \"meta-app-secret-for-tests\"\naccess_token = \"EAAG-test-token\"\n";
+const SETTINGS: &str =
+    "phone_number_id = \"106540352242922\"\napp_secret = \"meta-app-secret-for-tests\"\n";
 
 fn webhook(body: Vec<u8>, signature: Option<String>) -> InboundRequest {
     let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
@@ -206,7 +207,7 @@ fn media_interactive_button_and_location_messages() {
 /// settings do not list is refused.
 #[test]
 fn each_business_number_keeps_its_own_conversations() {
-    let open = load(&host(), "whatsapp-cloud", "access_token = \"t\"\n");
+    let open = load(&host(), "whatsapp-cloud", "");
     let to_number = |number: &str| {
         let body = String::from_utf8(fixture("whatsapp", "text.json"))
             .unwrap()
@@ -368,7 +369,7 @@ fn outbound_messages_inside_the_service_window() {
     );
     assert!(request.headers.contains(&(
         "authorization".to_owned(),
-        "Bearer EAAG-test-token".to_owned()
+        "Bearer {{secret:access_token}}".to_owned()
     )));
     let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
     assert_eq!(body["messaging_product"], "whatsapp");
@@ -398,4 +399,22 @@ fn free_form_messages_are_refused_outside_the_24_hour_window() {
             other => panic!("{last:?}: {other:?}"),
         }
     }
+}
+
+/// A credential for outbound requests never sits in a plugin's settings (from where it would
+/// reach the outbox): the plugin refuses it and says where it goes.
+#[test]
+fn an_access_token_in_the_settings_is_refused_with_where_it_belongs() {
+    let error = try_load(
+        &host(),
+        "whatsapp-cloud",
+        "access_token = \"EAAG-secret\"\n",
+    )
+    .expect_err("a credential in the settings is refused")
+    .to_string();
+    assert!(
+        error.contains("[plugins.whatsapp-cloud.secrets]"),
+        "{error}"
+    );
+    assert!(!error.contains("EAAG-secret"), "{error}");
 }

@@ -33,6 +33,7 @@ pub struct Config {
     pub amqp: Option<AmqpConfig>,
     pub auth: AuthConfig,
     pub engine: EngineConfig,
+    pub delivery: DeliveryConfig,
     pub policies: PerChannel<ChannelPolicy>,
     pub teams: Vec<Team>,
     pub queues: Vec<Queue>,
@@ -105,6 +106,17 @@ pub struct EngineConfig {
     pub idempotency_ttl: Duration,
 }
 
+/// `[delivery]`: the delivery worker.
+#[derive(Clone, Debug)]
+pub struct DeliveryConfig {
+    pub enabled: bool,
+    pub max_attempts: u32,
+    pub max_age: Duration,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub concurrency: usize,
+}
+
 #[derive(Clone, Debug)]
 pub struct SupervisorConfig {
     pub id: String,
@@ -125,6 +137,11 @@ pub struct PluginConfig {
     pub public_url: Option<String>,
     /// Whether the door takes its webhooks without a signature secret.
     pub allow_unsigned: bool,
+    /// Hosts (`name` or `name:port`) the plugin's requests may reach: configured, or the
+    /// hosts of its URL settings.
+    pub allowed_hosts: Vec<String>,
+    /// Whether `allowed_hosts` was configured (only then may it name special addresses).
+    pub allowed_hosts_listed: bool,
     /// `[plugins.<id>.secrets]`: named credentials the delivery worker fills in at send time.
     pub secrets: std::collections::BTreeMap<String, Secret>,
     /// The plugin's own `[plugins.<id>.config]` table, as TOML text for the plugin.
@@ -338,6 +355,7 @@ struct Sections {
     amqp: raw::Amqp,
     auth: raw::Auth,
     engine: raw::Engine,
+    delivery: raw::Delivery,
     policies: Vec<(Spanned<String>, raw::Policy)>,
     teams: Vec<raw::Team>,
     queues: Vec<raw::Queue>,
@@ -352,6 +370,7 @@ const SECTIONS: &[&str] = &[
     "amqp",
     "auth",
     "engine",
+    "delivery",
     "policy",
     "teams",
     "queues",
@@ -371,6 +390,9 @@ impl Sections {
                 "amqp" => sections.amqp = sink.section(value, "amqp").unwrap_or_default(),
                 "auth" => sections.auth = sink.section(value, "auth").unwrap_or_default(),
                 "engine" => sections.engine = sink.section(value, "engine").unwrap_or_default(),
+                "delivery" => {
+                    sections.delivery = sink.section(value, "delivery").unwrap_or_default();
+                }
                 "teams" => sections.teams = sink.section(value, "teams").unwrap_or_default(),
                 "queues" => sections.queues = sink.section(value, "queues").unwrap_or_default(),
                 "agents" => sections.agents = sink.section(value, "agents").unwrap_or_default(),

@@ -96,6 +96,24 @@ pub(crate) struct Engine {
     pub idempotency_ttl: Option<Spanned<String>>,
 }
 
+/// `[delivery]`: the delivery worker, which sends the provider requests plugins encode.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Delivery {
+    /// Send them (default true). False: they stay in the outbox (and on RabbitMQ go to
+    /// `channel.<plugin>`) for an external worker.
+    pub enabled: Option<bool>,
+    /// Attempts before a delivery is dead-lettered (`delivery-failed`). Default 10.
+    pub max_attempts: Option<Spanned<u32>>,
+    /// Age after which a delivery still failing is dead-lettered, e.g. `"24h"`. Default `24h`.
+    pub max_age: Option<Spanned<String>>,
+    /// Time to open a connection to a provider. Default `5s`.
+    pub connect_timeout: Option<Spanned<String>>,
+    /// Time a request may take, answer included. Default `30s`.
+    pub timeout: Option<Spanned<String>>,
+    /// Requests in flight per plugin. Default 32.
+    pub concurrency: Option<Spanned<u32>>,
+}
+
 /// `[policy.<channel>]`: rules that differ between platforms, per channel kind
 /// (`web`, `sms`, `whatsapp`, `messaging`, `voice`). Every key is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -193,6 +211,10 @@ pub(crate) struct Plugin {
     /// Take this plugin's webhooks on the door although its configuration holds no
     /// signature secret (development only; a warning at start). Default false.
     pub allow_unsigned: Option<bool>,
+    /// The hosts (`name` or `name:port`) the plugin's requests may go to. Default: the hosts
+    /// of its URL settings (keys ending in `url`). Loopback, private, link-local and
+    /// cloud-metadata addresses are refused unless listed here as addresses.
+    pub allowed_hosts: Option<Vec<Spanned<String>>>,
     /// Named credentials for the delivery worker, which puts them where the plugin's requests
     /// say `{{secret:NAME}}` at send time; never handed to the plugin, never stored. Write
     /// each as `{ env = "VAR" }` or `{ file = "path" }`.

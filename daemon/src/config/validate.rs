@@ -9,8 +9,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::{
-    AmqpConfig, AuthConfig, Config, EngineConfig, PluginConfig, Problems, Secret, Sections,
-    ServerConfig, StoreConfig, SupervisorConfig, millis, raw,
+    AmqpConfig, AuthConfig, Config, DeliveryConfig, EngineConfig, PluginConfig, Problems, Secret,
+    Sections, ServerConfig, StoreConfig, SupervisorConfig, millis, raw,
 };
 use crate::engine::{
     Agent, ChannelKind, Presence, Queue, QueueId, Setup, Team, TeamId, WrapUpCapacity,
@@ -43,6 +43,7 @@ pub(super) fn validate(sink: &mut Problems<'_>, sections: Sections) -> Option<Co
     let file = sink.file.clone();
     let auth = auth(sink, sections.auth, &file);
     let engine = engine(sink, sections.engine);
+    let delivery = delivery(sink, sections.delivery);
     let policies = policies(sink, sections.policies);
     let teams = teams(sink, sections.teams);
     let team_ids: HashSet<&str> = teams.iter().map(|team| team.id.as_str()).collect();
@@ -58,6 +59,7 @@ pub(super) fn validate(sink: &mut Problems<'_>, sections: Sections) -> Option<Co
         );
     }
     Some(Config {
+        delivery,
         file: sink.file.clone(),
         server: server?,
         store,
@@ -105,13 +107,8 @@ fn server(sink: &mut Problems<'_>, raw: raw::Server) -> Option<ServerConfig> {
     };
     let request_timeout = duration(sink, raw.request_timeout.as_ref(), "server.request_timeout")
         .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
-    let mut rate = |value: Option<Spanned<u32>>, key: &str, default: u32| match value {
-        Some(rate) if *rate.get_ref() == 0 => {
-            sink.at_spanned(&rate, format!("`{key}` must be at least 1"));
-            1
-        }
-        Some(rate) => rate.into_inner(),
-        None => default,
+    let mut rate = |value: Option<Spanned<u32>>, key: &str, default: u32| {
+        at_least_one(sink, value, key, default)
     };
     let rate_limit = rate(raw.rate_limit, "server.rate_limit", DEFAULT_RATE_LIMIT);
     let unauthenticated_rate_limit = rate(
@@ -242,6 +239,70 @@ fn engine(sink: &mut Problems<'_>, raw: raw::Engine) -> EngineConfig {
         .unwrap_or(Duration::from_secs(3600)),
         idempotency_ttl: duration(sink, raw.idempotency_ttl.as_ref(), "engine.idempotency_ttl")
             .unwrap_or(Duration::from_secs(24 * 3600)),
+    }
+}
+
+/// A count that must be at least 1: its value, or `default` (with a problem) when it is 0.
+fn at_least_one(
+    sink: &mut Problems<'_>,
+    value: Option<Spanned<u32>>,
+    key: &str,
+    default: u32,
+) -> u32 {
+    match value {
+        Some(value) if *value.get_ref() == 0 => {
+            sink.at_spanned(&value, format!("`{key}` must be at least 1"));
+            default
+        }
+        Some(value) => value.into_inner(),
+        None => default,
+    }
+}
+
+fn delivery(sink: &mut Problems<'_>, raw: raw::Delivery) -> DeliveryConfig {
+    DeliveryConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        max_attempts: at_least_one(sink, raw.max_attempts, "delivery.max_attempts", 10),
+        max_age: duration(sink, raw.max_age.as_ref(), "delivery.max_age")
+            .unwrap_or(Duration::from_secs(24 * 3600)),
+        connect_timeout: duration(
+            sink,
+            raw.connect_timeout.as_ref(),
+            "delivery.connect_timeout",
+        )
+        .unwrap_or(Duration::from_secs(5)),
+        timeout: duration(sink, raw.timeout.as_ref(), "delivery.timeout")
+            .unwrap_or(Duration::from_secs(30)),
+        concurrency: at_least_one(sink, raw.concurrency, "delivery.concurrency", 32) as usize,
+    }
+}
+
+/// The `host` or `host:port` of an absolute http(s) URL (userinfo dropped, IPv6 kept in
+/// brackets), as allowed hosts are written.
+pub(crate) fn url_authority(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    (!authority.is_empty()).then(|| authority.to_ascii_lowercase())
+}
+
+/// The hosts a plugin's URL settings name (string values of keys ending in `url`, at any
+/// depth): its default egress allowlist.
+fn url_setting_hosts(table: &toml::Table, hosts: &mut Vec<String>) {
+    for (key, value) in table {
+        match value {
+            toml::Value::String(text) if key.ends_with("url") => {
+                if let Some(host) = url_authority(text)
+                    && !hosts.contains(&host)
+                {
+                    hosts.push(host);
+                }
+            }
+            toml::Value::Table(inner) => url_setting_hosts(inner, hosts),
+            _ => {}
+        }
     }
 }
 
@@ -568,7 +629,37 @@ fn plugins(
                 ));
             }
         }
+        let allowed_hosts = match &plugin.allowed_hosts {
+            Some(listed) => listed
+                .iter()
+                .filter_map(|host| {
+                    let text = host.get_ref().trim().to_ascii_lowercase();
+                    let valid = !text.is_empty()
+                        && !text.contains(['/', '@', '?', '#', ' '])
+                        && url_authority(&format!("http://{text}")).as_deref() == Some(text.as_str());
+                    if valid {
+                        Some(text)
+                    } else {
+                        sink.at_spanned(
+                            host,
+                            format!(
+                                "`{path}.allowed_hosts`: {:?} is not a host or host:port (such as \"graph.facebook.com\" or \"127.0.0.1:9000\")",
+                                host.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                })
+                .collect(),
+            None => {
+                let mut hosts = Vec::new();
+                url_setting_hosts(&plugin.config, &mut hosts);
+                hosts
+            }
+        };
         plugins.push(PluginConfig {
+            allowed_hosts,
+            allowed_hosts_listed: plugin.allowed_hosts.is_some(),
             secrets: plugin
                 .secrets
                 .into_iter()

@@ -361,6 +361,11 @@ impl Plugin {
         self.settings.load().secrets.get(name).cloned()
     }
 
+    /// Every secret of `[plugins.<id>.secrets]`, for the delivery worker only.
+    pub fn secrets(&self) -> std::collections::BTreeMap<String, crate::config::Secret> {
+        self.settings.load().secrets.clone()
+    }
+
     /// The names of the plugin's secrets (what is set, never the values).
     pub fn secret_names(&self) -> Vec<String> {
         self.settings.load().secrets.keys().cloned().collect()

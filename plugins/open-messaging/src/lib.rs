@@ -11,7 +11,8 @@ use serde_json::json;
 use switchboard_plugin_sdk::settings::{self, Settings};
 use switchboard_plugin_sdk::types::*;
 use switchboard_plugin_sdk::{
-    Plugin, Webhook, customer_text, header, header_pair, json_body, signature, thread,
+    Plugin, Webhook, credential_in_settings, customer_text, header, header_pair, json_body, secret,
+    signature, thread,
 };
 
 /// `[plugins.open-messaging.config]`.
@@ -27,13 +28,14 @@ pub struct Config {
     #[serde(default)]
     pub integration_id: Option<String>,
     /// Genesys Cloud API base, e.g. `https://api.mypurecloud.com`.
-    #[serde(default = "api_base")]
-    pub api_base: String,
+    #[serde(default = "api_base", alias = "api_base")]
+    pub api_base_url: String,
     /// `outboundNotificationWebhookSignatureSecretToken`: when set, every request must carry a
     /// valid `X-Hub-Signature-256` (the middleware signs inbound copies the same way).
     #[serde(default)]
     pub webhook_secret: Option<String>,
-    /// An OAuth bearer token for the API when set; otherwise the delivery worker adds it.
+    /// Refused: the OAuth token is a secret (`[plugins.open-messaging.secrets]
+    /// access_token`), which requests name as `{{secret:access_token}}`.
     #[serde(default)]
     pub access_token: Option<String>,
     #[serde(default = "joined_notice")]
@@ -70,7 +72,11 @@ impl Plugin for OpenMessaging {
     }
 
     fn configure(settings: String) -> Result<(), PluginError> {
-        CONFIG.set(settings::parse(&settings)?);
+        let config: Config = settings::parse(&settings)?;
+        if config.access_token.is_some() {
+            return Err(credential_in_settings("access_token", "open-messaging"));
+        }
+        CONFIG.set(config);
         Ok(())
     }
 
@@ -467,15 +473,18 @@ pub fn encode(
         "toAddressMessengerType": "open",
         "textBody": text,
     });
-    let mut headers = vec![header_pair("content-type", "application/json")];
-    if let Some(token) = &config.access_token {
-        headers.push(header_pair("authorization", format!("Bearer {token}")));
-    }
+    let headers = vec![
+        header_pair("content-type", "application/json"),
+        header_pair(
+            "authorization",
+            format!("Bearer {}", secret("access_token")),
+        ),
+    ];
     Ok(vec![OutboundRequest {
         method: "POST".to_owned(),
         url: format!(
             "{}/api/v2/conversations/messages/agentless",
-            config.api_base.trim_end_matches('/')
+            config.api_base_url.trim_end_matches('/')
         ),
         headers,
         body: serde_json::to_vec(&body)

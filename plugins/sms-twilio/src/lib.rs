@@ -6,7 +6,8 @@ use serde::Deserialize;
 use switchboard_plugin_sdk::settings::{self, Settings};
 use switchboard_plugin_sdk::types::*;
 use switchboard_plugin_sdk::{
-    Answer, Plugin, Webhook, answer, customer_text, form, header, header_pair, signature, thread,
+    Answer, Plugin, Webhook, answer, basic_auth, customer_text, form, header, header_pair,
+    signature, thread,
 };
 
 /// `[plugins.sms-twilio.config]`.
@@ -31,11 +32,14 @@ pub struct Config {
     /// `MG...`: send through a Messaging Service instead of a fixed number.
     #[serde(default)]
     pub messaging_service_sid: Option<String>,
-    /// `basic` (default): outbound requests carry `Authorization: Basic` from the account SID
-    /// and auth token. `none`: the delivery worker adds credentials (they then never travel
-    /// through the broker).
+    /// `basic` (default): outbound requests carry `Authorization: Basic` with the account SID
+    /// as user and `{{basic:…:auth_token}}` as password, which the delivery worker fills from
+    /// `[plugins.sms-twilio.secrets] auth_token`. `none`: no `Authorization` header.
     #[serde(default = "basic")]
     pub outbound_auth: String,
+    /// The REST API root requests go to (a proxy's, or an emulator's in tests).
+    #[serde(default = "api_base_url")]
+    pub api_base_url: String,
     /// Status callback URL for messages Switchboard sends.
     #[serde(default)]
     pub status_callback: Option<String>,
@@ -45,6 +49,10 @@ pub struct Config {
     /// What the customer reads when a supervisor closes the conversation.
     #[serde(default = "closed_notice")]
     pub closed_notice: String,
+}
+
+fn api_base_url() -> String {
+    "https://api.twilio.com".to_owned()
 }
 
 fn basic() -> String {
@@ -370,16 +378,17 @@ pub fn encode(
         notification.id.clone(),
     ));
     if config.outbound_auth == "basic" {
-        let token = config.auth_token.as_deref().ok_or_else(|| {
-            PluginError::Config("`outbound_auth = \"basic\"` needs `auth_token`".to_owned())
-        })?;
-        let credentials = signature::base64(format!("{}:{token}", config.account_sid).as_bytes());
-        headers.push(header_pair("authorization", format!("Basic {credentials}")));
+        // The account SID is the user, the auth token (a secret) the password.
+        headers.push(header_pair(
+            "authorization",
+            basic_auth(&config.account_sid, "auth_token"),
+        ));
     }
     Ok(vec![OutboundRequest {
         method: "POST".to_owned(),
         url: format!(
-            "https://api.twilio.com/2010-04-01/Accounts/{}/Messages.json",
+            "{}/2010-04-01/Accounts/{}/Messages.json",
+            config.api_base_url.trim_end_matches('/'),
             config.account_sid
         ),
         headers,

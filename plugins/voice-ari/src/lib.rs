@@ -11,11 +11,9 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 // Linked for its per-call arena allocator alone; the bindings are this crate's own.
-use switchboard_plugin_sdk as _;
 
 wit_bindgen::generate!({
     path: "../../plugin-sdk/wit",
@@ -36,9 +34,11 @@ pub struct Config {
     pub ari_url: String,
     /// The Stasis application the calls run in.
     pub application: String,
-    /// ARI credentials (Basic auth on every request) when set.
+    /// The ARI user: with it, every request carries Basic auth whose password is the secret
+    /// `[plugins.voice-ari.secrets] ari_password` (`{{basic:USER:ari_password}}`).
     #[serde(default)]
     pub ari_user: Option<String>,
+    /// Refused: the password is a secret (`[plugins.voice-ari.secrets] ari_password`).
     #[serde(default)]
     pub ari_password: Option<String>,
     /// Endpoint (`PJSIP/1001`, or the endpoint name `1001`) -> Switchboard agent id. A channel
@@ -87,6 +87,11 @@ impl Plugin for VoiceAri {
     fn configure(settings: String) -> Result<(), PluginError> {
         let config: Config = toml::from_str(&settings)
             .map_err(|error| PluginError::Config(error.message().to_owned()))?;
+        if config.ari_password.is_some() {
+            return Err(PluginError::Config(
+                "`ari_password` is a credential: set it under [plugins.voice-ari.secrets] (the delivery worker puts it into each request at send time), not in the plugin's settings".to_owned(),
+            ));
+        }
         let _ = CONFIG.set(config);
         Ok(())
     }
@@ -572,14 +577,11 @@ fn ring_supervisor(
 }
 
 fn auth(config: &Config) -> Vec<Header> {
-    match (&config.ari_user, &config.ari_password) {
-        (Some(user), Some(password)) => vec![Header {
+    match &config.ari_user {
+        Some(user) => vec![Header {
             name: "authorization".to_owned(),
-            value: format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-            ),
+            value: switchboard_plugin_sdk::basic_auth(user, "ari_password"),
         }],
-        _ => Vec::new(),
+        None => Vec::new(),
     }
 }

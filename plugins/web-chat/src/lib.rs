@@ -9,7 +9,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use switchboard_plugin_sdk::settings::{self, Settings};
 use switchboard_plugin_sdk::types::*;
-use switchboard_plugin_sdk::{Plugin, Webhook, header, header_pair, json_body, signature, thread};
+use switchboard_plugin_sdk::{
+    Plugin, Webhook, credential_in_settings, header, header_pair, json_body, secret, signature,
+    thread,
+};
 
 /// `[plugins.web-chat.config]`.
 #[derive(Debug, Deserialize)]
@@ -32,8 +35,8 @@ pub struct Config {
     /// How old `X-Chatwoot-Timestamp` may be, in seconds (replay protection). Default 300.
     #[serde(default = "freshness")]
     pub freshness_seconds: i64,
-    /// An access token for the API (`api_access_token` header) when set; otherwise the
-    /// delivery worker adds it.
+    /// Refused: the API access token is a secret (`[plugins.web-chat.secrets]
+    /// api_access_token`), which requests name as `{{secret:api_access_token}}`.
     #[serde(default)]
     pub api_access_token: Option<String>,
     /// Chatwoot user id -> Switchboard agent id. Assignments to unmapped users are not
@@ -78,6 +81,9 @@ impl Plugin for WebChat {
 
     fn configure(settings: String) -> Result<(), PluginError> {
         let config: Config = settings::parse(&settings)?;
+        if config.api_access_token.is_some() {
+            return Err(credential_in_settings("api_access_token", "web-chat"));
+        }
         if !config.base_url.starts_with("http://") && !config.base_url.starts_with("https://") {
             return Err(PluginError::Config(
                 "`base_url` must be an http(s) URL".to_owned(),
@@ -579,10 +585,11 @@ pub fn encode(
 }
 
 fn request(config: &Config, url: String, body: Value) -> Result<OutboundRequest, PluginError> {
-    let mut headers = vec![header_pair("content-type", "application/json")];
-    if let Some(token) = &config.api_access_token {
-        headers.push(header_pair("api_access_token", token.clone()));
-    }
+    let _ = config;
+    let headers = vec![
+        header_pair("content-type", "application/json"),
+        header_pair("api_access_token", secret("api_access_token")),
+    ];
     Ok(OutboundRequest {
         method: "POST".to_owned(),
         url,

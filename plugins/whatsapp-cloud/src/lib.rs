@@ -10,8 +10,8 @@ use serde_json::json;
 use switchboard_plugin_sdk::settings::{self, Settings};
 use switchboard_plugin_sdk::types::*;
 use switchboard_plugin_sdk::{
-    Answer, Plugin, Webhook, answer, customer_text, header, header_pair, json_body, query_param,
-    signature, thread,
+    Answer, Plugin, Webhook, answer, credential_in_settings, customer_text, header, header_pair,
+    json_body, query_param, secret, signature, thread,
 };
 
 /// Meta's customer service window: free-form messages only within 24 hours of the
@@ -31,6 +31,9 @@ pub struct Config {
     /// out from the number the customer wrote to.
     #[serde(default)]
     pub phone_number_id: Option<String>,
+    /// The Graph API root requests go to (a proxy's, or an emulator's in tests).
+    #[serde(default = "api_base_url")]
+    pub api_base_url: String,
     /// Graph API version, e.g. `v21.0`.
     #[serde(default = "graph_version")]
     pub graph_version: String,
@@ -41,14 +44,18 @@ pub struct Config {
     /// typed into the app dashboard's webhook settings. Unset: every handshake is refused.
     #[serde(default)]
     pub verify_token: Option<String>,
-    /// A system-user access token: outbound requests carry `Authorization: Bearer` when set
-    /// (otherwise the delivery worker adds it).
+    /// Refused: the access token is a secret (`[plugins.whatsapp-cloud.secrets]
+    /// access_token`), which requests name as `{{secret:access_token}}`.
     #[serde(default)]
     pub access_token: Option<String>,
     #[serde(default = "joined_notice")]
     pub joined_notice: String,
     #[serde(default = "closed_notice")]
     pub closed_notice: String,
+}
+
+fn api_base_url() -> String {
+    "https://graph.facebook.com".to_owned()
 }
 
 fn graph_version() -> String {
@@ -81,7 +88,11 @@ impl Plugin for WhatsappCloud {
     }
 
     fn configure(settings: String) -> Result<(), PluginError> {
-        CONFIG.set(settings::parse(&settings)?);
+        let config: Config = settings::parse(&settings)?;
+        if config.access_token.is_some() {
+            return Err(credential_in_settings("access_token", "whatsapp-cloud"));
+        }
+        CONFIG.set(config);
         Ok(())
     }
 
@@ -636,14 +647,18 @@ pub fn encode(
         "type": "text",
         "text": { "preview_url": false, "body": text },
     });
-    let mut headers = vec![header_pair("content-type", "application/json")];
-    if let Some(token) = &config.access_token {
-        headers.push(header_pair("authorization", format!("Bearer {token}")));
-    }
+    let headers = vec![
+        header_pair("content-type", "application/json"),
+        header_pair(
+            "authorization",
+            format!("Bearer {}", secret("access_token")),
+        ),
+    ];
     Ok(vec![OutboundRequest {
         method: "POST".to_owned(),
         url: format!(
-            "https://graph.facebook.com/{}/{number}/messages",
+            "{}/{}/{number}/messages",
+            config.api_base_url.trim_end_matches('/'),
             config.graph_version
         ),
         headers,

@@ -1,0 +1,569 @@
+//! Last step of the flow for channel requests: the delivery worker sends what plugins encoded
+//! (`channel.<plugin>` outbox entries) to the providers (README, "Delivery").
+//!
+//! Embedded, the durable outbox is its queue: an entry leaves the store only once it was
+//! delivered or given up on (dead), so a crash loses nothing and re-sends at most what was in
+//! flight. Requests of one conversation go one at a time, in commit order: a retry, however
+//! long its `Retry-After`, holds back the later ones of its conversation and no other.
+//! Credentials are filled in just before sending ([`placeholder`]); the egress policy and the
+//! HTTP client live in [`http`]. The outcome of a customer message goes back on its
+//! conversation's timeline as a receipt (`sent`, or `failed` with the provider's error).
+
+pub mod http;
+pub mod placeholder;
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher as _, Hasher as _, RandomState};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DeliveryConfig;
+use crate::engine::{
+    ChannelEvent, ConversationId, ConversationRef, EventBody, PluginId, ProviderError,
+    ReceiptStatus,
+};
+use crate::pipeline::Submission;
+use crate::service::{Service, now};
+use crate::store::OutboxEntry;
+
+/// Routing keys of provider requests: `channel.<plugin>`.
+const CHANNEL_PREFIX: &str = "channel.";
+/// Outbox entries read at once.
+const PAGE: usize = 256;
+/// The first retry waits up to this long; each later one up to twice the one before.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// No retry waits longer than this (unless the provider's `Retry-After` says so).
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Where one plugin's requests may go.
+#[derive(Debug, Clone, Default)]
+pub struct Egress {
+    /// `host` or `host:port`.
+    pub hosts: Vec<String>,
+    /// Listed by the operator (`allowed_hosts`), not taken from the plugin's URL settings:
+    /// only then may an address among them be loopback, private or link-local.
+    pub explicit: bool,
+}
+
+/// One provider request taken from the outbox.
+#[derive(Debug, Clone)]
+struct Job {
+    entry: OutboxEntry,
+    plugin: String,
+    attempts: u32,
+}
+
+impl Job {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.entry
+            .headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The request's own headers (the `switchboard-*` ones describe it to the worker).
+    fn provider_headers(&self) -> impl Iterator<Item = &(String, String)> {
+        self.entry
+            .headers
+            .iter()
+            .filter(|(name, _)| !name.starts_with("switchboard-"))
+    }
+
+    /// The lane it waits in: its conversation (requests without one go alone).
+    fn lane(&self) -> String {
+        self.entry
+            .subject
+            .clone()
+            .unwrap_or_else(|| self.entry.id.clone())
+    }
+
+    /// Whether its outcome belongs on the timeline: customer messages only (media requests
+    /// of a silent monitor must leave no trace an agent could read).
+    fn is_customer_message(&self) -> bool {
+        self.header("switchboard-notification") == Some("message")
+    }
+}
+
+/// What became of one attempt.
+#[derive(Debug, Clone, PartialEq)]
+enum Verdict {
+    Delivered,
+    /// Try again, not before this wait (the provider's `Retry-After`, if it said one).
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
+    /// The provider refused it for good (or the policy did): no retry.
+    Permanent(ProviderError),
+}
+
+/// The delivery worker of one daemon.
+pub struct Worker {
+    service: Arc<Service>,
+    config: DeliveryConfig,
+    clients: HashMap<String, http::Client>,
+    permits: HashMap<String, Arc<Semaphore>>,
+    /// Jobs waiting per conversation; a lane exists while a task works through it.
+    lanes: Mutex<HashMap<String, VecDeque<Job>>>,
+    random: RandomState,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("plugins", &self.clients.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker for the service's plugins, each allowed the hosts of `egress[plugin]`.
+    pub fn new(
+        service: Arc<Service>,
+        config: DeliveryConfig,
+        egress: &HashMap<String, Egress>,
+    ) -> Result<Self, String> {
+        let timeouts = http::Timeouts {
+            connect: config.connect_timeout,
+            total: config.timeout,
+        };
+        let mut clients = HashMap::new();
+        let mut permits = HashMap::new();
+        for plugin in service.plugins() {
+            let egress = egress.get(plugin.id()).cloned().unwrap_or_default();
+            if egress.hosts.is_empty() {
+                tracing::warn!(plugin = %plugin.id(), "no allowed_hosts and no URL setting: every request of this plugin will be refused");
+            }
+            clients.insert(
+                plugin.id().to_owned(),
+                http::Client::new(&egress.hosts, egress.explicit, timeouts)?,
+            );
+            permits.insert(
+                plugin.id().to_owned(),
+                Arc::new(Semaphore::new(config.concurrency)),
+            );
+        }
+        Ok(Self {
+            service,
+            config,
+            clients,
+            permits,
+            lanes: Mutex::new(HashMap::new()),
+            random: RandomState::new(),
+        })
+    }
+
+    /// Works from the embedded outbox until `stop`: what an earlier run left undelivered
+    /// first, then each commit's new requests.
+    pub async fn run_embedded(self: Arc<Self>, stop: CancellationToken) {
+        let mut last: Option<String> = None;
+        loop {
+            // Registered before reading, so that a commit between the read and the wait
+            // still wakes the loop.
+            let ready = self.service.outbox_ready.notified();
+            loop {
+                let store = self.service.store().clone();
+                let after = last.clone();
+                let page =
+                    tokio::task::spawn_blocking(move || store.outbox_after(after.as_deref(), PAGE))
+                        .await;
+                let entries = match page {
+                    Ok(Ok(entries)) => entries,
+                    Ok(Err(error)) => {
+                        tracing::error!(error = %error, "the delivery worker cannot read the outbox");
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::error!(error = %error, "the delivery worker's outbox read failed");
+                        break;
+                    }
+                };
+                let Some(newest) = entries.last() else { break };
+                last = Some(newest.id.clone());
+                let full = entries.len() == PAGE;
+                for entry in entries {
+                    if let Some(plugin) = entry.routing_key.strip_prefix(CHANNEL_PREFIX) {
+                        let plugin = plugin.to_owned();
+                        self.enqueue(
+                            Job {
+                                entry,
+                                plugin,
+                                attempts: 0,
+                            },
+                            &stop,
+                        );
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = ready => {}
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    }
+
+    /// Puts a job behind the others of its conversation, starting a task for the lane if
+    /// none works through it.
+    fn enqueue(self: &Arc<Self>, job: Job, stop: &CancellationToken) {
+        let lane = job.lane();
+        let start = {
+            let mut lanes = self
+                .lanes
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            match lanes.get_mut(&lane) {
+                Some(queue) => {
+                    queue.push_back(job);
+                    false
+                }
+                None => {
+                    lanes.insert(lane.clone(), VecDeque::from([job]));
+                    true
+                }
+            }
+        };
+        if start {
+            tokio::spawn(self.clone().run_lane(lane, stop.clone()));
+        }
+    }
+
+    /// Delivers a conversation's requests one after another, in order.
+    async fn run_lane(self: Arc<Self>, lane: String, stop: CancellationToken) {
+        loop {
+            let job = {
+                let mut lanes = self
+                    .lanes
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner());
+                match lanes.get(&lane).and_then(|queue| queue.front()) {
+                    Some(job) => job.clone(),
+                    None => {
+                        lanes.remove(&lane);
+                        return;
+                    }
+                }
+            };
+            if !self.deliver(job, &stop).await {
+                // Stopping: what is left stays in the outbox for the next start.
+                self.lanes
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .remove(&lane);
+                return;
+            }
+            let mut lanes = self
+                .lanes
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            if let Some(queue) = lanes.get_mut(&lane) {
+                queue.pop_front();
+            }
+        }
+    }
+
+    /// Tries until delivered or dead; `false` when stopped first.
+    async fn deliver(&self, mut job: Job, stop: &CancellationToken) -> bool {
+        loop {
+            job.attempts += 1;
+            let verdict = self.attempt(&job).await;
+            let metrics = self.service.metrics();
+            match verdict {
+                Verdict::Delivered => {
+                    metrics.count(
+                        "switchboard_deliveries_total",
+                        &[&job.plugin, "delivered"],
+                        1,
+                    );
+                    self.finish(&job, ReceiptStatus::Sent, None).await;
+                    return true;
+                }
+                Verdict::Permanent(error) => {
+                    metrics.count("switchboard_deliveries_total", &[&job.plugin, "dead"], 1);
+                    tracing::warn!(plugin = %job.plugin, id = %job.entry.id, code = %error.code, error = %crate::telemetry::content(&error.text), "delivery refused for good: dead-lettered");
+                    self.finish(&job, ReceiptStatus::Failed, Some(error)).await;
+                    return true;
+                }
+                Verdict::Retry { after, reason } => {
+                    let age = now().0.saturating_sub(job.entry.time.0);
+                    let too_old =
+                        u128::try_from(age).unwrap_or(0) > self.config.max_age.as_millis();
+                    if job.attempts >= self.config.max_attempts || too_old {
+                        metrics.count("switchboard_deliveries_total", &[&job.plugin, "dead"], 1);
+                        tracing::warn!(plugin = %job.plugin, id = %job.entry.id, attempts = job.attempts, reason = %crate::telemetry::content(&reason), "delivery still failing after its last attempt: dead-lettered");
+                        let error = ProviderError {
+                            code: "delivery-failed".into(),
+                            text: format!(
+                                "not delivered after {} attempts: {reason}",
+                                job.attempts
+                            )
+                            .into(),
+                        };
+                        self.finish(&job, ReceiptStatus::Failed, Some(error)).await;
+                        return true;
+                    }
+                    metrics.count("switchboard_deliveries_total", &[&job.plugin, "retried"], 1);
+                    let wait = self.backoff(job.attempts).max(after.unwrap_or_default());
+                    tracing::info!(plugin = %job.plugin, id = %job.entry.id, attempt = job.attempts, wait = ?wait, reason = %crate::telemetry::content(&reason), "delivery will be retried");
+                    tokio::select! {
+                        () = stop.cancelled() => return false,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Full jitter (a random wait up to the doubling bound), so that the retries of many
+    /// requests refused together do not come back together.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let bound = FIRST_BACKOFF
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+            .min(MAX_BACKOFF);
+        let mut hasher = self.random.build_hasher();
+        hasher.write_u32(attempt);
+        hasher.write_u128(now().0 as u128);
+        let fraction = (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64;
+        bound.mul_f64(fraction)
+    }
+
+    /// One attempt: credentials filled in, sent through the plugin's client.
+    async fn attempt(&self, job: &Job) -> Verdict {
+        let Some(plugin) = self
+            .service
+            .plugins()
+            .iter()
+            .find(|plugin| plugin.id() == job.plugin)
+        else {
+            return Verdict::Permanent(ProviderError {
+                code: "delivery-failed".into(),
+                text: format!("plugin {} is not configured", job.plugin).into(),
+            });
+        };
+        let (Some(client), Some(permits)) =
+            (self.clients.get(&job.plugin), self.permits.get(&job.plugin))
+        else {
+            return Verdict::Permanent(ProviderError {
+                code: "delivery-failed".into(),
+                text: format!("no client for plugin {}", job.plugin).into(),
+            });
+        };
+        let raw_url = job.header("switchboard-url").unwrap_or_default();
+        if let Err(http::SendError::Refused(reason)) = client.check(raw_url) {
+            return Verdict::Permanent(ProviderError {
+                code: "egress-refused".into(),
+                text: reason.into(),
+            });
+        }
+        let secrets = plugin.secrets();
+        // A secret not configured yet: the operator may add it and reload the plugin, so
+        // this waits like a provider that is down, until the attempts run out.
+        let missing = |error: placeholder::MissingSecret| Verdict::Retry {
+            after: None,
+            reason: error.to_string(),
+        };
+        let method = job
+            .header("switchboard-method")
+            .unwrap_or("POST")
+            .to_owned();
+        let url = match placeholder::fill(raw_url, &secrets) {
+            Ok(url) => url,
+            Err(error) => return missing(error),
+        };
+        let mut headers = Vec::new();
+        for (name, value) in job.provider_headers() {
+            match placeholder::fill(value, &secrets) {
+                Ok(value) => headers.push((name.clone(), value)),
+                Err(error) => return missing(error),
+            }
+        }
+        let body = match std::str::from_utf8(&job.entry.body) {
+            Ok(text) if text.contains("{{") => match placeholder::fill(text, &secrets) {
+                Ok(text) => text.into_bytes(),
+                Err(error) => return missing(error),
+            },
+            _ => job.entry.body.clone(),
+        };
+        let _permit = permits.acquire().await;
+        let started = std::time::Instant::now();
+        let sent = client.send(&method, &url, &headers, body).await;
+        self.service.metrics().observe_duration(
+            "switchboard_delivery_seconds",
+            &[&job.plugin],
+            started.elapsed(),
+        );
+        match sent {
+            Ok(answer) => classify(&answer),
+            Err(http::SendError::Refused(reason)) => Verdict::Permanent(ProviderError {
+                code: "egress-refused".into(),
+                text: reason.into(),
+            }),
+            Err(http::SendError::Transport(reason)) => Verdict::Retry {
+                after: None,
+                reason,
+            },
+        }
+    }
+
+    /// The outcome on the timeline (customer messages), then the entry out of the outbox.
+    async fn finish(&self, job: &Job, status: ReceiptStatus, error: Option<ProviderError>) {
+        if job.is_customer_message()
+            && let Some(conversation) = job.entry.subject.as_deref().and_then(ConversationId::parse)
+        {
+            let label = match status {
+                ReceiptStatus::Sent => "sent",
+                _ => "failed",
+            };
+            let receipt = ChannelEvent {
+                id: Some(format!("delivery:{}:{label}", job.entry.id).into_boxed_str()),
+                source: PluginId::new(job.plugin.as_str()),
+                body: EventBody::Receipt {
+                    conversation: ConversationRef::Id { id: conversation },
+                    message_id: job.entry.id.clone().into_boxed_str(),
+                    status,
+                    error,
+                },
+            };
+            if let Err(error) = self.service.submit(Submission::Events(vec![receipt])).await {
+                tracing::warn!(id = %job.entry.id, error = %error, "a delivery's receipt could not be committed");
+            }
+        }
+        let store = self.service.store().clone();
+        let ids = vec![job.entry.id.clone()];
+        match tokio::task::spawn_blocking(move || store.mark_sent(&ids)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(id = %job.entry.id, error = %error, "a delivered request stays in the outbox (it will be sent again after a restart)");
+            }
+            Err(error) => tracing::error!(error = %error, "marking a delivery failed"),
+        }
+    }
+}
+
+/// Provider error codes that mean "slow down" although the HTTP status does not say so
+/// (Meta answers its rate limits with 400): retried like a 429.
+const RATE_LIMIT_CODES: &[i64] = &[
+    // Twilio: too many requests.
+    20429, // Meta Graph: application and account rate limits, Cloud API throughput, pair rate.
+    4, 17, 32, 613, 80007, 130429, 131056,
+];
+
+/// An answer turned into what to do next: 2xx delivered; 408, 425, 429, 5xx and the
+/// providers' rate-limit codes retried; any other status refused for good, with the
+/// provider's own code and text when its body gives them.
+fn classify(answer: &http::Answer) -> Verdict {
+    let status = answer.status;
+    if (200..300).contains(&status) {
+        return Verdict::Delivered;
+    }
+    let (code, text) = provider_error(&answer.body);
+    let rate_limited = code
+        .as_deref()
+        .and_then(|code| code.parse::<i64>().ok())
+        .is_some_and(|code| RATE_LIMIT_CODES.contains(&code));
+    let reason = format!(
+        "HTTP {status}{}{}",
+        code.as_deref()
+            .map(|code| format!(" code {code}"))
+            .unwrap_or_default(),
+        text.as_deref()
+            .map(|text| format!(": {text}"))
+            .unwrap_or_default()
+    );
+    if matches!(status, 408 | 425 | 429) || status >= 500 || rate_limited {
+        return Verdict::Retry {
+            after: answer.retry_after,
+            reason,
+        };
+    }
+    Verdict::Permanent(ProviderError {
+        code: code.unwrap_or_else(|| status.to_string()).into(),
+        text: text.unwrap_or(reason).into(),
+    })
+}
+
+/// The provider's error code and message from a JSON error body: Twilio's `code` and
+/// `message`, Meta's `error.code` and `error.error_data.details` (or `error.message`),
+/// Chatwoot's and Genesys' `message`.
+fn provider_error(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)])
+            .trim()
+            .to_owned();
+        return (None, (!text.is_empty()).then_some(text));
+    };
+    let scalar = |value: &serde_json::Value| match value {
+        serde_json::Value::String(text) => Some(text.clone()),
+        serde_json::Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    };
+    let error = value.get("error").filter(|error| error.is_object());
+    let source = error.unwrap_or(&value);
+    let code = source.get("code").and_then(scalar);
+    let text = source
+        .pointer("/error_data/details")
+        .and_then(scalar)
+        .or_else(|| source.get("message").and_then(scalar))
+        .or_else(|| value.get("message").and_then(scalar));
+    (code, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str) -> http::Answer {
+        http::Answer {
+            status,
+            retry_after: None,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn answers_are_delivered_retried_or_refused_as_providers_mean_them() {
+        assert_eq!(
+            classify(&answer(201, r#"{"sid":"SM1"}"#)),
+            Verdict::Delivered
+        );
+        assert!(matches!(classify(&answer(503, "")), Verdict::Retry { .. }));
+        assert!(matches!(classify(&answer(429, "")), Verdict::Retry { .. }));
+        // Meta's rate limits come as 400s.
+        assert!(matches!(
+            classify(&answer(
+                400,
+                r#"{"error":{"code":130429,"message":"Rate limit hit"}}"#
+            )),
+            Verdict::Retry { .. }
+        ));
+        // Twilio 21610: the recipient unsubscribed. Not retried; its code and text kept.
+        let Verdict::Permanent(error) = classify(&answer(
+            400,
+            r#"{"code":21610,"message":"Attempt to send to unsubscribed recipient","status":400}"#,
+        )) else {
+            panic!("21610 is permanent")
+        };
+        assert_eq!(&*error.code, "21610");
+        assert_eq!(&*error.text, "Attempt to send to unsubscribed recipient");
+        // WhatsApp 131047: outside the 24-hour window.
+        let Verdict::Permanent(error) = classify(&answer(
+            400,
+            r#"{"error":{"message":"(#131047) Re-engagement message","type":"OAuthException","code":131047,"error_data":{"messaging_product":"whatsapp","details":"Message failed to send because more than 24 hours have passed since the customer last replied to this number."}}}"#,
+        )) else {
+            panic!("131047 is permanent")
+        };
+        assert_eq!(&*error.code, "131047");
+        assert!(error.text.contains("24 hours"));
+        assert!(matches!(
+            classify(&answer(404, "not found")),
+            Verdict::Permanent(_)
+        ));
+    }
+}

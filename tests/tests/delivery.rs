@@ -1,0 +1,515 @@
+//! The delivery worker end to end: the `switchboard` binary on the embedded default with its
+//! plugins pointed at provider emulators (`tests/emulators/`), customers writing through the
+//! webhook door, a supervisor joining publicly and writing. Each emulator must receive
+//! exactly what its provider needs (method, path, credentials filled in from
+//! `[plugins.<id>.secrets]`, body), in order, with a 429 storm honoured; permanent refusals
+//! (Twilio 21610, WhatsApp 131047) and the egress policy (a metadata address) end as `failed`
+//! receipts on the timeline; and no secret reaches the store, the API or the logs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::Value;
+use switchboard_plugin_sdk::signature;
+use switchboard_tests::emulators::{self, meta::Meta, twilio::Twilio};
+use switchboard_tests::{
+    fixture, free_port, shipped_config_with_door, switchboard_binary, temp_dir,
+};
+
+const ACCOUNT: &str = "AC00000000000000000000000000000000";
+/// Distinctive values, searched for in everything the daemon wrote or answered.
+const TWILIO_TOKEN: &str = "canary-twilio-auth-token-5f1e";
+const META_TOKEN: &str = "canary-meta-access-token-9c2d";
+const META_APP_SECRET: &str = "canary-meta-app-secret-77ab";
+const PHONE_NUMBER_ID: &str = "106540352242922";
+const UNSUBSCRIBED: &str = "+14155559999";
+const OUTSIDE_WINDOW: &str = "16505550000";
+
+struct Daemon {
+    child: Child,
+    port: u16,
+    door: u16,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-s", "-m", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap_or(0), body.to_owned())
+}
+
+impl Daemon {
+    fn start(dir: &Path, twilio: u16, meta: u16) -> Self {
+        let (port, door) = (free_port(), free_port());
+        std::fs::write(dir.join("twilio-token"), format!("{TWILIO_TOKEN}\n")).unwrap();
+        std::fs::write(dir.join("meta-token"), META_TOKEN).unwrap();
+        let text = shipped_config_with_door(dir, port, door)
+            .replace(
+                "api_base_url = \"https://api.twilio.com\"",
+                &format!(
+                    "api_base_url = \"http://127.0.0.1:{twilio}\"\nauth_token = {{ file = \"twilio-token\" }}"
+                ),
+            )
+            .replace(
+                "[plugins.sms-twilio.config]",
+                &format!(
+                    "allowed_hosts = [\"127.0.0.1:{twilio}\"]\nsecrets = {{ auth_token = {{ file = \"twilio-token\" }} }}\n[plugins.sms-twilio.config]"
+                ),
+            )
+            .replace(
+                "api_base_url = \"https://graph.facebook.com\"",
+                &format!(
+                    "api_base_url = \"http://127.0.0.1:{meta}\"\napp_secret = \"{META_APP_SECRET}\""
+                ),
+            )
+            .replace(
+                "[plugins.whatsapp-cloud.config]",
+                &format!(
+                    "allowed_hosts = [\"127.0.0.1:{meta}\"]\nsecrets = {{ access_token = {{ file = \"meta-token\" }} }}\n[plugins.whatsapp-cloud.config]"
+                ),
+            )
+            // Genesys pointed at the cloud metadata address: the egress policy must refuse it
+            // although the plugin's own settings name it.
+            .replace(
+                "api_base_url = \"https://api.mypurecloud.com\"",
+                "api_base_url = \"http://169.254.169.254\"\nwebhook_secret = \"genesys-secret\"",
+            );
+        let config = dir.join("switchboard.toml");
+        std::fs::write(&config, text).unwrap();
+        let log = dir.join("daemon.log");
+        let child = Command::new(switchboard_binary())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut daemon = Self {
+            child,
+            port,
+            door,
+            config,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while curl(&[&format!("http://127.0.0.1:{port}/readyz")]).0 != 200 {
+            assert!(
+                daemon.child.try_wait().unwrap().is_none(),
+                "the daemon exited: {}",
+                std::fs::read_to_string(&daemon.log).unwrap_or_default()
+            );
+            assert!(Instant::now() < deadline, "never ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        daemon
+    }
+
+    fn token(&self, args: &[&str]) -> String {
+        let output = Command::new(switchboard_binary())
+            .args(["token", "--config"])
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    fn api(&self, method: &str, path: &str, token: &str, body: Option<&str>) -> (u16, Value) {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let auth = format!("Authorization: Bearer {token}");
+        let mut args = vec!["-X", method, url.as_str(), "-H", auth.as_str()];
+        if let Some(body) = body {
+            args.extend([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+            ]);
+        }
+        let (status, text) = curl(&args);
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// A customer's SMS through the door, signed as Twilio signs.
+    fn sms(&self, from: &str, text: &str, sid: &str) {
+        let url = format!("http://127.0.0.1:{}/webhooks/sms-twilio", self.door);
+        let body = format!(
+            "MessageSid={sid}&SmsSid={sid}&AccountSid={ACCOUNT}&From={}&To=%2B15005550006&Body={}&NumMedia=0",
+            from.replace('+', "%2B"),
+            text.replace(' ', "+")
+        );
+        let mut pairs: Vec<(String, String)> = switchboard_plugin_sdk::form::parse(body.as_bytes())
+            .into_iter()
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        pairs.sort();
+        let mut data = url.clone();
+        for (name, value) in pairs {
+            data.push_str(&name);
+            data.push_str(&value);
+        }
+        let signature = signature::base64(&signature::hmac_sha1(
+            TWILIO_TOKEN.as_bytes(),
+            data.as_bytes(),
+        ));
+        let (status, answer) = curl(&[
+            "-X",
+            "POST",
+            &url,
+            "-H",
+            &format!("X-Twilio-Signature: {signature}"),
+            "-H",
+            "Content-Type: application/x-www-form-urlencoded",
+            "--data-binary",
+            &body,
+        ]);
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    /// A customer's WhatsApp message through the door, signed as Meta signs.
+    fn whatsapp(&self, from: &str, wamid: &str) {
+        let body = String::from_utf8(fixture("whatsapp", "text.json"))
+            .unwrap()
+            .replace("16505551234", from)
+            .replace("wamid.", &format!("wamid.{wamid}"));
+        let signature = format!(
+            "sha256={}",
+            signature::hex(&signature::hmac_sha256(
+                META_APP_SECRET.as_bytes(),
+                body.as_bytes()
+            ))
+        );
+        let (status, answer) = curl(&[
+            "-X",
+            "POST",
+            &format!("http://127.0.0.1:{}/webhooks/whatsapp-cloud", self.door),
+            "-H",
+            &format!("X-Hub-Signature-256: {signature}"),
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body,
+        ]);
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    /// The id of the conversation whose customer is `customer`.
+    fn conversation(&self, token: &str, customer: &str) -> String {
+        let (_, report) = self.api("GET", "/v1/conversations", token, None);
+        report["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|summary| summary["customer"]["id"] == customer)
+            .unwrap_or_else(|| panic!("no conversation of {customer}: {report}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Assign, join publicly, write: the supervisor's public message goes to the customer.
+    fn write_publicly(&self, token: &str, id: &str, agent: &str, text: &str) {
+        let path = |action: &str| format!("/v1/conversations/{id}/{action}");
+        let assigned = self.api(
+            "POST",
+            &path("assign"),
+            token,
+            Some(&format!(r#"{{"agent": "{agent}"}}"#)),
+        );
+        assert_eq!(assigned.0, 200, "{}", assigned.1);
+        let joined = self.api("POST", &path("join"), token, Some(r#"{"mode": "public"}"#));
+        assert_eq!(joined.0, 200, "{}", joined.1);
+        let written = self.api(
+            "POST",
+            &path("messages"),
+            token,
+            Some(&format!(r#"{{"text": "{text}", "visibility": "public"}}"#)),
+        );
+        assert_eq!(written.0, 200, "{}", written.1);
+    }
+
+    /// The conversation's receipts (`details` of its `receipt` timeline lines), once `count`
+    /// are there.
+    fn receipts(&self, token: &str, id: &str, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, conversation) =
+                self.api("GET", &format!("/v1/conversations/{id}"), token, None);
+            let receipts: Vec<Value> = conversation["timeline"]
+                .as_array()
+                .map(|lines| {
+                    lines
+                        .iter()
+                        .filter(|line| line["event"] == "receipt")
+                        .map(|line| line["details"].clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if receipts.len() >= count {
+                return receipts;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{count} receipts never came: {conversation}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisor_messages_reach_the_providers_with_their_credentials_and_outcomes() {
+    let twilio = Twilio::new(ACCOUNT, TWILIO_TOKEN, &[UNSUBSCRIBED]);
+    let meta = Meta::new(META_TOKEN, PHONE_NUMBER_ID, &[OUTSIDE_WINDOW]);
+    let twilio_port = emulators::serve(twilio.router()).await.port();
+    let meta_port = emulators::serve(meta.router()).await.port();
+    let dir = temp_dir("delivery");
+    let daemon = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || Daemon::start(&dir, twilio_port, meta_port)
+    })
+    .await
+    .unwrap();
+    let daemon = std::sync::Arc::new(daemon);
+    let run = {
+        let daemon = daemon.clone();
+        let twilio = twilio.clone();
+        let meta = meta.clone();
+        move || {
+            let bea = daemon.token(&[
+                "--sub",
+                "sup-bea",
+                "--role",
+                "supervisor",
+                "--team",
+                "billing",
+            ]);
+            let sam = daemon.token(&[
+                "--sub",
+                "sup-sam",
+                "--role",
+                "supervisor",
+                "--team",
+                "support",
+            ]);
+
+            // SMS: a 429 storm on the first two attempts, honoured; both requests (the joined
+            // notice, then the message) arrive once each, in order, with Basic auth.
+            twilio.throttle_next.store(2, Ordering::SeqCst);
+            daemon.sms(
+                "+14155551234",
+                "Where is my refund",
+                "SM00000000000000000000000000000001",
+            );
+            let sms = daemon.conversation(&bea, "+14155551234");
+            daemon.write_publicly(&bea, &sms, "a-dev", "Your refund left today");
+            let receipts = daemon.receipts(&bea, &sms, 1);
+            assert_eq!(receipts[0]["status"], "sent", "{receipts:?}");
+            let accepted = twilio.log.accepted();
+            assert_eq!(accepted.len(), 2, "{accepted:#?}");
+            assert!(
+                accepted[0].text().contains("joined"),
+                "{}",
+                accepted[0].text()
+            );
+            assert!(
+                accepted[1].text().contains("Body=Your+refund+left+today"),
+                "{}",
+                accepted[1].text()
+            );
+            for request in &accepted {
+                assert_eq!(
+                    request.path,
+                    format!("/2010-04-01/Accounts/{ACCOUNT}/Messages.json")
+                );
+                assert!(request.text().contains("To=%2B14155551234"));
+                let expected = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{ACCOUNT}:{TWILIO_TOKEN}"))
+                );
+                assert_eq!(request.headers["authorization"], expected);
+                assert!(request.headers.contains_key("i-twilio-idempotency-token"));
+            }
+            assert_eq!(
+                twilio
+                    .log
+                    .all()
+                    .iter()
+                    .filter(|request| request.status == 429)
+                    .count(),
+                2
+            );
+
+            // An unsubscribed customer: Twilio refuses for good (21610), once, and the
+            // timeline says why.
+            daemon.sms(UNSUBSCRIBED, "STOP", "SM00000000000000000000000000000002");
+            let stopped = daemon.conversation(&bea, UNSUBSCRIBED);
+            daemon.write_publicly(&bea, &stopped, "a-dev", "Are you still there");
+            let receipts = daemon.receipts(&bea, &stopped, 1);
+            assert_eq!(receipts[0]["status"], "failed", "{receipts:?}");
+            assert_eq!(receipts[0]["error"]["code"], "21610", "{receipts:?}");
+            let refused = twilio
+                .log
+                .all()
+                .into_iter()
+                .filter(|request| request.status == 400)
+                .count();
+            assert_eq!(
+                refused, 2,
+                "the joined notice and the message, each tried once"
+            );
+
+            // WhatsApp: the bearer token filled in; a customer outside the 24-hour window
+            // refused with 131047.
+            daemon.whatsapp("16505551234", "A");
+            let chat = daemon.conversation(&sam, "16505551234");
+            daemon.write_publicly(&sam, &chat, "a-ana", "Hello from a supervisor");
+            let receipts = daemon.receipts(&sam, &chat, 1);
+            assert_eq!(receipts[0]["status"], "sent", "{receipts:?}");
+            let sent = meta.log.accepted();
+            assert!(sent.iter().all(|request| request.headers["authorization"]
+                == format!("Bearer {META_TOKEN}")
+                && request.path == format!("/v21.0/{PHONE_NUMBER_ID}/messages")));
+            assert!(
+                sent.iter()
+                    .any(|request| request.text().contains("Hello from a supervisor"))
+            );
+            daemon.whatsapp(OUTSIDE_WINDOW, "B");
+            let late = daemon.conversation(&sam, OUTSIDE_WINDOW);
+            daemon.write_publicly(&sam, &late, "a-ana", "Late reply");
+            let receipts = daemon.receipts(&sam, &late, 1);
+            assert_eq!(receipts[0]["status"], "failed", "{receipts:?}");
+            assert_eq!(receipts[0]["error"]["code"], "131047", "{receipts:?}");
+
+            // Genesys, whose settings point at the metadata address: refused by the egress
+            // policy, never sent.
+            let genesys = fixture("genesys", "inbound-text.json");
+            let signed = format!(
+                "sha256={}",
+                signature::base64(&signature::hmac_sha256(b"genesys-secret", &genesys))
+            );
+            let (status, _) = curl(&[
+                "-X",
+                "POST",
+                &format!("http://127.0.0.1:{}/webhooks/open-messaging", daemon.door),
+                "-H",
+                &format!("X-Hub-Signature-256: {signed}"),
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                std::str::from_utf8(&genesys).unwrap(),
+            ]);
+            assert_eq!(status, 200);
+            let messaging = daemon.conversation(&sam, "grace.hopper@example.com");
+            daemon.write_publicly(&sam, &messaging, "a-ana", "Checking your invoice");
+            let receipts = daemon.receipts(&sam, &messaging, 1);
+            assert_eq!(receipts[0]["status"], "failed", "{receipts:?}");
+            assert_eq!(
+                receipts[0]["error"]["code"], "egress-refused",
+                "{receipts:?}"
+            );
+
+            // Nothing the daemon keeps or answers carries a credential.
+            let admin = daemon.token(&["--sub", "root", "--role", "admin"]);
+            let (_, outbox) = daemon.api("GET", "/v1/outbox?limit=1000", &admin, None);
+            let (_, plugins) = daemon.api("GET", "/v1/plugins", &admin, None);
+            let mut seen = vec![outbox.to_string(), plugins.to_string()];
+            seen.push(std::fs::read_to_string(&daemon.log).unwrap_or_default());
+            for conversation in [&sms, &stopped, &chat, &late, &messaging] {
+                let (_, details) = daemon.api(
+                    "GET",
+                    &format!("/v1/conversations/{conversation}"),
+                    &admin,
+                    None,
+                );
+                seen.push(details.to_string());
+            }
+            (seen, daemon.log.clone())
+        }
+    };
+    let (answers, _log) = tokio::task::spawn_blocking(run).await.unwrap();
+    let mut haystack: Vec<Vec<u8>> = answers.into_iter().map(String::into_bytes).collect();
+    haystack.extend(
+        files_under(&dir.join("data"))
+            .into_iter()
+            .map(|file| std::fs::read(&file).unwrap_or_default()),
+    );
+    // The search would find the token inside the Basic header the worker sends.
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT}:{TWILIO_TOKEN}"));
+    assert!(
+        encodings(TWILIO_TOKEN)
+            .iter()
+            .any(|form| contains(basic.as_bytes(), form.as_bytes()))
+    );
+    for secret in [TWILIO_TOKEN, META_TOKEN] {
+        for form in encodings(secret) {
+            for bytes in &haystack {
+                assert!(
+                    !contains(bytes, form.as_bytes()),
+                    "a secret ({form}) was found in what the daemon kept or answered"
+                );
+            }
+        }
+    }
+}
+
+/// A secret as written, in base64 at each of the three alignments it can take inside a
+/// longer value (Basic auth encodes `user:secret`), in hex and percent-encoded.
+fn encodings(secret: &str) -> Vec<String> {
+    let mut forms = vec![secret.to_owned(), signature::hex(secret.as_bytes())];
+    for pad in 0..3 {
+        let padded = format!("{}{secret}", "x".repeat(pad));
+        let encoded = base64::engine::general_purpose::STANDARD.encode(padded.as_bytes());
+        // The characters that encode only the secret's own bytes.
+        let skip = (pad * 4).div_ceil(3) + 1;
+        let keep = encoded.len().saturating_sub(skip + 4);
+        forms.push(encoded[skip..skip + keep].to_owned());
+    }
+    forms.push(
+        secret
+            .bytes()
+            .map(|byte| format!("%{byte:02X}"))
+            .collect::<String>(),
+    );
+    forms
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(files_under(&path));
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
