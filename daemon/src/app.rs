@@ -31,7 +31,7 @@ use crate::service::{Service, now};
 use crate::store::{RedbStore, Store};
 use crate::stream::{STREAM_WINDOW, StreamHub};
 use crate::transport::InboundMessage;
-use crate::transport::amqp::AmqpTransport;
+use crate::transport::amqp::{AmqpTransport, InboundPublisher};
 
 /// How often the clock ticks (inactivity timeouts, wrap-up capacity, eviction).
 const TICK: Duration = Duration::from_secs(1);
@@ -121,6 +121,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .with_config_file(config.file.clone()),
         http_stop.clone(),
     ));
+    // With a broker, the door publishes what it takes into the inbound exchange (the consumer
+    // applies it like any other inbound message) and answers after the broker's confirm.
+    let inbound_publisher = config
+        .amqp
+        .is_some()
+        .then(|| Arc::new(InboundPublisher::default()));
     let door_stop = CancellationToken::new();
     let door = match config.server.webhook_listen {
         Some(address) => {
@@ -136,7 +142,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     &config.server,
                     listen,
                     &config.plugins,
-                ),
+                )
+                .with_broker(inbound_publisher.clone()),
                 door_stop.clone(),
             )))
         }
@@ -171,7 +178,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let delivering = delivery.is_some();
     let transport = match config.amqp.clone() {
-        Some(amqp) => tokio::spawn(run_amqp(service.clone(), amqp, shutdown.clone())),
+        Some(amqp) => tokio::spawn(run_amqp(
+            service.clone(),
+            amqp,
+            inbound_publisher.clone().unwrap_or_default(),
+            shutdown.clone(),
+        )),
         None => tokio::spawn(run_embedded_outbox(
             service.clone(),
             delivering,
@@ -311,6 +323,7 @@ fn trim_embedded_outbox(store: &dyn Store, delivering: bool) {
 async fn run_amqp(
     service: Arc<Service>,
     amqp: AmqpConfig,
+    door: Arc<InboundPublisher>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(200);
@@ -332,6 +345,7 @@ async fn run_amqp(
             }
         };
         backoff = Duration::from_millis(200);
+        door.set(Some(transport.clone()));
         tracing::info!(queue = %amqp.inbound_queue, "consuming");
         let publisher_stop = CancellationToken::new();
         let reconnect = CancellationToken::new();
@@ -348,6 +362,7 @@ async fn run_amqp(
             )),
         };
         service.set_broker_up(false);
+        door.set(None);
         // The publisher finishes what the last batches committed, then stops (it gives up by
         // itself when the broker takes nothing for CONFIRM_TIMEOUT; this bound is a backstop).
         publisher_stop.cancel();

@@ -1,5 +1,6 @@
-//! The command line's work, outside the daemon's flow: `plugins list`, `plugins inspect` and
-//! `plugins decode` (the plugin author's everyday tools). Each returns the JSON to print.
+//! The command line's work, outside the daemon's flow: `plugins list`, `plugins inspect`,
+//! `plugins decode` and `plugins encode` (the plugin author's everyday tools). Each returns
+//! the JSON to print.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,8 +8,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::config::{Config, PluginConfig};
-use crate::engine::Millis;
-use crate::plugin::{CallError, InboundRequest, PluginHost, PluginSettings};
+use crate::engine::{
+    Audience, Author, Millis, Notification, NotificationBody, NotificationId, PluginId,
+    SupervisionMode, Visibility,
+};
+use crate::plugin::{
+    CallError, ChannelNotification, InboundRequest, Plugin, PluginHost, PluginSettings,
+};
 
 /// Why a command failed; `usage` errors exit 64, the others 1.
 #[derive(Debug, thiserror::Error)]
@@ -77,13 +83,18 @@ pub struct DecodeRequest {
     pub plugin_config: Option<PathBuf>,
 }
 
-/// `plugins decode`: the canonical events, or the plugin's typed error.
-pub fn decode(config: Option<&Config>, request: DecodeRequest) -> Result<Value, CliError> {
+/// A configured plugin (by id) or a `.wasm` file, loaded with its configured settings or
+/// those of `plugin_config`.
+fn load_plugin(
+    config: Option<&Config>,
+    plugin: &str,
+    plugin_config: Option<&Path>,
+) -> Result<(String, Plugin), CliError> {
     let configured: Option<&PluginConfig> = config.and_then(|config| {
         config
             .plugins
             .iter()
-            .find(|plugin| plugin.id == request.plugin)
+            .find(|configured| configured.id == plugin)
     });
     let host = host()?;
     let (id, file, mut settings) = match configured {
@@ -93,11 +104,10 @@ pub fn decode(config: Option<&Config>, request: DecodeRequest) -> Result<Value, 
             plugin.settings.expose().to_owned(),
         ),
         None => {
-            let file = PathBuf::from(&request.plugin);
+            let file = PathBuf::from(plugin);
             if !file.exists() {
                 return Err(CliError::Usage(format!(
-                    "{} is neither a configured plugin nor a file",
-                    request.plugin
+                    "{plugin} is neither a configured plugin nor a file"
                 )));
             }
             let description = host
@@ -106,10 +116,35 @@ pub fn decode(config: Option<&Config>, request: DecodeRequest) -> Result<Value, 
             (description.id, file, String::new())
         }
     };
-    if let Some(path) = &request.plugin_config {
+    if let Some(path) = plugin_config {
         settings = std::fs::read_to_string(path)
             .map_err(|error| CliError::Usage(format!("cannot read {}: {error}", path.display())))?;
     }
+    let plugin = host
+        .load(PluginSettings {
+            id: id.clone(),
+            file,
+            memory_limit: configured.map_or(CLI_MEMORY, |plugin| plugin.memory_limit as usize),
+            time_limit: configured.map_or(Duration::from_millis(100), |plugin| plugin.time_limit),
+            settings,
+            secrets: Default::default(),
+        })
+        .map_err(|error| CliError::Failed(error.to_string()))?;
+    Ok((id, plugin))
+}
+
+fn now() -> Millis {
+    Millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_millis() as i64)
+            .unwrap_or(0),
+    )
+}
+
+/// `plugins decode`: the canonical events, or the plugin's typed error.
+pub fn decode(config: Option<&Config>, request: DecodeRequest) -> Result<Value, CliError> {
+    let (id, plugin) = load_plugin(config, &request.plugin, request.plugin_config.as_deref())?;
     let body = std::fs::read(&request.body).map_err(|error| {
         CliError::Usage(format!("cannot read {}: {error}", request.body.display()))
     })?;
@@ -126,22 +161,7 @@ pub fn decode(config: Option<&Config>, request: DecodeRequest) -> Result<Value, 
             .find(|(name, _)| name == "content-type")
             .map(|(_, value)| value.clone())
     });
-    let plugin = host
-        .load(PluginSettings {
-            id: id.clone(),
-            file,
-            memory_limit: configured.map_or(CLI_MEMORY, |plugin| plugin.memory_limit as usize),
-            time_limit: configured.map_or(Duration::from_millis(100), |plugin| plugin.time_limit),
-            settings,
-            secrets: Default::default(),
-        })
-        .map_err(|error| CliError::Failed(error.to_string()))?;
-    let received_at = Millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|since| since.as_millis() as i64)
-            .unwrap_or(0),
-    );
+    let received_at = now();
     let inbound = InboundRequest {
         method: "POST".to_owned(),
         url: request
@@ -154,13 +174,145 @@ pub fn decode(config: Option<&Config>, request: DecodeRequest) -> Result<Value, 
     };
     match plugin.decode(&inbound) {
         Ok(events) => Ok(json!({ "plugin": id, "events": events })),
-        Err(CallError::Plugin { kind, detail, .. }) => Ok(json!({
+        Err(error) => Ok(plugin_error(&id, error)),
+    }
+}
+
+fn plugin_error(id: &str, error: CallError) -> Value {
+    match error {
+        CallError::Plugin { kind, detail, .. } => json!({
             "plugin": id,
             "error": { "kind": kind, "detail": detail },
-        })),
-        Err(error) => Ok(json!({
+        }),
+        error => json!({
             "plugin": id,
             "error": { "kind": error.code(), "detail": error.to_string() },
+        }),
+    }
+}
+
+/// What `plugins encode` runs: a notification for a conversation's customer.
+#[derive(Debug)]
+pub struct EncodeRequest {
+    /// A configured plugin id or a `.wasm` file.
+    pub plugin: String,
+    /// The plugin's thread key, as its events name it.
+    pub thread: String,
+    /// The customer's provider id.
+    pub customer: String,
+    /// When the customer last wrote, in milliseconds since the Unix epoch (service windows).
+    pub customer_last_message_at: Option<i64>,
+    pub notification: NotificationBody,
+    pub plugin_config: Option<PathBuf>,
+}
+
+/// A notification body from the shortcuts, or a JSON file: the body as the outbox's
+/// CloudEvents carry it (`{"type": "message", "author": {"kind": "supervisor", "id": "sup-1"},
+/// "text": "…", "visibility": "public"}`).
+pub fn notification_body(
+    file: Option<&Path>,
+    message: Option<String>,
+    joined: Option<String>,
+    closed: Option<String>,
+    end_session: bool,
+) -> Result<NotificationBody, CliError> {
+    let supervisor = || crate::engine::UserId::from("sup-cli");
+    let chosen = [
+        file.is_some(),
+        message.is_some(),
+        joined.is_some(),
+        closed.is_some(),
+        end_session,
+    ]
+    .iter()
+    .filter(|given| **given)
+    .count();
+    if chosen != 1 {
+        return Err(CliError::Usage(
+            "give one of --notification FILE.json, --message TEXT, --joined MODE, --closed REASON, --end-session".to_owned(),
+        ));
+    }
+    if let Some(file) = file {
+        let text = std::fs::read(file)
+            .map_err(|error| CliError::Usage(format!("cannot read {}: {error}", file.display())))?;
+        return serde_json::from_slice(&text).map_err(|error| {
+            CliError::Usage(format!(
+                "{} is not a notification body: {error}",
+                file.display()
+            ))
+        });
+    }
+    if let Some(text) = message {
+        return Ok(NotificationBody::Message {
+            author: Author::Supervisor(supervisor()),
+            text: text.into(),
+            visibility: Visibility::Public,
+        });
+    }
+    if let Some(mode) = joined {
+        let mode = match mode.as_str() {
+            "internal" | "consult-internal" => SupervisionMode::ConsultInternal,
+            "public" | "consult-public" => SupervisionMode::ConsultPublic,
+            "barge" => SupervisionMode::Barge,
+            other => {
+                return Err(CliError::Usage(format!(
+                    "--joined is internal, public or barge, not {other:?}"
+                )));
+            }
+        };
+        return Ok(NotificationBody::SupervisorJoined {
+            supervisor: supervisor(),
+            mode,
+        });
+    }
+    if let Some(reason) = closed {
+        return Ok(NotificationBody::ClosedBySupervisor {
+            supervisor: supervisor(),
+            reason: (!reason.is_empty()).then(|| reason.into_boxed_str()),
+        });
+    }
+    Ok(NotificationBody::EndSession)
+}
+
+/// `plugins encode`: the provider requests a notification becomes (credentials as the
+/// placeholders the delivery worker fills), or the plugin's typed error. No daemon, no API.
+pub fn encode(config: Option<&Config>, request: EncodeRequest) -> Result<Value, CliError> {
+    let (id, plugin) = load_plugin(config, &request.plugin, request.plugin_config.as_deref())?;
+    let notification = ChannelNotification {
+        notification: Notification {
+            id: NotificationId::default(),
+            conversation: None,
+            audience: Audience::Channel {
+                plugin: PluginId::new(id.as_str()),
+                thread: request.thread.clone().into_boxed_str(),
+                customer: request.customer.clone().into_boxed_str(),
+            },
+            body: request.notification,
+        },
+        thread: request.thread,
+        customer: request.customer,
+        customer_last_message_at: request.customer_last_message_at.map(Millis),
+        now: now(),
+    };
+    match plugin.encode(&notification) {
+        Ok(requests) => Ok(json!({
+            "plugin": id,
+            "requests": requests
+                .iter()
+                .map(|request| {
+                    let mut entry = json!({
+                        "method": request.method,
+                        "url": request.url,
+                        "headers": request.headers,
+                    });
+                    match std::str::from_utf8(&request.body) {
+                        Ok(text) => entry["body"] = json!(text),
+                        Err(_) => entry["body_bytes"] = json!(request.body),
+                    }
+                    entry
+                })
+                .collect::<Vec<_>>(),
         })),
+        Err(error) => Ok(plugin_error(&id, error)),
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchboard::cli::{self, CliError, DecodeRequest};
+use switchboard::cli::{self, CliError, DecodeRequest, EncodeRequest};
 use switchboard::config::{self, Config};
 use switchboard::telemetry::{self, LogFormat};
 
@@ -62,7 +62,7 @@ enum Command {
         #[arg(long, default_value = "1h")]
         ttl: humantime::Duration,
     },
-    /// Channel plugins: list, inspect, decode.
+    /// Channel plugins: list, inspect, decode, encode.
     Plugins {
         #[command(subcommand)]
         command: PluginsCommand,
@@ -94,6 +94,43 @@ enum PluginsCommand {
         /// The payload's content type.
         #[arg(long)]
         content_type: Option<String>,
+        /// The plugin's settings as TOML (instead of its `[plugins.<id>.config]`).
+        #[arg(long)]
+        plugin_config: Option<PathBuf>,
+    },
+    /// Run a plugin's encode on a notification and print the provider requests (or its
+    /// error), without a daemon: one of --notification, --message, --joined, --closed,
+    /// --end-session.
+    Encode {
+        /// A plugin id from the configuration, or a `.wasm` file.
+        plugin: String,
+        /// The conversation's thread key, as the plugin's events name it (e.g.
+        /// `106540352242922/16505551234`).
+        #[arg(long)]
+        thread: String,
+        /// The customer's provider id (phone number, contact id).
+        #[arg(long)]
+        customer: String,
+        /// When the customer last wrote, in milliseconds since the Unix epoch (default: now,
+        /// inside any service window).
+        #[arg(long)]
+        customer_last_message_at: Option<i64>,
+        /// A notification body as JSON (`{"type": "message", "author": {"kind":
+        /// "supervisor", "id": "sup-1"}, "text": "Hello", "visibility": "public"}`).
+        #[arg(long)]
+        notification: Option<PathBuf>,
+        /// Shortcut: a supervisor's public message with this text.
+        #[arg(long)]
+        message: Option<String>,
+        /// Shortcut: a supervisor joined (`internal`, `public` or `barge`).
+        #[arg(long)]
+        joined: Option<String>,
+        /// Shortcut: a supervisor closed the conversation, with this reason.
+        #[arg(long)]
+        closed: Option<String>,
+        /// Shortcut: end the provider session.
+        #[arg(long)]
+        end_session: bool,
         /// The plugin's settings as TOML (instead of its `[plugins.<id>.config]`).
         #[arg(long)]
         plugin_config: Option<PathBuf>,
@@ -150,6 +187,46 @@ fn main() -> ExitCode {
                 .and_then(|config| cli::list(&config).map(Output::Json).map_err(Failure::from)),
             PluginsCommand::Inspect { file } => {
                 cli::inspect(&file).map(Output::Json).map_err(Failure::from)
+            }
+            PluginsCommand::Encode {
+                plugin,
+                thread,
+                customer,
+                customer_last_message_at,
+                notification,
+                message,
+                joined,
+                closed,
+                end_session,
+                plugin_config,
+            } => {
+                let config = if default_config && !cli.config.exists() {
+                    Ok(None)
+                } else {
+                    load(&cli.config).map(Some)
+                };
+                config.and_then(|config| {
+                    let body = cli::notification_body(
+                        notification.as_deref(),
+                        message,
+                        joined,
+                        closed,
+                        end_session,
+                    )?;
+                    cli::encode(
+                        config.as_ref(),
+                        EncodeRequest {
+                            plugin,
+                            thread,
+                            customer,
+                            customer_last_message_at,
+                            notification: body,
+                            plugin_config,
+                        },
+                    )
+                    .map(Output::Json)
+                    .map_err(Failure::from)
+                })
             }
             PluginsCommand::Decode {
                 plugin,
@@ -303,7 +380,7 @@ fn finish(result: Result<Output, Failure>) -> ExitCode {
                 "{}",
                 serde_json::to_string_pretty(&value).unwrap_or_default()
             );
-            // A decode that ended in the plugin's error is a failure for scripts.
+            // A decode or encode that ended in the plugin's error is a failure for scripts.
             if value.get("error").is_some() {
                 ExitCode::FAILURE
             } else {

@@ -1,4 +1,4 @@
-//! `switchboard plugins inspect` and `plugins decode` (the functions the binary runs) on every
+//! `switchboard plugins inspect`, `plugins decode` and `plugins encode` (the functions the binary runs) on every
 //! bundled plugin and a documented sample of its provider: the plugin author's everyday tools.
 
 use std::io::Write as _;
@@ -150,4 +150,61 @@ fn decode_of_something_that_is_not_a_plugin_is_a_usage_error() {
     )
     .unwrap_err();
     assert!(matches!(error, cli::CliError::Usage(_)), "{error}");
+}
+
+/// `plugins encode` turns a notification into the provider's request without a daemon: the
+/// shortcut for a supervisor's public message, the credential as its placeholder, and the
+/// plugin's own refusal (WhatsApp's 24-hour window) as a typed error.
+#[test]
+fn encode_shows_the_provider_request_a_notification_becomes() {
+    let settings = settings_file(
+        "phone_number_id = \"106540352242922\"\napi_base_url = \"https://graph.example\"\n",
+    );
+    let request = |customer_last_message_at: Option<i64>| cli::EncodeRequest {
+        plugin: component("whatsapp-cloud").display().to_string(),
+        thread: "106540352242922/16505551234".to_owned(),
+        customer: "16505551234".to_owned(),
+        customer_last_message_at,
+        notification: cli::notification_body(
+            None,
+            Some("Your refund left today".to_owned()),
+            None,
+            None,
+            false,
+        )
+        .unwrap(),
+        plugin_config: Some(settings.clone()),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let encoded = cli::encode(None, request(Some(now))).unwrap();
+    let sent = &encoded["requests"][0];
+    assert_eq!(sent["method"], "POST");
+    assert_eq!(
+        sent["url"],
+        "https://graph.example/v21.0/106540352242922/messages"
+    );
+    assert!(
+        sent["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|header| header[0] == "authorization"
+                && header[1] == "Bearer {{secret:access_token}}"),
+        "{encoded}"
+    );
+    assert!(
+        sent["body"]
+            .as_str()
+            .unwrap()
+            .contains("Your refund left today")
+    );
+    // Two days after the customer's last message: outside the window, refused.
+    let refused = cli::encode(None, request(Some(now - 48 * 3600 * 1000))).unwrap();
+    assert!(refused.get("error").is_some(), "{refused}");
+    assert!(refused.get("requests").is_none());
+    // Exactly one notification source is taken.
+    assert!(cli::notification_body(None, None, None, None, false).is_err());
 }

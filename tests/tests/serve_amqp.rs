@@ -74,6 +74,15 @@ impl Daemon {
     /// consumes: its queue, binding and exchanges exist by then (a message published to the
     /// inbound exchange before the binding would be unroutable and dropped).
     async fn start(client: &lapin::Connection, label: &str) -> Self {
+        Self::start_with(client, label, |_| {}).await
+    }
+
+    /// [`Daemon::start`] with the configuration changed first.
+    async fn start_with(
+        client: &lapin::Connection,
+        label: &str,
+        change: impl FnOnce(&mut config::Config),
+    ) -> Self {
         let names = amqp_names(label);
         let store = std::env::temp_dir().join(format!("switchboard-serve-{}", names.inbound_queue));
         let mut config = config::load_with_env(
@@ -91,6 +100,7 @@ impl Daemon {
         for plugin in &mut config.plugins {
             plugin.file = component(&plugin.id);
         }
+        change(&mut config);
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -152,6 +162,97 @@ impl Daemon {
         }
         let _ = std::fs::remove_dir_all(self.store);
     }
+}
+
+/// With a broker, the webhook door answers after the broker confirmed the raw payload into
+/// the inbound exchange (the consumer applies it as any other message); a wrong signature is
+/// refused at the door and never published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_door_answers_after_the_broker_confirmed_the_payload() {
+    let Some(client) = broker_client().await else {
+        return;
+    };
+    const APP_SECRET: &str = "door-over-amqp-app-secret";
+    let door_port = switchboard_tests::free_port();
+    let daemon = Daemon::start_with(&client, "door", |config| {
+        config.server.webhook_listen = Some(format!("127.0.0.1:{door_port}").parse().unwrap());
+        for plugin in &mut config.plugins {
+            if plugin.id == "whatsapp-cloud" {
+                plugin.settings = config::Secret::new(format!(
+                    "{}\napp_secret = \"{APP_SECRET}\"\n",
+                    plugin.settings.expose()
+                ));
+            }
+        }
+    })
+    .await;
+    let names = daemon.names.clone();
+    let channel = client.create_channel().await.unwrap();
+    let subscriber = subscribe(&channel, &names, Lifetime::Exclusive).await;
+    let webhook = fixture("whatsapp", "text.json");
+    let post = move |secret: &str| {
+        let signature = format!(
+            "sha256={}",
+            switchboard_plugin_sdk::signature::hex(
+                &switchboard_plugin_sdk::signature::hmac_sha256(secret.as_bytes(), &webhook)
+            )
+        );
+        let output = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-m",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "POST",
+            ])
+            .arg(format!(
+                "http://127.0.0.1:{door_port}/webhooks/whatsapp-cloud"
+            ))
+            .args(["-H", "Content-Type: application/json"])
+            .args(["-H", &format!("X-Hub-Signature-256: {signature}")])
+            .args(["--data-binary", "@-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut output = output;
+        use std::io::Write as _;
+        output.stdin.take().unwrap().write_all(&webhook).unwrap();
+        String::from_utf8(output.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let refused = tokio::task::spawn_blocking({
+        let post = post.clone();
+        move || post("not-the-secret")
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused, "401");
+    let taken = tokio::task::spawn_blocking(move || post(APP_SECRET))
+        .await
+        .unwrap();
+    assert_eq!(taken, "200");
+    let opened = get(&channel, &subscriber, Duration::from_secs(15))
+        .await
+        .expect("the webhook became a conversation through the broker");
+    assert_eq!(
+        amqp_header(&opened.delivery.properties, "cloudEvents_type").as_deref(),
+        Some("dev.switchboard.conversation.opened")
+    );
+    // Nothing was dead-lettered: the refused webhook never reached the broker.
+    assert!(
+        get(
+            &channel,
+            &names.dead_letter_queue,
+            Duration::from_millis(500)
+        )
+        .await
+        .is_none()
+    );
+    daemon.stop(&client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

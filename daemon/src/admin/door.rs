@@ -31,6 +31,7 @@ use crate::pipeline::{Completion, Disposition, Submission};
 use crate::plugin::{CallError, FailureKind, InboundRequest, Plugin, WebhookAnswer};
 use crate::service::{Service, SubmitError};
 use crate::transport::InboundMessage;
+use crate::transport::amqp::InboundPublisher;
 
 /// The header through which a gateway tells `/v1/inbound` the URL the provider called; on the
 /// door the daemon says it itself, and a provider's (or an attacker's) copy is dropped.
@@ -59,6 +60,8 @@ pub struct DoorContext {
     trust_forwarded: bool,
     per_address: RateLimiter,
     per_plugin: RateLimiter,
+    /// With a broker: where taken webhooks go (answered after its confirm).
+    broker: Option<Arc<InboundPublisher>>,
 }
 
 impl DoorContext {
@@ -96,7 +99,15 @@ impl DoorContext {
             trust_forwarded: server.trust_forwarded,
             per_address: RateLimiter::new(server.webhook_rate_limit),
             per_plugin: RateLimiter::new(server.webhook_plugin_rate_limit),
+            broker: None,
         }
+    }
+
+    /// With RabbitMQ: a webhook the plugin takes is published into the inbound exchange and
+    /// answered once the broker confirmed it, instead of being committed here.
+    pub fn with_broker(mut self, broker: Option<Arc<InboundPublisher>>) -> Self {
+        self.broker = broker;
+        self
     }
 }
 
@@ -277,7 +288,6 @@ async fn webhook(
         headers: pairs.clone(),
         body: body.to_vec(),
     };
-    let completion = context.service.submit(Submission::Inbound(message)).await;
     let request = || InboundRequest {
         method: Method::POST.to_string(),
         url: url.clone(),
@@ -286,6 +296,16 @@ async fn webhook(
         body: body.to_vec(),
         received_at: crate::service::now(),
     };
+    if let Some(broker) = &context.broker {
+        let response = through_broker(&context, &loaded, &plugin, broker, message, request()).await;
+        context.service.metrics().observe_duration(
+            "switchboard_webhook_answer_seconds",
+            &[&plugin],
+            started.elapsed(),
+        );
+        return response;
+    }
+    let completion = context.service.submit(Submission::Inbound(message)).await;
     let response = match completion {
         Ok(Completion::Inbound(Disposition::Done {
             events, duplicates, ..
@@ -333,6 +353,42 @@ async fn webhook(
         started.elapsed(),
     );
     response
+}
+
+/// With RabbitMQ: the plugin decodes here (its verdict decides the answer), and what it takes
+/// goes into the inbound exchange, byte for byte, for whichever daemon consumes it; the answer
+/// waits for the broker's confirm. What it ignores or refuses is not published.
+async fn through_broker(
+    context: &DoorContext,
+    loaded: &Plugin,
+    plugin: &str,
+    broker: &InboundPublisher,
+    message: InboundMessage,
+    request: InboundRequest,
+) -> Response {
+    let decoded = if message.body.len() > context.body_limit {
+        Err(("payload-too-large".to_owned(), String::new()))
+    } else {
+        loaded
+            .decode(&request)
+            .map_err(|error| (error.code().to_owned(), error.to_string()))
+    };
+    if let Err((code, detail)) = decoded {
+        return dead_end(context, loaded, plugin, &code, &detail, || request.clone());
+    }
+    match broker.publish(&message).await {
+        Ok(()) => acknowledge(context, loaded, &request, false, "accepted"),
+        Err(error) => {
+            count(context, plugin, "unavailable");
+            tracing::warn!(plugin = %plugin, error = %error, "a webhook could not be handed to the broker");
+            Problem::unavailable(
+                "broker-unavailable",
+                "the webhook could not be stored; send it again",
+                RETRY_AFTER_SECONDS,
+            )
+            .into_response()
+        }
+    }
 }
 
 /// The plugin's answer to a webhook it took (or deliberately ignored).

@@ -27,14 +27,16 @@ use crate::store::OutboxEntry;
 /// `cloudEvents_source` of everything Switchboard publishes.
 pub const CLOUDEVENTS_SOURCE: &str = "switchboard";
 
-/// A connection with a consuming channel (prefetch) and two confirm-mode publishing channels:
-/// one for the outbox, one for dead letters. Each has a single publisher task, so confirms are
-/// never interleaved between tasks on one channel.
+/// A connection with a consuming channel (prefetch) and three confirm-mode publishing
+/// channels: one for the outbox, one for dead letters (each with a single publisher task, so
+/// their confirms are never interleaved between tasks), and one for the webhook door's raw
+/// payloads (many handlers at once, each awaiting its own confirm).
 pub struct AmqpTransport {
     connection: Connection,
     consume: Channel,
     publish: Channel,
     dead: Channel,
+    inbound: Channel,
     names: AmqpConfig,
 }
 
@@ -89,11 +91,17 @@ impl AmqpTransport {
         dead.confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(broker)?;
+        let inbound = connection.create_channel().await.map_err(broker)?;
+        inbound
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broker)?;
         let transport = Self {
             connection,
             consume,
             publish,
             dead,
+            inbound,
             names: config.clone(),
         };
         transport.declare().await?;
@@ -226,6 +234,38 @@ impl AmqpTransport {
         .await
     }
 
+    /// Publishes a provider payload the webhook door took into the inbound exchange, exactly
+    /// as a gateway would (routing key = plugin, the request's headers as AMQP headers,
+    /// persistent), and waits for the broker's confirmation: the door answers the provider
+    /// only then, so a crash after the answer loses nothing.
+    pub async fn publish_inbound(&self, message: &InboundMessage) -> Result<(), TransportError> {
+        let mut headers = FieldTable::default();
+        for (name, value) in &message.headers {
+            headers.insert(
+                name.as_str().into(),
+                AMQPValue::LongString(value.as_str().into()),
+            );
+        }
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        if let Some(content_type) = &message.content_type {
+            properties = properties.with_content_type(content_type.as_str().into());
+        }
+        if let Some(id) = &message.message_id {
+            properties = properties.with_message_id(id.as_str().into());
+        }
+        self.start(
+            &self.inbound,
+            self.names.inbound_exchange.as_str().into(),
+            message.routing_key.as_str().into(),
+            &message.body,
+            properties,
+        )
+        .await?
+        .await
+    }
+
     /// Publishes an outbox entry in CloudEvents binary mode (attributes as `cloudEvents_`
     /// headers), persistent and mandatory, without waiting for the broker: the returned
     /// [`Confirm`] resolves with its confirmation, so many publications can await theirs at
@@ -290,6 +330,34 @@ impl AmqpTransport {
             .connection
             .close(200, "switchboard shutting down".into())
             .await;
+    }
+}
+
+/// The broker connection of the moment, for the webhook door: set by the consumer loop when
+/// it connects, cleared when the connection is lost (the door answers 503 meanwhile).
+#[derive(Debug, Default)]
+pub struct InboundPublisher {
+    current: std::sync::Mutex<Option<std::sync::Arc<AmqpTransport>>>,
+}
+
+impl InboundPublisher {
+    pub fn set(&self, transport: Option<std::sync::Arc<AmqpTransport>>) {
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = transport;
+    }
+
+    /// Publishes into the inbound exchange and waits for the confirm; an error when there is
+    /// no connection or the broker did not confirm.
+    pub async fn publish(&self, message: &InboundMessage) -> Result<(), TransportError> {
+        let transport = self
+            .current
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+            .ok_or_else(|| TransportError::Broker("not connected".to_owned()))?;
+        transport.publish_inbound(message).await
     }
 }
 
