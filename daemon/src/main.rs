@@ -200,11 +200,7 @@ fn main() -> ExitCode {
                 end_session,
                 plugin_config,
             } => {
-                let config = if default_config && !cli.config.exists() {
-                    Ok(None)
-                } else {
-                    load(&cli.config).map(Some)
-                };
+                let config = optional_config(&cli.config, default_config);
                 config.and_then(|config| {
                     let body = cli::notification_body(
                         notification.as_deref(),
@@ -236,12 +232,7 @@ fn main() -> ExitCode {
                 content_type,
                 plugin_config,
             } => {
-                // A plugin given as a file needs no configuration when there is none.
-                let config = if default_config && !cli.config.exists() {
-                    Ok(None)
-                } else {
-                    load(&cli.config).map(Some)
-                };
+                let config = optional_config(&cli.config, default_config);
                 config.and_then(|config| {
                     cli::decode(
                         config.as_ref(),
@@ -261,6 +252,19 @@ fn main() -> ExitCode {
         },
     };
     finish(result)
+}
+
+/// The configuration, or none when the default file is absent: a plugin given as a file
+/// needs none (`plugins decode` and `encode`).
+fn optional_config(
+    file: &std::path::Path,
+    default_config: bool,
+) -> Result<Option<Config>, Failure> {
+    if default_config && !file.exists() {
+        Ok(None)
+    } else {
+        load(file).map(Some)
+    }
 }
 
 fn token(

@@ -195,34 +195,14 @@ impl AmqpTransport {
         code: &str,
         detail: &str,
     ) -> Result<(), TransportError> {
-        let mut headers = FieldTable::default();
-        for (name, value) in &message.headers {
-            headers.insert(
-                name.as_str().into(),
-                AMQPValue::LongString(value.as_str().into()),
-            );
-        }
-        headers.insert(
-            "switchboard-error".into(),
-            AMQPValue::LongString(code.into()),
+        let properties = inbound_properties(
+            message,
+            &[
+                ("switchboard-error", code),
+                ("switchboard-error-detail", detail),
+                ("switchboard-routing-key", &message.routing_key),
+            ],
         );
-        headers.insert(
-            "switchboard-error-detail".into(),
-            AMQPValue::LongString(detail.into()),
-        );
-        headers.insert(
-            "switchboard-routing-key".into(),
-            AMQPValue::LongString(message.routing_key.as_str().into()),
-        );
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_headers(headers);
-        if let Some(content_type) = &message.content_type {
-            properties = properties.with_content_type(content_type.as_str().into());
-        }
-        if let Some(id) = &message.message_id {
-            properties = properties.with_message_id(id.as_str().into());
-        }
         self.start(
             &self.dead,
             ShortString::from(""),
@@ -239,22 +219,7 @@ impl AmqpTransport {
     /// persistent), and waits for the broker's confirmation: the door answers the provider
     /// only then, so a crash after the answer loses nothing.
     pub async fn publish_inbound(&self, message: &InboundMessage) -> Result<(), TransportError> {
-        let mut headers = FieldTable::default();
-        for (name, value) in &message.headers {
-            headers.insert(
-                name.as_str().into(),
-                AMQPValue::LongString(value.as_str().into()),
-            );
-        }
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_headers(headers);
-        if let Some(content_type) = &message.content_type {
-            properties = properties.with_content_type(content_type.as_str().into());
-        }
-        if let Some(id) = &message.message_id {
-            properties = properties.with_message_id(id.as_str().into());
-        }
+        let properties = inbound_properties(message, &[]);
         self.start(
             &self.inbound,
             self.names.inbound_exchange.as_str().into(),
@@ -331,6 +296,30 @@ impl AmqpTransport {
             .close(200, "switchboard shutting down".into())
             .await;
     }
+}
+
+/// An inbound message's AMQP properties as a gateway publishes them (persistent, its headers
+/// as AMQP headers, content type and message id), with `extra` headers.
+fn inbound_properties(message: &InboundMessage, extra: &[(&str, &str)]) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    let pairs = message
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .chain(extra.iter().copied());
+    for (name, value) in pairs {
+        headers.insert(name.into(), AMQPValue::LongString(value.into()));
+    }
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    if let Some(content_type) = &message.content_type {
+        properties = properties.with_content_type(content_type.as_str().into());
+    }
+    if let Some(id) = &message.message_id {
+        properties = properties.with_message_id(id.as_str().into());
+    }
+    properties
 }
 
 /// The broker connection of the moment, for the webhook door: set by the consumer loop when
