@@ -56,6 +56,9 @@ pub struct Service {
     plugins: Vec<Arc<Plugin>>,
     /// Wakes the embedded transport's outbox logger after a commit.
     pub outbox_ready: Notify,
+    /// Told after each commit, for the delivery worker (a waiter of its own: `notify_one`
+    /// wakes one waiter, or leaves a permit for the next).
+    pub delivery_ready: Notify,
     /// With a broker: committed entries on their way to the publisher.
     outbox_feed: Option<Arc<OutboxFeed>>,
     jobs: mpsc::Sender<Job>,
@@ -123,6 +126,7 @@ impl Service {
             metrics,
             plugins,
             outbox_ready: Notify::new(),
+            delivery_ready: Notify::new(),
             jobs,
             job_queue: std::sync::Mutex::new(Some(queue)),
             broker: outbox_feed.is_some().then(|| AtomicBool::new(false)),
@@ -233,7 +237,8 @@ impl Service {
         }
     }
 
-    /// After a commit: wake the embedded outbox logger; snapshot when the log grew enough.
+    /// After a commit: wake the embedded outbox logger and the delivery worker; snapshot when
+    /// the log grew enough.
     ///
     /// "Enough" is at least [`SNAPSHOT_EVERY`] records and at least as many records as there
     /// are conversations in memory: a snapshot costs in proportion to the state, replay in
@@ -242,6 +247,7 @@ impl Service {
     /// snapshot's worth.
     pub async fn committed(&self) {
         self.outbox_ready.notify_one();
+        self.delivery_ready.notify_one();
         let (last_seq, conversations) = {
             let pipeline = self.pipeline.read().await;
             let state = pipeline.engine().state();

@@ -5,10 +5,12 @@
 //! The provider's own signature is its authentication (checked by the plugin's `decode`); a
 //! plugin whose configuration holds no signature secret is refused unless it is allowed
 //! unsigned. Layers, outermost first: request head limits -> per-address and per-plugin rate
-//! limits -> body limit -> timeout -> handler. A webhook becomes an inbound message for the
-//! single writer exactly as `POST /v1/inbound/{plugin}` does and is answered after the commit,
-//! with the answer the plugin decides (`webhook.acknowledge`): a provider's retry after a
-//! lost answer is deduplicated by the provider's event ids.
+//! limits -> body limit -> timeout -> handler. Embedded, a webhook becomes an inbound message
+//! for the single writer exactly as `POST /v1/inbound/{plugin}` does and is answered after the
+//! commit; with RabbitMQ the plugin decodes it here and it is answered once the broker
+//! confirmed the raw payload into the inbound exchange. Either way the answer is the one the
+//! plugin decides (`webhook.acknowledge`), and a provider's retry after a lost answer is
+//! deduplicated by the provider's event ids.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

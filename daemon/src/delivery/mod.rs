@@ -162,9 +162,8 @@ impl Worker {
     pub async fn run_embedded(self: Arc<Self>, stop: CancellationToken) {
         let mut last: Option<String> = None;
         loop {
-            // Registered before reading, so that a commit between the read and the wait
-            // still wakes the loop.
-            let ready = self.service.outbox_ready.notified();
+            // A commit between the read and the wait leaves a permit: nothing is missed.
+            let ready = self.service.delivery_ready.notified();
             loop {
                 let store = self.service.store().clone();
                 let after = last.clone();
