@@ -28,13 +28,21 @@ pub enum CliError {
 /// Memory a plugin may use when run from the command line.
 const CLI_MEMORY: usize = 64 << 20;
 
-fn host() -> Result<PluginHost, CliError> {
-    PluginHost::new(CLI_MEMORY, None).map_err(|error| CliError::Failed(error.to_string()))
+/// A plugin host with the daemon's compile cache when a configuration names the store
+/// (`<store.path>/plugin-cache`): a plugin compiled once, by the daemon or a command, loads
+/// from there instead of being compiled again.
+/// Entries are written atomically (renamed into place), so a running daemon and a command may
+/// share it; where the cache cannot be made (a read-only store), plugins are compiled.
+fn host(config: Option<&Config>) -> Result<PluginHost, CliError> {
+    let cache = config.map(|config| config.store.path.join("plugin-cache"));
+    PluginHost::new(CLI_MEMORY, cache)
+        .or_else(|_| PluginHost::new(CLI_MEMORY, None))
+        .map_err(|error| CliError::Failed(error.to_string()))
 }
 
 /// `plugins list`: the configured plugins, with what each says about itself.
 pub fn list(config: &Config) -> Result<Value, CliError> {
-    let host = host()?;
+    let host = host(Some(config))?;
     let plugins: Vec<Value> = config
         .plugins
         .iter()
@@ -63,7 +71,7 @@ pub fn list(config: &Config) -> Result<Value, CliError> {
 
 /// `plugins inspect FILE`: API version, channel kind, capabilities.
 pub fn inspect(file: &Path) -> Result<Value, CliError> {
-    let description = host()?
+    let description = host(None)?
         .inspect(file)
         .map_err(|error| CliError::Failed(error.to_string()))?;
     Ok(json!(description))
@@ -96,7 +104,7 @@ fn load_plugin(
             .iter()
             .find(|configured| configured.id == plugin)
     });
-    let host = host()?;
+    let host = host(config)?;
     let (id, file, mut settings) = match configured {
         Some(plugin) => (
             plugin.id.clone(),
