@@ -324,3 +324,330 @@ pub fn encode(config: Option<&Config>, request: EncodeRequest) -> Result<Value, 
         Err(error) => Ok(plugin_error(&id, error)),
     }
 }
+
+/// `plugins new NAME`: a plugin crate of its own, ready to build for `wasm32-wasip2` (the
+/// `plugin` profile and the rustflags the bundled plugins use) and to test natively, with a
+/// sample payload and tests that use it. `sdk` is the SDK's directory (by default the one this
+/// binary was built from) or `None` for a git dependency on the project's repository.
+pub fn new_plugin(name: &str, dir: &Path, sdk: Option<&Path>) -> Result<Value, CliError> {
+    let valid = !name.is_empty()
+        && name.starts_with(|first: char| first.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        return Err(CliError::Usage(format!(
+            "{name:?} is not a plugin id: lowercase letters, digits and `-`, starting with a letter"
+        )));
+    }
+    let root = dir.join(name);
+    if root.exists() {
+        return Err(CliError::Usage(format!(
+            "{} exists already",
+            root.display()
+        )));
+    }
+    let dependency = match sdk {
+        Some(path) => format!("{{ path = {:?} }}", path.display().to_string()),
+        None => "{ git = \"https://github.com/switchboard-dev/switchboard\" }".to_owned(),
+    };
+    let type_name: String = name
+        .split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    let files = [
+        (
+            "Cargo.toml",
+            SCAFFOLD_MANIFEST
+                .replace("{name}", name)
+                .replace("{sdk}", &dependency),
+        ),
+        (".cargo/config.toml", SCAFFOLD_CARGO_CONFIG.to_owned()),
+        (
+            "src/lib.rs",
+            SCAFFOLD_LIB
+                .replace("{name}", name)
+                .replace("{Type}", &type_name)
+                .replace("{crate}", &name.replace('-', "_")),
+        ),
+        ("samples/message.json", SCAFFOLD_SAMPLE.to_owned()),
+        (
+            "README.md",
+            SCAFFOLD_README
+                .replace("{name}", name)
+                .replace("{crate}", &name.replace('-', "_"))
+                .replace("{ENV}", &name.replace('-', "_").to_ascii_uppercase()),
+        ),
+    ];
+    for (file, text) in &files {
+        let path = root.join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|error| {
+                CliError::Failed(format!("cannot create {}: {error}", parent.display()))
+            })?;
+        }
+        std::fs::write(&path, text).map_err(|error| {
+            CliError::Failed(format!("cannot write {}: {error}", path.display()))
+        })?;
+    }
+    Ok(json!({
+        "plugin": name,
+        "directory": root.display().to_string(),
+        "files": files.iter().map(|(file, _)| *file).collect::<Vec<_>>(),
+        "build": "cargo build --profile plugin --target wasm32-wasip2",
+        "component": format!("target/wasm32-wasip2/plugin/{}.wasm", name.replace('-', "_")),
+    }))
+}
+
+const SCAFFOLD_MANIFEST: &str = r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+
+[lib]
+# cdylib: the WebAssembly component; rlib: the native tests.
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+switchboard-plugin-sdk = {sdk}
+serde = { version = "1", features = ["derive"] }
+serde_json = "1"
+
+# A workspace of its own: built on its own, not as a member of another.
+[workspace]
+
+# `cargo build --profile plugin --target wasm32-wasip2`: small, fast components.
+[profile.plugin]
+inherits = "release"
+lto = true
+codegen-units = 1
+debug = false
+strip = true
+"#;
+
+const SCAFFOLD_CARGO_CONFIG: &str = r#"# A larger LLVM inlining budget for wasm: serde_json's small helpers stay inlined, and
+# decodes through the host run 10-14 % faster (measured on Switchboard's bundled plugins).
+[target.wasm32-wasip2]
+rustflags = ["-C", "llvm-args=-inline-threshold=1000"]
+"#;
+
+const SCAFFOLD_SAMPLE: &str = r#"{"chat_id": "chat-42", "message_id": "m-1001", "from": {"id": "customer-7", "name": "Ada"}, "text": "Hello, where is my order?"}
+"#;
+
+const SCAFFOLD_LIB: &str = r#"//! The `{name}` channel plugin: the provider's webhooks -> Switchboard's canonical events,
+//! and supervisor notifications -> the provider's API. Edit the payload types and the two
+//! mappings below for your provider; `samples/` holds payloads the tests decode.
+
+use serde::Deserialize;
+use switchboard_plugin_sdk::settings::{self, Settings};
+use switchboard_plugin_sdk::types::*;
+use switchboard_plugin_sdk::{Plugin, Webhook, customer_text, header, header_pair, json_body, secret, signature};
+
+/// `[plugins.{name}.config]`. Credentials for outbound requests do not belong here: the
+/// daemon fills `{{secret:api_token}}` from `[plugins.{name}.secrets]` at send time.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The provider's API root, e.g. `https://api.example.com` (the daemon may reach this
+    /// host only).
+    pub api_base_url: String,
+    /// The shared token the provider sends in `X-Webhook-Token`; unset: unsigned (the webhook
+    /// door then refuses the plugin's webhooks unless allowed).
+    #[serde(default)]
+    pub webhook_token: Option<String>,
+}
+
+static CONFIG: Settings<Config> = Settings::new();
+
+/// The header carrying the provider's shared token.
+const TOKEN_HEADER: &str = "x-webhook-token";
+
+#[derive(Debug)]
+pub struct {Type};
+
+impl Plugin for {Type} {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            id: "{name}".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            channel: ChannelKind::Messaging,
+            description: "{name}: webhooks in, messages out".to_owned(),
+        }
+    }
+
+    fn configure(settings: String) -> Result<(), PluginError> {
+        CONFIG.set(settings::parse(&settings)?);
+        Ok(())
+    }
+
+    fn decode(request: Inbound) -> Result<Vec<Event>, PluginError> {
+        decode(CONFIG.get()?, &request)
+    }
+
+    fn encode(notification: Notification) -> Result<Vec<OutboundRequest>, PluginError> {
+        encode(CONFIG.get()?, &notification)
+    }
+}
+
+impl Webhook for {Type} {
+    fn signed() -> bool {
+        CONFIG.get().is_ok_and(|config| config.webhook_token.is_some())
+    }
+}
+
+switchboard_plugin_sdk::export_plugin!({Type}, headers: [TOKEN_HEADER], webhook);
+
+#[derive(Deserialize)]
+struct Payload {
+    chat_id: String,
+    message_id: String,
+    from: Contact,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct Contact {
+    id: String,
+    name: Option<String>,
+}
+
+/// One webhook -> events: a customer's message (which opens the conversation).
+pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginError> {
+    if let Some(expected) = &config.webhook_token {
+        let provided = header(request, TOKEN_HEADER).unwrap_or_default();
+        if !signature::verify_token(expected, provided) {
+            return Err(PluginError::Unauthorized(
+                "X-Webhook-Token is missing or wrong".to_owned(),
+            ));
+        }
+    }
+    let payload: Payload = json_body(request)?;
+    Ok(vec![Event {
+        id: Some(payload.message_id),
+        body: EventBody::Message(Message {
+            thread: payload.chat_id,
+            sender: Sender::Customer,
+            text: payload.text,
+            visibility: Visibility::Public,
+            sentiment: None,
+            customer: Some(Customer {
+                id: payload.from.id,
+                name: payload.from.name,
+            }),
+            reply_to: None,
+        }),
+    }])
+}
+
+/// One notification -> the provider's "send a message" request (nothing for notices the
+/// customer does not read).
+pub fn encode(config: &Config, notification: &Notification) -> Result<Vec<OutboundRequest>, PluginError> {
+    let Some(text) = customer_text(
+        &notification.body,
+        "A supervisor has joined this conversation.",
+        "This conversation has been closed.",
+    ) else {
+        return Ok(Vec::new());
+    };
+    let body = serde_json::json!({ "chat_id": notification.thread, "text": text });
+    Ok(vec![OutboundRequest {
+        method: "POST".to_owned(),
+        url: format!("{}/messages", config.api_base_url.trim_end_matches('/')),
+        headers: vec![
+            header_pair("content-type", "application/json"),
+            header_pair("authorization", format!("Bearer {}", secret("api_token"))),
+            // The provider's idempotency key, where it takes one: retries are applied once.
+            header_pair("idempotency-key", notification.id.clone()),
+        ],
+        body: serde_json::to_vec(&body).map_err(|error| PluginError::InvalidPayload(error.to_string()))?,
+    }])
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_plugin_sdk::testing::{notification, request};
+
+    use super::*;
+
+    fn config(token: Option<&str>) -> Config {
+        Config {
+            api_base_url: "https://api.example.com".to_owned(),
+            webhook_token: token.map(str::to_owned),
+        }
+    }
+
+    fn sample() -> Vec<u8> {
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/samples/message.json")).unwrap()
+    }
+
+    #[test]
+    fn a_message_opens_a_conversation() {
+        let events = decode(&config(None), &request(sample()).build()).unwrap();
+        assert_eq!(events.len(), 1);
+        let EventBody::Message(message) = &events[0].body else {
+            panic!("a message")
+        };
+        assert_eq!(message.thread, "chat-42");
+        assert_eq!(message.customer.as_ref().unwrap().id, "customer-7");
+    }
+
+    #[test]
+    fn the_shared_token_is_checked_when_configured() {
+        let signed = config(Some("t0ken"));
+        assert!(matches!(
+            decode(&signed, &request(sample()).build()),
+            Err(PluginError::Unauthorized(_))
+        ));
+        assert!(decode(&signed, &request(sample()).header(TOKEN_HEADER, "t0ken").build()).is_ok());
+    }
+
+    #[test]
+    fn a_supervisor_message_becomes_a_send_request_with_a_placeholder() {
+        let requests = encode(
+            &config(None),
+            &notification("chat-42", "customer-7").message("sup-1", "Hello").build(),
+        )
+        .unwrap();
+        assert_eq!(requests[0].url, "https://api.example.com/messages");
+        assert!(requests[0].headers.iter().any(|header| header.value == "Bearer {{secret:api_token}}"));
+    }
+}
+"#;
+
+const SCAFFOLD_README: &str = r#"# {name}
+
+A Switchboard channel plugin (made by `switchboard plugins new {name}`).
+
+```sh
+rustup target add wasm32-wasip2                         # once
+cargo test                                              # the mappings, natively
+cargo build --profile plugin --target wasm32-wasip2     # -> target/wasm32-wasip2/plugin/{crate}.wasm
+switchboard plugins inspect target/wasm32-wasip2/plugin/{crate}.wasm
+echo 'api_base_url = "https://api.example.com"' > settings.toml
+switchboard plugins decode target/wasm32-wasip2/plugin/{crate}.wasm --body samples/message.json \
+    --header 'Content-Type: application/json' --plugin-config settings.toml
+switchboard plugins encode target/wasm32-wasip2/plugin/{crate}.wasm --thread chat-42 \
+    --customer customer-7 --message 'Hello' --plugin-config settings.toml
+```
+
+Then in the daemon's configuration:
+
+```toml
+[plugins.{name}]
+file = "/path/to/{crate}.wasm"
+default_queue = "support-chat"
+secrets = { api_token = { env = "{ENV}_API_TOKEN" } }
+[plugins.{name}.config]
+api_base_url = "https://api.example.com"
+webhook_token = { env = "{ENV}_WEBHOOK_TOKEN" }
+```
+
+The provider posts to the webhook door at `/webhooks/{name}`. The Switchboard SDK's README
+(`plugin-sdk/README.md`) covers the rules a plugin lives by, the door's answers, and secrets.
+"#;

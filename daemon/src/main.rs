@@ -62,7 +62,7 @@ enum Command {
         #[arg(long, default_value = "1h")]
         ttl: humantime::Duration,
     },
-    /// Channel plugins: list, inspect, decode, encode.
+    /// Channel plugins: list, inspect, decode, encode, new.
     Plugins {
         #[command(subcommand)]
         command: PluginsCommand,
@@ -97,6 +97,18 @@ enum PluginsCommand {
         /// The plugin's settings as TOML (instead of its `[plugins.<id>.config]`).
         #[arg(long)]
         plugin_config: Option<PathBuf>,
+    },
+    /// Write a new plugin crate, ready to build for wasm32-wasip2 and to test natively.
+    New {
+        /// The plugin's id (lowercase letters, digits, `-`), also the crate's name.
+        name: String,
+        /// Where to create its directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The plugin SDK's directory (default: the one this binary was built from, when it
+        /// is there; else a git dependency on the project's repository).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
     /// Run a plugin's encode on a notification and print the provider requests (or its
     /// error), without a daemon: one of --notification, --message, --joined, --closed,
@@ -187,6 +199,20 @@ fn main() -> ExitCode {
                 .and_then(|config| cli::list(&config).map(Output::Json).map_err(Failure::from)),
             PluginsCommand::Inspect { file } => {
                 cli::inspect(&file).map(Output::Json).map_err(Failure::from)
+            }
+            PluginsCommand::New { name, dir, sdk } => {
+                let built_with =
+                    std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-sdk"));
+                let sdk = sdk.or_else(|| {
+                    built_with
+                        .join("Cargo.toml")
+                        .exists()
+                        .then(|| std::fs::canonicalize(built_with).ok())
+                        .flatten()
+                });
+                cli::new_plugin(&name, &dir, sdk.as_deref())
+                    .map(Output::Json)
+                    .map_err(Failure::from)
             }
             PluginsCommand::Encode {
                 plugin,

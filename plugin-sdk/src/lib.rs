@@ -23,6 +23,7 @@ pub mod arena;
 pub mod form;
 pub mod settings;
 pub mod signature;
+pub mod testing;
 pub mod thread;
 
 #[doc(hidden)]

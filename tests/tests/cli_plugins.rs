@@ -208,3 +208,79 @@ fn encode_shows_the_provider_request_a_notification_becomes() {
     // Exactly one notification source is taken.
     assert!(cli::notification_body(None, None, None, None, false).is_err());
 }
+
+/// `plugins new` writes a crate an integrator can use as it is: its own tests pass natively,
+/// it builds for `wasm32-wasip2` with the `plugin` profile, and the component it makes loads,
+/// decodes the sample it ships and encodes a supervisor's message.
+#[test]
+fn a_new_plugin_tests_builds_and_runs_as_written() {
+    let dir = switchboard_tests::temp_dir("scaffold");
+    let sdk = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk");
+    let made = cli::new_plugin("acme-chat", &dir, Some(&sdk.canonicalize().unwrap())).unwrap();
+    let root = PathBuf::from(made["directory"].as_str().unwrap());
+    // Kept between runs: the scaffold's dependencies compile once.
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("scaffold");
+    let cargo = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO"))
+            .args(args)
+            .current_dir(&root)
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("RUSTFLAGS")
+            .output()
+            .expect("cargo runs");
+        assert!(
+            output.status.success(),
+            "cargo {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    cargo(&["test", "--quiet"]);
+    cargo(&[
+        "build",
+        "--quiet",
+        "--profile",
+        "plugin",
+        "--target",
+        "wasm32-wasip2",
+    ]);
+    let component = target.join("wasm32-wasip2/plugin/acme_chat.wasm");
+    let description = cli::inspect(&component).unwrap();
+    assert_eq!(description["id"], "acme-chat");
+    let settings = settings_file("api_base_url = \"https://api.example.com\"\n");
+    let decoded = cli::decode(
+        None,
+        DecodeRequest {
+            plugin: component.display().to_string(),
+            body: root.join("samples/message.json"),
+            headers: vec!["Content-Type: application/json".to_owned()],
+            url: None,
+            content_type: None,
+            plugin_config: Some(settings.clone()),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        decoded["events"][0]["text"], "Hello, where is my order?",
+        "{decoded}"
+    );
+    let encoded = cli::encode(
+        None,
+        cli::EncodeRequest {
+            plugin: component.display().to_string(),
+            thread: "chat-42".to_owned(),
+            customer: "customer-7".to_owned(),
+            customer_last_message_at: None,
+            notification: cli::notification_body(None, Some("Hello".to_owned()), None, None, false)
+                .unwrap(),
+            plugin_config: Some(settings),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        encoded["requests"][0]["url"],
+        "https://api.example.com/messages"
+    );
+    // A name that is not a plugin id is refused, and nothing is overwritten.
+    assert!(cli::new_plugin("Acme Chat", &dir, None).is_err());
+    assert!(cli::new_plugin("acme-chat", &dir, None).is_err());
+}
