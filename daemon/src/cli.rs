@@ -651,3 +651,154 @@ webhook_token = { env = "{ENV}_WEBHOOK_TOKEN" }
 The provider posts to the webhook door at `/webhooks/{name}`. The Switchboard SDK's README
 (`plugin-sdk/README.md`) covers the rules a plugin lives by, the door's answers, and secrets.
 "#;
+
+/// What `plugins test` found: each case's name and whether its output matched.
+#[derive(Debug)]
+pub struct TestReport {
+    pub cases: Vec<(String, CaseOutcome)>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum CaseOutcome {
+    Passed,
+    /// The output differs from the expectation (both as pretty JSON).
+    Failed {
+        expected: String,
+        actual: String,
+    },
+    /// `--accept` (or no expectation yet) wrote the output as the expectation.
+    Accepted,
+}
+
+impl TestReport {
+    pub fn passed(&self) -> bool {
+        self.cases
+            .iter()
+            .all(|(_, outcome)| !matches!(outcome, CaseOutcome::Failed { .. }))
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "passed": self.passed(),
+            "cases": self.cases.iter().map(|(name, outcome)| match outcome {
+                CaseOutcome::Passed => json!({ "case": name, "outcome": "passed" }),
+                CaseOutcome::Accepted => json!({ "case": name, "outcome": "accepted" }),
+                CaseOutcome::Failed { expected, actual } => json!({
+                    "case": name, "outcome": "failed", "expected": expected, "actual": actual,
+                }),
+            }).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// `plugins test DIR`: every case of `DIR` through the real host. A decode case is a payload
+/// `NAME.json` (or `.form`, `.xml`, `.txt`) with optional `NAME.headers` (`Name: value` lines,
+/// `Content-Type` among them) and its expectation `NAME.events.json`; an encode case is
+/// `NAME.notification.json` (`{"thread", "customer", "customer_last_message_at"?, "body"}`, the
+/// body as `--notification` takes it) and its expectation `NAME.requests.json`. Settings come
+/// from `DIR/settings.toml` when present. A case without an expectation, or every case with
+/// `accept`, has its output written as the expectation.
+pub fn test_plugin(
+    config: Option<&Config>,
+    plugin: &str,
+    dir: &Path,
+    accept: bool,
+) -> Result<TestReport, CliError> {
+    let read_dir = std::fs::read_dir(dir)
+        .map_err(|error| CliError::Usage(format!("cannot read {}: {error}", dir.display())))?;
+    let mut names: Vec<String> = read_dir
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    let settings = dir.join("settings.toml");
+    let plugin_config = settings.exists().then_some(settings);
+    let mut cases = Vec::new();
+    for name in &names {
+        let (case, actual, expectation) = if let Some(case) =
+            name.strip_suffix(".notification.json")
+        {
+            let text = std::fs::read(dir.join(name))
+                .map_err(|error| CliError::Usage(format!("cannot read {name}: {error}")))?;
+            let notification: Value = serde_json::from_slice(&text)
+                .map_err(|error| CliError::Usage(format!("{name}: {error}")))?;
+            let field = |key: &str| notification[key].as_str().unwrap_or_default().to_owned();
+            let body: NotificationBody = serde_json::from_value(notification["body"].clone())
+                .map_err(|error| CliError::Usage(format!("{name}: body: {error}")))?;
+            let encoded = encode(
+                config,
+                EncodeRequest {
+                    plugin: plugin.to_owned(),
+                    thread: field("thread"),
+                    customer: field("customer"),
+                    customer_last_message_at: notification["customer_last_message_at"].as_i64(),
+                    notification: body,
+                    plugin_config: plugin_config.clone(),
+                },
+            )?;
+            (case.to_owned(), encoded, format!("{case}.requests.json"))
+        } else if let Some((case, extension)) = name.rsplit_once('.')
+            && ["json", "form", "xml", "txt"].contains(&extension)
+            && !name.ends_with(".events.json")
+            && !name.ends_with(".requests.json")
+        {
+            let headers = std::fs::read_to_string(dir.join(format!("{case}.headers")))
+                .map(|text| {
+                    text.lines()
+                        .filter(|line| !line.trim().is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let decoded = decode(
+                config,
+                DecodeRequest {
+                    plugin: plugin.to_owned(),
+                    body: dir.join(name),
+                    headers,
+                    url: None,
+                    content_type: None,
+                    plugin_config: plugin_config.clone(),
+                },
+            )?;
+            (case.to_owned(), decoded, format!("{case}.events.json"))
+        } else {
+            continue;
+        };
+        // The plugin's name is the runner's business, not the case's.
+        let mut actual = actual;
+        if let Some(object) = actual.as_object_mut() {
+            object.remove("plugin");
+        }
+        let actual_text = serde_json::to_string_pretty(&actual).unwrap_or_default() + "\n";
+        let path = dir.join(&expectation);
+        let expected = std::fs::read_to_string(&path).ok();
+        let outcome = match expected {
+            Some(expected) if !accept => {
+                let same = serde_json::from_str::<Value>(&expected).ok() == Some(actual);
+                if same {
+                    CaseOutcome::Passed
+                } else {
+                    CaseOutcome::Failed {
+                        expected,
+                        actual: actual_text,
+                    }
+                }
+            }
+            _ => {
+                std::fs::write(&path, &actual_text).map_err(|error| {
+                    CliError::Failed(format!("cannot write {}: {error}", path.display()))
+                })?;
+                CaseOutcome::Accepted
+            }
+        };
+        cases.push((case, outcome));
+    }
+    if cases.is_empty() {
+        return Err(CliError::Usage(format!(
+            "{} holds no case (NAME.json payloads, NAME.notification.json notifications)",
+            dir.display()
+        )));
+    }
+    Ok(TestReport { cases })
+}

@@ -98,6 +98,18 @@ enum PluginsCommand {
         #[arg(long)]
         plugin_config: Option<PathBuf>,
     },
+    /// Run a directory of sample payloads and notifications through a plugin and compare
+    /// each output with its expectation (`--accept` writes the outputs as expectations).
+    Test {
+        /// The directory of cases (see the README's "Plugins").
+        dir: PathBuf,
+        /// A plugin id from the configuration, or a `.wasm` file.
+        #[arg(long)]
+        plugin: String,
+        /// Write every output as its case's expectation.
+        #[arg(long)]
+        accept: bool,
+    },
     /// Write a new plugin crate, ready to build for wasm32-wasip2 and to test natively.
     New {
         /// The plugin's id (lowercase letters, digits, `-`), also the crate's name.
@@ -200,6 +212,15 @@ fn main() -> ExitCode {
             PluginsCommand::Inspect { file } => {
                 cli::inspect(&file).map(Output::Json).map_err(Failure::from)
             }
+            PluginsCommand::Test {
+                dir,
+                plugin,
+                accept,
+            } => optional_config(&cli.config, default_config).and_then(|config| {
+                cli::test_plugin(config.as_ref(), &plugin, &dir, accept)
+                    .map(|report| Output::Json(report.to_json()))
+                    .map_err(Failure::from)
+            }),
             PluginsCommand::New { name, dir, sdk } => {
                 let built_with =
                     std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-sdk"));
@@ -410,8 +431,11 @@ fn finish(result: Result<Output, Failure>) -> ExitCode {
                 "{}",
                 serde_json::to_string_pretty(&value).unwrap_or_default()
             );
-            // A decode or encode that ended in the plugin's error is a failure for scripts.
-            if value.get("error").is_some() {
+            // A decode or encode that ended in the plugin's error, or plugin cases that do
+            // not match, are a failure for scripts.
+            if value.get("error").is_some()
+                || value.get("passed") == Some(&serde_json::Value::Bool(false))
+            {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS

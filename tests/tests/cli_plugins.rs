@@ -284,3 +284,75 @@ fn a_new_plugin_tests_builds_and_runs_as_written() {
     assert!(cli::new_plugin("Acme Chat", &dir, None).is_err());
     assert!(cli::new_plugin("acme-chat", &dir, None).is_err());
 }
+
+/// `plugins test DIR`: sample payloads and notifications through the real host, compared with
+/// their expectations; a missing expectation is written, a changed output fails.
+#[test]
+fn plugin_test_cases_are_accepted_then_checked() {
+    let dir = switchboard_tests::temp_dir("plugin-cases");
+    std::fs::copy(fixture_path("whatsapp", "text.json"), dir.join("text.json")).unwrap();
+    std::fs::write(dir.join("text.headers"), "Content-Type: application/json\n").unwrap();
+    std::fs::write(
+        dir.join("settings.toml"),
+        "phone_number_id = \"106540352242922\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("reply.notification.json"),
+        r#"{"thread": "106540352242922/16505551234", "customer": "16505551234",
+            "customer_last_message_at": 1800000000000,
+            "body": {"type": "message", "author": {"kind": "supervisor", "id": "sup-1"},
+                     "text": "Hello", "visibility": "public"}}"#,
+    )
+    .unwrap();
+    let plugin = component("whatsapp-cloud").display().to_string();
+    let first = cli::test_plugin(None, &plugin, &dir, false).unwrap();
+    assert_eq!(first.cases.len(), 2, "{first:?}");
+    assert!(
+        first
+            .cases
+            .iter()
+            .all(|(_, outcome)| *outcome == cli::CaseOutcome::Accepted)
+    );
+    let events = std::fs::read_to_string(dir.join("text.events.json")).unwrap();
+    assert!(events.contains("\"type\": \"message\""), "{events}");
+    let requests = std::fs::read_to_string(dir.join("reply.requests.json")).unwrap();
+    assert!(requests.contains("{{secret:access_token}}"), "{requests}");
+
+    let second = cli::test_plugin(None, &plugin, &dir, false).unwrap();
+    assert!(second.passed());
+    assert!(
+        second
+            .cases
+            .iter()
+            .all(|(_, outcome)| *outcome == cli::CaseOutcome::Passed)
+    );
+
+    std::fs::write(
+        dir.join("text.events.json"),
+        events.replace("message", "typing"),
+    )
+    .unwrap();
+    let third = cli::test_plugin(None, &plugin, &dir, false).unwrap();
+    assert!(!third.passed());
+    assert!(matches!(
+        third
+            .cases
+            .iter()
+            .find(|(case, _)| case == "text")
+            .unwrap()
+            .1,
+        cli::CaseOutcome::Failed { .. }
+    ));
+    // --accept takes the new output as the expectation.
+    assert!(
+        cli::test_plugin(None, &plugin, &dir, true)
+            .unwrap()
+            .passed()
+    );
+    assert!(
+        cli::test_plugin(None, &plugin, &dir, false)
+            .unwrap()
+            .passed()
+    );
+}

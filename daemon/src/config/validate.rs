@@ -107,21 +107,26 @@ fn server(sink: &mut Problems<'_>, raw: raw::Server) -> Option<ServerConfig> {
     };
     let request_timeout = duration(sink, raw.request_timeout.as_ref(), "server.request_timeout")
         .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
-    let mut rate = |value: Option<Spanned<u32>>, key: &str, default: u32| {
-        at_least_one(sink, value, key, default)
-    };
-    let rate_limit = rate(raw.rate_limit, "server.rate_limit", DEFAULT_RATE_LIMIT);
-    let unauthenticated_rate_limit = rate(
+    let rate_limit = at_least_one(
+        sink,
+        raw.rate_limit,
+        "server.rate_limit",
+        DEFAULT_RATE_LIMIT,
+    );
+    let unauthenticated_rate_limit = at_least_one(
+        sink,
         raw.unauthenticated_rate_limit,
         "server.unauthenticated_rate_limit",
         DEFAULT_UNAUTHENTICATED_RATE_LIMIT,
     );
-    let webhook_rate_limit = rate(
+    let webhook_rate_limit = at_least_one(
+        sink,
         raw.webhook_rate_limit,
         "server.webhook_rate_limit",
         DEFAULT_WEBHOOK_RATE_LIMIT,
     );
-    let webhook_plugin_rate_limit = rate(
+    let webhook_plugin_rate_limit = at_least_one(
+        sink,
         raw.webhook_plugin_rate_limit,
         "server.webhook_plugin_rate_limit",
         DEFAULT_WEBHOOK_PLUGIN_RATE_LIMIT,
