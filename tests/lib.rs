@@ -9,10 +9,13 @@ use std::time::Duration;
 
 use switchboard::plugin::{Plugin, PluginHost, PluginSettings};
 
-/// A fresh directory under the system's temporary directory, unique to this process and call.
+/// A fresh directory under the system's temporary directory, unique to this process and call
+/// (a counter, not only the clock: two test threads can read the same nanosecond).
 pub fn temp_dir(prefix: &str) -> PathBuf {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!(
-        "switchboard-{prefix}-{}-{}",
+        "switchboard-{prefix}-{}-{call}-{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -256,4 +259,57 @@ pub fn amqp_header(properties: &lapin::BasicProperties, name: &str) -> Option<St
                 _ => None,
             })
     })
+}
+
+/// `curl` as a provider or an operator would run it: the status and the body.
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let output = std::process::Command::new("curl")
+        .args(["-s", "-m", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8(output.stdout).expect("curl prints text");
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (status.parse().unwrap_or(0), body.to_owned())
+}
+
+/// A secret as it could leak: as written, in hex, percent-encoded, and in base64 at each of
+/// the three alignments it can take inside a longer value (Basic auth encodes `user:secret`;
+/// only the characters that encode the secret's own bytes are kept).
+pub fn secret_forms(secret: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let hex: String = secret.bytes().map(|byte| format!("{byte:02x}")).collect();
+    let mut forms = vec![secret.to_owned(), hex];
+    for pad in 0..3 {
+        let padded = format!("{}{secret}", "x".repeat(pad));
+        let encoded = base64::engine::general_purpose::STANDARD.encode(padded.as_bytes());
+        let skip = (pad * 4).div_ceil(3) + 1;
+        let keep = encoded.len().saturating_sub(skip + 4);
+        forms.push(encoded[skip..skip + keep].to_owned());
+    }
+    forms.push(secret.bytes().map(|byte| format!("%{byte:02X}")).collect());
+    forms
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+/// Every file under `dir`, at any depth.
+pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(files_under(&path));
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
 }

@@ -16,7 +16,8 @@ use serde_json::Value;
 use switchboard_plugin_sdk::signature;
 use switchboard_tests::emulators::{self, meta::Meta, twilio::Twilio};
 use switchboard_tests::{
-    fixture, free_port, shipped_config_with_door, switchboard_binary, temp_dir,
+    contains, curl, files_under, fixture, free_port, secret_forms, shipped_config_with_door,
+    switchboard_binary, temp_dir,
 };
 
 const ACCOUNT: &str = "AC00000000000000000000000000000000";
@@ -41,17 +42,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn curl(args: &[&str]) -> (u16, String) {
-    let output = Command::new("curl")
-        .args(["-s", "-m", "10", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("curl is installed");
-    let text = String::from_utf8(output.stdout).unwrap();
-    let (body, status) = text.rsplit_once('\n').unwrap();
-    (status.parse().unwrap_or(0), body.to_owned())
 }
 
 impl Daemon {
@@ -456,12 +446,12 @@ async fn supervisor_messages_reach_the_providers_with_their_credentials_and_outc
     let basic =
         base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT}:{TWILIO_TOKEN}"));
     assert!(
-        encodings(TWILIO_TOKEN)
+        secret_forms(TWILIO_TOKEN)
             .iter()
             .any(|form| contains(basic.as_bytes(), form.as_bytes()))
     );
     for secret in [TWILIO_TOKEN, META_TOKEN] {
-        for form in encodings(secret) {
+        for form in secret_forms(secret) {
             for bytes in &haystack {
                 assert!(
                     !contains(bytes, form.as_bytes()),
@@ -470,46 +460,4 @@ async fn supervisor_messages_reach_the_providers_with_their_credentials_and_outc
             }
         }
     }
-}
-
-/// A secret as written, in base64 at each of the three alignments it can take inside a
-/// longer value (Basic auth encodes `user:secret`), in hex and percent-encoded.
-fn encodings(secret: &str) -> Vec<String> {
-    let mut forms = vec![secret.to_owned(), signature::hex(secret.as_bytes())];
-    for pad in 0..3 {
-        let padded = format!("{}{secret}", "x".repeat(pad));
-        let encoded = base64::engine::general_purpose::STANDARD.encode(padded.as_bytes());
-        // The characters that encode only the secret's own bytes.
-        let skip = (pad * 4).div_ceil(3) + 1;
-        let keep = encoded.len().saturating_sub(skip + 4);
-        forms.push(encoded[skip..skip + keep].to_owned());
-    }
-    forms.push(
-        secret
-            .bytes()
-            .map(|byte| format!("%{byte:02X}"))
-            .collect::<String>(),
-    );
-    forms
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle)
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                files.extend(files_under(&path));
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files
 }

@@ -19,7 +19,7 @@ use switchboard::config::{self, Config};
 use switchboard::service::Service;
 use switchboard_plugin_sdk::signature;
 use switchboard_tests::{
-    fixture, free_port, shipped_config_with_door, switchboard_binary, temp_dir,
+    curl, fixture, free_port, shipped_config_with_door, switchboard_binary, temp_dir,
 };
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -534,16 +534,6 @@ fn the_binary_opens_the_door_on_its_own_listener() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let curl = |args: &[&str]| -> (u16, String) {
-        let output = Command::new("curl")
-            .args(["-s", "-m", "10", "-w", "\n%{http_code}"])
-            .args(args)
-            .output()
-            .expect("curl is installed");
-        let text = String::from_utf8(output.stdout).unwrap();
-        let (body, status) = text.rsplit_once('\n').unwrap();
-        (status.parse().unwrap_or(0), body.to_owned())
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
     while curl(&[&format!("http://127.0.0.1:{port}/readyz")]).0 != 200 {
         assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
