@@ -11,6 +11,28 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// The metric families' names, one constant each: a name mistyped at a call site does not
+/// compile (a family nobody defined would record nothing).
+pub mod family {
+    pub const BROKER_CONNECTED: &str = "switchboard_broker_connected";
+    pub const COMMIT_BATCH_SIZE: &str = "switchboard_commit_batch_size";
+    pub const COMMIT_SECONDS: &str = "switchboard_commit_seconds";
+    pub const DEAD_LETTERED_TOTAL: &str = "switchboard_dead_lettered_total";
+    pub const DELIVERIES_TOTAL: &str = "switchboard_deliveries_total";
+    pub const DELIVERY_SECONDS: &str = "switchboard_delivery_seconds";
+    pub const HTTP_REQUEST_SECONDS: &str = "switchboard_http_request_seconds";
+    pub const HTTP_REQUESTS_TOTAL: &str = "switchboard_http_requests_total";
+    pub const INBOUND_TOTAL: &str = "switchboard_inbound_total";
+    pub const OUTBOUND_DELAY_SECONDS: &str = "switchboard_outbound_delay_seconds";
+    pub const OUTBOX_BACKLOG: &str = "switchboard_outbox_backlog";
+    pub const OUTBOX_CONFIRM_SECONDS: &str = "switchboard_outbox_confirm_seconds";
+    pub const PLUGIN_CALL_SECONDS: &str = "switchboard_plugin_call_seconds";
+    pub const SNAPSHOT_SECONDS: &str = "switchboard_snapshot_seconds";
+    pub const SUPERVISION_ACTIONS_TOTAL: &str = "switchboard_supervision_actions_total";
+    pub const WEBHOOK_ANSWER_SECONDS: &str = "switchboard_webhook_answer_seconds";
+    pub const WEBHOOK_REQUESTS_TOTAL: &str = "switchboard_webhook_requests_total";
+}
+
 /// Label values of one series, in the order of the family's label names.
 type Labels = Vec<String>;
 
@@ -63,103 +85,103 @@ impl Metrics {
             families.insert(name, Family { help, labels, kind });
         };
         add(
-            "switchboard_inbound_total",
+            family::INBOUND_TOTAL,
             "Inbound provider messages by plugin (routing key) and outcome (applied, dead-lettered).",
             &["plugin", "outcome"][..],
             Kind::Counter(BTreeMap::new()),
         );
         add(
-            "switchboard_webhook_requests_total",
+            family::WEBHOOK_REQUESTS_TOTAL,
             "Requests on the webhook door by plugin and outcome (accepted, duplicate, ignored, handshake, unauthorized, invalid, refused, unsigned, rate-limited, unavailable, unknown-plugin).",
             &["plugin", "outcome"][..],
             Kind::Counter(BTreeMap::new()),
         );
         add(
-            "switchboard_webhook_answer_seconds",
+            family::WEBHOOK_ANSWER_SECONDS,
             "From a webhook reaching the door to its answer (commit included).",
             &["plugin"][..],
             Kind::Histogram(&LATENCY_BUCKETS, BTreeMap::new()),
         );
         add(
-            "switchboard_deliveries_total",
+            family::DELIVERIES_TOTAL,
             "Provider requests by plugin and outcome (delivered, retried, dead).",
             &["plugin", "outcome"][..],
             Kind::Counter(BTreeMap::new()),
         );
         add(
-            "switchboard_delivery_seconds",
+            family::DELIVERY_SECONDS,
             "Duration of one provider request, from sending to its answer.",
             &["plugin"][..],
             Kind::Histogram(&LATENCY_BUCKETS, BTreeMap::new()),
         );
         add(
-            "switchboard_dead_lettered_total",
+            family::DEAD_LETTERED_TOTAL,
             "Inbound messages dead-lettered, by reason code.",
             &["reason"][..],
             Kind::Counter(BTreeMap::new()),
         );
         add(
-            "switchboard_commit_batch_size",
+            family::COMMIT_BATCH_SIZE,
             "Inputs per durable commit (group commit).",
             &[][..],
             Kind::Histogram(&BATCH_BUCKETS, BTreeMap::new()),
         );
         add(
-            "switchboard_commit_seconds",
+            family::COMMIT_SECONDS,
             "Duration of one durable commit, fsync included.",
             &[][..],
             Kind::Histogram(&LATENCY_BUCKETS, BTreeMap::new()),
         );
         add(
-            "switchboard_snapshot_seconds",
+            family::SNAPSHOT_SECONDS,
             "Duration of writing one snapshot (serialization, write, fsync, log truncation).",
             &[][..],
             Kind::Histogram(&LATENCY_BUCKETS, BTreeMap::new()),
         );
         add(
-            "switchboard_outbox_backlog",
+            family::OUTBOX_BACKLOG,
             "Outbox entries committed but not yet confirmed by the broker.",
             &[][..],
             Kind::Gauge(BTreeMap::new()),
         );
         add(
-            "switchboard_outbox_confirm_seconds",
+            family::OUTBOX_CONFIRM_SECONDS,
             "From handing a publication to the broker to its confirm (the broker's share of the way out).",
             &[][..],
             Kind::Histogram(&LATENCY_BUCKETS, BTreeMap::new()),
         );
         add(
-            "switchboard_outbound_delay_seconds",
+            family::OUTBOUND_DELAY_SECONDS,
             "From processing the input that caused a notification to the broker's confirm of it (commit, outbox backlog and broker together; millisecond resolution).",
             &[][..],
             Kind::Histogram(&LATENCY_BUCKETS, BTreeMap::new()),
         );
         add(
-            "switchboard_plugin_call_seconds",
+            family::PLUGIN_CALL_SECONDS,
             "Duration of one plugin decode call, sandbox included.",
             &["plugin"][..],
             Kind::Histogram(&LATENCY_BUCKETS, BTreeMap::new()),
         );
         add(
-            "switchboard_http_requests_total",
+            family::HTTP_REQUESTS_TOTAL,
             "Admin API requests by route template, method and status.",
             &["route", "method", "status"][..],
             Kind::Counter(BTreeMap::new()),
         );
         add(
-            "switchboard_http_request_seconds",
+            family::HTTP_REQUEST_SECONDS,
             "Admin API request duration by route template.",
             &["route"][..],
             Kind::Histogram(&LATENCY_BUCKETS, BTreeMap::new()),
         );
         add(
-            "switchboard_supervision_actions_total",
+            family::SUPERVISION_ACTIONS_TOTAL,
             "Supervision commands by kind and outcome (ok, or the refusal code).",
             &["kind", "outcome"][..],
             Kind::Counter(BTreeMap::new()),
         );
         add(
-            "switchboard_broker_connected",
+            family::BROKER_CONNECTED,
             "1 while the AMQP connection is up (0 without a broker configured).",
             &[][..],
             Kind::Gauge(BTreeMap::new()),
@@ -330,13 +352,9 @@ mod tests {
     #[test]
     fn renders_counters_and_histograms_in_the_text_format() {
         let metrics = Metrics::new();
-        metrics.count("switchboard_inbound_total", &["sms-twilio", "applied"], 2);
-        metrics.count(
-            "switchboard_dead_lettered_total",
-            &["bad \"sig\"\nnature"],
-            1,
-        );
-        metrics.observe("switchboard_commit_batch_size", &[], 7.0);
+        metrics.count(family::INBOUND_TOTAL, &["sms-twilio", "applied"], 2);
+        metrics.count(family::DEAD_LETTERED_TOTAL, &["bad \"sig\"\nnature"], 1);
+        metrics.observe(family::COMMIT_BATCH_SIZE, &[], 7.0);
         let text = metrics.render("");
         assert!(
             text.contains(
@@ -350,7 +368,7 @@ mod tests {
         assert!(text.contains("switchboard_commit_batch_size_count 1\n"));
         assert!(text.contains("# TYPE switchboard_commit_seconds histogram\n"));
         assert_eq!(
-            metrics.counter("switchboard_inbound_total", &["sms-twilio", "applied"]),
+            metrics.counter(family::INBOUND_TOTAL, &["sms-twilio", "applied"]),
             2
         );
     }

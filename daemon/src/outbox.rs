@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::family;
 use crate::service::{Service, now};
 use crate::store::{OutboxEntry, Store};
 use crate::transport::TransportError;
@@ -374,14 +375,10 @@ fn next_entry(
 /// tell a slow broker from a daemon falling behind).
 fn observe_confirmed(service: &Service, entry: &OutboxEntry, published_at: Instant) {
     let metrics = service.metrics();
-    metrics.observe_duration(
-        "switchboard_outbox_confirm_seconds",
-        &[],
-        published_at.elapsed(),
-    );
+    metrics.observe_duration(family::OUTBOX_CONFIRM_SECONDS, &[], published_at.elapsed());
     let since_input = now().0.saturating_sub(entry.time.0).max(0);
     metrics.observe(
-        "switchboard_outbound_delay_seconds",
+        family::OUTBOUND_DELAY_SECONDS,
         &[],
         since_input as f64 / 1000.0,
     );

@@ -15,6 +15,7 @@ use crate::engine::{
     UserId,
 };
 use crate::metrics::Metrics;
+use crate::metrics::family;
 use crate::outbox::OutboxFeed;
 use crate::plugin::{ChannelNotification, InboundRequest, Plugin};
 use crate::store::{Batch, OutboxEntry, Store, StoreError, outbox_id};
@@ -216,9 +217,9 @@ impl Pipeline {
         }
         result?;
         self.metrics
-            .observe_duration("switchboard_commit_seconds", &[], started.elapsed());
+            .observe_duration(family::COMMIT_SECONDS, &[], started.elapsed());
         self.metrics
-            .observe("switchboard_commit_batch_size", &[], inputs as f64);
+            .observe(family::COMMIT_BATCH_SIZE, &[], inputs as f64);
         self.hub.publish(stream);
         if let Some(feed) = &self.feed {
             feed.committed(batch.outbox);
@@ -253,16 +254,12 @@ impl Pipeline {
             } if *events > 0 && duplicates == events => "duplicate",
             Disposition::Done { .. } => "applied",
             Disposition::DeadLetter { code, .. } => {
-                self.metrics
-                    .count("switchboard_dead_lettered_total", &[code], 1);
+                self.metrics.count(family::DEAD_LETTERED_TOTAL, &[code], 1);
                 "dead-lettered"
             }
         };
-        self.metrics.count(
-            "switchboard_inbound_total",
-            &[&message.routing_key, outcome],
-            1,
-        );
+        self.metrics
+            .count(family::INBOUND_TOTAL, &[&message.routing_key, outcome], 1);
         disposition
     }
 
@@ -286,7 +283,7 @@ impl Pipeline {
             Err(refusal) => refusal.code.as_str(),
         };
         self.metrics
-            .count("switchboard_supervision_actions_total", &[kind, outcome], 1);
+            .count(family::SUPERVISION_ACTIONS_TOTAL, &[kind, outcome], 1);
         reply
     }
 
@@ -334,7 +331,7 @@ impl Pipeline {
             let started = Instant::now();
             let decoded = plugin.decode(&request);
             self.metrics.observe_duration(
-                "switchboard_plugin_call_seconds",
+                family::PLUGIN_CALL_SECONDS,
                 &[&message.routing_key],
                 started.elapsed(),
             );

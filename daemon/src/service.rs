@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, Millis};
 use crate::metrics::Metrics;
+use crate::metrics::family;
 use crate::outbox::OutboxFeed;
 use crate::pipeline::{Completion, Pipeline, Submission};
 use crate::plugin::{Health, Plugin};
@@ -118,7 +119,7 @@ impl Service {
         let hub = pipeline.hub().clone();
         let last_seq = pipeline.engine().state().last_seq();
         let (jobs, queue) = mpsc::channel(WRITER_QUEUE);
-        metrics.set_gauge("switchboard_broker_connected", &[], 0);
+        metrics.set_gauge(family::BROKER_CONNECTED, &[], 0);
         Self {
             pipeline: RwLock::new(pipeline),
             store,
@@ -278,7 +279,7 @@ impl Service {
             let started = std::time::Instant::now();
             match store.write_snapshot(&snapshot) {
                 Ok(()) => {
-                    metrics.observe_duration("switchboard_snapshot_seconds", &[], started.elapsed())
+                    metrics.observe_duration(family::SNAPSHOT_SECONDS, &[], started.elapsed())
                 }
                 Err(error) => {
                     tracing::error!(error = %error, "cannot write a snapshot; the log keeps growing");
@@ -306,7 +307,7 @@ impl Service {
         if let Some(broker) = &self.broker {
             broker.store(up, Ordering::Relaxed);
             self.metrics
-                .set_gauge("switchboard_broker_connected", &[], i64::from(up));
+                .set_gauge(family::BROKER_CONNECTED, &[], i64::from(up));
         }
     }
 

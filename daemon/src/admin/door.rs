@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::problem::Problem;
 use super::{RateLimiter, framework_problems, head_limits, too_many};
 use crate::config::{PluginConfig, ServerConfig};
+use crate::metrics::family;
 use crate::pipeline::{Completion, Disposition, Submission};
 use crate::plugin::{CallError, FailureKind, InboundRequest, Plugin, WebhookAnswer};
 use crate::service::{Service, SubmitError};
@@ -185,7 +186,7 @@ fn count(context: &DoorContext, plugin: &str, outcome: &str) {
     context
         .service
         .metrics()
-        .count("switchboard_webhook_requests_total", &[plugin, outcome], 1);
+        .count(family::WEBHOOK_REQUESTS_TOTAL, &[plugin, outcome], 1);
 }
 
 /// The configured, loaded plugin of that id; the same 404 for one that is not configured and
@@ -301,7 +302,7 @@ async fn webhook(
     if let Some(broker) = &context.broker {
         let response = through_broker(&context, &loaded, &plugin, broker, message, request()).await;
         context.service.metrics().observe_duration(
-            "switchboard_webhook_answer_seconds",
+            family::WEBHOOK_ANSWER_SECONDS,
             &[&plugin],
             started.elapsed(),
         );
@@ -350,7 +351,7 @@ async fn webhook(
         }
     };
     context.service.metrics().observe_duration(
-        "switchboard_webhook_answer_seconds",
+        family::WEBHOOK_ANSWER_SECONDS,
         &[&plugin],
         started.elapsed(),
     );

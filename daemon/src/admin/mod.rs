@@ -34,6 +34,7 @@ use self::listener::{ClientAddr, ProblemListener};
 use self::problem::Problem;
 use crate::config::ServerConfig;
 use crate::engine::Actor;
+use crate::metrics::family;
 use crate::service::Service;
 
 /// Everything the handlers share.
@@ -133,15 +134,11 @@ async fn observe(State(context): State<Shared>, request: Request, next: Next) ->
     let status = response.status();
     let metrics = context.service.metrics();
     metrics.count(
-        "switchboard_http_requests_total",
+        family::HTTP_REQUESTS_TOTAL,
         &[&route, &method, status.as_str()],
         1,
     );
-    metrics.observe_duration(
-        "switchboard_http_request_seconds",
-        &[&route],
-        started.elapsed(),
-    );
+    metrics.observe_duration(family::HTTP_REQUEST_SECONDS, &[&route], started.elapsed());
     tracing::debug!(method = %method, route = %route, status = status.as_u16(), elapsed = ?started.elapsed(), "request");
     response
 }

@@ -22,6 +22,7 @@ use crate::engine::{
     Action, Actor, AgentId, AssignTarget, ChannelKind, Code, Command, ConversationId,
     ConversationState, Idempotency, JoinMode, Presence, QueueId, Role, TimelineEvent, Visibility,
 };
+use crate::metrics::family;
 use crate::pipeline::{Completion, Disposition, Submission};
 use crate::service::SubmitError;
 use crate::transport::InboundMessage;
@@ -118,7 +119,7 @@ pub(super) async fn metrics(State(context): State<Shared>) -> Response {
     let backlog = i64::try_from(service.outbox_backlog()).unwrap_or(i64::MAX);
     service
         .metrics()
-        .set_gauge("switchboard_outbox_backlog", &[], backlog);
+        .set_gauge(family::OUTBOX_BACKLOG, &[], backlog);
     let mut extra = String::new();
     let plugins = service.plugins();
     if !plugins.is_empty() {

@@ -25,6 +25,7 @@ use crate::engine::{
     ChannelEvent, ConversationId, ConversationRef, EventBody, PluginId, ProviderError,
     ReceiptStatus,
 };
+use crate::metrics::family;
 use crate::pipeline::Submission;
 use crate::service::{Service, now};
 use crate::store::OutboxEntry;
@@ -276,16 +277,12 @@ impl Worker {
             let metrics = self.service.metrics();
             match verdict {
                 Verdict::Delivered => {
-                    metrics.count(
-                        "switchboard_deliveries_total",
-                        &[&job.plugin, "delivered"],
-                        1,
-                    );
+                    metrics.count(family::DELIVERIES_TOTAL, &[&job.plugin, "delivered"], 1);
                     self.finish(&job, ReceiptStatus::Sent, None).await;
                     return true;
                 }
                 Verdict::Permanent(error) => {
-                    metrics.count("switchboard_deliveries_total", &[&job.plugin, "dead"], 1);
+                    metrics.count(family::DELIVERIES_TOTAL, &[&job.plugin, "dead"], 1);
                     tracing::warn!(plugin = %job.plugin, id = %job.entry.id, code = %error.code, error = %crate::telemetry::content(&error.text), "delivery refused for good: dead-lettered");
                     self.finish(&job, ReceiptStatus::Failed, Some(error)).await;
                     return true;
@@ -295,7 +292,7 @@ impl Worker {
                     let too_old =
                         u128::try_from(age).unwrap_or(0) > self.config.max_age.as_millis();
                     if job.attempts >= self.config.max_attempts || too_old {
-                        metrics.count("switchboard_deliveries_total", &[&job.plugin, "dead"], 1);
+                        metrics.count(family::DELIVERIES_TOTAL, &[&job.plugin, "dead"], 1);
                         tracing::warn!(plugin = %job.plugin, id = %job.entry.id, attempts = job.attempts, reason = %crate::telemetry::content(&reason), "delivery still failing after its last attempt: dead-lettered");
                         let error = ProviderError {
                             code: "delivery-failed".into(),
@@ -308,7 +305,7 @@ impl Worker {
                         self.finish(&job, ReceiptStatus::Failed, Some(error)).await;
                         return true;
                     }
-                    metrics.count("switchboard_deliveries_total", &[&job.plugin, "retried"], 1);
+                    metrics.count(family::DELIVERIES_TOTAL, &[&job.plugin, "retried"], 1);
                     let wait = self.backoff(job.attempts).max(after.unwrap_or_default());
                     tracing::info!(plugin = %job.plugin, id = %job.entry.id, attempt = job.attempts, wait = ?wait, reason = %crate::telemetry::content(&reason), "delivery will be retried");
                     tokio::select! {
@@ -394,7 +391,7 @@ impl Worker {
         let started = std::time::Instant::now();
         let sent = client.send(&method, &url, &headers, body).await;
         self.service.metrics().observe_duration(
-            "switchboard_delivery_seconds",
+            family::DELIVERY_SECONDS,
             &[&job.plugin],
             started.elapsed(),
         );
