@@ -39,6 +39,32 @@ pub enum Disposition {
     DeadLetter { code: String, detail: String },
 }
 
+/// Why an inbound message became no events: what its dead letter (or HTTP refusal) says.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the payload is {size} bytes; at most {limit} are taken (server.body_limit)")]
+    PayloadTooLarge { size: usize, limit: usize },
+    #[error("no plugin is configured for routing key {0:?}")]
+    UnknownPlugin(String),
+    #[error("not a canonical event: {0}")]
+    Canonical(#[from] serde_json::Error),
+    /// The plugin's own typed error, or its trap, timeout or open breaker.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugin::CallError),
+}
+
+impl DecodeError {
+    /// The stable code of the dead letter's `switchboard-error` header and the refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::PayloadTooLarge { .. } => "payload-too-large",
+            Self::UnknownPlugin(_) => "unknown-plugin",
+            Self::Canonical(_) => "invalid-payload",
+            Self::Plugin(error) => error.code(),
+        }
+    }
+}
+
 /// One unit of work for [`Pipeline::submit`]: what the admin API hands the single writer.
 #[derive(Debug)]
 pub enum Submission {
@@ -244,7 +270,10 @@ impl Pipeline {
 
     fn inbound(&mut self, message: &InboundMessage, now: Millis, batch: &mut Batch) -> Disposition {
         let disposition = match self.decode(message, now) {
-            Err((code, detail)) => Disposition::DeadLetter { code, detail },
+            Err(error) => Disposition::DeadLetter {
+                code: error.code().to_owned(),
+                detail: error.to_string(),
+            },
             Ok(events) => self.apply_all(events, now, batch),
         };
         let outcome = match &disposition {
@@ -291,29 +320,20 @@ impl Pipeline {
         &self,
         message: &InboundMessage,
         now: Millis,
-    ) -> Result<Vec<ChannelEvent>, (String, String)> {
+    ) -> Result<Vec<ChannelEvent>, DecodeError> {
         if message.body.len() > self.payload_limit {
-            return Err((
-                "payload-too-large".to_owned(),
-                format!(
-                    "the payload is {} bytes; at most {} are taken (server.body_limit)",
-                    message.body.len(),
-                    self.payload_limit
-                ),
-            ));
+            return Err(DecodeError::PayloadTooLarge {
+                size: message.body.len(),
+                limit: self.payload_limit,
+            });
         }
         let mut events = if message.routing_key == "canonical" {
             canonical(&message.body)?
         } else {
-            let plugin = self.plugins.get(&message.routing_key).ok_or_else(|| {
-                (
-                    "unknown-plugin".to_owned(),
-                    format!(
-                        "no plugin is configured for routing key {:?}",
-                        message.routing_key
-                    ),
-                )
-            })?;
+            let plugin = self
+                .plugins
+                .get(&message.routing_key)
+                .ok_or_else(|| DecodeError::UnknownPlugin(message.routing_key.clone()))?;
             let url = message
                 .headers
                 .iter()
@@ -335,7 +355,7 @@ impl Pipeline {
                 &[&message.routing_key],
                 started.elapsed(),
             );
-            decoded.map_err(|error| (error.code().to_owned(), error.to_string()))?
+            decoded?
         };
         // Events without an id of their own are identified by the message: a redelivery of the
         // same message then changes nothing.
@@ -621,19 +641,11 @@ fn reveals_monitoring(event: &TimelineEvent) -> bool {
 }
 
 /// Canonical events: one JSON event or a list of them.
-fn canonical(body: &[u8]) -> Result<Vec<ChannelEvent>, (String, String)> {
-    let invalid = |error: serde_json::Error| {
-        (
-            "invalid-payload".to_owned(),
-            format!("not a canonical event: {error}"),
-        )
-    };
+fn canonical(body: &[u8]) -> Result<Vec<ChannelEvent>, DecodeError> {
     if body.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'[') {
-        serde_json::from_slice(body).map_err(invalid)
+        Ok(serde_json::from_slice(body)?)
     } else {
-        serde_json::from_slice(body)
-            .map(|event| vec![event])
-            .map_err(invalid)
+        Ok(vec![serde_json::from_slice(body)?])
     }
 }
 
