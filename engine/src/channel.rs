@@ -1,10 +1,12 @@
 //! Engine step 2a: canonical channel events — what providers and routing platforms report
 //! (a conversation starts, a message arrives, an agent accepts, someone leaves).
 
+use std::sync::Arc;
+
 use super::domain::stable_key;
 use super::domain::{
-    ChannelKind, ConversationId, ConversationState, Customer, Direction, ExternalRef, QueueId,
-    Visibility,
+    AgentId, ChannelKind, ConversationId, ConversationState, Customer, Direction, ExternalRef,
+    QueueId, Visibility,
 };
 use super::effect::{
     Audience, Author, Change, Code, EndReason, NotificationBody, Refusal, Reply, TimelineEvent,
@@ -105,27 +107,7 @@ impl Step<'_> {
                 subject,
                 customer,
                 queue,
-            } => {
-                if let Some(id) = self.engine.state.live_thread(&conversation).map(|c| c.id) {
-                    // A start for a live thread (the provider re-sent it, or an outbound
-                    // conversation got its first answer) refreshes its subject only.
-                    if subject.is_some()
-                        && self.conversation(&id).is_some_and(|c| c.subject != subject)
-                    {
-                        self.change_subject(&id, subject);
-                    }
-                    return Ok(self.reply_for(&id));
-                }
-                let id = self.open(Opening {
-                    external: conversation,
-                    channel,
-                    direction,
-                    subject,
-                    customer,
-                    queue,
-                });
-                Ok(self.reply_for(&id))
-            }
+            } => self.started(conversation, channel, direction, subject, customer, queue),
             EventBody::Message {
                 conversation,
                 channel,
@@ -135,145 +117,20 @@ impl Step<'_> {
                 sentiment,
                 customer,
                 reply_to,
-            } => {
-                // The hot path: one lookup for what the message needs.
-                let live = self
-                    .engine
-                    .state
-                    .live_thread_mut(&conversation)
-                    .map(|c| (c.id, c.state, !c.seats.is_empty()));
-                let (id, state, supervised) = match live {
-                    Some(live) => live,
-                    None => {
-                        let direction = if sender == Sender::Customer {
-                            Direction::Inbound
-                        } else {
-                            Direction::Outbound
-                        };
-                        let customer = customer.unwrap_or_else(|| Customer {
-                            id: conversation.key.clone(),
-                            name: None,
-                        });
-                        let id = self.open(Opening {
-                            external: conversation,
-                            channel,
-                            direction,
-                            subject: None,
-                            customer,
-                            queue: None,
-                        });
-                        (id, ConversationState::Open, false)
-                    }
-                };
-                let author = author_of(sender);
-                let customer = author == Author::Customer;
-                let sentiment = if customer { sentiment } else { None };
-                self.change(Change::Activity {
-                    id,
-                    customer,
-                    sentiment,
-                });
-                let event = TimelineEvent::Message {
-                    author: author.clone(),
-                    text: text.clone(),
-                    reply_to,
-                };
-                self.timeline(&id, visibility, event);
-                if supervised {
-                    self.relay_to_seats(
-                        &id,
-                        NotificationBody::Message {
-                            author,
-                            text,
-                            visibility,
-                        },
-                    );
-                }
-                Ok(Reply {
-                    state: Some(state),
-                    conversation: Some(id),
-                    ..Reply::default()
-                })
-            }
+            } => self.message(
+                conversation,
+                channel,
+                sender,
+                text,
+                visibility,
+                sentiment,
+                customer,
+                reply_to,
+            ),
             EventBody::Accepted {
                 conversation,
                 agent,
-            } => {
-                let id = self.resolve(&conversation)?;
-                if !self.engine.state.agents.contains_key(&agent) {
-                    return Err(Refusal::new(
-                        Code::UnknownAgent,
-                        format!("agent {agent} is not in the roster"),
-                    ));
-                }
-                let (state, current, queue) = {
-                    let c = self
-                        .conversation(&id)
-                        .ok_or_else(|| unknown(&conversation))?;
-                    (c.state, c.agent.clone(), c.queue.clone())
-                };
-                // An agent of another team would take the conversation out of sight of the
-                // supervisors who may see it.
-                let team = self.engine.queue(&queue).map(|queue| queue.team.clone());
-                if let (Some(team), Some(roster)) = (team, self.engine.state.agents.get(&agent))
-                    && !roster.teams.contains(&team)
-                    && !roster
-                        .queues
-                        .iter()
-                        .any(|own| self.engine.queue(own).is_some_and(|own| own.team == team))
-                {
-                    return Err(Refusal::new(
-                        Code::NotInTeam,
-                        format!(
-                            "agent {agent} has no queue or team in team {team}, whose queue {queue} conversation {id} is in"
-                        ),
-                    ));
-                }
-                match state {
-                    ConversationState::Open
-                    | ConversationState::Active
-                    | ConversationState::Waiting => {}
-                    ConversationState::WrapUp | ConversationState::Closed => {
-                        return Err(Refusal::new(
-                            Code::InvalidState,
-                            format!(
-                                "conversation {id} is {state}; only open, active or waiting conversations can be accepted"
-                            ),
-                        ));
-                    }
-                }
-                if current.as_ref() == Some(&agent) {
-                    return Ok(self.reply_for(&id));
-                }
-                // The routing platform is the authority on who handles the conversation:
-                // it may hand it from one agent to another without asking us.
-                self.release_capacity(&id);
-                self.make_primary(&id, &agent);
-                self.timeline(
-                    &id,
-                    Visibility::Internal,
-                    TimelineEvent::Accepted {
-                        agent: agent.clone(),
-                    },
-                );
-                self.notify(
-                    Some(&id),
-                    Audience::Agent {
-                        agent: agent.clone(),
-                    },
-                    NotificationBody::Assigned {
-                        agent: Some(agent),
-                        queue,
-                    },
-                );
-                if state == ConversationState::Waiting {
-                    // Still paused: capacity is held again when it resumes.
-                } else {
-                    self.set_state(&id, ConversationState::Active);
-                    self.hold_capacity(&id);
-                }
-                Ok(self.reply_for(&id))
-            }
+            } => self.accepted(conversation, agent),
             EventBody::Paused { conversation } => {
                 let id = self.resolve(&conversation)?;
                 if self.conversation(&id).map(|c| c.state) == Some(ConversationState::Active) {
@@ -296,80 +153,8 @@ impl Step<'_> {
             EventBody::AgentLeft {
                 conversation,
                 agent,
-            } => {
-                let id = self.resolve(&conversation)?;
-                let (primary, consultant, state) = {
-                    let c = self
-                        .conversation(&id)
-                        .ok_or_else(|| unknown(&conversation))?;
-                    (
-                        c.agent.as_ref() == Some(&agent),
-                        c.consultants.contains(&agent),
-                        c.state,
-                    )
-                };
-                if consultant {
-                    self.change(Change::ConsultantRemoved {
-                        id,
-                        agent: agent.clone(),
-                    });
-                    self.timeline(
-                        &id,
-                        Visibility::Internal,
-                        TimelineEvent::AgentLeft { agent },
-                    );
-                } else if primary
-                    && matches!(
-                        state,
-                        ConversationState::Active | ConversationState::Waiting
-                    )
-                {
-                    // Expertflow and ChanSpy's `E` option: supervisors leave with the agent.
-                    self.drop_supervisors(&id, EndReason::AgentLeft);
-                    self.release_capacity(&id);
-                    self.change(Change::AgentSet { id, agent: None });
-                    self.timeline(
-                        &id,
-                        Visibility::Internal,
-                        TimelineEvent::AgentLeft { agent },
-                    );
-                    self.set_state(&id, ConversationState::Open);
-                } else if primary && state == ConversationState::WrapUp {
-                    // Leaving during wrap-up finishes it.
-                    self.timeline(
-                        &id,
-                        Visibility::Internal,
-                        TimelineEvent::AgentLeft { agent },
-                    );
-                    self.close(&id);
-                }
-                Ok(self.reply_for(&id))
-            }
-            EventBody::CustomerLeft { conversation } => {
-                let id = self.resolve(&conversation)?;
-                let (state, has_agent, channel) = {
-                    let c = self
-                        .conversation(&id)
-                        .ok_or_else(|| unknown(&conversation))?;
-                    (c.state, c.agent.is_some(), c.channel)
-                };
-                match state {
-                    ConversationState::Active | ConversationState::Waiting if has_agent => {
-                        self.set_state(&id, ConversationState::WrapUp);
-                        match self.engine.policy(channel).wrap_up_capacity {
-                            super::WrapUpCapacity::Always => self.hold_capacity(&id),
-                            super::WrapUpCapacity::Never => self.release_capacity(&id),
-                            super::WrapUpCapacity::For(hold) => {
-                                self.hold_capacity(&id);
-                                self.arm(self.now.plus(hold), TimerKind::WrapUpCapacity, &id);
-                            }
-                        }
-                    }
-                    ConversationState::Closed | ConversationState::WrapUp => {}
-                    _ => self.close(&id),
-                }
-                Ok(self.reply_for(&id))
-            }
+            } => self.agent_left(conversation, agent),
+            EventBody::CustomerLeft { conversation } => self.customer_left(conversation),
             EventBody::Closed { conversation } => {
                 let id = self.resolve(&conversation)?;
                 if self.conversation(&id).map(|c| c.state) != Some(ConversationState::Closed) {
@@ -424,49 +209,321 @@ impl Step<'_> {
                 conversation,
                 subject,
                 queue,
-            } => {
-                let id = self.resolve(&conversation)?;
-                let (current_subject, current_queue) = {
-                    let c = self
-                        .conversation(&id)
-                        .ok_or_else(|| unknown(&conversation))?;
-                    (c.subject.clone(), c.queue.clone())
-                };
-                if subject.is_some() && subject != current_subject {
-                    self.change_subject(&id, subject);
-                }
-                if let Some(queue) = queue
-                    && queue != current_queue
-                {
-                    if self.engine.queue(&queue).is_none() {
-                        return Err(Refusal::new(
-                            Code::UnknownQueue,
-                            format!("queue {queue} is not in the roster"),
-                        ));
-                    }
-                    self.change(Change::QueueChanged {
-                        id,
-                        queue: queue.clone(),
-                    });
-                    self.timeline(
-                        &id,
-                        Visibility::Internal,
-                        TimelineEvent::AssignedToQueue {
-                            from: current_queue,
-                            to: queue.clone(),
-                            by: None,
-                        },
-                    );
-                    self.notify(
-                        Some(&id),
-                        Audience::Conversation,
-                        NotificationBody::Assigned { agent: None, queue },
-                    );
-                }
-                Ok(self.reply_for(&id))
-            }
+            } => self.updated(conversation, subject, queue),
             EventBody::AgentPresence { agent, presence } => self.change_presence(agent, presence),
         }
+    }
+
+    /// A conversation started on the provider (or a start for a live thread, which refreshes its subject).
+    fn started(
+        &mut self,
+        conversation: ExternalRef,
+        channel: ChannelKind,
+        direction: Direction,
+        subject: Option<Box<str>>,
+        customer: Customer,
+        queue: Option<QueueId>,
+    ) -> Result<Reply, Refusal> {
+        if let Some(id) = self.engine.state.live_thread(&conversation).map(|c| c.id) {
+            // A start for a live thread (the provider re-sent it, or an outbound
+            // conversation got its first answer) refreshes its subject only.
+            if subject.is_some() && self.conversation(&id).is_some_and(|c| c.subject != subject) {
+                self.change_subject(&id, subject);
+            }
+            return Ok(self.reply_for(&id));
+        }
+        let id = self.open(Opening {
+            external: conversation,
+            channel,
+            direction,
+            subject,
+            customer,
+            queue,
+        });
+        Ok(self.reply_for(&id))
+    }
+
+    /// A message on the provider's thread (which may open the conversation).
+    #[allow(clippy::too_many_arguments)]
+    fn message(
+        &mut self,
+        conversation: ExternalRef,
+        channel: ChannelKind,
+        sender: Sender,
+        text: Arc<str>,
+        visibility: Visibility,
+        sentiment: Option<f32>,
+        customer: Option<Customer>,
+        reply_to: Option<Box<str>>,
+    ) -> Result<Reply, Refusal> {
+        // The hot path: one lookup for what the message needs.
+        let live = self
+            .engine
+            .state
+            .live_thread_mut(&conversation)
+            .map(|c| (c.id, c.state, !c.seats.is_empty()));
+        let (id, state, supervised) = match live {
+            Some(live) => live,
+            None => {
+                let direction = if sender == Sender::Customer {
+                    Direction::Inbound
+                } else {
+                    Direction::Outbound
+                };
+                let customer = customer.unwrap_or_else(|| Customer {
+                    id: conversation.key.clone(),
+                    name: None,
+                });
+                let id = self.open(Opening {
+                    external: conversation,
+                    channel,
+                    direction,
+                    subject: None,
+                    customer,
+                    queue: None,
+                });
+                (id, ConversationState::Open, false)
+            }
+        };
+        let author = author_of(sender);
+        let customer = author == Author::Customer;
+        let sentiment = if customer { sentiment } else { None };
+        self.change(Change::Activity {
+            id,
+            customer,
+            sentiment,
+        });
+        let event = TimelineEvent::Message {
+            author: author.clone(),
+            text: text.clone(),
+            reply_to,
+        };
+        self.timeline(&id, visibility, event);
+        if supervised {
+            self.relay_to_seats(
+                &id,
+                NotificationBody::Message {
+                    author,
+                    text,
+                    visibility,
+                },
+            );
+        }
+        Ok(Reply {
+            state: Some(state),
+            conversation: Some(id),
+            ..Reply::default()
+        })
+    }
+
+    /// An agent took the conversation on the routing platform.
+    fn accepted(
+        &mut self,
+        conversation: ConversationRef,
+        agent: AgentId,
+    ) -> Result<Reply, Refusal> {
+        let id = self.resolve(&conversation)?;
+        if !self.engine.state.agents.contains_key(&agent) {
+            return Err(Refusal::new(
+                Code::UnknownAgent,
+                format!("agent {agent} is not in the roster"),
+            ));
+        }
+        let (state, current, queue) = {
+            let c = self
+                .conversation(&id)
+                .ok_or_else(|| unknown(&conversation))?;
+            (c.state, c.agent.clone(), c.queue.clone())
+        };
+        // An agent of another team would take the conversation out of sight of the
+        // supervisors who may see it.
+        let team = self.engine.queue(&queue).map(|queue| queue.team.clone());
+        if let (Some(team), Some(roster)) = (team, self.engine.state.agents.get(&agent))
+            && !roster.teams.contains(&team)
+            && !roster
+                .queues
+                .iter()
+                .any(|own| self.engine.queue(own).is_some_and(|own| own.team == team))
+        {
+            return Err(Refusal::new(
+                Code::NotInTeam,
+                format!(
+                    "agent {agent} has no queue or team in team {team}, whose queue {queue} conversation {id} is in"
+                ),
+            ));
+        }
+        match state {
+            ConversationState::Open | ConversationState::Active | ConversationState::Waiting => {}
+            ConversationState::WrapUp | ConversationState::Closed => {
+                return Err(Refusal::new(
+                    Code::InvalidState,
+                    format!(
+                        "conversation {id} is {state}; only open, active or waiting conversations can be accepted"
+                    ),
+                ));
+            }
+        }
+        if current.as_ref() == Some(&agent) {
+            return Ok(self.reply_for(&id));
+        }
+        // The routing platform is the authority on who handles the conversation:
+        // it may hand it from one agent to another without asking us.
+        self.release_capacity(&id);
+        self.make_primary(&id, &agent);
+        self.timeline(
+            &id,
+            Visibility::Internal,
+            TimelineEvent::Accepted {
+                agent: agent.clone(),
+            },
+        );
+        self.notify(
+            Some(&id),
+            Audience::Agent {
+                agent: agent.clone(),
+            },
+            NotificationBody::Assigned {
+                agent: Some(agent),
+                queue,
+            },
+        );
+        if state == ConversationState::Waiting {
+            // Still paused: capacity is held again when it resumes.
+        } else {
+            self.set_state(&id, ConversationState::Active);
+            self.hold_capacity(&id);
+        }
+        Ok(self.reply_for(&id))
+    }
+
+    /// An agent left the conversation on the provider.
+    fn agent_left(
+        &mut self,
+        conversation: ConversationRef,
+        agent: AgentId,
+    ) -> Result<Reply, Refusal> {
+        let id = self.resolve(&conversation)?;
+        let (primary, consultant, state) = {
+            let c = self
+                .conversation(&id)
+                .ok_or_else(|| unknown(&conversation))?;
+            (
+                c.agent.as_ref() == Some(&agent),
+                c.consultants.contains(&agent),
+                c.state,
+            )
+        };
+        if consultant {
+            self.change(Change::ConsultantRemoved {
+                id,
+                agent: agent.clone(),
+            });
+            self.timeline(
+                &id,
+                Visibility::Internal,
+                TimelineEvent::AgentLeft { agent },
+            );
+        } else if primary
+            && matches!(
+                state,
+                ConversationState::Active | ConversationState::Waiting
+            )
+        {
+            // Expertflow and ChanSpy's `E` option: supervisors leave with the agent.
+            self.drop_supervisors(&id, EndReason::AgentLeft);
+            self.release_capacity(&id);
+            self.change(Change::AgentSet { id, agent: None });
+            self.timeline(
+                &id,
+                Visibility::Internal,
+                TimelineEvent::AgentLeft { agent },
+            );
+            self.set_state(&id, ConversationState::Open);
+        } else if primary && state == ConversationState::WrapUp {
+            // Leaving during wrap-up finishes it.
+            self.timeline(
+                &id,
+                Visibility::Internal,
+                TimelineEvent::AgentLeft { agent },
+            );
+            self.close(&id);
+        }
+        Ok(self.reply_for(&id))
+    }
+
+    /// The customer hung up or resolved the thread.
+    fn customer_left(&mut self, conversation: ConversationRef) -> Result<Reply, Refusal> {
+        let id = self.resolve(&conversation)?;
+        let (state, has_agent, channel) = {
+            let c = self
+                .conversation(&id)
+                .ok_or_else(|| unknown(&conversation))?;
+            (c.state, c.agent.is_some(), c.channel)
+        };
+        match state {
+            ConversationState::Active | ConversationState::Waiting if has_agent => {
+                self.set_state(&id, ConversationState::WrapUp);
+                match self.engine.policy(channel).wrap_up_capacity {
+                    super::WrapUpCapacity::Always => self.hold_capacity(&id),
+                    super::WrapUpCapacity::Never => self.release_capacity(&id),
+                    super::WrapUpCapacity::For(hold) => {
+                        self.hold_capacity(&id);
+                        self.arm(self.now.plus(hold), TimerKind::WrapUpCapacity, &id);
+                    }
+                }
+            }
+            ConversationState::Closed | ConversationState::WrapUp => {}
+            _ => self.close(&id),
+        }
+        Ok(self.reply_for(&id))
+    }
+
+    /// The provider changed the conversation's subject or queue.
+    fn updated(
+        &mut self,
+        conversation: ConversationRef,
+        subject: Option<Box<str>>,
+        queue: Option<QueueId>,
+    ) -> Result<Reply, Refusal> {
+        let id = self.resolve(&conversation)?;
+        let (current_subject, current_queue) = {
+            let c = self
+                .conversation(&id)
+                .ok_or_else(|| unknown(&conversation))?;
+            (c.subject.clone(), c.queue.clone())
+        };
+        if subject.is_some() && subject != current_subject {
+            self.change_subject(&id, subject);
+        }
+        if let Some(queue) = queue
+            && queue != current_queue
+        {
+            if self.engine.queue(&queue).is_none() {
+                return Err(Refusal::new(
+                    Code::UnknownQueue,
+                    format!("queue {queue} is not in the roster"),
+                ));
+            }
+            self.change(Change::QueueChanged {
+                id,
+                queue: queue.clone(),
+            });
+            self.timeline(
+                &id,
+                Visibility::Internal,
+                TimelineEvent::AssignedToQueue {
+                    from: current_queue,
+                    to: queue.clone(),
+                    by: None,
+                },
+            );
+            self.notify(
+                Some(&id),
+                Audience::Conversation,
+                NotificationBody::Assigned { agent: None, queue },
+            );
+        }
+        Ok(self.reply_for(&id))
     }
 
     /// Starts a conversation in the queue its event names, else the plugin's default queue.
