@@ -118,6 +118,7 @@ pub fn amqp_names(test: &str) -> switchboard::config::AmqpConfig {
         inbound_queue: format!("test.{run}.inbound"),
         dead_letter_queue: format!("test.{run}.dead"),
         outbound_exchange: format!("test.{run}.outbound"),
+        delivery_queue: format!("test.{run}.delivery"),
         prefetch: 300,
         delivery_limit: 5,
     }

@@ -114,11 +114,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let writer = tokio::spawn(service.clone().run_writer(writer_stop.clone()));
     let ticks_stop = CancellationToken::new();
     let ticks = tokio::spawn(service.clone().run_ticks(TICK, ticks_stop.clone()));
+    let dead_letters = Arc::new(match (&config.amqp, config.delivery.enabled) {
+        (None, _) => crate::delivery::dead::DeadLetters::in_store(service.clone()),
+        (Some(_), true) => crate::delivery::dead::DeadLetters::in_broker(service.clone()),
+        (Some(_), false) => crate::delivery::dead::DeadLetters::disabled(service.clone()),
+    });
     let http_stop = CancellationToken::new();
     let http = tokio::spawn(admin::serve(
         listener,
         AdminContext::new(service.clone(), authenticator, &config.server)
-            .with_config_file(config.file.clone()),
+            .with_config_file(config.file.clone())
+            .with_dead_letters(dead_letters.clone()),
         http_stop.clone(),
     ));
     // With a broker, the door publishes what it takes into the inbound exchange (the consumer
@@ -150,14 +156,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         None => None,
     };
     let delivery_stop = CancellationToken::new();
-    let delivery = if !config.delivery.enabled {
-        None
-    } else if config.amqp.is_some() {
-        tracing::warn!(
-            "[delivery] on RabbitMQ is not implemented yet: channel.<plugin> requests go to the outbound exchange for an external worker"
-        );
-        None
-    } else {
+    let delivery = if config.delivery.enabled {
         let egress: std::collections::HashMap<String, crate::delivery::Egress> = config
             .plugins
             .iter()
@@ -169,18 +168,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 (plugin.id.clone(), egress)
             })
             .collect();
-        let worker =
+        let worker = Arc::new(
             crate::delivery::Worker::new(service.clone(), config.delivery.clone(), &egress)
-                .map_err(anyhow::Error::msg)?;
-        Some(tokio::spawn(
-            Arc::new(worker).run_embedded(delivery_stop.clone()),
-        ))
+                .map_err(anyhow::Error::msg)?,
+        );
+        Some(match config.amqp.clone() {
+            Some(amqp) => {
+                tokio::spawn(worker.run_amqp(amqp, dead_letters.clone(), delivery_stop.clone()))
+            }
+            None => tokio::spawn(worker.run_embedded(delivery_stop.clone())),
+        })
+    } else {
+        None
     };
     let delivering = delivery.is_some();
     let transport = match config.amqp.clone() {
         Some(amqp) => tokio::spawn(run_amqp(
             service.clone(),
             amqp,
+            delivering,
             inbound_publisher.clone().unwrap_or_default(),
             shutdown.clone(),
         )),
@@ -323,6 +329,7 @@ fn trim_embedded_outbox(store: &dyn Store, delivering: bool) {
 async fn run_amqp(
     service: Arc<Service>,
     amqp: AmqpConfig,
+    delivering: bool,
     door: Arc<InboundPublisher>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -331,7 +338,13 @@ async fn run_amqp(
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        let transport = match AmqpTransport::connect(&amqp, "switchboard").await {
+        let connected = match AmqpTransport::connect(&amqp, "switchboard").await {
+            Ok(transport) if delivering => {
+                transport.declare_delivery_queue().await.map(|()| transport)
+            }
+            other => other,
+        };
+        let transport = match connected {
             Ok(transport) => Arc::new(transport),
             Err(error) => {
                 service.set_broker_up(false);

@@ -104,7 +104,7 @@ impl Metrics {
         );
         add(
             family::DELIVERIES_TOTAL,
-            "Provider requests by plugin and outcome (delivered, retried, dead).",
+            "Provider requests by plugin and outcome: delivered, retried, dead, and resumed (taken up again after a restart or a lost broker connection: it may have reached the provider already, the only way a duplicate arises).",
             &["plugin", "outcome"][..],
             Kind::Counter(BTreeMap::new()),
         );

@@ -60,6 +60,9 @@ pub struct Service {
     /// Told after each commit, for the delivery worker (a waiter of its own: `notify_one`
     /// wakes one waiter, or leaves a permit for the next).
     pub delivery_ready: Notify,
+    /// Set when dead deliveries went back into the outbox under their own (older) ids: the
+    /// worker reads the outbox from its start once.
+    pub delivery_rescan: std::sync::atomic::AtomicBool,
     /// With a broker: committed entries on their way to the publisher.
     outbox_feed: Option<Arc<OutboxFeed>>,
     jobs: mpsc::Sender<Job>,
@@ -128,6 +131,7 @@ impl Service {
             plugins,
             outbox_ready: Notify::new(),
             delivery_ready: Notify::new(),
+            delivery_rescan: std::sync::atomic::AtomicBool::new(false),
             jobs,
             job_queue: std::sync::Mutex::new(Some(queue)),
             broker: outbox_feed.is_some().then(|| AtomicBool::new(false)),

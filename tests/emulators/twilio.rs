@@ -25,7 +25,7 @@ pub struct Twilio {
     pub account_sid: String,
     pub auth_token: String,
     /// Numbers that replied STOP: sending to them is refused with 21610.
-    pub unsubscribed: Vec<String>,
+    unsubscribed: std::sync::Mutex<Vec<String>>,
     /// The next this many requests are answered 429 (code 20429) with `Retry-After: 1`.
     pub throttle_next: AtomicU32,
     pub log: Log,
@@ -38,14 +38,24 @@ impl Twilio {
         Arc::new(Self {
             account_sid: account_sid.to_owned(),
             auth_token: auth_token.to_owned(),
-            unsubscribed: unsubscribed
-                .iter()
-                .map(|number| (*number).to_owned())
-                .collect(),
+            unsubscribed: std::sync::Mutex::new(
+                unsubscribed
+                    .iter()
+                    .map(|number| (*number).to_owned())
+                    .collect(),
+            ),
             throttle_next: AtomicU32::new(0),
             log: Log::default(),
             sequence: AtomicU32::new(0),
         })
+    }
+
+    /// The customer replied START: messages to the number are accepted again.
+    pub fn resubscribe(&self, number: &str) {
+        self.unsubscribed
+            .lock()
+            .unwrap()
+            .retain(|unsubscribed| unsubscribed != number);
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
@@ -151,7 +161,7 @@ fn answer(twilio: &Twilio, account: &str, headers: &HeaderMap, body: &Bytes) -> 
     if text.is_none() && get("MediaUrl").is_none() && get("ContentSid").is_none() {
         return error(StatusCode::BAD_REQUEST, 21602, "Message body is required.");
     }
-    if twilio.unsubscribed.contains(&to) {
+    if twilio.unsubscribed.lock().unwrap().contains(&to) {
         return error(
             StatusCode::BAD_REQUEST,
             21610,

@@ -46,6 +46,11 @@ impl Drop for Daemon {
 
 impl Daemon {
     fn start(dir: &Path, twilio: u16, meta: u16) -> Self {
+        Self::start_with(dir, twilio, meta, "")
+    }
+
+    /// [`Daemon::start`] with `extra` (TOML tables) appended to the configuration.
+    fn start_with(dir: &Path, twilio: u16, meta: u16, extra: &str) -> Self {
         let (port, door) = (free_port(), free_port());
         std::fs::write(dir.join("twilio-token"), format!("{TWILIO_TOKEN}\n")).unwrap();
         std::fs::write(dir.join("meta-token"), META_TOKEN).unwrap();
@@ -79,7 +84,8 @@ impl Daemon {
             .replace(
                 "api_base_url = \"https://api.mypurecloud.com\"",
                 "api_base_url = \"http://169.254.169.254\"\nwebhook_secret = \"genesys-secret\"",
-            );
+            )
+            + extra;
         let config = dir.join("switchboard.toml");
         std::fs::write(&config, text).unwrap();
         let log = dir.join("daemon.log");
@@ -417,11 +423,67 @@ async fn supervisor_messages_reach_the_providers_with_their_credentials_and_outc
                 "{receipts:?}"
             );
 
-            // Nothing the daemon keeps or answers carries a credential.
+            // Every refused request is a dead delivery, with the provider's code; credentials
+            // stay placeholders there too.
             let admin = daemon.token(&["--sub", "root", "--role", "admin"]);
+            let (status, dead) = daemon.api("GET", "/v1/deliveries/dead", &admin, None);
+            assert_eq!(status, 200, "{dead}");
+            let codes: Vec<&str> = dead["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|dead| dead["code"].as_str().unwrap())
+                .collect();
+            for code in ["21610", "131047", "egress-refused"] {
+                assert!(codes.contains(&code), "no {code} among {dead}");
+            }
+            let unsubscribed: Vec<String> = dead["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|dead| dead["code"] == "21610")
+                .map(|dead| {
+                    assert_eq!(dead["request"]["routing_key"], "channel.sms-twilio");
+                    assert!(
+                        dead["request"].to_string().contains(":auth_token}}"),
+                        "{dead}"
+                    );
+                    dead["request"]["id"].as_str().unwrap().to_owned()
+                })
+                .collect();
+            assert_eq!(unsubscribed.len(), 2, "{dead}");
+            let (status, _) = daemon.api("GET", "/v1/deliveries/dead", &sam, None);
+            assert_eq!(status, 403, "dead deliveries are for admins");
+
+            // The customer texts START; an admin sends the two dead requests again, and they
+            // arrive, in order, with a `sent` receipt on the timeline.
+            twilio.resubscribe(UNSUBSCRIBED);
+            let body = serde_json::json!({ "ids": unsubscribed }).to_string();
+            let (status, resent) =
+                daemon.api("POST", "/v1/deliveries/dead/resend", &admin, Some(&body));
+            assert_eq!(status, 200, "{resent}");
+            assert_eq!(resent["resent"].as_array().unwrap().len(), 2, "{resent}");
+            let receipts = daemon.receipts(&bea, &stopped, 2);
+            assert_eq!(receipts[1]["status"], "sent", "{receipts:?}");
+            let arrived: Vec<String> = twilio
+                .log
+                .accepted()
+                .iter()
+                .filter(|request| request.text().contains("To=%2B14155559999"))
+                .map(|request| request.text())
+                .collect();
+            assert_eq!(arrived.len(), 2, "{arrived:#?}");
+            assert!(arrived[0].contains("joined") && arrived[1].contains("Are+you+still+there"));
+            let (_, dead) = daemon.api("GET", "/v1/deliveries/dead", &admin, None);
+            assert!(
+                !dead.to_string().contains("21610"),
+                "sent again, no longer dead: {dead}"
+            );
+
+            // Nothing the daemon keeps or answers carries a credential.
             let (_, outbox) = daemon.api("GET", "/v1/outbox?limit=1000", &admin, None);
             let (_, plugins) = daemon.api("GET", "/v1/plugins", &admin, None);
-            let mut seen = vec![outbox.to_string(), plugins.to_string()];
+            let mut seen = vec![outbox.to_string(), plugins.to_string(), dead.to_string()];
             seen.push(std::fs::read_to_string(&daemon.log).unwrap_or_default());
             for conversation in [&sms, &stopped, &chat, &late, &messaging] {
                 let (_, details) = daemon.api(
@@ -460,4 +522,169 @@ async fn supervisor_messages_reach_the_providers_with_their_credentials_and_outc
             }
         }
     }
+}
+
+/// `[amqp]` tables for a daemon on the test broker: `names` shared (outbound exchange, delivery
+/// and dead queues), the inbound exchange and queue of its own (`inbound`), so that each
+/// daemon's customers stay with it while both serve `switchboard.delivery`.
+fn amqp_tables(names: &switchboard::config::AmqpConfig, inbound: &str) -> String {
+    format!(
+        "\n[amqp]\nurl = \"{}\"\ninbound_exchange = \"{inbound}\"\ninbound_queue = \"{inbound}\"\ndead_letter_queue = \"{}\"\noutbound_exchange = \"{}\"\ndelivery_queue = \"{}\"\n",
+        switchboard_tests::amqp_url(),
+        names.dead_letter_queue,
+        names.outbound_exchange,
+        names.delivery_queue
+    )
+}
+
+/// On RabbitMQ: the worker consumes `switchboard.delivery`; a daemon killed while a request is
+/// held (a 429 storm) loses nothing, as a second daemon's standby consumer takes the queue over
+/// and delivers in order, counting what it resumed; a permanent refusal lands in the broker's
+/// dead queue with its code, is listed by the admin API, and is sent again on an admin's word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_rabbitmq_a_killed_worker_loses_nothing_and_dead_deliveries_are_sent_again() {
+    let Some(client) = switchboard_tests::broker_client().await else {
+        return;
+    };
+    let names = switchboard_tests::amqp_names("delivery");
+    let twilio = Twilio::new(ACCOUNT, TWILIO_TOKEN, &[UNSUBSCRIBED]);
+    let meta = Meta::new(META_TOKEN, PHONE_NUMBER_ID, &[]);
+    let twilio_port = emulators::serve(twilio.router()).await.port();
+    let meta_port = emulators::serve(meta.router()).await.port();
+    let (dir_a, dir_b) = (temp_dir("delivery-amqp-a"), temp_dir("delivery-amqp-b"));
+    let inbound_a = format!("{}.a", names.inbound_queue);
+    let inbound_b = format!("{}.b", names.inbound_queue);
+    let run = {
+        let twilio = twilio.clone();
+        let names = names.clone();
+        let (inbound_a, inbound_b) = (inbound_a.clone(), inbound_b.clone());
+        move || {
+            let mut first = Daemon::start_with(
+                &dir_a,
+                twilio_port,
+                meta_port,
+                &amqp_tables(&names, &inbound_a),
+            );
+            let bea = first.token(&[
+                "--sub",
+                "sup-bea",
+                "--role",
+                "supervisor",
+                "--team",
+                "billing",
+            ]);
+            // Every answer a 429 while the first daemon holds the requests.
+            twilio.throttle_next.store(u32::MAX, Ordering::SeqCst);
+            first.sms(
+                "+14155551234",
+                "Where is my refund",
+                "SM00000000000000000000000000000011",
+            );
+            let sms = first.conversation(&bea, "+14155551234");
+            first.write_publicly(&bea, &sms, "a-dev", "Your refund left today");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while twilio.log.all().is_empty() {
+                assert!(Instant::now() < deadline, "the first daemon never tried");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // The second daemon's consumer waits behind the first's; the first dies mid-retry.
+            let second = Daemon::start_with(
+                &dir_b,
+                twilio_port,
+                meta_port,
+                &amqp_tables(&names, &inbound_b),
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            first.child.kill().unwrap();
+            first.child.wait().unwrap();
+            twilio.throttle_next.store(0, Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let to_customer = || -> Vec<String> {
+                twilio
+                    .log
+                    .accepted()
+                    .iter()
+                    .filter(|request| request.text().contains("To=%2B14155551234"))
+                    .map(|request| request.text())
+                    .collect()
+            };
+            while to_customer().len() < 2 {
+                assert!(
+                    Instant::now() < deadline,
+                    "the second daemon never delivered: {:#?}",
+                    twilio.log.all()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let delivered = to_customer();
+            assert_eq!(delivered.len(), 2, "{delivered:#?}");
+            assert!(delivered[0].contains("joined"), "in order: {delivered:#?}");
+            assert!(delivered[1].contains("Your+refund"), "{delivered:#?}");
+            let (_, metrics) = curl(&[&format!("http://127.0.0.1:{}/metrics", second.port)]);
+            assert!(
+                metrics.lines().any(|line| line.starts_with(
+                    "switchboard_deliveries_total{plugin=\"sms-twilio\",outcome=\"resumed\"}"
+                ) && !line.ends_with(" 0")),
+                "the resumed requests are counted: {metrics}"
+            );
+
+            // A permanent refusal on the second daemon: in the broker's dead queue, listed,
+            // then sent again once the customer resubscribed.
+            let admin = second.token(&["--sub", "root", "--role", "admin"]);
+            second.sms(UNSUBSCRIBED, "STOP", "SM00000000000000000000000000000012");
+            let stopped = second.conversation(&bea, UNSUBSCRIBED);
+            second.write_publicly(&bea, &stopped, "a-dev", "Are you still there");
+            let receipts = second.receipts(&bea, &stopped, 1);
+            assert_eq!(receipts[0]["error"]["code"], "21610", "{receipts:?}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let dead = loop {
+                let (status, dead) = second.api("GET", "/v1/deliveries/dead", &admin, None);
+                assert_eq!(status, 200, "{dead}");
+                if dead["deliveries"]
+                    .as_array()
+                    .is_some_and(|dead| dead.len() == 2)
+                {
+                    break dead;
+                }
+                assert!(Instant::now() < deadline, "never dead-lettered: {dead}");
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            assert!(
+                dead["deliveries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|dead| dead["code"] == "21610"
+                        && dead["request"]["routing_key"] == "channel.sms-twilio"),
+                "{dead}"
+            );
+            twilio.resubscribe(UNSUBSCRIBED);
+            let (status, resent) =
+                second.api("POST", "/v1/deliveries/dead/resend", &admin, Some("{}"));
+            assert_eq!(status, 200, "{resent}");
+            assert_eq!(resent["resent"].as_array().unwrap().len(), 2, "{resent}");
+            let receipts = second.receipts(&bea, &stopped, 2);
+            assert_eq!(receipts[1]["status"], "sent", "{receipts:?}");
+            let (_, dead) = second.api("GET", "/v1/deliveries/dead", &admin, None);
+            assert_eq!(dead["deliveries"], serde_json::json!([]), "{dead}");
+        }
+    };
+    let outcome = tokio::task::spawn_blocking(run).await;
+    let channel = client.create_channel().await.unwrap();
+    for queue in [
+        &inbound_a,
+        &inbound_b,
+        &names.dead_letter_queue,
+        &names.delivery_queue,
+    ] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await;
+    }
+    for exchange in [&inbound_a, &inbound_b, &names.outbound_exchange] {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), Default::default())
+            .await;
+    }
+    outcome.unwrap();
 }

@@ -257,6 +257,15 @@ impl Store for FailingStore {
     ) -> Result<Vec<switchboard::engine::TimelineEntry>, StoreError> {
         self.0.timeline(conversation)
     }
+    fn bury(&self, dead: switchboard::store::DeadDelivery) -> Result<(), StoreError> {
+        self.0.bury(dead)
+    }
+    fn dead_deliveries(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<switchboard::store::DeadDelivery>, StoreError> {
+        self.0.dead_deliveries(limit)
+    }
 }
 
 /// After a failed commit the state in memory is ahead of the store: a redelivered message would

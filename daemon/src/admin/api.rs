@@ -531,6 +531,59 @@ pub struct OutboxPage {
     pub next_after: Option<String>,
 }
 
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeadQuery {
+    /// At most this many, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// A provider request the delivery worker gave up on.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct DeadDeliveryItem {
+    /// The request as the plugin encoded it (credentials as `{{secret:NAME}}` placeholders).
+    pub request: OutboxItem,
+    /// `delivery-failed` (attempts or age ran out), `egress-refused`, or the provider's own
+    /// code of a permanent refusal (Twilio `21610`, WhatsApp `131047`).
+    pub code: String,
+    pub detail: String,
+    pub attempts: u32,
+    pub failed_at: String,
+}
+
+impl From<crate::store::DeadDelivery> for DeadDeliveryItem {
+    fn from(dead: crate::store::DeadDelivery) -> Self {
+        Self {
+            request: OutboxItem::from(dead.entry),
+            code: dead.code,
+            detail: dead.detail,
+            attempts: dead.attempts,
+            failed_at: dead.failed_at.rfc3339(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct DeadDeliveries {
+    pub deliveries: Vec<DeadDeliveryItem>,
+}
+
+/// Which dead deliveries to send again.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResendBody {
+    /// Request ids (`request.id` of `GET /v1/deliveries/dead`); absent: all of them.
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Resent {
+    /// The ids now back in the delivery worker's queue.
+    pub resent: Vec<String>,
+}
+
 /// A canonical event, the body of `POST /v1/inbound/canonical` (and of AMQP messages routed
 /// `canonical`): what a routing platform or gateway reports without a plugin. The fields a
 /// `type` takes are those of its kind; an event that cannot be true (a plugin that is not

@@ -50,18 +50,23 @@ pub struct AdminContext {
     trust_forwarded: bool,
     /// The configuration file, read again by a plugin reload (settings and secrets).
     config_file: Option<std::path::PathBuf>,
+    /// The delivery worker's dead deliveries.
+    dead_letters: Arc<crate::delivery::dead::DeadLetters>,
 }
 
 impl AdminContext {
     pub fn new(service: Arc<Service>, auth: Authenticator, server: &ServerConfig) -> Self {
         Self {
-            service,
             auth,
             body_limit: server.body_limit,
             request_timeout: server.request_timeout,
             rate: RateLimiter::new(server.rate_limit),
             unauthenticated: RateLimiter::new(server.unauthenticated_rate_limit),
             trust_forwarded: server.trust_forwarded,
+            dead_letters: Arc::new(crate::delivery::dead::DeadLetters::in_store(
+                service.clone(),
+            )),
+            service,
             config_file: None,
         }
     }
@@ -70,6 +75,12 @@ impl AdminContext {
     /// configuration file; without it a reload keeps the settings it started with).
     pub fn with_config_file(mut self, file: std::path::PathBuf) -> Self {
         self.config_file = Some(file);
+        self
+    }
+
+    /// Where the dead deliveries are (default: the store's, as on the embedded transport).
+    pub fn with_dead_letters(mut self, dead: Arc<crate::delivery::dead::DeadLetters>) -> Self {
+        self.dead_letters = dead;
         self
     }
 }

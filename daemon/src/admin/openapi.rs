@@ -27,6 +27,7 @@ use super::sse;
         routes::message, routes::leave, routes::assign, routes::transfer, routes::force_close,
         routes::agents, routes::presence, routes::queues,
         routes::plugins, routes::reload, routes::outbox,
+        routes::dead_deliveries, routes::resend_dead_deliveries,
         sse::stream,
     ),
     components(schemas(ProblemDetails, api::Conversation, api::ConversationList, api::ConversationDetail)),

@@ -56,6 +56,8 @@ pub(super) fn v1() -> Router<Shared> {
         .route("/v1/plugins", get(plugins))
         .route("/v1/plugins/{id}/reload", post(reload))
         .route("/v1/outbox", get(outbox))
+        .route("/v1/deliveries/dead", get(dead_deliveries))
+        .route("/v1/deliveries/dead/resend", post(resend_dead_deliveries))
 }
 
 // ---- operations ----------------------------------------------------------------------------
@@ -891,6 +893,68 @@ pub(super) async fn outbox(
         ),
         Ok(Err(error)) => Problem::internal(&error).into_response(),
         Err(error) => Problem::internal(&error).into_response(),
+    }
+}
+
+/// Provider requests the delivery worker gave up on, oldest first, each with the provider's
+/// code and text (admin). Embedded, they are kept in the store; on RabbitMQ, in the dead-letter
+/// queue (read without taking them).
+#[utoipa::path(get, path = "/v1/deliveries/dead", tag = "plugins", params(api::DeadQuery),
+    responses((status = 200, description = "dead deliveries", body = api::DeadDeliveries),
+              (status = 409, description = "the delivery worker is off: `delivery-disabled`")))]
+pub(super) async fn dead_deliveries(
+    State(context): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    params: Params,
+) -> Response {
+    if !actor.is_admin() {
+        return Problem::forbidden("dead deliveries are for admins").into_response();
+    }
+    let limit = try_problem!(params.limit("limit", 100, 1000));
+    match context.dead_letters.list(limit).await {
+        Ok(dead) => json(
+            StatusCode::OK,
+            &api::DeadDeliveries {
+                deliveries: dead.into_iter().map(api::DeadDeliveryItem::from).collect(),
+            },
+        ),
+        Err(error) => dead_letters_problem(&error).into_response(),
+    }
+}
+
+/// Sends dead deliveries again (admin): those whose ids the body lists, or all of them with an
+/// empty body. Answered once they are durably back in the delivery worker's queue (the
+/// outbox, or `switchboard.delivery`); the worker then tries each afresh.
+#[utoipa::path(post, path = "/v1/deliveries/dead/resend", tag = "plugins",
+    request_body(content = api::ResendBody, content_type = "application/json"),
+    responses((status = 200, description = "sent again", body = api::Resent),
+              (status = 409, description = "the delivery worker is off: `delivery-disabled`")))]
+pub(super) async fn resend_dead_deliveries(
+    State(context): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    if !actor.is_admin() {
+        return Problem::forbidden("dead deliveries are for admins").into_response();
+    }
+    let parsed: api::ResendBody = try_problem!(body(&headers, &bytes));
+    match context.dead_letters.resend(parsed.ids).await {
+        Ok(resent) => json(StatusCode::OK, &api::Resent { resent }),
+        Err(error) => dead_letters_problem(&error).into_response(),
+    }
+}
+
+fn dead_letters_problem(error: &crate::delivery::dead::DeadLettersError) -> Problem {
+    use crate::delivery::dead::DeadLettersError;
+    match error {
+        DeadLettersError::Disabled => {
+            Problem::new(StatusCode::CONFLICT, "delivery-disabled", error.to_string())
+        }
+        DeadLettersError::Unavailable => {
+            Problem::unavailable("broker-unavailable", error.to_string(), 5)
+        }
+        DeadLettersError::Failed(reason) => Problem::internal(reason),
     }
 }
 

@@ -86,6 +86,7 @@ pub struct AmqpConfig {
     pub inbound_queue: String,
     pub dead_letter_queue: String,
     pub outbound_exchange: String,
+    pub delivery_queue: String,
     pub prefetch: u16,
     pub delivery_limit: u32,
 }
@@ -115,6 +116,7 @@ pub struct DeliveryConfig {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub concurrency: usize,
+    pub prefetch: u32,
 }
 
 #[derive(Clone, Debug)]

@@ -64,6 +64,9 @@ pub(crate) struct Amqp {
     pub dead_letter_queue: Option<String>,
     /// Outbound topic exchange. Default `switchboard.outbound`.
     pub outbound_exchange: Option<String>,
+    /// The delivery worker's quorum queue, bound to `channel.#` on the outbound exchange
+    /// (declared only with `[delivery] enabled`). Default `switchboard.delivery`.
+    pub delivery_queue: Option<String>,
     /// Unacknowledged deliveries in flight (the batch size bound). Default 300.
     pub prefetch: Option<Spanned<u16>>,
     /// Redeliveries before the broker dead-letters a message (`x-delivery-limit`). Default 5.
@@ -112,6 +115,9 @@ pub(crate) struct Delivery {
     pub timeout: Option<Spanned<String>>,
     /// Requests in flight per plugin. Default 32.
     pub concurrency: Option<Spanned<u32>>,
+    /// On RabbitMQ: requests the worker holds at once from `switchboard.delivery` (those
+    /// waiting behind an earlier one of their conversation included). Default 1000.
+    pub prefetch: Option<Spanned<u32>>,
 }
 
 /// `[policy.<channel>]`: rules that differ between platforms, per channel kind

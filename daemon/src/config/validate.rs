@@ -187,6 +187,9 @@ fn amqp(sink: &mut Problems<'_>, raw: raw::Amqp) -> Option<AmqpConfig> {
         outbound_exchange: raw
             .outbound_exchange
             .unwrap_or_else(|| "switchboard.outbound".to_owned()),
+        delivery_queue: raw
+            .delivery_queue
+            .unwrap_or_else(|| "switchboard.delivery".to_owned()),
         prefetch,
         delivery_limit,
     })
@@ -279,6 +282,7 @@ fn delivery(sink: &mut Problems<'_>, raw: raw::Delivery) -> DeliveryConfig {
         timeout: duration(sink, raw.timeout.as_ref(), "delivery.timeout")
             .unwrap_or(Duration::from_secs(30)),
         concurrency: at_least_one(sink, raw.concurrency, "delivery.concurrency", 32) as usize,
+        prefetch: at_least_one(sink, raw.prefetch, "delivery.prefetch", 1000).min(65_535),
     }
 }
 

@@ -9,10 +9,11 @@
 //! HTTP client live in [`http`]. The outcome of a customer message goes back on its
 //! conversation's timeline as a receipt (`sent`, or `failed` with the provider's error).
 
+pub mod dead;
 pub mod http;
 pub mod placeholder;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher as _, Hasher as _, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DeliveryConfig;
+use crate::config::{AmqpConfig, DeliveryConfig};
 use crate::engine::{
     ChannelEvent, ConversationId, ConversationRef, EventBody, PluginId, ProviderError,
     ReceiptStatus,
@@ -28,7 +29,8 @@ use crate::engine::{
 use crate::metrics::family;
 use crate::pipeline::Submission;
 use crate::service::{Service, now};
-use crate::store::OutboxEntry;
+use crate::store::{DeadDelivery, OutboxEntry};
+use crate::transport::amqp::delivery::{DeliveryQueue, RequestAck};
 
 /// Routing keys of provider requests: `channel.<plugin>`.
 const CHANNEL_PREFIX: &str = "channel.";
@@ -49,12 +51,29 @@ pub struct Egress {
     pub explicit: bool,
 }
 
-/// One provider request taken from the outbox.
+/// Where a request came from, and so how it leaves once delivered or given up on.
+#[derive(Debug, Clone)]
+enum Source {
+    /// The embedded outbox: marked sent, or moved to the store's dead deliveries.
+    Outbox,
+    /// The broker's delivery queue: acknowledged, after a dead one is confirmed in the dead
+    /// queue.
+    Broker {
+        ack: Arc<RequestAck>,
+        queue: Arc<DeliveryQueue>,
+        /// The lanes of this connection: a lost connection ends them (the broker hands their
+        /// requests out again), without touching the next connection's.
+        generation: u64,
+    },
+}
+
+/// One provider request taken from the outbox or the delivery queue.
 #[derive(Debug, Clone)]
 struct Job {
     entry: OutboxEntry,
     plugin: String,
     attempts: u32,
+    source: Source,
 }
 
 impl Job {
@@ -76,10 +95,11 @@ impl Job {
 
     /// The lane it waits in: its conversation (requests without one go alone).
     fn lane(&self) -> String {
-        self.entry
-            .subject
-            .clone()
-            .unwrap_or_else(|| self.entry.id.clone())
+        let key = self.entry.subject.as_deref().unwrap_or(&self.entry.id);
+        match &self.source {
+            Source::Outbox => key.to_owned(),
+            Source::Broker { generation, .. } => format!("{generation}/{key}"),
+        }
     }
 
     /// Whether its outcome belongs on the timeline: customer messages only (media requests
@@ -110,7 +130,14 @@ pub struct Worker {
     permits: HashMap<String, Arc<Semaphore>>,
     /// Jobs waiting per conversation; a lane exists while a task works through it.
     lanes: Mutex<HashMap<String, VecDeque<Job>>>,
+    /// Ids of the outbox entries in a lane: a fresh read of the outbox (after an admin sent
+    /// dead deliveries again) skips them.
+    queued: Mutex<HashSet<String>>,
     random: RandomState,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 impl std::fmt::Debug for Worker {
@@ -154,6 +181,7 @@ impl Worker {
             clients,
             permits,
             lanes: Mutex::new(HashMap::new()),
+            queued: Mutex::new(HashSet::new()),
             random: RandomState::new(),
         })
     }
@@ -162,9 +190,18 @@ impl Worker {
     /// first, then each commit's new requests.
     pub async fn run_embedded(self: Arc<Self>, stop: CancellationToken) {
         let mut last: Option<String> = None;
+        let mut first_read = true;
         loop {
             // A commit between the read and the wait leaves a permit: nothing is missed.
             let ready = self.service.delivery_ready.notified();
+            if self
+                .service
+                .delivery_rescan
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
+                // Dead deliveries sent again went back under their own (older) ids.
+                last = None;
+            }
             loop {
                 let store = self.service.store().clone();
                 let after = last.clone();
@@ -186,27 +223,134 @@ impl Worker {
                 last = Some(newest.id.clone());
                 let full = entries.len() == PAGE;
                 for entry in entries {
-                    if let Some(plugin) = entry.routing_key.strip_prefix(CHANNEL_PREFIX) {
-                        let plugin = plugin.to_owned();
-                        self.enqueue(
-                            Job {
-                                entry,
-                                plugin,
-                                attempts: 0,
-                            },
-                            &stop,
+                    let Some(plugin) = entry.routing_key.strip_prefix(CHANNEL_PREFIX) else {
+                        continue;
+                    };
+                    if !lock(&self.queued).insert(entry.id.clone()) {
+                        continue;
+                    }
+                    if first_read {
+                        // Left by the run before: it may have reached the provider already,
+                        // its answer lost with that run.
+                        self.service.metrics().count(
+                            family::DELIVERIES_TOTAL,
+                            &[plugin, "resumed"],
+                            1,
                         );
                     }
+                    let plugin = plugin.to_owned();
+                    self.enqueue(
+                        Job {
+                            entry,
+                            plugin,
+                            attempts: 0,
+                            source: Source::Outbox,
+                        },
+                        &stop,
+                    );
                 }
                 if !full {
                     break;
                 }
             }
+            first_read = false;
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = ready => {}
                 () = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
+        }
+    }
+
+    /// Works from the broker's delivery queue until `stop`, connecting again (with backoff)
+    /// whenever the connection is lost; `queue` is where the admin API finds the connection.
+    pub async fn run_amqp(
+        self: Arc<Self>,
+        amqp: AmqpConfig,
+        dead: Arc<dead::DeadLetters>,
+        stop: CancellationToken,
+    ) {
+        let mut backoff = Duration::from_millis(200);
+        let mut generation = 0u64;
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let prefetch = u16::try_from(self.config.prefetch).unwrap_or(u16::MAX);
+            let queue = match DeliveryQueue::connect(&amqp, prefetch).await {
+                Ok(queue) => Arc::new(queue),
+                Err(error) => {
+                    tracing::warn!(error = %error, retry_in = ?backoff, "the delivery worker cannot reach the broker");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(200);
+            generation += 1;
+            dead.set_broker(Some(queue.clone()));
+            let connection_stop = stop.child_token();
+            match queue.consume("switchboard-delivery").await {
+                Ok(mut requests) => {
+                    tracing::info!(queue = %amqp.delivery_queue, "delivering from the broker's delivery queue");
+                    loop {
+                        let next = tokio::select! {
+                            () = stop.cancelled() => break,
+                            next = requests.next() => next,
+                        };
+                        let request = match next {
+                            Some(Ok(request)) => request,
+                            Some(Err(error)) => {
+                                tracing::warn!(error = %error, "the delivery queue's consumer failed; connecting again");
+                                break;
+                            }
+                            None => {
+                                tracing::warn!(
+                                    "the delivery queue's consumer ended; connecting again"
+                                );
+                                break;
+                            }
+                        };
+                        let Some(plugin) = request.entry.routing_key.strip_prefix(CHANNEL_PREFIX)
+                        else {
+                            // Bound to channel.#: anything else was published here by hand.
+                            let _ = request.ack.ack().await;
+                            continue;
+                        };
+                        if request.redelivered {
+                            self.service.metrics().count(
+                                family::DELIVERIES_TOTAL,
+                                &[plugin, "resumed"],
+                                1,
+                            );
+                        }
+                        let plugin = plugin.to_owned();
+                        self.enqueue(
+                            Job {
+                                entry: request.entry,
+                                plugin,
+                                attempts: 0,
+                                source: Source::Broker {
+                                    ack: Arc::new(request.ack),
+                                    queue: queue.clone(),
+                                    generation,
+                                },
+                            },
+                            &connection_stop,
+                        );
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "cannot consume the delivery queue; connecting again");
+                }
+            }
+            // The lanes of this connection end; the broker hands their requests out again.
+            connection_stop.cancel();
+            dead.set_broker(None);
+            queue.close().await;
         }
     }
 
@@ -252,11 +396,13 @@ impl Worker {
                 }
             };
             if !self.deliver(job, &stop).await {
-                // Stopping: what is left stays in the outbox for the next start.
-                self.lanes
-                    .lock()
-                    .unwrap_or_else(|poison| poison.into_inner())
-                    .remove(&lane);
+                // Stopping: what is left stays in the outbox (or the queue) for the next start.
+                if let Some(left) = lock(&self.lanes).remove(&lane) {
+                    let mut queued = lock(&self.queued);
+                    for job in left {
+                        queued.remove(&job.entry.id);
+                    }
+                }
                 return;
             }
             let mut lanes = self
@@ -408,7 +554,8 @@ impl Worker {
         }
     }
 
-    /// The outcome on the timeline (customer messages), then the entry out of the outbox.
+    /// The outcome on the timeline (customer messages), then the request out of its source:
+    /// delivered ones marked sent (acknowledged), dead ones kept with why.
     async fn finish(&self, job: &Job, status: ReceiptStatus, error: Option<ProviderError>) {
         if job.is_customer_message()
             && let Some(conversation) = job.entry.subject.as_deref().and_then(ConversationId::parse)
@@ -424,21 +571,50 @@ impl Worker {
                     conversation: ConversationRef::Id { id: conversation },
                     message_id: job.entry.id.clone().into_boxed_str(),
                     status,
-                    error,
+                    error: error.clone(),
                 },
             };
             if let Err(error) = self.service.submit(Submission::Events(vec![receipt])).await {
                 tracing::warn!(id = %job.entry.id, error = %error, "a delivery's receipt could not be committed");
             }
         }
-        let store = self.service.store().clone();
-        let ids = vec![job.entry.id.clone()];
-        match tokio::task::spawn_blocking(move || store.mark_sent(&ids)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::error!(id = %job.entry.id, error = %error, "a delivered request stays in the outbox (it will be sent again after a restart)");
+        let dead = error.map(|error| DeadDelivery {
+            entry: job.entry.clone(),
+            code: error.code.into(),
+            detail: error.text.into(),
+            attempts: job.attempts,
+            failed_at: now(),
+        });
+        match &job.source {
+            Source::Outbox => {
+                let store = self.service.store().clone();
+                let id = job.entry.id.clone();
+                let done = tokio::task::spawn_blocking(move || match dead {
+                    Some(dead) => store.bury(dead),
+                    None => store.mark_sent(&[id]),
+                })
+                .await;
+                match done {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::error!(id = %job.entry.id, error = %error, "a finished request stays in the outbox (it will be sent again after a restart)");
+                    }
+                    Err(error) => tracing::error!(error = %error, "marking a delivery failed"),
+                }
+                lock(&self.queued).remove(&job.entry.id);
             }
-            Err(error) => tracing::error!(error = %error, "marking a delivery failed"),
+            Source::Broker { ack, queue, .. } => {
+                if let Some(dead) = &dead
+                    && let Err(error) = queue.bury(dead).await
+                {
+                    // Not acknowledged either: the broker hands it out again.
+                    tracing::warn!(id = %job.entry.id, error = %error, "a dead delivery could not be put into the dead queue");
+                    return;
+                }
+                if !matches!(ack.ack().await, Ok(true)) {
+                    tracing::warn!(id = %job.entry.id, "a finished request's acknowledgement was lost with its channel: the broker will hand it out again");
+                }
+            }
         }
     }
 }

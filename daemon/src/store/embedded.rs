@@ -26,7 +26,7 @@ use redb::{
 };
 
 use super::journal::{self, Frame, Journal};
-use super::{Batch, OutboxEntry, Recovery, STREAM_WINDOW, Store, StoreError};
+use super::{Batch, DeadDelivery, OutboxEntry, Recovery, STREAM_WINDOW, Store, StoreError};
 use crate::engine::{ConversationId, Position, Record, Snapshot, TimelineEntry};
 use crate::stream::{StoredEvent, StoredWindow, StreamId};
 
@@ -41,6 +41,8 @@ const TIMELINE: TableDefinition<'_, (u128, u64, u32), &[u8]> = TableDefinition::
 /// (public, silent, index) position -> the live stream's event, the newest [`STREAM_WINDOW`].
 const STREAM: TableDefinition<'_, (u64, u32, u32), &[u8]> = TableDefinition::new("stream");
 /// `format` -> the store format this directory is written in ([`STORE_FORMAT`]).
+/// Dead deliveries by outbox id: the encoded [`DeadDelivery`].
+const DEAD: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("dead_deliveries");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// 0 -> the position of the newest stream event let go of (resuming from before it is a gap).
 const STREAM_FLOOR: TableDefinition<'_, u8, (u64, u32, u32)> = TableDefinition::new("stream_floor");
@@ -414,6 +416,25 @@ fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Resu
             }
             for id in &batch.sent {
                 outbox.remove(id.as_str()).map_err(write_error)?;
+            }
+            if !batch.dead.is_empty() || !batch.resent.is_empty() {
+                let mut dead = transaction.open_table(DEAD).map_err(write_error)?;
+                for buried in &batch.dead {
+                    outbox
+                        .remove(buried.entry.id.as_str())
+                        .map_err(write_error)?;
+                    dead.insert(buried.entry.id.as_str(), encode(buried)?.as_slice())
+                        .map_err(write_error)?;
+                }
+                for id in &batch.resent {
+                    let Some(bytes) = dead.remove(id.as_str()).map_err(write_error)? else {
+                        continue;
+                    };
+                    let buried: DeadDelivery = decode(bytes.value(), "dead delivery")?;
+                    outbox
+                        .insert(id.as_str(), encode(&buried.entry)?.as_slice())
+                        .map_err(write_error)?;
+                }
             }
         }
         // The window stays the newest events; the newest one let go becomes the floor.
@@ -802,6 +823,30 @@ impl Store for RedbStore {
             }
         }
         Ok(entries)
+    }
+
+    fn bury(&self, dead: DeadDelivery) -> Result<(), StoreError> {
+        lock(&self.shared.tail).pending.push(Batch {
+            dead: vec![dead],
+            ..Batch::default()
+        });
+        Ok(())
+    }
+
+    fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeadDelivery>, StoreError> {
+        let transaction = self.shared.caught_up()?.begin_read().map_err(read_error)?;
+        let table = match transaction.open_table(DEAD) {
+            Ok(table) => table,
+            // Nothing was ever buried.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(read_error(error)),
+        };
+        let mut buried = Vec::new();
+        for row in table.iter().map_err(read_error)?.take(limit) {
+            let (_, bytes) = row.map_err(read_error)?;
+            buried.push(decode(bytes.value(), "dead delivery")?);
+        }
+        Ok(buried)
     }
 
     fn outbox_len(&self) -> Result<u64, StoreError> {

@@ -100,13 +100,34 @@ pub struct Batch {
     /// [`STREAM_WINDOW`] of them, so that clients resume across a restart.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stream: Vec<StoredEvent>,
+    /// Provider requests the delivery worker gave up on: out of the outbox, into the dead
+    /// deliveries (embedded transport; with a broker they go to its dead-letter queue).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead: Vec<DeadDelivery>,
+    /// Dead deliveries an admin sent again: back into the outbox, under their own ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resent: Vec<String>,
 }
 
 impl Batch {
     /// Whether there is nothing to commit (confirmed ids alone wait for the next batch).
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.outbox.is_empty()
+        self.records.is_empty() && self.outbox.is_empty() && self.resent.is_empty()
     }
+}
+
+/// A provider request the delivery worker gave up on, kept with why (the embedded transport's
+/// dead letters: `GET /v1/deliveries/dead`, sent again by `POST /v1/deliveries/dead/resend`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadDelivery {
+    pub entry: OutboxEntry,
+    /// `delivery-failed` (attempts or age ran out), `egress-refused`, or the provider's own
+    /// code for a permanent refusal (Twilio `21610`, Meta `131047`).
+    pub code: String,
+    /// The provider's text, or what the worker saw last.
+    pub detail: String,
+    pub attempts: u32,
+    pub failed_at: Millis,
 }
 
 /// What a restart reads back.
@@ -168,6 +189,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// A conversation's timeline, oldest first.
     fn timeline(&self, conversation: ConversationId) -> Result<Vec<TimelineEntry>, StoreError>;
+
+    /// Moves a request the delivery worker gave up on from the outbox to the dead deliveries.
+    /// Not journaled, as [`Store::mark_sent`]: losing it in a crash only means the request is
+    /// tried again after the restart.
+    fn bury(&self, dead: DeadDelivery) -> Result<(), StoreError>;
+
+    /// Up to `limit` dead deliveries, oldest request first.
+    fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeadDelivery>, StoreError>;
 }
 
 /// The outbox id of part `part` of a notification: zero-padded so that ids sort in commit

@@ -815,6 +815,7 @@ fn the_stream_window_includes_commits_only_the_journal_holds() {
         }],
         sent: Vec::new(),
         stream: (from..to).map(event).collect(),
+        ..Batch::default()
     };
     let window = crate::stream::STREAM_WINDOW as u64;
     {
@@ -837,4 +838,68 @@ fn the_stream_window_includes_commits_only_the_journal_holds() {
     let folded = store.recover().unwrap().window;
     assert_eq!(folded.events, restored.events);
     assert_eq!(folded.floor, restored.floor);
+}
+
+/// A dead delivery leaves the outbox for the dead deliveries, survives a restart there, and a
+/// resend (journaled) puts it back into the outbox under its own id, also across a restart.
+#[test]
+fn dead_deliveries_leave_the_outbox_and_come_back_when_sent_again() {
+    let dir = temp_dir("dead-deliveries");
+    let entry = |n: u64| OutboxEntry {
+        id: format!("{n:020}-000000-000000-000"),
+        routing_key: "channel.sms-twilio".to_owned(),
+        event_type: "dev.switchboard.channel.request".to_owned(),
+        subject: Some("c".to_owned()),
+        time: Millis(5),
+        content_type: "application/x-www-form-urlencoded".to_owned(),
+        headers: vec![("switchboard-url".to_owned(), "https://api".to_owned())],
+        body: b"To=%2B1".to_vec(),
+    };
+    {
+        let store = RedbStore::open(&dir).unwrap();
+        store
+            .commit(&Batch {
+                outbox: vec![entry(1), entry(2)],
+                ..Batch::default()
+            })
+            .unwrap();
+        store
+            .bury(DeadDelivery {
+                entry: entry(1),
+                code: "21610".to_owned(),
+                detail: "Attempt to send to unsubscribed recipient".to_owned(),
+                attempts: 1,
+                failed_at: Millis(9),
+            })
+            .unwrap();
+        let outbox: Vec<String> = store
+            .outbox_after(None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.id)
+            .collect();
+        assert_eq!(outbox, vec![entry(2).id]);
+        let dead = store.dead_deliveries(10).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].entry, entry(1));
+        assert_eq!(dead[0].code, "21610");
+    }
+    {
+        let store = RedbStore::open(&dir).unwrap();
+        assert_eq!(
+            store.dead_deliveries(10).unwrap().len(),
+            1,
+            "kept across a restart"
+        );
+        store
+            .commit(&Batch {
+                resent: vec![entry(1).id],
+                ..Batch::default()
+            })
+            .unwrap();
+    }
+    let store = RedbStore::open(&dir).unwrap();
+    assert!(store.dead_deliveries(10).unwrap().is_empty());
+    let outbox = store.outbox_after(None, 10).unwrap();
+    assert_eq!(outbox, vec![entry(1), entry(2)]);
 }

@@ -18,6 +18,7 @@ use lapin::{
     ExchangeKind, PublisherConfirm,
 };
 
+pub mod delivery;
 pub mod load;
 
 use super::{InboundMessage, TransportError};
@@ -165,6 +166,12 @@ impl AmqpTransport {
             .await
             .map_err(broker)?;
         Ok(())
+    }
+
+    /// Declares the delivery worker's queue, bound to `channel.#` (with `[delivery] enabled`,
+    /// before the outbox publisher starts: see [`delivery::declare`]).
+    pub async fn declare_delivery_queue(&self) -> Result<(), TransportError> {
+        delivery::declare(&self.consume, &self.names).await
     }
 
     /// Whether the connection is up (for `/readyz`).
@@ -411,6 +418,9 @@ fn cloudevent(entry: &OutboxEntry) -> (BasicProperties, ShortString) {
         .with_delivery_mode(2)
         .with_content_type(entry.content_type.as_str().into())
         .with_message_id(entry.id.as_str().into())
+        // Seconds since the epoch: how old a provider request is (the delivery worker's
+        // `max_age`).
+        .with_timestamp(u64::try_from(entry.time.0 / 1000).unwrap_or_default())
         .with_headers(headers);
     (properties, entry.routing_key.as_str().into())
 }
