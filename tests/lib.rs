@@ -314,3 +314,66 @@ pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     files
 }
+
+/// The `switchboard` binary serving `config` (its admin API on `port`), killed when dropped;
+/// its log (at `info`) goes to `log`.
+#[derive(Debug)]
+pub struct ServingBinary {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Drop for ServingBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServingBinary {
+    /// Starts `switchboard serve --config <config>` and waits until `/readyz` answers 200.
+    pub fn start(config: PathBuf, port: u16) -> Self {
+        let log = config.with_file_name("daemon.log");
+        let child = std::process::Command::new(switchboard_binary())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).expect("the log file"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("the switchboard binary");
+        let mut serving = Self {
+            child,
+            port,
+            config,
+            log,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while curl(&[&format!("http://127.0.0.1:{port}/readyz")]).0 != 200 {
+            assert!(
+                serving.child.try_wait().expect("its status").is_none(),
+                "the daemon exited: {}",
+                std::fs::read_to_string(&serving.log).unwrap_or_default()
+            );
+            assert!(std::time::Instant::now() < deadline, "never ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        serving
+    }
+
+    /// A token from `switchboard token` for this configuration.
+    pub fn token(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new(switchboard_binary())
+            .args(["token", "--config"])
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("switchboard token");
+        String::from_utf8(output.stdout)
+            .expect("a token")
+            .trim()
+            .to_owned()
+    }
+}

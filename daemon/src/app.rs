@@ -182,6 +182,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         None
     };
     let delivering = delivery.is_some();
+    // Voice: the ARI events WebSocket of each plugin whose settings name one.
+    let ari_stop = CancellationToken::new();
+    let mut ari = Vec::new();
+    for plugin in config.plugins.iter().filter(|plugin| plugin.enabled) {
+        let Some(events) = plugin.ari_events.clone() else {
+            continue;
+        };
+        let client = crate::delivery::http::Client::new(
+            &plugin.allowed_hosts,
+            plugin.allowed_hosts_listed,
+            crate::delivery::http::Timeouts {
+                connect: config.delivery.connect_timeout,
+                total: config.delivery.timeout,
+            },
+        )
+        .map_err(anyhow::Error::msg)?;
+        let connection = crate::ari::AriConnection::new(
+            service.clone(),
+            &plugin.id,
+            events,
+            client,
+            inbound_publisher.clone(),
+        );
+        ari.push(tokio::spawn(connection.run(ari_stop.clone())));
+    }
     let transport = match config.amqp.clone() {
         Some(amqp) => tokio::spawn(run_amqp(
             service.clone(),
@@ -209,6 +234,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     service.stopping.cancel();
     http_stop.cancel();
     door_stop.cancel();
+    ari_stop.cancel();
+    for connection in ari {
+        let _ = connection.await;
+    }
     // Deliveries waiting for a retry stay in the outbox for the next start; one in flight
     // is abandoned mid-request and sent again then (at least once).
     delivery_stop.cancel();

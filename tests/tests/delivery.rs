@@ -6,8 +6,7 @@
 //! (Twilio 21610, WhatsApp 131047) and the egress policy (a metadata address) end as `failed`
 //! receipts on the timeline; and no secret reaches the store, the API or the logs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -16,8 +15,8 @@ use serde_json::Value;
 use switchboard_plugin_sdk::signature;
 use switchboard_tests::emulators::{self, meta::Meta, twilio::Twilio};
 use switchboard_tests::{
-    contains, curl, files_under, fixture, free_port, secret_forms, shipped_config_with_door,
-    switchboard_binary, temp_dir,
+    ServingBinary, contains, curl, files_under, fixture, free_port, secret_forms,
+    shipped_config_with_door, temp_dir,
 };
 
 const ACCOUNT: &str = "AC00000000000000000000000000000000";
@@ -30,17 +29,20 @@ const UNSUBSCRIBED: &str = "+14155559999";
 const OUTSIDE_WINDOW: &str = "16505550000";
 
 struct Daemon {
-    child: Child,
-    port: u16,
+    serving: ServingBinary,
     door: u16,
-    config: PathBuf,
-    log: PathBuf,
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Daemon {
+    type Target = ServingBinary;
+    fn deref(&self) -> &ServingBinary {
+        &self.serving
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut ServingBinary {
+        &mut self.serving
     }
 }
 
@@ -88,43 +90,10 @@ impl Daemon {
             + extra;
         let config = dir.join("switchboard.toml");
         std::fs::write(&config, text).unwrap();
-        let log = dir.join("daemon.log");
-        let child = Command::new(switchboard_binary())
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut daemon = Self {
-            child,
-            port,
+        Self {
+            serving: ServingBinary::start(config, port),
             door,
-            config,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while curl(&[&format!("http://127.0.0.1:{port}/readyz")]).0 != 200 {
-            assert!(
-                daemon.child.try_wait().unwrap().is_none(),
-                "the daemon exited: {}",
-                std::fs::read_to_string(&daemon.log).unwrap_or_default()
-            );
-            assert!(Instant::now() < deadline, "never ready");
-            std::thread::sleep(Duration::from_millis(100));
         }
-        daemon
-    }
-
-    fn token(&self, args: &[&str]) -> String {
-        let output = Command::new(switchboard_binary())
-            .args(["token", "--config"])
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
     }
 
     fn api(&self, method: &str, path: &str, token: &str, body: Option<&str>) -> (u16, Value) {

@@ -77,6 +77,7 @@ const OWNERS: &[(&str, &str)] = &[
     ("toml", "daemon/src/config/"),
     ("reqwest", "daemon/src/delivery/http.rs"),
     ("rustls", "daemon/src/delivery/http.rs"),
+    ("tokio_tungstenite", "daemon/src/ari.rs"),
     ("tracing_subscriber", "daemon/src/telemetry.rs"),
 ];
 

@@ -922,8 +922,8 @@ pub(super) async fn dead_deliveries(
     }
 }
 
-/// Sends dead deliveries again (admin): those whose ids the body lists, or all of them with an
-/// empty body. Answered once they are durably back in the delivery worker's queue (the
+/// Sends dead deliveries again (admin): those whose ids the body lists, or all of them with
+/// `{}`. Answered once they are durably back in the delivery worker's queue (the
 /// outbox, or `switchboard.delivery`); the worker then tries each afresh.
 #[utoipa::path(post, path = "/v1/deliveries/dead/resend", tag = "plugins",
     request_body(content = api::ResendBody, content_type = "application/json"),
@@ -937,6 +937,13 @@ pub(super) async fn resend_dead_deliveries(
 ) -> Response {
     if !actor.is_admin() {
         return Problem::forbidden("dead deliveries are for admins").into_response();
+    }
+    // Explicit, as the schema says: an empty request must not resend everything by accident.
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Problem::invalid_body(
+            "a JSON body is required: {\"ids\": [...]} for those, {} for all".to_owned(),
+        )
+        .into_response();
     }
     let parsed: api::ResendBody = try_problem!(body(&headers, &bytes));
     match context.dead_letters.resend(parsed.ids).await {

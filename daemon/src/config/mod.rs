@@ -148,6 +148,20 @@ pub struct PluginConfig {
     pub secrets: std::collections::BTreeMap<String, Secret>,
     /// The plugin's own `[plugins.<id>.config]` table, as TOML text for the plugin.
     pub settings: Secret,
+    /// Its settings name an Asterisk ARI (`ari_url` and `application`, as the voice-ari
+    /// plugin's do): the daemon holds that application's events WebSocket.
+    pub ari_events: Option<AriEvents>,
+}
+
+/// Where a plugin's ARI events come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AriEvents {
+    /// The ARI base URL, e.g. `http://127.0.0.1:8088/ari`.
+    pub url: String,
+    /// The Stasis application.
+    pub application: String,
+    /// The ARI user; its password is the plugin's secret `ari_password`.
+    pub user: Option<String>,
 }
 
 /// A value that must never reach a log: `Debug` and `Display` print `***` in its stead (a

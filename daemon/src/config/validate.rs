@@ -9,8 +9,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::{
-    AmqpConfig, AuthConfig, Config, DeliveryConfig, EngineConfig, PluginConfig, Problems, Secret,
-    Sections, ServerConfig, StoreConfig, SupervisorConfig, millis, raw,
+    AmqpConfig, AriEvents, AuthConfig, Config, DeliveryConfig, EngineConfig, PluginConfig,
+    Problems, Secret, Sections, ServerConfig, StoreConfig, SupervisorConfig, millis, raw,
 };
 use crate::engine::{
     Agent, ChannelKind, Presence, Queue, QueueId, Setup, Team, TeamId, WrapUpCapacity,
@@ -666,7 +666,23 @@ fn plugins(
                 hosts
             }
         };
+        let setting = |key: &str| {
+            plugin
+                .config
+                .get(key)
+                .and_then(toml::Value::as_str)
+                .map(str::to_owned)
+        };
+        let ari_events = match (setting("ari_url"), setting("application")) {
+            (Some(url), Some(application)) => Some(AriEvents {
+                url,
+                application,
+                user: setting("ari_user"),
+            }),
+            _ => None,
+        };
         plugins.push(PluginConfig {
+            ari_events,
             allowed_hosts,
             allowed_hosts_listed: plugin.allowed_hosts.is_some(),
             secrets: plugin

@@ -42,6 +42,7 @@ const BODY_KEPT: usize = 8 * 1024;
 pub struct Client {
     http: reqwest::Client,
     allowed: Arc<Allowed>,
+    connect_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -127,28 +128,37 @@ impl Resolve for CheckedResolver {
         let allowed = self.allowed.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let permitted: Vec<SocketAddr> = resolved
-                .iter()
-                .copied()
-                .filter(|address| allowed.address_allowed(address.ip()))
-                .collect();
-            if permitted.is_empty() {
-                return Err(format!(
-                    "egress refused: {host} resolves only to addresses the plugin may not reach ({}); list the address in allowed_hosts to allow it",
-                    resolved
-                        .iter()
-                        .map(|address| address.ip().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-                .into());
-            }
-            let addresses: Addrs = Box::new(permitted.into_iter());
+            let addresses: Addrs =
+                Box::new(permitted_addresses(&allowed, &host, 0).await?.into_iter());
             Ok(addresses)
         })
     }
+}
+
+/// `host`'s addresses the plugin may reach (with `port`); an error naming them all when none.
+async fn permitted_addresses(
+    allowed: &Allowed,
+    host: &str,
+    port: u16,
+) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    let permitted: Vec<SocketAddr> = resolved
+        .iter()
+        .copied()
+        .filter(|address| allowed.address_allowed(address.ip()))
+        .collect();
+    if permitted.is_empty() {
+        return Err(format!(
+            "egress refused: {host} resolves only to addresses the plugin may not reach ({}); list the address in allowed_hosts to allow it",
+            resolved
+                .iter()
+                .map(|address| address.ip().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+        .into());
+    }
+    Ok(permitted)
 }
 
 /// Connection settings shared by every plugin's client.
@@ -190,7 +200,11 @@ impl Client {
             .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|error| format!("cannot build the HTTP client: {error}"))?;
-        Ok(Self { http, allowed })
+        Ok(Self {
+            http,
+            allowed,
+            connect_timeout: timeouts.connect,
+        })
     }
 
     /// The egress check alone (also before credentials are filled in: a request the policy
@@ -227,6 +241,33 @@ impl Client {
             )));
         }
         Ok(parsed)
+    }
+
+    /// A TCP connection for a long-lived exchange with an allowed host (the ARI events
+    /// WebSocket): `url` (http or https) checked as a request's, its name resolved and only
+    /// permitted addresses tried, within the connect timeout.
+    pub async fn connect(&self, url: &str) -> Result<tokio::net::TcpStream, SendError> {
+        let parsed = self.checked_url(url)?;
+        let host = parsed.host_str().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = parsed.port_or_known_default().unwrap_or(80);
+        let addresses = permitted_addresses(&self.allowed, host, port)
+            .await
+            .map_err(|error| SendError::Refused(error.to_string()))?;
+        let mut last = String::from("no address");
+        for address in addresses {
+            match tokio::time::timeout(
+                self.connect_timeout,
+                tokio::net::TcpStream::connect(address),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(error)) => last = error.to_string(),
+                Err(_) => last = format!("no connection within {:?}", self.connect_timeout),
+            }
+        }
+        Err(SendError::Transport(last))
     }
 
     /// Sends one request (credentials already filled in) after the egress check.
