@@ -20,6 +20,7 @@ pub mod family {
     pub const DEAD_LETTERED_TOTAL: &str = "switchboard_dead_lettered_total";
     pub const DELIVERIES_TOTAL: &str = "switchboard_deliveries_total";
     pub const DELIVERY_SECONDS: &str = "switchboard_delivery_seconds";
+    pub const DELIVERY_CIRCUITS_OPENED_TOTAL: &str = "switchboard_delivery_circuits_opened_total";
     pub const HTTP_REQUEST_SECONDS: &str = "switchboard_http_request_seconds";
     pub const HTTP_REQUESTS_TOTAL: &str = "switchboard_http_requests_total";
     pub const INBOUND_TOTAL: &str = "switchboard_inbound_total";
@@ -106,6 +107,12 @@ impl Metrics {
             family::DELIVERIES_TOTAL,
             "Provider requests by plugin and outcome: delivered, retried, dead, and resumed (taken up again after a restart or a lost broker connection: it may have reached the provider already, the only way a duplicate arises).",
             &["plugin", "outcome"][..],
+            Kind::Counter(BTreeMap::new()),
+        );
+        add(
+            family::DELIVERY_CIRCUITS_OPENED_TOTAL,
+            "Times a provider host's circuit opened (failures in a row, or a failed trial).",
+            &["host"][..],
             Kind::Counter(BTreeMap::new()),
         );
         add(

@@ -11,7 +11,10 @@ use super::domain::{
 use super::effect::{
     Audience, Author, Change, Code, EndReason, NotificationBody, Refusal, Reply, TimelineEvent,
 };
-use super::input::{ChannelEvent, ConversationRef, EventBody, EventConversation, Sender};
+use super::input::{
+    ChannelEvent, ConversationRef, EventBody, EventConversation, ProviderError, ReceiptStatus,
+    Sender,
+};
 use super::{Step, TimerKind};
 
 /// What a new conversation starts with.
@@ -180,19 +183,8 @@ impl Step<'_> {
                 message_id,
                 status,
                 error,
-            } => {
-                let id = self.resolve(&conversation)?;
-                self.timeline(
-                    &id,
-                    Visibility::Internal,
-                    TimelineEvent::Receipt {
-                        message_id,
-                        status,
-                        error,
-                    },
-                );
-                Ok(self.reply_for(&id))
-            }
+                provider_id,
+            } => self.receipt(conversation, message_id, status, error, provider_id),
             EventBody::Sentiment {
                 conversation,
                 score,
@@ -475,6 +467,47 @@ impl Step<'_> {
             ConversationState::Closed | ConversationState::WrapUp => {}
             _ => self.close(&id),
         }
+        Ok(self.reply_for(&id))
+    }
+
+    /// A message's delivery receipt: with the provider's id for one of our messages, that id
+    /// is remembered; a receipt naming only the provider's id is put on our message.
+    fn receipt(
+        &mut self,
+        conversation: ConversationRef,
+        message_id: Box<str>,
+        status: ReceiptStatus,
+        error: Option<ProviderError>,
+        provider_id: Option<Box<str>>,
+    ) -> Result<Reply, Refusal> {
+        let id = self.resolve(&conversation)?;
+        let (message_id, provider_id) = match provider_id {
+            Some(provider_id) => {
+                self.change(Change::ProviderMessage {
+                    id,
+                    provider_id: provider_id.clone(),
+                    message_id: message_id.clone(),
+                });
+                (message_id, Some(provider_id))
+            }
+            None => match self
+                .conversation(&id)
+                .and_then(|known| known.message_of(&message_id))
+            {
+                Some(ours) => (Box::from(ours), Some(message_id)),
+                None => (message_id, None),
+            },
+        };
+        self.timeline(
+            &id,
+            Visibility::Internal,
+            TimelineEvent::Receipt {
+                message_id,
+                status,
+                error,
+                provider_id,
+            },
+        );
         Ok(self.reply_for(&id))
     }
 

@@ -586,9 +586,26 @@ pub struct Conversation {
     /// When the customer last wrote (WhatsApp's 24-hour window counts from it).
     pub last_customer_message: Option<Millis>,
     pub capacity: Option<CapacityHold>,
+    /// The provider's ids of our recent outgoing messages, with ours (newest last, at most
+    /// [`Conversation::PROVIDER_IDS_KEPT`]): a status callback names only the provider's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provider_ids: Vec<(Box<str>, Box<str>)>,
 }
 
 impl Conversation {
+    /// Provider ids kept per conversation: status callbacks come within minutes, and a
+    /// conversation's state must stay small.
+    pub const PROVIDER_IDS_KEPT: usize = 64;
+
+    /// Our id for the message the provider calls `provider_id`, if it is one of ours.
+    pub fn message_of(&self, provider_id: &str) -> Option<&str> {
+        self.provider_ids
+            .iter()
+            .rev()
+            .find(|(provider, _)| &**provider == provider_id)
+            .map(|(_, ours)| &**ours)
+    }
+
     pub fn seat(&self, supervisor: &UserId) -> Option<&Seat> {
         self.seats
             .iter()

@@ -104,6 +104,13 @@ pub enum Change {
         id: ConversationId,
         subject: Option<Box<str>>,
     },
+    /// The provider named its own id for one of our outgoing messages: its later receipts,
+    /// which name that id, belong to our message.
+    ProviderMessage {
+        id: ConversationId,
+        provider_id: Box<str>,
+        message_id: Box<str>,
+    },
     SeatTaken {
         id: ConversationId,
         supervisor: UserId,
@@ -167,6 +174,7 @@ impl Change {
             | Self::ConsultantRemoved { id, .. }
             | Self::QueueChanged { id, .. }
             | Self::SubjectChanged { id, .. }
+            | Self::ProviderMessage { id, .. }
             | Self::SeatTaken { id, .. }
             | Self::SeatChanged { id, .. }
             | Self::SeatReleased { id, .. }
@@ -263,11 +271,16 @@ pub enum TimelineEvent {
         units: u32,
     },
     Receipt {
+        /// Our id for the message (its request's id); the provider's when it named one we do
+        /// not know.
         message_id: Box<str>,
         status: ReceiptStatus,
         /// The provider's reason, for a failure.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<ProviderError>,
+        /// The provider's id for the message (Twilio's `sid`, a WhatsApp `wamid`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        provider_id: Option<Box<str>>,
     },
     SubjectChanged {
         subject: Option<Box<str>>,

@@ -102,11 +102,16 @@ pub enum EventBody {
     /// A provider delivery receipt for an earlier message.
     Receipt {
         conversation: ConversationRef,
+        /// The message: our id, or the provider's (a status callback names only that).
         message_id: Box<str>,
         status: ReceiptStatus,
         /// Why it failed, as the provider says (a `failed` receipt).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<ProviderError>,
+        /// With our `message_id`: the provider's id for it (from its answer to the request),
+        /// so that its later receipts naming that id attach to our message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        provider_id: Option<Box<str>>,
     },
     /// A sentiment score the provider computed for the customer.
     Sentiment {

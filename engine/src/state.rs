@@ -277,6 +277,7 @@ impl State {
                     last_customer_message: None,
                     sentiment: Sentiment::default(),
                     capacity: None,
+                    provider_ids: Vec::new(),
                 };
                 let slot = match self.free_slots.pop() {
                     Some(slot) => {
@@ -337,6 +338,19 @@ impl State {
             Change::SubjectChanged { id, subject } => {
                 if let Some(conversation) = self.conversation_mut(*id) {
                     conversation.subject = subject.clone();
+                }
+            }
+            Change::ProviderMessage {
+                id,
+                provider_id,
+                message_id,
+            } => {
+                if let Some(conversation) = self.conversation_mut(*id) {
+                    let kept = &mut conversation.provider_ids;
+                    if kept.len() == Conversation::PROVIDER_IDS_KEPT {
+                        kept.remove(0);
+                    }
+                    kept.push((provider_id.clone(), message_id.clone()));
                 }
             }
             Change::SeatTaken {

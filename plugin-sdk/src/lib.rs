@@ -111,6 +111,33 @@ pub struct DefaultWebhook;
 
 impl Webhook for DefaultWebhook {}
 
+pub use bindings::exports::switchboard::channel::delivery_receipts::{Outcome, ProviderAnswer};
+
+/// How a plugin reads its provider's answer to a request it encoded (implement it and name it
+/// in [`export_plugin!`] with `receipts`): the provider's id for the message, so that its later
+/// status callbacks (whose `decode` gives a receipt naming that id) attach to the message, and
+/// sent or failed with the provider's own code. The default, `None`, keeps the host's reading
+/// (2xx sent; any other final answer failed with the error body's `code` and `message`).
+pub trait Receipts {
+    /// `method`, `url` and `body` are the request's as encoded.
+    fn answered(
+        method: String,
+        url: String,
+        body: Vec<u8>,
+        answer: ProviderAnswer,
+    ) -> Option<Outcome> {
+        let _ = (method, url, body, answer);
+        None
+    }
+}
+
+/// The receipts of a plugin that keeps the host's reading (see [`Receipts`]).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct DefaultReceipts;
+
+impl Receipts for DefaultReceipts {}
+
 /// Exports a [`Plugin`] implementation as the component's `plugin` interface, with the
 /// request headers its `decode` reads and, with `webhook`, its own [`Webhook`] answers:
 ///
@@ -121,26 +148,48 @@ impl Webhook for DefaultWebhook {}
 /// The host then passes `decode` only those headers (lowercase names): every header is copied
 /// into the sandbox on each call, about 0.2 µs apiece, and a webhook through a gateway brings a
 /// dozen. `headers: []` for none; `export_plugin!(MyPlugin)` passes every header. Without
-/// `webhook` the plugin answers with [`Webhook`]'s defaults (unsigned, no handshake, `200`).
+/// `webhook` the plugin answers with [`Webhook`]'s defaults (unsigned, no handshake, `200`);
+/// with `receipts` it reads its provider's answers itself ([`Receipts`]). Options follow the
+/// headers in any order: `export_plugin!(MyPlugin, headers: [], webhook, receipts)`.
 ///
 /// On a native build (tests, benchmarks comparing wasm with native) nothing is exported, so
 /// several plugins can be linked into one program.
 #[macro_export]
 macro_rules! export_plugin {
-    ($plugin:ident, headers: [$($name:expr),* $(,)?] $(, $webhook:ident)?) => {
+    ($plugin:ident, headers: [$($name:expr),* $(,)?] $(, $option:ident)*) => {
         $crate::export_plugin!(@headers $plugin, ::std::option::Option::Some(
             ::std::vec![$(::std::string::String::from($name)),*]
         ));
-        $crate::export_plugin!(@webhook $plugin, $crate::export_plugin!(@answers $plugin $($webhook)?));
-        $crate::export_plugin!(@export $plugin);
+        $crate::export_plugin!(@options $plugin $(, $option)*);
     };
-    ($plugin:ident $(, $webhook:ident)?) => {
+    ($plugin:ident $(, $option:ident)*) => {
         $crate::export_plugin!(@headers $plugin, ::std::option::Option::None);
-        $crate::export_plugin!(@webhook $plugin, $crate::export_plugin!(@answers $plugin $($webhook)?));
+        $crate::export_plugin!(@options $plugin $(, $option)*);
+    };
+    (@options $plugin:ident $(, $option:ident)*) => {
+        $crate::export_plugin!(@webhook $plugin, $crate::export_plugin!(@pick $plugin, $crate::DefaultWebhook, webhook $(, $option)*));
+        $crate::export_plugin!(@receipts $plugin, $crate::export_plugin!(@pick $plugin, $crate::DefaultReceipts, receipts $(, $option)*));
         $crate::export_plugin!(@export $plugin);
     };
-    (@answers $plugin:ident) => { $crate::DefaultWebhook };
-    (@answers $plugin:ident webhook) => { $plugin };
+    // The plugin's own implementation when its option is named, else the default.
+    (@pick $plugin:ident, $default:ty, $want:ident) => { $default };
+    (@pick $plugin:ident, $default:ty, webhook, webhook $(, $rest:ident)*) => { $plugin };
+    (@pick $plugin:ident, $default:ty, receipts, receipts $(, $rest:ident)*) => { $plugin };
+    (@pick $plugin:ident, $default:ty, $want:ident, $other:ident $(, $rest:ident)*) => {
+        $crate::export_plugin!(@pick $plugin, $default, $want $(, $rest)*)
+    };
+    (@receipts $plugin:ident, $reader:ty) => {
+        impl $crate::bindings::exports::switchboard::channel::delivery_receipts::Guest for $plugin {
+            fn answered(
+                method: ::std::string::String,
+                url: ::std::string::String,
+                body: ::std::vec::Vec<u8>,
+                answer: $crate::ProviderAnswer,
+            ) -> ::std::option::Option<$crate::Outcome> {
+                <$reader as $crate::Receipts>::answered(method, url, body, answer)
+            }
+        }
+    };
     (@headers $plugin:ident, $wanted:expr) => {
         impl $crate::RequestHeaders for $plugin {
             fn wanted() -> ::std::option::Option<::std::vec::Vec<::std::string::String>> {

@@ -28,6 +28,8 @@ pub struct Twilio {
     unsubscribed: std::sync::Mutex<Vec<String>>,
     /// The next this many requests are answered 429 (code 20429) with `Retry-After: 1`.
     pub throttle_next: AtomicU32,
+    /// Twilio is down: every request is answered 503 (after the credentials check).
+    pub down: std::sync::atomic::AtomicBool,
     pub log: Log,
     sequence: AtomicU32,
 }
@@ -45,6 +47,7 @@ impl Twilio {
                     .collect(),
             ),
             throttle_next: AtomicU32::new(0),
+            down: std::sync::atomic::AtomicBool::new(false),
             log: Log::default(),
             sequence: AtomicU32::new(0),
         })
@@ -120,6 +123,13 @@ fn answer(twilio: &Twilio, account: &str, headers: &HeaderMap, body: &Bytes) -> 
             StatusCode::BAD_REQUEST,
             20001,
             "Content-Type must be application/x-www-form-urlencoded",
+        );
+    }
+    if twilio.down.load(Ordering::SeqCst) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            20503,
+            "Service Unavailable",
         );
     }
     if twilio

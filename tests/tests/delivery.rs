@@ -114,12 +114,16 @@ impl Daemon {
 
     /// A customer's SMS through the door, signed as Twilio signs.
     fn sms(&self, from: &str, text: &str, sid: &str) {
-        let url = format!("http://127.0.0.1:{}/webhooks/sms-twilio", self.door);
-        let body = format!(
+        self.twilio_webhook(&format!(
             "MessageSid={sid}&SmsSid={sid}&AccountSid={ACCOUNT}&From={}&To=%2B15005550006&Body={}&NumMedia=0",
             from.replace('+', "%2B"),
             text.replace(' ', "+")
-        );
+        ));
+    }
+
+    /// A form Twilio posts to the door (an SMS, a status callback), signed as Twilio signs.
+    fn twilio_webhook(&self, body: &str) {
+        let url = format!("http://127.0.0.1:{}/webhooks/sms-twilio", self.door);
         let mut pairs: Vec<(String, String)> = switchboard_plugin_sdk::form::parse(body.as_bytes())
             .into_iter()
             .map(|(name, value)| (name.into_owned(), value.into_owned()))
@@ -143,7 +147,7 @@ impl Daemon {
             "-H",
             "Content-Type: application/x-www-form-urlencoded",
             "--data-binary",
-            &body,
+            body,
         ]);
         assert_eq!(status, 200, "{answer}");
     }
@@ -287,6 +291,21 @@ async fn supervisor_messages_reach_the_providers_with_their_credentials_and_outc
             daemon.write_publicly(&bea, &sms, "a-dev", "Your refund left today");
             let receipts = daemon.receipts(&bea, &sms, 1);
             assert_eq!(receipts[0]["status"], "sent", "{receipts:?}");
+            // The plugin read Twilio's answer: the message's `sid`, which Twilio's status
+            // callback then names; `delivered` lands on our message.
+            let sid = receipts[0]["provider_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no sid: {receipts:?}"))
+                .to_owned();
+            assert!(sid.starts_with("SM"), "{sid}");
+            let ours = receipts[0]["message_id"].clone();
+            daemon.twilio_webhook(&format!(
+                "MessageSid={sid}&SmsSid={sid}&AccountSid={ACCOUNT}&MessageStatus=delivered&To=%2B14155551234&From=%2B15005550006"
+            ));
+            let receipts = daemon.receipts(&bea, &sms, 2);
+            assert_eq!(receipts[1]["status"], "delivered", "{receipts:?}");
+            assert_eq!(receipts[1]["message_id"], ours, "{receipts:?}");
+            assert_eq!(receipts[1]["provider_id"], sid.as_str(), "{receipts:?}");
             let accepted = twilio.log.accepted();
             assert_eq!(accepted.len(), 2, "{accepted:#?}");
             assert!(
@@ -656,4 +675,85 @@ async fn on_rabbitmq_a_killed_worker_loses_nothing_and_dead_deliveries_are_sent_
             .await;
     }
     outcome.unwrap();
+}
+
+/// A provider that is down gets a rest: once its host failed five times in a row, the requests
+/// of every conversation wait without being sent (a circuit per host), one trial goes through
+/// after the rest, and once the provider is back everything arrives, each conversation's
+/// requests in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_is_down_gets_a_rest_then_everything_arrives_in_order() {
+    let twilio = Twilio::new(ACCOUNT, TWILIO_TOKEN, &[]);
+    let meta = Meta::new(META_TOKEN, PHONE_NUMBER_ID, &[]);
+    let twilio_port = emulators::serve(twilio.router()).await.port();
+    let meta_port = emulators::serve(meta.router()).await.port();
+    let dir = temp_dir("delivery-breaker");
+    let run = {
+        let twilio = twilio.clone();
+        move || {
+            let daemon = Daemon::start(&dir, twilio_port, meta_port);
+            let bea = daemon.token(&[
+                "--sub",
+                "sup-bea",
+                "--role",
+                "supervisor",
+                "--team",
+                "billing",
+            ]);
+            twilio.down.store(true, Ordering::SeqCst);
+            // Five conversations, as many as the billing agents can take.
+            let customers: Vec<String> = (0..5).map(|n| format!("+1415555010{n}")).collect();
+            for (n, customer) in customers.iter().enumerate() {
+                daemon.sms(customer, "Hello", &format!("SM{n:032}"));
+                let id = daemon.conversation(&bea, customer);
+                let agent = if n < 3 { "a-dev" } else { "a-emma" };
+                daemon.write_publicly(&bea, &id, agent, "We are on it");
+            }
+            let opened = || {
+                let (_, metrics) = curl(&[&format!("http://127.0.0.1:{}/metrics", daemon.port)]);
+                metrics.lines().any(|line| {
+                    line.starts_with("switchboard_delivery_circuits_opened_total{host=\"127.0.0.1:")
+                        && !line.ends_with(" 0")
+                })
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !opened() {
+                assert!(Instant::now() < deadline, "the circuit never opened");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            let refused = twilio.log.all().len();
+            assert!(refused >= 5, "{refused}");
+            std::thread::sleep(Duration::from_secs(3));
+            assert_eq!(
+                twilio.log.all().len(),
+                refused,
+                "nothing is sent to a resting host"
+            );
+
+            twilio.down.store(false, Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while twilio.log.accepted().len() < 2 * customers.len() {
+                assert!(
+                    Instant::now() < deadline,
+                    "not everything arrived: {:#?}",
+                    twilio.log.accepted()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            for customer in &customers {
+                let to = format!("To={}", customer.replace('+', "%2B"));
+                let arrived: Vec<String> = twilio
+                    .log
+                    .accepted()
+                    .iter()
+                    .map(|request| request.text())
+                    .filter(|text| text.contains(&to))
+                    .collect();
+                assert_eq!(arrived.len(), 2, "{arrived:#?}");
+                assert!(arrived[0].contains("joined") && arrived[1].contains("We+are+on+it"));
+            }
+        }
+    };
+    tokio::task::spawn_blocking(run).await.unwrap();
 }

@@ -17,6 +17,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: u16,
+    pub content_type: Option<String>,
     /// `Retry-After`, in seconds or as an HTTP date, already turned into a wait.
     pub retry_after: Option<Duration>,
     /// The start of the body (provider error codes and message ids live there).
@@ -300,6 +301,11 @@ impl Client {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .and_then(parse_retry_after);
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let mut body = Vec::new();
         let mut response = response;
         while let Ok(Some(chunk)) = response.chunk().await {
@@ -311,6 +317,7 @@ impl Client {
         }
         Ok(Answer {
             status,
+            content_type,
             retry_after,
             body,
         })

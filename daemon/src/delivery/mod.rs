@@ -9,6 +9,7 @@
 //! HTTP client live in [`http`]. The outcome of a customer message goes back on its
 //! conversation's timeline as a receipt (`sent`, or `failed` with the provider's error).
 
+pub mod breaker;
 pub mod dead;
 pub mod http;
 pub mod placeholder;
@@ -120,6 +121,27 @@ enum Verdict {
     },
     /// The provider refused it for good (or the policy did): no retry.
     Permanent(ProviderError),
+    /// Not sent: its host's circuit is open. Wait, without using up an attempt.
+    Wait(Duration),
+}
+
+/// What the timeline says of a customer message's delivery.
+#[derive(Debug, Clone)]
+struct Outcome {
+    status: ReceiptStatus,
+    error: Option<ProviderError>,
+    /// The provider's id for the message, as its plugin read it in the answer.
+    provider_id: Option<String>,
+}
+
+impl Outcome {
+    fn failed(error: ProviderError) -> Self {
+        Self {
+            status: ReceiptStatus::Failed,
+            error: Some(error),
+            provider_id: None,
+        }
+    }
 }
 
 /// The delivery worker of one daemon.
@@ -133,6 +155,7 @@ pub struct Worker {
     /// Ids of the outbox entries in a lane: a fresh read of the outbox (after an admin sent
     /// dead deliveries again) skips them.
     queued: Mutex<HashSet<String>>,
+    breakers: breaker::Breakers,
     random: RandomState,
 }
 
@@ -182,6 +205,7 @@ impl Worker {
             permits,
             lanes: Mutex::new(HashMap::new()),
             queued: Mutex::new(HashSet::new()),
+            breakers: breaker::Breakers::default(),
             random: RandomState::new(),
         })
     }
@@ -419,19 +443,47 @@ impl Worker {
     async fn deliver(&self, mut job: Job, stop: &CancellationToken) -> bool {
         loop {
             job.attempts += 1;
-            let verdict = self.attempt(&job).await;
+            let mut answer = None;
+            let verdict = self.attempt(&job, &mut answer).await;
             let metrics = self.service.metrics();
             match verdict {
                 Verdict::Delivered => {
                     metrics.count(family::DELIVERIES_TOTAL, &[&job.plugin, "delivered"], 1);
-                    self.finish(&job, ReceiptStatus::Sent, None).await;
+                    let receipt =
+                        self.read_answer(&job, answer.as_ref(), ReceiptStatus::Sent, None);
+                    self.finish(&job, receipt, None).await;
                     return true;
                 }
                 Verdict::Permanent(error) => {
                     metrics.count(family::DELIVERIES_TOTAL, &[&job.plugin, "dead"], 1);
                     tracing::warn!(plugin = %job.plugin, id = %job.entry.id, code = %error.code, error = %crate::telemetry::content(&error.text), "delivery refused for good: dead-lettered");
-                    self.finish(&job, ReceiptStatus::Failed, Some(error)).await;
+                    let receipt = self.read_answer(
+                        &job,
+                        answer.as_ref(),
+                        ReceiptStatus::Failed,
+                        Some(error.clone()),
+                    );
+                    self.finish(&job, receipt, Some(error)).await;
                     return true;
+                }
+                Verdict::Wait(wait) => {
+                    // Not sent: the attempt is not used up (its age still counts).
+                    job.attempts -= 1;
+                    if self.too_old(&job) {
+                        metrics.count(family::DELIVERIES_TOTAL, &[&job.plugin, "dead"], 1);
+                        let error = ProviderError {
+                            code: "delivery-failed".into(),
+                            text: "not delivered before max_age: the provider's host kept failing"
+                                .into(),
+                        };
+                        self.finish(&job, Outcome::failed(error.clone()), Some(error))
+                            .await;
+                        return true;
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => return false,
+                        () = tokio::time::sleep(wait) => {}
+                    }
                 }
                 Verdict::Retry { after, reason } => {
                     let age = now().0.saturating_sub(job.entry.time.0);
@@ -448,7 +500,8 @@ impl Worker {
                             )
                             .into(),
                         };
-                        self.finish(&job, ReceiptStatus::Failed, Some(error)).await;
+                        self.finish(&job, Outcome::failed(error.clone()), Some(error))
+                            .await;
                         return true;
                     }
                     metrics.count(family::DELIVERIES_TOTAL, &[&job.plugin, "retried"], 1);
@@ -461,6 +514,12 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Whether a request is older than `max_age`.
+    fn too_old(&self, job: &Job) -> bool {
+        let age = now().0.saturating_sub(job.entry.time.0);
+        u128::try_from(age).unwrap_or(0) > self.config.max_age.as_millis()
     }
 
     /// Full jitter (a random wait up to the doubling bound), so that the retries of many
@@ -476,14 +535,17 @@ impl Worker {
         bound.mul_f64(fraction)
     }
 
-    /// One attempt: credentials filled in, sent through the plugin's client.
-    async fn attempt(&self, job: &Job) -> Verdict {
-        let Some(plugin) = self
-            .service
+    /// The plugin that encoded a job.
+    fn plugin(&self, job: &Job) -> Option<&Arc<crate::plugin::Plugin>> {
+        self.service
             .plugins()
             .iter()
             .find(|plugin| plugin.id() == job.plugin)
-        else {
+    }
+
+    /// One attempt: credentials filled in, sent through the plugin's client.
+    async fn attempt(&self, job: &Job, answered: &mut Option<http::Answer>) -> Verdict {
+        let Some(plugin) = self.plugin(job) else {
             return Verdict::Permanent(ProviderError {
                 code: "delivery-failed".into(),
                 text: format!("plugin {} is not configured", job.plugin).into(),
@@ -533,16 +595,41 @@ impl Worker {
             },
             _ => job.entry.body.clone(),
         };
+        let host = authority(raw_url);
+        if let breaker::Admission::Wait(wait) =
+            self.breakers.admit(&host, std::time::Instant::now())
+        {
+            return Verdict::Wait(wait);
+        }
         let _permit = permits.acquire().await;
         let started = std::time::Instant::now();
         let sent = client.send(&method, &url, &headers, body).await;
+        let failed = match &sent {
+            Ok(answer) => answer.status >= 500,
+            Err(http::SendError::Transport(_)) => true,
+            Err(http::SendError::Refused(_)) => false,
+        };
+        if failed {
+            if self.breakers.failed(&host, std::time::Instant::now()) {
+                tracing::warn!(plugin = %job.plugin, host = %host, "a provider host keeps failing: its requests wait (circuit open)");
+                self.service
+                    .metrics()
+                    .count(family::DELIVERY_CIRCUITS_OPENED_TOTAL, &[&host], 1);
+            }
+        } else if self.breakers.succeeded(&host) {
+            tracing::info!(plugin = %job.plugin, host = %host, "a provider host answers again (circuit closed)");
+        }
         self.service.metrics().observe_duration(
             family::DELIVERY_SECONDS,
             &[&job.plugin],
             started.elapsed(),
         );
         match sent {
-            Ok(answer) => classify(&answer),
+            Ok(answer) => {
+                let verdict = classify(&answer);
+                *answered = Some(answer);
+                verdict
+            }
             Err(http::SendError::Refused(reason)) => Verdict::Permanent(ProviderError {
                 code: "egress-refused".into(),
                 text: reason.into(),
@@ -554,31 +641,69 @@ impl Worker {
         }
     }
 
+    /// A final answer's outcome for the timeline: the plugin's reading when it exports
+    /// `delivery-receipts` (the provider's id for the message, its own error codes), else the
+    /// host's (`status`, `error`).
+    fn read_answer(
+        &self,
+        job: &Job,
+        answer: Option<&http::Answer>,
+        status: ReceiptStatus,
+        error: Option<ProviderError>,
+    ) -> Outcome {
+        let host = Outcome {
+            status,
+            error,
+            provider_id: None,
+        };
+        let (Some(answer), true) = (answer, job.is_customer_message()) else {
+            return host;
+        };
+        let Some(plugin) = self.plugin(job) else {
+            return host;
+        };
+        let reply = crate::plugin::ProviderReply {
+            status: answer.status,
+            content_type: answer.content_type.as_deref(),
+            body: &answer.body,
+        };
+        match plugin.answered(&job.entry, reply) {
+            Ok(Some(read)) => Outcome {
+                status: read.status,
+                error: read.error.or(host.error),
+                provider_id: read.provider_id,
+            },
+            Ok(None) => host,
+            Err(error) => {
+                tracing::warn!(plugin = %job.plugin, error = %error, "the plugin could not read its provider's answer; the host's reading stands");
+                host
+            }
+        }
+    }
+
     /// The outcome on the timeline (customer messages), then the request out of its source:
-    /// delivered ones marked sent (acknowledged), dead ones kept with why.
-    async fn finish(&self, job: &Job, status: ReceiptStatus, error: Option<ProviderError>) {
+    /// delivered ones marked sent (acknowledged), dead ones (`dead`: why) kept.
+    async fn finish(&self, job: &Job, outcome: Outcome, dead: Option<ProviderError>) {
         if job.is_customer_message()
             && let Some(conversation) = job.entry.subject.as_deref().and_then(ConversationId::parse)
         {
-            let label = match status {
-                ReceiptStatus::Sent => "sent",
-                _ => "failed",
-            };
+            let label = if dead.is_some() { "failed" } else { "sent" };
             let receipt = ChannelEvent {
                 id: Some(format!("delivery:{}:{label}", job.entry.id).into_boxed_str()),
                 source: PluginId::new(job.plugin.as_str()),
                 body: EventBody::Receipt {
                     conversation: ConversationRef::Id { id: conversation },
                     message_id: job.entry.id.clone().into_boxed_str(),
-                    status,
-                    error: error.clone(),
+                    status: outcome.status,
+                    error: outcome.error,
+                    provider_id: outcome.provider_id.map(String::into_boxed_str),
                 },
             };
             if let Err(error) = self.service.submit(Submission::Events(vec![receipt])).await {
                 tracing::warn!(id = %job.entry.id, error = %error, "a delivery's receipt could not be committed");
             }
         }
-        let dead = error.map(|error| DeadDelivery {
+        let dead = dead.map(|error| DeadDelivery {
             entry: job.entry.clone(),
             code: error.code.into(),
             detail: error.text.into(),
@@ -617,6 +742,17 @@ impl Worker {
             }
         }
     }
+}
+
+/// The `host:port` part of a request URL (its circuit's key).
+fn authority(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
 }
 
 /// Provider error codes that mean "slow down" although the HTTP status does not say so
@@ -694,6 +830,7 @@ mod tests {
     fn answer(status: u16, body: &str) -> http::Answer {
         http::Answer {
             status,
+            content_type: Some("application/json".to_owned()),
             retry_after: None,
             body: body.as_bytes().to_vec(),
         }

@@ -259,6 +259,7 @@ macro_rules! conversions {
                     sender: sender(typing.sender),
                 },
                 wit::EventBody::Receipt(receipt) => E::Receipt {
+                    provider_id: None,
                     error: receipt_error(&receipt),
                     conversation: super::reference(plugin, receipt.thread),
                     message_id: receipt.message_id.into_boxed_str(),
@@ -485,6 +486,15 @@ pub(super) mod v0_2 {
             text: error.text.as_str().into(),
         })
     }
+
+    pub(in crate::plugin) fn receipt_status(status: wit::ReceiptStatus) -> engine::ReceiptStatus {
+        match status {
+            wit::ReceiptStatus::Sent => engine::ReceiptStatus::Sent,
+            wit::ReceiptStatus::Delivered => engine::ReceiptStatus::Delivered,
+            wit::ReceiptStatus::Read => engine::ReceiptStatus::Read,
+            wit::ReceiptStatus::Failed => engine::ReceiptStatus::Failed,
+        }
+    }
 }
 
 /// 0.2's optional `webhook` interface, bound on its own (world `webhook-door`) over 0.2's
@@ -504,6 +514,41 @@ pub(super) mod v0_2_webhook {
     pub(in crate::plugin) use self::exports::switchboard::channel::webhook::{
         Answer, Guest, GuestIndices,
     };
+}
+
+/// 0.2's optional `delivery-receipts` interface, bound on its own (world `receipts`) likewise.
+pub(super) mod v0_2_receipts {
+    wasmtime::component::bindgen!({
+        path: "../plugin-sdk/wit",
+        world: "receipts",
+        ownership: Borrowing {
+            duplicate_if_necessary: true
+        },
+        with: {
+            "switchboard:channel/types": super::v0_2::switchboard::channel::types,
+        },
+    });
+
+    pub(in crate::plugin) use self::exports::switchboard::channel::delivery_receipts::{
+        Guest, GuestIndices, ProviderAnswer,
+    };
+}
+
+/// What a plugin read in its provider's answer to a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryOutcome {
+    /// The provider's id for the message.
+    pub provider_id: Option<String>,
+    pub status: engine::ReceiptStatus,
+    pub error: Option<engine::ProviderError>,
+}
+
+/// A provider's answer to one request, for the plugin to read.
+#[derive(Clone, Copy, Debug)]
+pub struct ProviderReply<'a> {
+    pub status: u16,
+    pub content_type: Option<&'a str>,
+    pub body: &'a [u8],
 }
 
 /// What the webhook door answers a provider, as a plugin decided it.
@@ -530,20 +575,30 @@ impl WebhookAnswer {
 }
 
 /// An instance of a plugin, bound through the version it was built against (with 0.2's
-/// `webhook` interface when the plugin exports it).
+/// optional interfaces the plugin exports).
 pub(super) enum Bindings {
     V0_1(v0_1::Baseline),
-    V0_2(v0_2::Baseline, Option<v0_2_webhook::Guest>),
+    V0_2(v0_2::Baseline, Exports),
+}
+
+/// 0.2's optional interfaces of one instance.
+pub(super) struct Exports {
+    webhook: Option<v0_2_webhook::Guest>,
+    receipts: Option<v0_2_receipts::Guest>,
 }
 
 /// A plugin ready to instantiate, for its version.
 #[derive(Clone)]
 pub(super) enum BindingsPre {
     V0_1(v0_1::BaselinePre<Sandbox>),
-    V0_2(
-        v0_2::BaselinePre<Sandbox>,
-        Option<std::sync::Arc<v0_2_webhook::GuestIndices>>,
-    ),
+    V0_2(v0_2::BaselinePre<Sandbox>, ExportsPre),
+}
+
+/// Where 0.2's optional interfaces are, for those the plugin exports.
+#[derive(Clone)]
+pub(super) struct ExportsPre {
+    webhook: Option<std::sync::Arc<v0_2_webhook::GuestIndices>>,
+    receipts: Option<std::sync::Arc<v0_2_receipts::GuestIndices>>,
 }
 
 /// A plugin call's result: the plugin's own answer (or its typed error), or a trap.
@@ -561,11 +616,16 @@ impl BindingsPre {
         if api_version.starts_with("0.1.") {
             Ok(Self::V0_1(v0_1::BaselinePre::new(pre)?))
         } else {
-            // Optional: a plugin without the interface (the indices cannot be found) loads.
-            let webhook = v0_2_webhook::GuestIndices::new(&pre)
-                .ok()
-                .map(std::sync::Arc::new);
-            Ok(Self::V0_2(v0_2::BaselinePre::new(pre)?, webhook))
+            // Optional: a plugin without an interface (its indices cannot be found) loads.
+            let optional = ExportsPre {
+                webhook: v0_2_webhook::GuestIndices::new(&pre)
+                    .ok()
+                    .map(std::sync::Arc::new),
+                receipts: v0_2_receipts::GuestIndices::new(&pre)
+                    .ok()
+                    .map(std::sync::Arc::new),
+            };
+            Ok(Self::V0_2(v0_2::BaselinePre::new(pre)?, optional))
         }
     }
 
@@ -588,12 +648,20 @@ impl BindingsPre {
     ) -> wasmtime::Result<Bindings> {
         Ok(match self {
             Self::V0_1(_) => Bindings::V0_1(v0_1::Baseline::new(&mut *store, instance)?),
-            Self::V0_2(_, webhook) => Bindings::V0_2(
+            Self::V0_2(_, optional) => Bindings::V0_2(
                 v0_2::Baseline::new(&mut *store, instance)?,
-                webhook
-                    .as_ref()
-                    .map(|indices| indices.load(&mut *store, instance))
-                    .transpose()?,
+                Exports {
+                    webhook: optional
+                        .webhook
+                        .as_ref()
+                        .map(|indices| indices.load(&mut *store, instance))
+                        .transpose()?,
+                    receipts: optional
+                        .receipts
+                        .as_ref()
+                        .map(|indices| indices.load(&mut *store, instance))
+                        .transpose()?,
+                },
             ),
         })
     }
@@ -695,7 +763,16 @@ impl Bindings {
 impl Bindings {
     /// Whether the plugin exports the optional `webhook` interface.
     pub(super) fn has_webhook(&self) -> bool {
-        matches!(self, Self::V0_2(_, Some(_)))
+        matches!(
+            self,
+            Self::V0_2(
+                _,
+                Exports {
+                    webhook: Some(_),
+                    ..
+                }
+            )
+        )
     }
 
     /// `webhook.signed`; `None` for a plugin without the interface.
@@ -704,7 +781,13 @@ impl Bindings {
         store: &mut Store<Sandbox>,
     ) -> wasmtime::Result<Option<bool>> {
         match self {
-            Self::V0_2(_, Some(webhook)) => webhook.call_signed(store).map(Some),
+            Self::V0_2(
+                _,
+                Exports {
+                    webhook: Some(webhook),
+                    ..
+                },
+            ) => webhook.call_signed(store).map(Some),
             _ => Ok(None),
         }
     }
@@ -716,7 +799,14 @@ impl Bindings {
         request: &InboundRequest,
         wanted: Option<&[String]>,
     ) -> Option<CallResult<Option<WebhookAnswer>>> {
-        let Self::V0_2(_, Some(webhook)) = self else {
+        let Self::V0_2(
+            _,
+            Exports {
+                webhook: Some(webhook),
+                ..
+            },
+        ) = self
+        else {
             return None;
         };
         let headers = v0_2::declared_headers(request, wanted);
@@ -739,7 +829,14 @@ impl Bindings {
         wanted: Option<&[String]>,
         ignored: bool,
     ) -> Option<CallResult<WebhookAnswer>> {
-        let Self::V0_2(_, Some(webhook)) = self else {
+        let Self::V0_2(
+            _,
+            Exports {
+                webhook: Some(webhook),
+                ..
+            },
+        ) = self
+        else {
             return None;
         };
         let headers = v0_2::declared_headers(request, wanted);
@@ -747,6 +844,73 @@ impl Bindings {
             webhook
                 .call_acknowledge(store, v0_2::wit_inbound(request, &headers), ignored)
                 .map(|answer| Ok(WebhookAnswer::from_wit(answer))),
+        )
+    }
+}
+
+impl Bindings {
+    /// Whether the plugin exports the optional `delivery-receipts` interface.
+    pub(super) fn has_receipts(&self) -> bool {
+        matches!(
+            self,
+            Self::V0_2(
+                _,
+                Exports {
+                    receipts: Some(_),
+                    ..
+                }
+            )
+        )
+    }
+
+    /// `delivery-receipts.answered`; `None` for a plugin without the interface.
+    pub(super) fn answered(
+        &self,
+        store: &mut Store<Sandbox>,
+        request: &crate::store::OutboxEntry,
+        reply: &ProviderReply<'_>,
+    ) -> Option<CallResult<Option<DeliveryOutcome>>> {
+        let Self::V0_2(
+            _,
+            Exports {
+                receipts: Some(receipts),
+                ..
+            },
+        ) = self
+        else {
+            return None;
+        };
+        let value = |name: &str| {
+            request
+                .headers
+                .iter()
+                .find(|(key, _)| key == name)
+                .map_or("", |(_, value)| value.as_str())
+        };
+        let answer = v0_2_receipts::ProviderAnswer {
+            status: reply.status,
+            content_type: reply.content_type,
+            body: reply.body,
+        };
+        Some(
+            receipts
+                .call_answered(
+                    store,
+                    value("switchboard-method"),
+                    value("switchboard-url"),
+                    &request.body,
+                    answer,
+                )
+                .map(|outcome| {
+                    Ok(outcome.map(|outcome| DeliveryOutcome {
+                        provider_id: outcome.provider_id,
+                        status: v0_2::receipt_status(outcome.status),
+                        error: outcome.error.map(|error| engine::ProviderError {
+                            code: error.code.into(),
+                            text: error.text.into(),
+                        }),
+                    }))
+                }),
         )
     }
 }

@@ -21,8 +21,8 @@ use arc_swap::ArcSwap;
 use wasmtime::Store;
 
 pub use bindings::{
-    API_VERSION, ChannelNotification, InboundRequest, OutboundRequest, PluginDescription,
-    WebhookAnswer,
+    API_VERSION, ChannelNotification, DeliveryOutcome, InboundRequest, OutboundRequest,
+    PluginDescription, ProviderReply, WebhookAnswer,
 };
 use bindings::{Bindings, BindingsPre, CallResult};
 pub(crate) use runtime::Runtime;
@@ -443,6 +443,21 @@ impl Plugin {
         })
     }
 
+    /// What the plugin reads in its provider's answer to `request` (a request it encoded);
+    /// `None` without the `delivery-receipts` interface, or when it keeps the host's reading.
+    pub fn answered(
+        &self,
+        request: &crate::store::OutboxEntry,
+        reply: ProviderReply<'_>,
+    ) -> Result<Option<DeliveryOutcome>, CallError> {
+        let current = self.current.load_full();
+        current.call(&self.stats, |bindings, store| {
+            bindings
+                .answered(store, request, &reply)
+                .unwrap_or(Ok(Ok(None)))
+        })
+    }
+
     /// The answer to a webhook whose events are durable (or that `decode` ignored); a plugin
     /// without the `webhook` interface answers `200` with an empty body.
     pub fn acknowledge(
@@ -821,6 +836,9 @@ fn instantiate(
     let mut optional = bindings::Optional::default();
     if bindings.has_webhook() {
         optional.capabilities.push("webhook".to_owned());
+    }
+    if bindings.has_receipts() {
+        optional.capabilities.push("delivery-receipts".to_owned());
     }
     if let Some(controls) =
         probe::<Vec<String>>(&instance, store, api_version, "voice-controls", "controls")

@@ -1095,3 +1095,44 @@ fn a_supervisor_who_becomes_the_agent_stops_supervising() {
     h.assert_invariants();
     h.assert_replays();
 }
+
+/// A receipt naming only the provider's id (a status callback) lands on our message, once the
+/// answer to our request named that id; an id the provider never named for us stays as it is.
+#[test]
+fn status_callbacks_attach_to_the_message_the_provider_named() {
+    let mut h = Harness::new();
+    let id = h.active("web-chat", "a-1");
+    let receipt =
+        |message: &str, status: ReceiptStatus, provider: Option<&str>| EventBody::Receipt {
+            conversation: ConversationRef::Id { id },
+            message_id: message.into(),
+            status,
+            error: None,
+            provider_id: provider.map(Into::into),
+        };
+    h.event(
+        "web-chat",
+        receipt("ours-1", ReceiptStatus::Sent, Some("SM1")),
+    )
+    .ok();
+    let effects = h.event("web-chat", receipt("SM1", ReceiptStatus::Delivered, None));
+    assert_eq!(
+        effects.timeline_events(),
+        vec![&TimelineEvent::Receipt {
+            message_id: "ours-1".into(),
+            status: ReceiptStatus::Delivered,
+            error: None,
+            provider_id: Some("SM1".into()),
+        }]
+    );
+    let effects = h.event("web-chat", receipt("SM9", ReceiptStatus::Read, None));
+    assert_eq!(
+        effects.timeline_events(),
+        vec![&TimelineEvent::Receipt {
+            message_id: "SM9".into(),
+            status: ReceiptStatus::Read,
+            error: None,
+            provider_id: None,
+        }]
+    );
+}

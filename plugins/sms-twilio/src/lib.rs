@@ -40,7 +40,9 @@ pub struct Config {
     /// The REST API root requests go to (a proxy's, or an emulator's in tests).
     #[serde(default = "api_base_url")]
     pub api_base_url: String,
-    /// Status callback URL for messages Switchboard sends.
+    /// Status callback URL for messages Switchboard sends (`StatusCallback`): the webhook
+    /// door's URL for this plugin (its `public_url`), so that `delivered`, `undelivered` and
+    /// `failed` come back onto the message's timeline.
     #[serde(default)]
     pub status_callback: Option<String>,
     /// What the customer reads when a supervisor joins publicly.
@@ -125,7 +127,48 @@ impl Webhook for SmsTwilio {
     }
 }
 
-switchboard_plugin_sdk::export_plugin!(SmsTwilio, headers: [SIGNATURE_HEADER], webhook);
+/// Twilio answers a created message with the Message resource: its `sid` is what the status
+/// callbacks name (`MessageSid`).
+impl switchboard_plugin_sdk::Receipts for SmsTwilio {
+    fn answered(
+        _method: String,
+        _url: String,
+        _body: Vec<u8>,
+        answer: switchboard_plugin_sdk::ProviderAnswer,
+    ) -> Option<switchboard_plugin_sdk::Outcome> {
+        answered(&answer)
+    }
+}
+
+switchboard_plugin_sdk::export_plugin!(SmsTwilio, headers: [SIGNATURE_HEADER], webhook, receipts);
+
+/// The provider's id (`sid`) of a created message, or Twilio's error (`code`, `message`).
+pub fn answered(
+    answer: &switchboard_plugin_sdk::ProviderAnswer,
+) -> Option<switchboard_plugin_sdk::Outcome> {
+    let body: switchboard_plugin_sdk::json::Value =
+        switchboard_plugin_sdk::json::from_slice(&answer.body).ok()?;
+    let text = |key: &str| match body.get(key)? {
+        switchboard_plugin_sdk::json::Value::String(text) => Some(text.clone()),
+        switchboard_plugin_sdk::json::Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    };
+    if (200..300).contains(&answer.status) {
+        return Some(switchboard_plugin_sdk::Outcome {
+            provider_id: text("sid"),
+            status: ReceiptStatus::Sent,
+            error: None,
+        });
+    }
+    Some(switchboard_plugin_sdk::Outcome {
+        provider_id: None,
+        status: ReceiptStatus::Failed,
+        error: Some(ProviderError {
+            code: text("code").unwrap_or_else(|| answer.status.to_string()),
+            text: text("message").unwrap_or_default(),
+        }),
+    })
+}
 
 /// Inbound webhook or status callback -> events.
 pub fn decode(config: &Config, request: &Inbound) -> Result<Vec<Event>, PluginError> {

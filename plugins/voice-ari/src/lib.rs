@@ -150,6 +150,19 @@ impl Webhook for VoiceAri {
     }
 }
 
+/// ARI's answers to snoops, legs and hang-ups are not customer messages: the host's reading
+/// stands (a failed media request is the host's to act on).
+impl exports::switchboard::channel::delivery_receipts::Guest for VoiceAri {
+    fn answered(
+        _method: String,
+        _url: String,
+        _body: Vec<u8>,
+        _answer: exports::switchboard::channel::delivery_receipts::ProviderAnswer,
+    ) -> Option<exports::switchboard::channel::delivery_receipts::Outcome> {
+        None
+    }
+}
+
 #[cfg(target_family = "wasm")]
 export!(VoiceAri);
 

@@ -118,7 +118,55 @@ impl Webhook for WhatsappCloud {
     }
 }
 
-switchboard_plugin_sdk::export_plugin!(WhatsappCloud, headers: [SIGNATURE_HEADER], webhook);
+/// The Cloud API answers a sent message with `messages[0].id` (a `wamid`): the id its
+/// `statuses[]` webhooks name.
+impl switchboard_plugin_sdk::Receipts for WhatsappCloud {
+    fn answered(
+        _method: String,
+        _url: String,
+        _body: Vec<u8>,
+        answer: switchboard_plugin_sdk::ProviderAnswer,
+    ) -> Option<switchboard_plugin_sdk::Outcome> {
+        answered(&answer)
+    }
+}
+
+switchboard_plugin_sdk::export_plugin!(WhatsappCloud, headers: [SIGNATURE_HEADER], webhook, receipts);
+
+/// The `wamid` of a sent message, or the Graph error (`error.code`, `error.error_data.details`
+/// or `error.message`).
+pub fn answered(
+    answer: &switchboard_plugin_sdk::ProviderAnswer,
+) -> Option<switchboard_plugin_sdk::Outcome> {
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
+    if (200..300).contains(&answer.status) {
+        return Some(switchboard_plugin_sdk::Outcome {
+            provider_id: body
+                .pointer("/messages/0/id")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned),
+            status: ReceiptStatus::Sent,
+            error: None,
+        });
+    }
+    let error = body.get("error")?;
+    let code = match error.get("code") {
+        Some(serde_json::Value::Number(code)) => code.to_string(),
+        Some(serde_json::Value::String(code)) => code.clone(),
+        _ => answer.status.to_string(),
+    };
+    let text = error
+        .pointer("/error_data/details")
+        .or_else(|| error.get("message"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    Some(switchboard_plugin_sdk::Outcome {
+        provider_id: None,
+        status: ReceiptStatus::Failed,
+        error: Some(ProviderError { code, text }),
+    })
+}
 
 /// Meta's webhook verification request: `GET ?hub.mode=subscribe&hub.verify_token=…&
 /// hub.challenge=…`, answered with the challenge as plain text when the token is the one
