@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::engine::{
-    Audience, ChannelEvent, Command, ConversationId, Engine, Input, Millis, Notification,
-    NotificationBody, Outcome, PluginId, Record, Refusal, Reply, SupervisionMode, TimelineEvent,
-    UserId,
+    Audience, ChannelEvent, Command, ConversationId, Engine, Input, MediaControl, Millis,
+    Notification, NotificationBody, Outcome, PluginId, Record, Refusal, Reply, SupervisionMode,
+    TimelineEvent, UserId,
 };
 use crate::metrics::Metrics;
 use crate::metrics::family;
@@ -588,6 +588,7 @@ impl Pipeline {
         };
         match handle.encode(&request) {
             Ok(requests) => {
+                let parts = requests.len();
                 for (part, request) in requests.into_iter().enumerate() {
                     let mut headers = vec![
                         ("switchboard-method".to_owned(), request.method.clone()),
@@ -600,6 +601,20 @@ impl Pipeline {
                             kind(&notification.body).to_owned(),
                         ),
                     ];
+                    // A supervisor's media: whose, and which part of how many, so that the
+                    // worker can report it live once the last part is accepted, or failed.
+                    if let NotificationBody::Media { control } = &notification.body
+                        && let Some(supervisor) = media_supervisor(control)
+                    {
+                        headers.push((
+                            "switchboard-supervisor".to_owned(),
+                            supervisor.as_str().to_owned(),
+                        ));
+                        headers.push((
+                            "switchboard-part".to_owned(),
+                            format!("{}/{parts}", part + 1),
+                        ));
+                    }
                     let content_type = request
                         .headers
                         .iter()
@@ -667,6 +682,16 @@ fn kind(body: &NotificationBody) -> &'static str {
         NotificationBody::EndSession => "end-session",
         NotificationBody::Media { .. } => "media",
         NotificationBody::PresenceChanged { .. } => "agent.presence-changed",
+    }
+}
+
+/// The supervisor whose media a control sets up (none for `stop`, which tears it down).
+fn media_supervisor(control: &MediaControl) -> Option<&UserId> {
+    match control {
+        MediaControl::Listen { supervisor, .. }
+        | MediaControl::Coach { supervisor, .. }
+        | MediaControl::Join { supervisor, .. } => Some(supervisor),
+        MediaControl::Stop { .. } => None,
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::domain::stable_key;
 use super::domain::{
     AgentId, ChannelKind, ConversationId, ConversationState, Customer, Direction, ExternalRef,
-    QueueId, Visibility,
+    MediaState, QueueId, SupervisionMode, Visibility,
 };
 use super::effect::{
     Audience, Author, Change, Code, EndReason, NotificationBody, Refusal, Reply, TimelineEvent,
@@ -185,6 +185,38 @@ impl Step<'_> {
                 error,
                 provider_id,
             } => self.receipt(conversation, message_id, status, error, provider_id),
+            EventBody::Media {
+                conversation,
+                supervisor,
+                error,
+            } => {
+                let id = self.resolve(&conversation)?;
+                // A supervisor who left meanwhile: nothing to change.
+                let seat = self.conversation(&id).and_then(|known| {
+                    let tell_agent = self.engine.policy(known.channel).tell_agent_on_monitor;
+                    known
+                        .seat(&supervisor)
+                        .map(|seat| seat.mode == SupervisionMode::Monitor && !tell_agent)
+                });
+                if let Some(silent) = seat {
+                    // A silent monitor's media, live or failed, is as silent as its start.
+                    self.out.silent = silent;
+                    match error {
+                        None => self.change(Change::SeatMedia {
+                            id,
+                            supervisor,
+                            media: MediaState::Live,
+                        }),
+                        Some(error) => self.release_seat_because(
+                            &id,
+                            &supervisor,
+                            EndReason::MediaFailed,
+                            Some(error),
+                        ),
+                    }
+                }
+                Ok(self.reply_for(&id))
+            }
             EventBody::Sentiment {
                 conversation,
                 score,

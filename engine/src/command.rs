@@ -7,14 +7,14 @@ use std::sync::Arc;
 use super::Step;
 use super::domain::stable_key;
 use super::domain::{
-    AgentId, Conversation, ConversationId, ConversationState, JoinMode, QueueId, SupervisionMode,
-    UserId, Visibility,
+    AgentId, Conversation, ConversationId, ConversationState, JoinMode, MediaState, QueueId,
+    SupervisionMode, UserId, Visibility,
 };
 use super::effect::{
     Audience, Author, Change, Code, EndReason, MediaControl, NotificationBody, Override, Refusal,
     Reply, TimelineEvent,
 };
-use super::input::{Action, Actor, AssignTarget, Command, Role};
+use super::input::{Action, Actor, AssignTarget, Command, ProviderError, Role};
 
 type Decision = Result<Reply, Refusal>;
 
@@ -193,14 +193,12 @@ impl Step<'_> {
             },
         );
         if voice {
-            self.notify(
-                Some(id),
+            self.media(
+                id,
                 channel,
-                NotificationBody::Media {
-                    control: MediaControl::Listen {
-                        supervisor: actor.id.clone(),
-                        agent: agent.clone(),
-                    },
+                MediaControl::Listen {
+                    supervisor: actor.id.clone(),
+                    agent: agent.clone(),
                 },
             );
         }
@@ -267,14 +265,12 @@ impl Step<'_> {
         if mode == SupervisionMode::Monitor {
             self.change_seat(id, &actor.id, mode, SupervisionMode::Whisper);
             if voice {
-                self.notify(
-                    Some(id),
+                self.media(
+                    id,
                     channel,
-                    NotificationBody::Media {
-                        control: MediaControl::Coach {
-                            supervisor: actor.id.clone(),
-                            agent: agent.clone(),
-                        },
+                    MediaControl::Coach {
+                        supervisor: actor.id.clone(),
+                        agent: agent.clone(),
                     },
                 );
             }
@@ -860,14 +856,12 @@ impl Step<'_> {
             mode: target,
         };
         if voice {
-            self.notify(
-                Some(id),
+            self.media(
+                id,
                 channel.clone(),
-                NotificationBody::Media {
-                    control: MediaControl::Join {
-                        supervisor: supervisor.clone(),
-                        mode: media,
-                    },
+                MediaControl::Join {
+                    supervisor: supervisor.clone(),
+                    mode: media,
                 },
             );
         }
@@ -878,12 +872,42 @@ impl Step<'_> {
         self.notify(Some(id), Audience::Conversation, body);
     }
 
+    /// Asks the call's plugin for a supervisor's media (listen, coach, join); the seat's
+    /// media is pending until the delivery worker reports the provider's answers.
+    fn media(&mut self, id: &ConversationId, channel: Audience, control: MediaControl) {
+        let supervisor = match &control {
+            MediaControl::Listen { supervisor, .. }
+            | MediaControl::Coach { supervisor, .. }
+            | MediaControl::Join { supervisor, .. } => Some(supervisor.clone()),
+            MediaControl::Stop { .. } => None,
+        };
+        self.notify(Some(id), channel, NotificationBody::Media { control });
+        if let Some(supervisor) = supervisor {
+            self.change(Change::SeatMedia {
+                id: *id,
+                supervisor,
+                media: MediaState::Pending,
+            });
+        }
+    }
+
     /// Ends one supervisor's participation; a silent monitor's end is as silent as its start.
     pub(super) fn release_seat(
         &mut self,
         id: &ConversationId,
         supervisor: &UserId,
         reason: EndReason,
+    ) {
+        self.release_seat_because(id, supervisor, reason, None);
+    }
+
+    /// [`Self::release_seat`], with the provider's reason when media failed.
+    pub(super) fn release_seat_because(
+        &mut self,
+        id: &ConversationId,
+        supervisor: &UserId,
+        reason: EndReason,
+        error: Option<ProviderError>,
     ) {
         let Some(conversation) = self.conversation(id) else {
             return;
@@ -906,6 +930,7 @@ impl Step<'_> {
                 mode: seat.mode,
                 started_at: seat.since,
                 reason,
+                error,
             },
         );
         if voice {

@@ -504,6 +504,29 @@ pub struct Seat {
     pub mode: SupervisionMode,
     /// When this supervisor started taking part (survives escalation).
     pub since: Millis,
+    /// On a call: whether the supervisor's media (snoop, leg, bridge) is up yet. A media
+    /// request that fails ends the seat instead (`media-failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaState>,
+}
+
+/// Where a voice supervisor's media stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MediaState {
+    /// Requested; the provider has not confirmed every request yet.
+    Pending,
+    /// Every request of the latest media control was accepted by the provider.
+    Live,
+}
+
+impl MediaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Live => "live",
+        }
+    }
 }
 
 /// Customer sentiment: an exponential moving average of per-message compound scores in

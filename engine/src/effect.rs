@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::domain::{
     AgentId, ChannelKind, ConversationId, ConversationState, Customer, Direction, ExternalRef,
-    JoinMode, Millis, PluginId, Presence, QueueId, SupervisionMode, UserId, Visibility,
+    JoinMode, MediaState, Millis, PluginId, Presence, QueueId, SupervisionMode, UserId, Visibility,
 };
 use super::input::{ProviderError, ReceiptStatus};
 
@@ -104,6 +104,12 @@ pub enum Change {
         id: ConversationId,
         subject: Option<Box<str>>,
     },
+    /// A voice supervisor's media changed state.
+    SeatMedia {
+        id: ConversationId,
+        supervisor: UserId,
+        media: MediaState,
+    },
     /// The provider named its own id for one of our outgoing messages: its later receipts,
     /// which name that id, belong to our message.
     ProviderMessage {
@@ -175,6 +181,7 @@ impl Change {
             | Self::QueueChanged { id, .. }
             | Self::SubjectChanged { id, .. }
             | Self::ProviderMessage { id, .. }
+            | Self::SeatMedia { id, .. }
             | Self::SeatTaken { id, .. }
             | Self::SeatChanged { id, .. }
             | Self::SeatReleased { id, .. }
@@ -236,6 +243,10 @@ pub enum TimelineEvent {
         mode: SupervisionMode,
         started_at: Millis,
         reason: EndReason,
+        /// Why the supervisor's media could not be set up (`media-failed`), as the provider
+        /// said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<ProviderError>,
     },
     Accepted {
         agent: AgentId,
@@ -296,6 +307,9 @@ pub enum EndReason {
     BecameAgent,
     AgentLeft,
     Closed,
+    /// A media request failed (the call's channel gone, the supervisor's phone unreachable):
+    /// a monitor that hears nothing is ended rather than kept.
+    MediaFailed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

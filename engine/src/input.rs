@@ -113,6 +113,14 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         provider_id: Option<Box<str>>,
     },
+    /// What became of a voice supervisor's media requests (the delivery worker reports it):
+    /// all accepted (`error` none), or one refused for good.
+    Media {
+        conversation: ConversationRef,
+        supervisor: UserId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<ProviderError>,
+    },
     /// A sentiment score the provider computed for the customer.
     Sentiment {
         conversation: ConversationRef,
@@ -163,6 +171,7 @@ impl EventBody {
             | Self::Typing { conversation, .. }
             | Self::Receipt { conversation, .. }
             | Self::Sentiment { conversation, .. }
+            | Self::Media { conversation, .. }
             | Self::Updated { conversation, .. } => {
                 Some(EventConversation::Reference(conversation))
             }

@@ -453,6 +453,7 @@ impl Step<'_> {
                     mode: seat.mode,
                     started_at: seat.since,
                     reason,
+                    error: None,
                 },
             );
             if voice {

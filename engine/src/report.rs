@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use super::Engine;
 use super::domain::{
-    AgentId, ChannelKind, Conversation, ConversationId, ConversationState, Customer, Millis,
-    PluginId, Presence, QueueId, SupervisionMode, TeamId, UserId,
+    AgentId, ChannelKind, Conversation, ConversationId, ConversationState, Customer, MediaState,
+    Millis, PluginId, Presence, QueueId, SupervisionMode, TeamId, UserId,
 };
 use super::input::Actor;
 
@@ -75,6 +75,8 @@ pub struct SupervisorSummary {
     pub id: UserId,
     pub mode: SupervisionMode,
     pub since: Millis,
+    /// On a call: `pending` until every media request was accepted, then `live`.
+    pub media: Option<MediaState>,
 }
 
 /// An agent as `GET /v1/agents` shows it.
@@ -174,6 +176,7 @@ impl Engine {
                     id: seat.supervisor.clone(),
                     mode: seat.mode,
                     since: seat.since,
+                    media: seat.media,
                 })
                 .collect(),
         }

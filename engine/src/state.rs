@@ -363,6 +363,7 @@ impl State {
                         supervisor: supervisor.clone(),
                         mode: *mode,
                         since: at,
+                        media: None,
                     });
                 }
             }
@@ -378,6 +379,20 @@ impl State {
                         .find(|seat| &seat.supervisor == supervisor)
                 }) {
                     seat.mode = *mode;
+                }
+            }
+            Change::SeatMedia {
+                id,
+                supervisor,
+                media,
+            } => {
+                if let Some(seat) = self.conversation_mut(*id).and_then(|conversation| {
+                    conversation
+                        .seats
+                        .iter_mut()
+                        .find(|seat| &seat.supervisor == supervisor)
+                }) {
+                    seat.media = Some(*media);
                 }
             }
             Change::SeatReleased { id, supervisor } => {

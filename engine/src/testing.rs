@@ -129,6 +129,8 @@ pub struct Effects {
     pub timeline: Vec<TimelineEntry>,
     pub notifications: Vec<Notification>,
     pub reply: Result<Reply, Refusal>,
+    /// Whether the record moved nothing the agent and the customer can see.
+    pub silent: bool,
 }
 
 impl Effects {
@@ -228,6 +230,7 @@ impl Harness {
             timeline: out.record.timeline,
             notifications: out.notifications,
             reply: out.reply.expect("every input is answered"),
+            silent: out.silent,
         }
     }
 

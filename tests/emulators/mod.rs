@@ -31,6 +31,8 @@ pub struct Received {
     pub body: Vec<u8>,
     /// The status the emulator answered.
     pub status: u16,
+    /// When it arrived (the delivery benchmark's latency).
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -46,6 +48,7 @@ impl Received {
                 .collect(),
             body: body.to_vec(),
             status: 0,
+            at: std::time::Instant::now(),
         }
     }
 
@@ -66,6 +69,16 @@ impl Log {
     /// Every request so far.
     pub fn all(&self) -> Vec<Received> {
         self.0.lock().unwrap().clone()
+    }
+
+    /// How many requests it accepted (2xx), without copying them.
+    pub fn accepted_count(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|received| (200..300).contains(&received.status))
+            .count()
     }
 
     /// The requests it accepted (2xx).

@@ -139,6 +139,10 @@ async fn calls_arrive_over_the_daemons_own_ari_connection_and_supervision_drives
                 ari.has_channel(&format!("snoop-sup-sam-{CALL}"))
                     && ari.has_channel(&format!("leg-sup-sam-{CALL}"))
             });
+            // Both accepted: the supervisor's media is live.
+            daemon.wait_for(&sam, "live media", |call| {
+                call["supervisors"][0]["media"] == "live"
+            });
             let requests = ari.log.all();
             let snoop = requests
                 .iter()
@@ -167,6 +171,28 @@ async fn calls_arrive_over_the_daemons_own_ari_connection_and_supervision_drives
                 !ari.has_channel(&format!("snoop-sup-sam-{CALL}"))
                     && !ari.has_channel(&format!("leg-sup-sam-{CALL}"))
             });
+
+            // The call's channel is gone before Asterisk says so: the snoop is refused (404),
+            // and the session ends with the reason instead of a monitor that hears nothing.
+            ari.remove_channel(CALL);
+            let (status, answer) =
+                daemon.api("POST", &format!("/v1/conversations/{id}/monitor"), &sam);
+            assert_eq!(status, 200, "{answer}");
+            daemon.wait_for(&sam, "the failed session's end", |call| {
+                call["supervisors"].as_array().is_some_and(Vec::is_empty)
+            });
+            let (_, detail) = daemon.api("GET", &format!("/v1/conversations/{id}"), &sam);
+            let ended = detail["timeline"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .rev()
+                .find(|line| line["event"] == "supervision-ended")
+                .cloned()
+                .unwrap_or_default();
+            assert_eq!(ended["details"]["reason"], "media-failed", "{detail}");
+            assert_eq!(ended["details"]["error"]["code"], "404", "{detail}");
+            ari.add_channel(CALL);
 
             // The connection drops and the customer hangs up meanwhile (no event reaches
             // anyone): the daemon connects again, asks which calls are left, and ends this one.

@@ -30,6 +30,11 @@ pub struct SupervisorSeat {
     /// `monitor`, `whisper`, `consult-internal`, `consult-public` or `barge`.
     pub mode: String,
     pub since: String,
+    /// On a call: the supervisor's media, `pending` until the provider accepted every request
+    /// (snoop, the supervisor's leg), then `live`. A media request refused for good ends the
+    /// session instead (timeline: `supervision-ended`, reason `media-failed`, with the error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<String>,
 }
 
 /// One row of the ongoing conversations report.
@@ -94,6 +99,7 @@ impl From<ConversationSummary> for Conversation {
                     id: seat.id.as_str().to_owned(),
                     mode: seat.mode.as_str().to_owned(),
                     since: seat.since.rfc3339(),
+                    media: seat.media.map(|media| media.as_str().to_owned()),
                 })
                 .collect(),
         }

@@ -681,6 +681,41 @@ impl Worker {
         }
     }
 
+    /// A voice supervisor's media: live once the last part of its requests was accepted,
+    /// failed as soon as one was refused for good (the engine then ends the supervisor's
+    /// session, so that nobody monitors a call they cannot hear).
+    async fn report_media(&self, job: &Job, dead: Option<&ProviderError>) {
+        let (Some(supervisor), Some(part)) = (
+            job.header("switchboard-supervisor"),
+            job.header("switchboard-part"),
+        ) else {
+            return;
+        };
+        let last = part
+            .split_once('/')
+            .is_some_and(|(index, count)| index == count);
+        if dead.is_none() && !last {
+            return;
+        }
+        let Some(conversation) = job.entry.subject.as_deref().and_then(ConversationId::parse)
+        else {
+            return;
+        };
+        let label = if dead.is_some() { "failed" } else { "live" };
+        let event = ChannelEvent {
+            id: Some(format!("media:{}:{label}", job.entry.id).into_boxed_str()),
+            source: PluginId::new(job.plugin.as_str()),
+            body: EventBody::Media {
+                conversation: ConversationRef::Id { id: conversation },
+                supervisor: supervisor.into(),
+                error: dead.cloned(),
+            },
+        };
+        if let Err(error) = self.service.submit(Submission::Events(vec![event])).await {
+            tracing::warn!(id = %job.entry.id, error = %error, "a supervisor's media state could not be committed");
+        }
+    }
+
     /// The outcome on the timeline (customer messages), then the request out of its source:
     /// delivered ones marked sent (acknowledged), dead ones (`dead`: why) kept.
     async fn finish(&self, job: &Job, outcome: Outcome, dead: Option<ProviderError>) {
@@ -703,6 +738,7 @@ impl Worker {
                 tracing::warn!(id = %job.entry.id, error = %error, "a delivery's receipt could not be committed");
             }
         }
+        self.report_media(job, dead.as_ref()).await;
         let dead = dead.map(|error| DeadDelivery {
             entry: job.entry.clone(),
             code: error.code.into(),

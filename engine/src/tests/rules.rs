@@ -1136,3 +1136,56 @@ fn status_callbacks_attach_to_the_message_the_provider_named() {
         }]
     );
 }
+
+// Rule: a voice supervisor's media is pending until the provider accepted it, then live; a
+// refused media request ends the session with the provider's reason. A silent monitor's media
+// stays silent either way.
+#[test]
+fn voice_media_goes_live_or_ends_the_session() {
+    let mut h = Harness::new();
+    let sup = supervisor("sup-1", &["support"]);
+    let id = h.active("voice-ari", "a-1");
+    h.command(&sup, monitor(&id)).ok();
+    let media = |h: &Harness| h.conversation(&id).seats[0].media;
+    assert_eq!(media(&h), Some(MediaState::Pending));
+    let report = |error: Option<ProviderError>| EventBody::Media {
+        conversation: ConversationRef::Id { id },
+        supervisor: "sup-1".into(),
+        error,
+    };
+    let live = h.event("voice-ari", report(None));
+    live.ok();
+    assert!(
+        live.silent,
+        "a silent monitor's media moves nothing the agent sees"
+    );
+    assert_eq!(media(&h), Some(MediaState::Live));
+
+    let failed = h.event(
+        "voice-ari",
+        report(Some(ProviderError {
+            code: "404".into(),
+            text: "Channel not found".into(),
+        })),
+    );
+    failed.ok();
+    assert!(failed.silent);
+    assert!(h.conversation(&id).seats.is_empty());
+    match failed.timeline_events()[..] {
+        [
+            TimelineEvent::SupervisionEnded {
+                reason: EndReason::MediaFailed,
+                error: Some(error),
+                ..
+            },
+        ] => assert_eq!(&*error.code, "404"),
+        ref other => panic!("{other:?}"),
+    }
+    // The media already set up is torn down.
+    assert!(failed.to_channel().iter().any(|body| matches!(
+        body,
+        NotificationBody::Media {
+            control: MediaControl::Stop { .. }
+        }
+    )));
+}
