@@ -157,19 +157,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let delivery_stop = CancellationToken::new();
     let delivery = if config.delivery.enabled {
-        let egress: std::collections::HashMap<String, crate::delivery::Egress> = config
-            .plugins
-            .iter()
-            .map(|plugin| {
-                let egress = crate::delivery::Egress {
-                    hosts: plugin.allowed_hosts.clone(),
-                    explicit: plugin.allowed_hosts_listed,
-                };
-                (plugin.id.clone(), egress)
-            })
-            .collect();
         let worker = Arc::new(
-            crate::delivery::Worker::new(service.clone(), config.delivery.clone(), &egress)
+            crate::delivery::Worker::new(service.clone(), config.delivery.clone(), &config.plugins)
                 .map_err(anyhow::Error::msg)?,
         );
         Some(match config.amqp.clone() {

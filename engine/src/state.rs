@@ -8,7 +8,7 @@ use foldhash::fast::RandomState;
 
 use super::domain::{
     Agent, AgentId, CapacityHold, Conversation, ConversationId, ConversationState, ExternalRef,
-    Millis, Seat, Sentiment,
+    Millis, Seat, Sentiment, UserId,
 };
 use super::effect::{Change, Position, Record, Refusal, Reply};
 
@@ -181,6 +181,13 @@ impl State {
         };
         self.recent = Some((id, slot));
         self.slots[slot as usize].as_mut()
+    }
+
+    fn seat_mut(&mut self, id: ConversationId, supervisor: &UserId) -> Option<&mut Seat> {
+        self.conversation_mut(id)?
+            .seats
+            .iter_mut()
+            .find(|seat| &seat.supervisor == supervisor)
     }
 
     /// The live conversation of a provider thread.
@@ -372,12 +379,7 @@ impl State {
                 supervisor,
                 mode,
             } => {
-                if let Some(seat) = self.conversation_mut(*id).and_then(|conversation| {
-                    conversation
-                        .seats
-                        .iter_mut()
-                        .find(|seat| &seat.supervisor == supervisor)
-                }) {
+                if let Some(seat) = self.seat_mut(*id, supervisor) {
                     seat.mode = *mode;
                 }
             }
@@ -386,12 +388,7 @@ impl State {
                 supervisor,
                 media,
             } => {
-                if let Some(seat) = self.conversation_mut(*id).and_then(|conversation| {
-                    conversation
-                        .seats
-                        .iter_mut()
-                        .find(|seat| &seat.supervisor == supervisor)
-                }) {
+                if let Some(seat) = self.seat_mut(*id, supervisor) {
                     seat.media = Some(*media);
                 }
             }

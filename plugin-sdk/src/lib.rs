@@ -259,6 +259,14 @@ pub fn secret(name: &str) -> String {
     format!("{{{{secret:{name}}}}}")
 }
 
+/// Where an OAuth access token goes: `{{oauth:NAME}}`. With OAuth client credentials in the
+/// daemon's configuration (`[plugins.<id>.oauth]`) the delivery worker fetches, caches and
+/// renews the token and puts it there; without them it puts the secret `NAME`, so a
+/// deployment with a long-lived token keeps working.
+pub fn oauth(name: &str) -> String {
+    format!("{{{{oauth:{name}}}}}")
+}
+
 /// An `Authorization` value for HTTP Basic auth whose password is the secret `NAME` and whose
 /// user is not secret (a Twilio account SID, an ARI user): the delivery worker fills in
 /// `base64(user:password)`.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::Value;
 use switchboard_plugin_sdk::signature;
-use switchboard_tests::emulators::{self, meta::Meta, twilio::Twilio};
+use switchboard_tests::emulators::{self, genesys::Genesys, meta::Meta, twilio::Twilio};
 use switchboard_tests::{
     ServingBinary, contains, curl, files_under, fixture, free_port, secret_forms,
     shipped_config_with_door, temp_dir,
@@ -756,4 +756,176 @@ async fn a_provider_that_is_down_gets_a_rest_then_everything_arrives_in_order() 
         }
     };
     tokio::task::spawn_blocking(run).await.unwrap();
+}
+
+/// Genesys Cloud's API tokens expire: with `[plugins.open-messaging.oauth]` the worker gets one
+/// with the client credentials, reuses it, and fetches another when Genesys refuses it; the
+/// client secret and the tokens reach Genesys and nothing the daemon keeps or answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn genesys_tokens_are_fetched_with_client_credentials_reused_and_renewed() {
+    const CLIENT_ID: &str = "7de3af06-c0b3-4f9b-af45-72f4a1403797";
+    const CLIENT_SECRET: &str = "canary-genesys-client-secret-0d4f";
+    let genesys = Genesys::new(CLIENT_ID, CLIENT_SECRET);
+    let genesys_port = emulators::serve(genesys.router()).await.port();
+    let dir = temp_dir("delivery-oauth");
+    let run = {
+        let genesys = genesys.clone();
+        let dir = dir.clone();
+        move || {
+            std::fs::write(dir.join("genesys-secret"), CLIENT_SECRET).unwrap();
+            let (port, door) = (free_port(), free_port());
+            let text = shipped_config_with_door(&dir, port, door)
+                .replace(
+                    "api_base_url = \"https://api.mypurecloud.com\"",
+                    &format!(
+                        "api_base_url = \"http://127.0.0.1:{genesys_port}\"\nwebhook_secret = \"genesys-secret\""
+                    ),
+                )
+                .replace(
+                    "[plugins.open-messaging.config]",
+                    &format!(
+                        "allowed_hosts = [\"127.0.0.1:{genesys_port}\"]\noauth = {{ token_url = \"http://127.0.0.1:{genesys_port}/oauth/token\", client_id = \"{CLIENT_ID}\", client_secret = {{ file = \"genesys-secret\" }} }}\n[plugins.open-messaging.config]"
+                    ),
+                );
+            let config = dir.join("switchboard.toml");
+            std::fs::write(&config, text).unwrap();
+            let daemon = ServingBinary::start(config, port);
+            let sam = daemon.token(&[
+                "--sub",
+                "sup-sam",
+                "--role",
+                "supervisor",
+                "--team",
+                "support",
+            ]);
+            let api = |method: &str, path: &str, body: &str| {
+                let (status, text) = curl(&[
+                    "-X",
+                    method,
+                    &format!("http://127.0.0.1:{port}{path}"),
+                    "-H",
+                    &format!("Authorization: Bearer {sam}"),
+                    "-H",
+                    "Content-Type: application/json",
+                    "--data-binary",
+                    body,
+                ]);
+                (
+                    status,
+                    serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+                )
+            };
+            let inbound = fixture("genesys", "inbound-text.json");
+            let signed = format!(
+                "sha256={}",
+                signature::base64(&signature::hmac_sha256(b"genesys-secret", &inbound))
+            );
+            let (status, _) = curl(&[
+                "-X",
+                "POST",
+                &format!("http://127.0.0.1:{door}/webhooks/open-messaging"),
+                "-H",
+                &format!("X-Hub-Signature-256: {signed}"),
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                std::str::from_utf8(&inbound).unwrap(),
+            ]);
+            assert_eq!(status, 200);
+            let (_, report) = api("GET", "/v1/conversations", "{}");
+            let id = report["conversations"][0]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            for (action, body) in [
+                ("assign", r#"{"agent": "a-ana"}"#),
+                ("join", r#"{"mode": "public"}"#),
+                (
+                    "messages",
+                    r#"{"text": "Checking your invoice", "visibility": "public"}"#,
+                ),
+            ] {
+                let (status, answer) =
+                    api("POST", &format!("/v1/conversations/{id}/{action}"), body);
+                assert_eq!(status, 200, "{answer}");
+            }
+            let messages = || {
+                genesys
+                    .log
+                    .accepted()
+                    .into_iter()
+                    .filter(|request| request.path.ends_with("/agentless"))
+                    .collect::<Vec<_>>()
+            };
+            let wait = |count: usize| {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while messages().len() < count {
+                    assert!(Instant::now() < deadline, "{:#?}", genesys.log.all());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            };
+            wait(2);
+            let first = genesys.issued(1);
+            assert!(
+                messages()
+                    .iter()
+                    .all(|request| request.headers["authorization"] == format!("Bearer {first}"))
+            );
+            assert!(messages()[1].text().contains("Checking your invoice"));
+            assert_eq!(
+                genesys.tokens_issued.load(Ordering::SeqCst),
+                1,
+                "one token, reused"
+            );
+
+            // The token expires: Genesys answers 401, the worker fetches another and delivers.
+            genesys.expire_tokens();
+            let (status, answer) = api(
+                "POST",
+                &format!("/v1/conversations/{id}/messages"),
+                r#"{"text": "Refund issued", "visibility": "public"}"#,
+            );
+            assert_eq!(status, 200, "{answer}");
+            wait(3);
+            assert_eq!(genesys.tokens_issued.load(Ordering::SeqCst), 2);
+            assert_eq!(
+                messages()[2].headers["authorization"],
+                format!("Bearer {}", genesys.issued(2))
+            );
+            let admin = daemon.token(&["--sub", "root", "--role", "admin"]);
+            let mut seen = vec![std::fs::read_to_string(&daemon.log).unwrap_or_default()];
+            for path in [
+                "/v1/outbox?limit=1000",
+                "/v1/plugins",
+                &format!("/v1/conversations/{id}"),
+            ] {
+                seen.push(
+                    curl(&[
+                        &format!("http://127.0.0.1:{port}{path}"),
+                        "-H",
+                        &format!("Authorization: Bearer {admin}"),
+                    ])
+                    .1,
+                );
+            }
+            (seen, [first, genesys.issued(2)])
+        }
+    };
+    let (answers, tokens) = tokio::task::spawn_blocking(run).await.unwrap();
+    let mut haystack: Vec<Vec<u8>> = answers.into_iter().map(String::into_bytes).collect();
+    haystack.extend(
+        files_under(&dir.join("data"))
+            .into_iter()
+            .map(|file| std::fs::read(&file).unwrap_or_default()),
+    );
+    for secret in [CLIENT_SECRET, tokens[0].as_str(), tokens[1].as_str()] {
+        for form in secret_forms(secret) {
+            for bytes in &haystack {
+                assert!(
+                    !contains(bytes, form.as_bytes()),
+                    "a credential ({form}) was found in what the daemon kept or answered"
+                );
+            }
+        }
+    }
 }

@@ -373,7 +373,7 @@ fn supervisor_messages_go_out_agentless() {
     );
     assert!(request.headers.contains(&(
         "authorization".to_owned(),
-        "Bearer {{secret:access_token}}".to_owned()
+        "Bearer {{oauth:access_token}}".to_owned()
     )));
     let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
     assert_eq!(body["fromAddress"], "2b6f4a2e-8c3d-4a6b-9f5e-1d2c3b4a5e6f");

@@ -148,9 +148,20 @@ pub struct PluginConfig {
     pub secrets: std::collections::BTreeMap<String, Secret>,
     /// The plugin's own `[plugins.<id>.config]` table, as TOML text for the plugin.
     pub settings: Secret,
+    /// OAuth client credentials for the delivery worker's `{{oauth:NAME}}` placeholders.
+    pub oauth: Option<OAuthConfig>,
     /// Its settings name an Asterisk ARI (`ari_url` and `application`, as the voice-ari
     /// plugin's do): the daemon holds that application's events WebSocket.
     pub ari_events: Option<AriEvents>,
+}
+
+/// `[plugins.<id>.oauth]`: where the delivery worker gets the plugin's API tokens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OAuthConfig {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub scope: Option<String>,
 }
 
 /// Where a plugin's ARI events come from.

@@ -73,6 +73,18 @@ pub(crate) struct Amqp {
     pub delivery_limit: Option<Spanned<u32>>,
 }
 
+/// `[plugins.<id>.oauth]`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct OAuth {
+    /// The token endpoint, e.g. `https://login.mypurecloud.com/oauth/token`.
+    pub token_url: Spanned<String>,
+    pub client_id: String,
+    /// Write it as `{ env = "VAR" }` or `{ file = "path" }`.
+    pub client_secret: String,
+    /// Space-separated scopes to ask for; none by default.
+    pub scope: Option<String>,
+}
+
 /// `[auth]`: JWT bearer tokens as Keycloak issues them.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Auth {
@@ -226,6 +238,10 @@ pub(crate) struct Plugin {
     /// each as `{ env = "VAR" }` or `{ file = "path" }`.
     #[serde(default)]
     pub secrets: std::collections::BTreeMap<String, String>,
+    /// OAuth 2.0 client credentials (RFC 6749 §4.4) for providers whose API tokens expire
+    /// (Genesys Cloud): the delivery worker fetches a token from `token_url`, caches and renews
+    /// it, and puts it where the plugin's requests say `{{oauth:NAME}}`.
+    pub oauth: Option<OAuth>,
     /// The plugin's own settings (secrets included), handed to the plugin as TOML.
     #[serde(default)]
     pub config: toml::Table,

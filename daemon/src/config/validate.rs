@@ -9,8 +9,9 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::{
-    AmqpConfig, AriEvents, AuthConfig, Config, DeliveryConfig, EngineConfig, PluginConfig,
-    Problems, Secret, Sections, ServerConfig, StoreConfig, SupervisorConfig, millis, raw,
+    AmqpConfig, AriEvents, AuthConfig, Config, DeliveryConfig, EngineConfig, OAuthConfig,
+    PluginConfig, Problems, Secret, Sections, ServerConfig, StoreConfig, SupervisorConfig, millis,
+    raw,
 };
 use crate::engine::{
     Agent, ChannelKind, Presence, Queue, QueueId, Setup, Team, TeamId, WrapUpCapacity,
@@ -663,9 +664,32 @@ fn plugins(
             None => {
                 let mut hosts = Vec::new();
                 url_setting_hosts(&plugin.config, &mut hosts);
+                // The token endpoint, too.
+                if let Some(host) = plugin
+                    .oauth
+                    .as_ref()
+                    .and_then(|oauth| url_authority(oauth.token_url.get_ref()))
+                    && !hosts.contains(&host)
+                {
+                    hosts.push(host);
+                }
                 hosts
             }
         };
+        let oauth = plugin.oauth.map(|oauth| {
+            if url_authority(oauth.token_url.get_ref()).is_none() {
+                sink.at_spanned(
+                    &oauth.token_url,
+                    format!("`{path}.oauth.token_url` must be an http(s) URL"),
+                );
+            }
+            OAuthConfig {
+                token_url: oauth.token_url.into_inner(),
+                client_id: oauth.client_id,
+                client_secret: Secret::new(oauth.client_secret),
+                scope: oauth.scope,
+            }
+        });
         let setting = |key: &str| {
             plugin
                 .config
@@ -682,6 +706,7 @@ fn plugins(
             _ => None,
         };
         plugins.push(PluginConfig {
+            oauth,
             ari_events,
             allowed_hosts,
             allowed_hosts_listed: plugin.allowed_hosts.is_some(),

@@ -12,6 +12,7 @@
 pub mod breaker;
 pub mod dead;
 pub mod http;
+pub mod oauth;
 pub mod placeholder;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -22,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AmqpConfig, DeliveryConfig};
+use crate::config::{AmqpConfig, DeliveryConfig, PluginConfig};
 use crate::engine::{
     ChannelEvent, ConversationId, ConversationRef, EventBody, PluginId, ProviderError,
     ReceiptStatus,
@@ -41,16 +42,6 @@ const PAGE: usize = 256;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// No retry waits longer than this (unless the provider's `Retry-After` says so).
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-/// Where one plugin's requests may go.
-#[derive(Debug, Clone, Default)]
-pub struct Egress {
-    /// `host` or `host:port`.
-    pub hosts: Vec<String>,
-    /// Listed by the operator (`allowed_hosts`), not taken from the plugin's URL settings:
-    /// only then may an address among them be loopback, private or link-local.
-    pub explicit: bool,
-}
 
 /// Where a request came from, and so how it leaves once delivered or given up on.
 #[derive(Debug, Clone)]
@@ -150,6 +141,8 @@ pub struct Worker {
     config: DeliveryConfig,
     clients: HashMap<String, http::Client>,
     permits: HashMap<String, Arc<Semaphore>>,
+    /// The plugins with OAuth client credentials.
+    tokens: HashMap<String, oauth::TokenSource>,
     /// Jobs waiting per conversation; a lane exists while a task works through it.
     lanes: Mutex<HashMap<String, VecDeque<Job>>>,
     /// Ids of the outbox entries in a lane: a fresh read of the outbox (after an admin sent
@@ -172,11 +165,12 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
-    /// A worker for the service's plugins, each allowed the hosts of `egress[plugin]`.
+    /// A worker for the service's plugins, each allowed the hosts its configuration allows
+    /// (`allowed_hosts`, or the hosts of its URL settings).
     pub fn new(
         service: Arc<Service>,
         config: DeliveryConfig,
-        egress: &HashMap<String, Egress>,
+        plugins: &[PluginConfig],
     ) -> Result<Self, String> {
         let timeouts = http::Timeouts {
             connect: config.connect_timeout,
@@ -184,14 +178,26 @@ impl Worker {
         };
         let mut clients = HashMap::new();
         let mut permits = HashMap::new();
+        let mut tokens = HashMap::new();
         for plugin in service.plugins() {
-            let egress = egress.get(plugin.id()).cloned().unwrap_or_default();
-            if egress.hosts.is_empty() {
+            let configured = plugins
+                .iter()
+                .find(|configured| configured.id == plugin.id());
+            let (hosts, explicit) = configured.map_or((&[][..], false), |configured| {
+                (
+                    &configured.allowed_hosts[..],
+                    configured.allowed_hosts_listed,
+                )
+            });
+            if hosts.is_empty() {
                 tracing::warn!(plugin = %plugin.id(), "no allowed_hosts and no URL setting: every request of this plugin will be refused");
+            }
+            if let Some(oauth) = configured.and_then(|configured| configured.oauth.clone()) {
+                tokens.insert(plugin.id().to_owned(), oauth::TokenSource::new(oauth));
             }
             clients.insert(
                 plugin.id().to_owned(),
-                http::Client::new(&egress.hosts, egress.explicit, timeouts)?,
+                http::Client::new(hosts, explicit, timeouts)?,
             );
             permits.insert(
                 plugin.id().to_owned(),
@@ -203,6 +209,7 @@ impl Worker {
             config,
             clients,
             permits,
+            tokens,
             lanes: Mutex::new(HashMap::new()),
             queued: Mutex::new(HashSet::new()),
             breakers: breaker::Breakers::default(),
@@ -577,19 +584,40 @@ impl Worker {
             .header("switchboard-method")
             .unwrap_or("POST")
             .to_owned();
-        let url = match placeholder::fill(raw_url, &secrets) {
+        // An OAuth token, when the request asks for one and the plugin has client credentials.
+        let source = self.tokens.get(&job.plugin);
+        let body_text = std::str::from_utf8(&job.entry.body).ok();
+        let wants_token = placeholder::wants_token(raw_url)
+            || job
+                .provider_headers()
+                .any(|(_, value)| placeholder::wants_token(value))
+            || body_text.is_some_and(placeholder::wants_token);
+        let token = match source {
+            Some(source) if wants_token => match source.token(client).await {
+                Ok(token) => Some(token),
+                Err(reason) => {
+                    return Verdict::Retry {
+                        after: None,
+                        reason,
+                    };
+                }
+            },
+            _ => None,
+        };
+        let fill = |text: &str| placeholder::fill_with_token(text, &secrets, token.as_ref());
+        let url = match fill(raw_url) {
             Ok(url) => url,
             Err(error) => return missing(error),
         };
         let mut headers = Vec::new();
         for (name, value) in job.provider_headers() {
-            match placeholder::fill(value, &secrets) {
+            match fill(value) {
                 Ok(value) => headers.push((name.clone(), value)),
                 Err(error) => return missing(error),
             }
         }
-        let body = match std::str::from_utf8(&job.entry.body) {
-            Ok(text) if text.contains("{{") => match placeholder::fill(text, &secrets) {
+        let body = match body_text {
+            Some(text) if text.contains("{{") => match fill(text) {
                 Ok(text) => text.into_bytes(),
                 Err(error) => return missing(error),
             },
@@ -604,6 +632,12 @@ impl Worker {
         let _permit = permits.acquire().await;
         let started = std::time::Instant::now();
         let sent = client.send(&method, &url, &headers, body).await;
+        if let (Some(source), Some(_), Ok(answer)) = (source, &token, &sent)
+            && answer.status == 401
+        {
+            // Revoked or expired early: the next attempt fetches another.
+            source.forget().await;
+        }
         let failed = match &sent {
             Ok(answer) => answer.status >= 500,
             Err(http::SendError::Transport(_)) => true,
@@ -626,7 +660,15 @@ impl Worker {
         );
         match sent {
             Ok(answer) => {
-                let verdict = classify(&answer);
+                let verdict = if answer.status == 401 && token.is_some() {
+                    Verdict::Retry {
+                        after: None,
+                        reason: "the provider refused the OAuth token (401); another is fetched"
+                            .to_owned(),
+                    }
+                } else {
+                    classify(&answer)
+                };
                 *answered = Some(answer);
                 verdict
             }

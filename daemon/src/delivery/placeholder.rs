@@ -5,6 +5,9 @@
 //! - `{{secret:NAME}}` — the secret `NAME` of `[plugins.<id>.secrets]`, as it is.
 //! - `{{basic:USER:NAME}}` — `base64("USER:" + secret NAME)`, for HTTP Basic auth whose user
 //!   is not secret (a Twilio account SID, an ARI user): `Authorization: Basic {{basic:…}}`.
+//! - `{{oauth:NAME}}` — the access token the worker got with the plugin's OAuth client
+//!   credentials (`[plugins.<id>.oauth]`); without them, the secret `NAME`, so that a plugin
+//!   works with a renewed token and with a static one alike.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +20,20 @@ pub struct MissingSecret(pub String);
 
 /// `text` with every placeholder replaced; text without `{{` comes back as it is.
 pub fn fill(text: &str, secrets: &BTreeMap<String, Secret>) -> Result<String, MissingSecret> {
+    fill_with_token(text, secrets, None)
+}
+
+/// Whether `text` asks for an OAuth token.
+pub fn wants_token(text: &str) -> bool {
+    text.contains("{{oauth:")
+}
+
+/// [`fill`], with the OAuth access token for `{{oauth:NAME}}` (`None`: the secret `NAME`).
+pub fn fill_with_token(
+    text: &str,
+    secrets: &BTreeMap<String, Secret>,
+    token: Option<&Secret>,
+) -> Result<String, MissingSecret> {
     if !text.contains("{{") {
         return Ok(text.to_owned());
     }
@@ -38,6 +55,11 @@ pub fn fill(text: &str, secrets: &BTreeMap<String, Secret>) -> Result<String, Mi
         let inner = &after[..end];
         if let Some(name) = inner.strip_prefix("secret:") {
             out.push_str(&lookup(name)?);
+        } else if let Some(name) = inner.strip_prefix("oauth:") {
+            match token {
+                Some(token) => out.push_str(token.expose()),
+                None => out.push_str(&lookup(name)?),
+            }
         } else if let Some(pair) = inner.strip_prefix("basic:")
             && let Some((user, name)) = pair.split_once(':')
         {
@@ -121,6 +143,22 @@ mod tests {
             fill("{{secret:missing}}", &secrets),
             Err(MissingSecret("missing".to_owned()))
         );
+    }
+
+    #[test]
+    fn an_oauth_placeholder_takes_the_token_or_the_secret_of_its_name() {
+        let secrets = secrets();
+        let token = Secret::new("fetched");
+        assert_eq!(
+            fill_with_token("Bearer {{oauth:token}}", &secrets, Some(&token)).unwrap(),
+            "Bearer fetched"
+        );
+        assert_eq!(
+            fill("Bearer {{oauth:token}}", &secrets).unwrap(),
+            "Bearer t0k3n"
+        );
+        assert!(wants_token("Bearer {{oauth:token}}"));
+        assert!(!wants_token("Bearer {{secret:token}}"));
     }
 
     #[test]

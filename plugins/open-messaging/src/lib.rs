@@ -11,7 +11,7 @@ use serde_json::json;
 use switchboard_plugin_sdk::settings::{self, Settings};
 use switchboard_plugin_sdk::types::*;
 use switchboard_plugin_sdk::{
-    Plugin, Webhook, credential_in_settings, customer_text, header, header_pair, json_body, secret,
+    Plugin, Webhook, credential_in_settings, customer_text, header, header_pair, json_body, oauth,
     signature, thread,
 };
 
@@ -34,8 +34,9 @@ pub struct Config {
     /// valid `X-Hub-Signature-256` (the middleware signs inbound copies the same way).
     #[serde(default)]
     pub webhook_secret: Option<String>,
-    /// Refused: the OAuth token is a secret (`[plugins.open-messaging.secrets]
-    /// access_token`), which requests name as `{{secret:access_token}}`.
+    /// Refused: the token is the daemon's to hold. Requests name it `{{oauth:access_token}}`:
+    /// a token the worker gets with `[plugins.open-messaging.oauth]` client credentials (Genesys
+    /// Cloud's tokens expire), else the secret `[plugins.open-messaging.secrets] access_token`.
     #[serde(default)]
     pub access_token: Option<String>,
     #[serde(default = "joined_notice")]
@@ -475,10 +476,7 @@ pub fn encode(
     });
     let headers = vec![
         header_pair("content-type", "application/json"),
-        header_pair(
-            "authorization",
-            format!("Bearer {}", secret("access_token")),
-        ),
+        header_pair("authorization", format!("Bearer {}", oauth("access_token"))),
     ];
     Ok(vec![OutboundRequest {
         method: "POST".to_owned(),
