@@ -93,11 +93,22 @@ pub fn build(config: &Config) -> anyhow::Result<Service> {
         .with_payload_limit(config.server.body_limit);
     let now = crate::service::now();
     hub.restore(window, |stored| pipeline.revive(stored, now));
-    let outbox_feed = config.amqp.is_some().then(|| Arc::new(OutboxFeed::new()));
+    // Committed entries go to whoever takes them next without a store read: the broker
+    // publisher, or the embedded delivery worker (whose store reads would wait for the
+    // journal's fold).
+    let outbox_feed =
+        (config.amqp.is_some() || config.delivery.enabled).then(|| Arc::new(OutboxFeed::new()));
     if let Some(feed) = &outbox_feed {
         pipeline = pipeline.with_outbox_feed(feed.clone());
     }
-    Ok(Service::new(pipeline, store, plugins, metrics, outbox_feed))
+    Ok(Service::new(
+        pipeline,
+        store,
+        plugins,
+        metrics,
+        outbox_feed,
+        config.amqp.is_some(),
+    ))
 }
 
 /// Runs the daemon until `shutdown` is cancelled (SIGTERM/SIGINT in `main`).

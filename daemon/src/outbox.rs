@@ -136,8 +136,22 @@ impl OutboxFeed {
         Taken::Entries(state.entries.drain(..n).collect())
     }
 
+    /// Everything the feed holds, for the embedded delivery worker; `None` when entries were
+    /// dropped for lack of room (read the store).
+    pub fn take_all(&self) -> Option<Vec<OutboxEntry>> {
+        match self.take(usize::MAX) {
+            Taken::Entries(entries) => Some(entries),
+            Taken::Overflowed => None,
+        }
+    }
+
+    /// Until something is handed over (a permit is left if it already was).
+    pub async fn handed_over(&self) {
+        self.ready.notified().await;
+    }
+
     /// Forgets what the feed holds: the publisher is about to read the store, which has it all.
-    fn restart(&self) {
+    pub fn restart(&self) {
         let mut state = self.lock();
         state.entries.clear();
         state.overflowed = false;

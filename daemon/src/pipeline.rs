@@ -150,7 +150,7 @@ impl Pipeline {
         self
     }
 
-    /// Hands committed outbox entries to a publisher through `feed` (with a broker).
+    /// Hands committed outbox entries to a publisher or the delivery worker through `feed`.
     pub fn with_outbox_feed(mut self, feed: Arc<OutboxFeed>) -> Self {
         self.feed = Some(feed);
         self

@@ -63,7 +63,7 @@ pub struct Service {
     /// Set when dead deliveries went back into the outbox under their own (older) ids: the
     /// worker reads the outbox from its start once.
     pub delivery_rescan: std::sync::atomic::AtomicBool,
-    /// With a broker: committed entries on their way to the publisher.
+    /// Committed entries on their way to the broker publisher or the embedded delivery worker.
     outbox_feed: Option<Arc<OutboxFeed>>,
     jobs: mpsc::Sender<Job>,
     job_queue: std::sync::Mutex<Option<mpsc::Receiver<Job>>>,
@@ -110,14 +110,16 @@ pub struct PluginStatus {
 }
 
 impl Service {
-    /// Shares `pipeline` (already restored from `store`). `outbox_feed` is `Some` exactly when
-    /// a broker is configured: the feed the pipeline hands committed entries to.
+    /// Shares `pipeline` (already restored from `store`). `outbox_feed` is the feed the
+    /// pipeline hands committed entries to (the broker's publisher, or the embedded delivery
+    /// worker); `with_broker`: a broker is configured.
     pub fn new(
         pipeline: Pipeline,
         store: Arc<dyn Store>,
         plugins: Vec<Arc<Plugin>>,
         metrics: Arc<Metrics>,
         outbox_feed: Option<Arc<OutboxFeed>>,
+        with_broker: bool,
     ) -> Self {
         let hub = pipeline.hub().clone();
         let last_seq = pipeline.engine().state().last_seq();
@@ -134,7 +136,7 @@ impl Service {
             delivery_rescan: std::sync::atomic::AtomicBool::new(false),
             jobs,
             job_queue: std::sync::Mutex::new(Some(queue)),
-            broker: outbox_feed.is_some().then(|| AtomicBool::new(false)),
+            broker: with_broker.then(|| AtomicBool::new(false)),
             outbox_feed,
             last_snapshot_seq: AtomicU64::new(last_seq),
             stopping: CancellationToken::new(),
@@ -142,7 +144,7 @@ impl Service {
         }
     }
 
-    /// The broker publisher's feed (`None` on the embedded transport).
+    /// The feed of committed entries (`None` on the embedded transport without delivery).
     pub fn outbox_feed(&self) -> Option<&Arc<OutboxFeed>> {
         self.outbox_feed.as_ref()
     }
@@ -296,7 +298,7 @@ impl Service {
     /// whose outbox keeps entries on purpose). Confirmed entries that the next commit removes
     /// from the store do not count.
     pub fn outbox_backlog(&self) -> u64 {
-        let Some(feed) = &self.outbox_feed else {
+        let (Some(feed), Some(_)) = (&self.outbox_feed, &self.broker) else {
             return 0;
         };
         let confirmed = feed.confirmed_len() as u64;

@@ -62,7 +62,9 @@ fn cpu(pid: u32) -> Duration {
 }
 
 fn config(dir: &Path, port: u16, twilio: u16, delivering: bool) -> std::path::PathBuf {
+    // The API's per-caller rate limit (1 000/s by default) would cap the driver: raised.
     let text = shipped_config_with_door(dir, port, free_port())
+        .replace("rate_limit = 1000\n", "rate_limit = 1000000\n")
         .replace(
             "api_base_url = \"https://api.twilio.com\"",
             &format!("api_base_url = \"http://127.0.0.1:{twilio}\""),
@@ -117,7 +119,7 @@ impl Api {
                     body,
                 )
                 .await;
-            assert_eq!(status, 200, "the customer's SMS");
+            assert!(matches!(status, 200 | 202), "the customer's SMS: {status}");
         }
         let report: serde_json::Value = self
             .client
@@ -199,6 +201,8 @@ async fn flat_out(
 }
 
 fn main() {
+    // reqwest is built without a crypto provider (the daemon's choice: ring, as lapin's TLS).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -220,7 +220,12 @@ impl Worker {
     /// Works from the embedded outbox until `stop`: what an earlier run left undelivered
     /// first, then each commit's new requests.
     pub async fn run_embedded(self: Arc<Self>, stop: CancellationToken) {
-        let mut last: Option<String> = None;
+        // Commits hand their entries over through the feed; the store is read at the start,
+        // after an admin sent dead deliveries again (older ids), and when the feed overflowed.
+        let feed = self.service.outbox_feed().cloned();
+        // The newest id handed to a lane: the feed's entries up to it came from the store.
+        let mut newest: Option<String> = None;
+        let mut read_store = true;
         let mut first_read = true;
         loop {
             // A commit between the read and the wait leaves a permit: nothing is missed.
@@ -230,67 +235,114 @@ impl Worker {
                 .delivery_rescan
                 .swap(false, std::sync::atomic::Ordering::AcqRel)
             {
-                // Dead deliveries sent again went back under their own (older) ids.
-                last = None;
+                read_store = true;
             }
-            loop {
-                let store = self.service.store().clone();
-                let after = last.clone();
-                let page =
-                    tokio::task::spawn_blocking(move || store.outbox_after(after.as_deref(), PAGE))
-                        .await;
-                let entries = match page {
-                    Ok(Ok(entries)) => entries,
-                    Ok(Err(error)) => {
-                        tracing::error!(error = %error, "the delivery worker cannot read the outbox");
-                        break;
+            if read_store {
+                if let Some(feed) = &feed {
+                    // What it holds is in the store too.
+                    feed.restart();
+                }
+                self.read_outbox(&mut newest, first_read, &stop).await;
+                read_store = feed.is_none();
+                first_read = false;
+            } else if let Some(feed) = &feed {
+                match feed.take_all() {
+                    Some(entries) => {
+                        for entry in entries {
+                            if newest.as_deref().is_some_and(|newest| *entry.id <= *newest) {
+                                continue;
+                            }
+                            newest = Some(entry.id.clone());
+                            self.offer(entry, false, &stop);
+                        }
                     }
-                    Err(error) => {
-                        tracing::error!(error = %error, "the delivery worker's outbox read failed");
-                        break;
-                    }
-                };
-                let Some(newest) = entries.last() else { break };
-                last = Some(newest.id.clone());
-                let full = entries.len() == PAGE;
-                for entry in entries {
-                    let Some(plugin) = entry.routing_key.strip_prefix(CHANNEL_PREFIX) else {
-                        continue;
-                    };
-                    if !lock(&self.queued).insert(entry.id.clone()) {
+                    None => {
+                        read_store = true;
                         continue;
                     }
-                    if first_read {
-                        // Left by the run before: it may have reached the provider already,
-                        // its answer lost with that run.
-                        self.service.metrics().count(
-                            family::DELIVERIES_TOTAL,
-                            &[plugin, "resumed"],
-                            1,
-                        );
-                    }
-                    let plugin = plugin.to_owned();
-                    self.enqueue(
-                        Job {
-                            entry,
-                            plugin,
-                            attempts: 0,
-                            source: Source::Outbox,
-                        },
-                        &stop,
-                    );
-                }
-                if !full {
-                    break;
                 }
             }
-            first_read = false;
+            let handed_over = async {
+                match &feed {
+                    Some(feed) => feed.handed_over().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = ready => {}
+                () = handed_over => {}
                 () = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         }
+    }
+
+    /// Every undelivered request in the outbox into its lane (those already in one skipped);
+    /// `resumed`: left by the run before.
+    async fn read_outbox(
+        self: &Arc<Self>,
+        newest: &mut Option<String>,
+        resumed: bool,
+        stop: &CancellationToken,
+    ) {
+        let mut after: Option<String> = None;
+        loop {
+            let store = self.service.store().clone();
+            let from = after.clone();
+            let page =
+                tokio::task::spawn_blocking(move || store.outbox_after(from.as_deref(), PAGE))
+                    .await;
+            let entries = match page {
+                Ok(Ok(entries)) => entries,
+                Ok(Err(error)) => {
+                    tracing::error!(error = %error, "the delivery worker cannot read the outbox");
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, "the delivery worker's outbox read failed");
+                    return;
+                }
+            };
+            let Some(last) = entries.last() else { return };
+            after = Some(last.id.clone());
+            if newest.as_deref().is_none_or(|newest| *last.id > *newest) {
+                *newest = Some(last.id.clone());
+            }
+            let full = entries.len() == PAGE;
+            for entry in entries {
+                self.offer(entry, resumed, stop);
+            }
+            if !full {
+                return;
+            }
+        }
+    }
+
+    /// A provider request from the outbox into its lane, unless it is in one already.
+    fn offer(self: &Arc<Self>, entry: OutboxEntry, resumed: bool, stop: &CancellationToken) {
+        let Some(plugin) = entry.routing_key.strip_prefix(CHANNEL_PREFIX) else {
+            return;
+        };
+        if !lock(&self.queued).insert(entry.id.clone()) {
+            return;
+        }
+        if resumed {
+            // Left by the run before: it may have reached the provider already, its answer
+            // lost with that run.
+            self.service
+                .metrics()
+                .count(family::DELIVERIES_TOTAL, &[plugin, "resumed"], 1);
+        }
+        let plugin = plugin.to_owned();
+        self.enqueue(
+            Job {
+                entry,
+                plugin,
+                attempts: 0,
+                source: Source::Outbox,
+            },
+            stop,
+        );
     }
 
     /// Works from the broker's delivery queue until `stop`, connecting again (with backoff)
