@@ -530,6 +530,11 @@ impl Step<'_> {
                 None => (message_id, None),
             },
         };
+        self.change(Change::Delivery {
+            id,
+            message_id: message_id.clone(),
+            status,
+        });
         self.timeline(
             &id,
             Visibility::Internal,

@@ -613,6 +613,9 @@ pub struct Conversation {
     /// [`Conversation::PROVIDER_IDS_KEPT`]): a status callback names only the provider's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub provider_ids: Vec<(Box<str>, Box<str>)>,
+    /// The newest delivery receipt of an outgoing message: which message, and where it stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivery: Option<(Box<str>, crate::input::ReceiptStatus)>,
 }
 
 impl Conversation {

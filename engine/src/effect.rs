@@ -104,6 +104,12 @@ pub enum Change {
         id: ConversationId,
         subject: Option<Box<str>>,
     },
+    /// A receipt for one of our outgoing messages: the report shows the newest.
+    Delivery {
+        id: ConversationId,
+        message_id: Box<str>,
+        status: ReceiptStatus,
+    },
     /// A voice supervisor's media changed state.
     SeatMedia {
         id: ConversationId,
@@ -182,6 +188,7 @@ impl Change {
             | Self::SubjectChanged { id, .. }
             | Self::ProviderMessage { id, .. }
             | Self::SeatMedia { id, .. }
+            | Self::Delivery { id, .. }
             | Self::SeatTaken { id, .. }
             | Self::SeatChanged { id, .. }
             | Self::SeatReleased { id, .. }

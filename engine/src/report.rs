@@ -8,7 +8,7 @@ use super::domain::{
     AgentId, ChannelKind, Conversation, ConversationId, ConversationState, Customer, MediaState,
     Millis, PluginId, Presence, QueueId, SupervisionMode, TeamId, UserId,
 };
-use super::input::Actor;
+use super::input::{Actor, ReceiptStatus};
 
 /// The report's window: conversations created in the last 24 hours.
 pub const REPORT_WINDOW: i64 = 24 * Millis::HOUR;
@@ -61,6 +61,8 @@ pub struct ConversationSummary {
     pub handle_seconds: u64,
     pub sentiment: SentimentSummary,
     pub supervisors: Vec<SupervisorSummary>,
+    /// The newest delivery receipt of an outgoing message: its id and status.
+    pub last_delivery: Option<(Box<str>, ReceiptStatus)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -179,6 +181,7 @@ impl Engine {
                     media: seat.media,
                 })
                 .collect(),
+            last_delivery: c.last_delivery.clone(),
         }
     }
 

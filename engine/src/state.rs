@@ -285,6 +285,7 @@ impl State {
                     sentiment: Sentiment::default(),
                     capacity: None,
                     provider_ids: Vec::new(),
+                    last_delivery: None,
                 };
                 let slot = match self.free_slots.pop() {
                     Some(slot) => {
@@ -381,6 +382,15 @@ impl State {
             } => {
                 if let Some(seat) = self.seat_mut(*id, supervisor) {
                     seat.mode = *mode;
+                }
+            }
+            Change::Delivery {
+                id,
+                message_id,
+                status,
+            } => {
+                if let Some(conversation) = self.conversation_mut(*id) {
+                    conversation.last_delivery = Some((message_id.clone(), *status));
                 }
             }
             Change::SeatMedia {

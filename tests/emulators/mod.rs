@@ -6,12 +6,14 @@
 //! - [`twilio`]: Programmable Messaging `POST /2010-04-01/Accounts/{Sid}/Messages.json`
 //!   (Twilio's OpenAPI `twilio_api_v2010`).
 //! - [`meta`]: the WhatsApp Cloud API's `POST /{version}/{phone-number-id}/messages`.
+//! - [`chatwoot`]: Chatwoot's messages and conversation status calls.
 //! - [`genesys`]: Genesys Cloud's OAuth client-credentials grant and Open Messaging's
 //!   agentless outbound message.
 //! - [`ari`]: Asterisk's REST Interface, the events WebSocket and the channel requests a
 //!   supervisor's voice session makes (ARI's Swagger, `rest-api/api-docs`).
 
 pub mod ari;
+pub mod chatwoot;
 pub mod genesys;
 pub mod meta;
 pub mod twilio;

@@ -1,10 +1,14 @@
-//! The delivery worker end to end: the `switchboard` binary on the embedded default with its
-//! plugins pointed at provider emulators (`tests/emulators/`), customers writing through the
-//! webhook door, a supervisor joining publicly and writing. Each emulator must receive
-//! exactly what its provider needs (method, path, credentials filled in from
-//! `[plugins.<id>.secrets]`, body), in order, with a 429 storm honoured; permanent refusals
+//! The delivery worker end to end: the `switchboard` binary with its plugins pointed at
+//! provider emulators (`tests/emulators/`), customers writing through the webhook door,
+//! supervisors joining publicly and writing. Each emulator must receive exactly what its
+//! provider needs (method, path, credentials filled in from `[plugins.<id>.secrets]` or fetched
+//! with OAuth client credentials, body), in order: a 429 storm honoured; permanent refusals
 //! (Twilio 21610, WhatsApp 131047) and the egress policy (a metadata address) end as `failed`
-//! receipts on the timeline; and no secret reaches the store, the API or the logs.
+//! receipts and dead deliveries an admin can send again; Twilio's status callback lands on the
+//! message the plugin read Twilio's `sid` for; a provider that is down gets a rest (a circuit
+//! per host); a daemon killed mid-delivery loses nothing (embedded, and on RabbitMQ with a
+//! second daemon taking the delivery queue over); and no secret reaches the store, the API or
+//! the logs.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -13,7 +17,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::Value;
 use switchboard_plugin_sdk::signature;
-use switchboard_tests::emulators::{self, genesys::Genesys, meta::Meta, twilio::Twilio};
+use switchboard_tests::emulators::{
+    self, chatwoot::Chatwoot, genesys::Genesys, meta::Meta, twilio::Twilio,
+};
 use switchboard_tests::{
     ServingBinary, contains, curl, files_under, fixture, free_port, secret_forms,
     shipped_config_with_door, temp_dir,
@@ -214,6 +220,30 @@ impl Daemon {
         assert_eq!(written.0, 200, "{}", written.1);
     }
 
+    /// A customer's SMS and a supervisor's public answer (two requests: the joined notice,
+    /// the message) while Twilio answers every request 429: returns once the worker tried, so
+    /// that both requests are held, waiting for a retry. The supervisor's token.
+    fn held_in_a_429_storm(&self, twilio: &Twilio, sid: &str) -> String {
+        let bea = self.token(&[
+            "--sub",
+            "sup-bea",
+            "--role",
+            "supervisor",
+            "--team",
+            "billing",
+        ]);
+        twilio.throttle_next.store(u32::MAX, Ordering::SeqCst);
+        self.sms("+14155551234", "Where is my refund", sid);
+        let id = self.conversation(&bea, "+14155551234");
+        self.write_publicly(&bea, &id, "a-dev", "Your refund left today");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while twilio.log.all().is_empty() {
+            assert!(Instant::now() < deadline, "the worker never tried");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bea
+    }
+
     /// The conversation's receipts (`details` of its `receipt` timeline lines), once `count`
     /// are there.
     fn receipts(&self, token: &str, id: &str, count: usize) -> Vec<Value> {
@@ -306,6 +336,17 @@ async fn supervisor_messages_reach_the_providers_with_their_credentials_and_outc
             assert_eq!(receipts[1]["status"], "delivered", "{receipts:?}");
             assert_eq!(receipts[1]["message_id"], ours, "{receipts:?}");
             assert_eq!(receipts[1]["provider_id"], sid.as_str(), "{receipts:?}");
+            // The report shows where the newest outgoing message stands.
+            let (_, report) = daemon.api("GET", "/v1/conversations", &bea, None);
+            let row = report["conversations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|row| row["id"] == sms.as_str())
+                .cloned()
+                .unwrap_or_default();
+            assert_eq!(row["last_delivery"]["status"], "delivered", "{row}");
+            assert_eq!(row["last_delivery"]["message_id"], ours, "{row}");
             let accepted = twilio.log.accepted();
             assert_eq!(accepted.len(), 2, "{accepted:#?}");
             assert!(
@@ -512,6 +553,42 @@ async fn supervisor_messages_reach_the_providers_with_their_credentials_and_outc
     }
 }
 
+/// The shipped configuration changed by `change`, served; the daemon and its door's port.
+fn serve_changed(dir: &Path, change: impl FnOnce(String) -> String) -> (ServingBinary, u16) {
+    let (port, door) = (free_port(), free_port());
+    let config = dir.join("switchboard.toml");
+    std::fs::write(&config, change(shipped_config_with_door(dir, port, door))).unwrap();
+    (ServingBinary::start(config, port), door)
+}
+
+/// A token of `sup-sam`, supervisor of the support team.
+fn support_supervisor(daemon: &ServingBinary) -> String {
+    daemon.token(&[
+        "--sub",
+        "sup-sam",
+        "--role",
+        "supervisor",
+        "--team",
+        "support",
+    ])
+}
+
+/// One admin API call with a JSON body; the status and the answer as JSON.
+fn call(port: u16, token: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let (status, text) = curl(&[
+        "-X",
+        method,
+        &format!("http://127.0.0.1:{port}{path}"),
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        body,
+    ]);
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
 /// `[amqp]` tables for a daemon on the test broker: `names` shared (outbound exchange, delivery
 /// and dead queues), the inbound exchange and queue of its own (`inbound`), so that each
 /// daemon's customers stay with it while both serve `switchboard.delivery`.
@@ -553,28 +630,7 @@ async fn on_rabbitmq_a_killed_worker_loses_nothing_and_dead_deliveries_are_sent_
                 meta_port,
                 &amqp_tables(&names, &inbound_a),
             );
-            let bea = first.token(&[
-                "--sub",
-                "sup-bea",
-                "--role",
-                "supervisor",
-                "--team",
-                "billing",
-            ]);
-            // Every answer a 429 while the first daemon holds the requests.
-            twilio.throttle_next.store(u32::MAX, Ordering::SeqCst);
-            first.sms(
-                "+14155551234",
-                "Where is my refund",
-                "SM00000000000000000000000000000011",
-            );
-            let sms = first.conversation(&bea, "+14155551234");
-            first.write_publicly(&bea, &sms, "a-dev", "Your refund left today");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while twilio.log.all().is_empty() {
-                assert!(Instant::now() < deadline, "the first daemon never tried");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let bea = first.held_in_a_429_storm(&twilio, "SM00000000000000000000000000000011");
             // The second daemon's consumer waits behind the first's; the first dies mid-retry.
             let second = Daemon::start_with(
                 &dir_b,
@@ -773,9 +829,8 @@ async fn genesys_tokens_are_fetched_with_client_credentials_reused_and_renewed()
         let dir = dir.clone();
         move || {
             std::fs::write(dir.join("genesys-secret"), CLIENT_SECRET).unwrap();
-            let (port, door) = (free_port(), free_port());
-            let text = shipped_config_with_door(&dir, port, door)
-                .replace(
+            let (daemon, door) = serve_changed(&dir, |text| {
+                text.replace(
                     "api_base_url = \"https://api.mypurecloud.com\"",
                     &format!(
                         "api_base_url = \"http://127.0.0.1:{genesys_port}\"\nwebhook_secret = \"genesys-secret\""
@@ -786,35 +841,11 @@ async fn genesys_tokens_are_fetched_with_client_credentials_reused_and_renewed()
                     &format!(
                         "allowed_hosts = [\"127.0.0.1:{genesys_port}\"]\noauth = {{ token_url = \"http://127.0.0.1:{genesys_port}/oauth/token\", client_id = \"{CLIENT_ID}\", client_secret = {{ file = \"genesys-secret\" }} }}\n[plugins.open-messaging.config]"
                     ),
-                );
-            let config = dir.join("switchboard.toml");
-            std::fs::write(&config, text).unwrap();
-            let daemon = ServingBinary::start(config, port);
-            let sam = daemon.token(&[
-                "--sub",
-                "sup-sam",
-                "--role",
-                "supervisor",
-                "--team",
-                "support",
-            ]);
-            let api = |method: &str, path: &str, body: &str| {
-                let (status, text) = curl(&[
-                    "-X",
-                    method,
-                    &format!("http://127.0.0.1:{port}{path}"),
-                    "-H",
-                    &format!("Authorization: Bearer {sam}"),
-                    "-H",
-                    "Content-Type: application/json",
-                    "--data-binary",
-                    body,
-                ]);
-                (
-                    status,
-                    serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
                 )
-            };
+            });
+            let port = daemon.port;
+            let sam = support_supervisor(&daemon);
+            let api = |method: &str, path: &str, body: &str| call(port, &sam, method, path, body);
             let inbound = fixture("genesys", "inbound-text.json");
             let signed = format!(
                 "sha256={}",
@@ -928,4 +959,144 @@ async fn genesys_tokens_are_fetched_with_client_credentials_reused_and_renewed()
             }
         }
     }
+}
+
+/// Embedded: a daemon killed with `-9` while its requests wait out a 429 storm loses none of
+/// them; the next start on the same store sends them, in order, and counts them as resumed
+/// (the only requests that may reach a provider twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_a_daemon_killed_mid_delivery_loses_nothing() {
+    let twilio = Twilio::new(ACCOUNT, TWILIO_TOKEN, &[]);
+    let meta = Meta::new(META_TOKEN, PHONE_NUMBER_ID, &[]);
+    let twilio_port = emulators::serve(twilio.router()).await.port();
+    let meta_port = emulators::serve(meta.router()).await.port();
+    let dir = temp_dir("delivery-kill");
+    let run = {
+        let twilio = twilio.clone();
+        move || {
+            let mut first = Daemon::start(&dir, twilio_port, meta_port);
+            first.held_in_a_429_storm(&twilio, "SM00000000000000000000000000000021");
+            first.child.kill().unwrap();
+            first.child.wait().unwrap();
+            twilio.throttle_next.store(0, Ordering::SeqCst);
+
+            let second = Daemon::start(&dir, twilio_port, meta_port);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while twilio.log.accepted().len() < 2 {
+                assert!(Instant::now() < deadline, "{:#?}", twilio.log.all());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let delivered: Vec<String> = twilio
+                .log
+                .accepted()
+                .iter()
+                .map(|request| request.text())
+                .collect();
+            assert_eq!(delivered.len(), 2, "{delivered:#?}");
+            assert!(delivered[0].contains("joined") && delivered[1].contains("Your+refund"));
+            let (_, metrics) = curl(&[&format!("http://127.0.0.1:{}/metrics", second.port)]);
+            assert!(
+                metrics.lines().any(|line| line
+                    == "switchboard_deliveries_total{plugin=\"sms-twilio\",outcome=\"resumed\"} 2"),
+                "both requests counted as resumed: {metrics}"
+            );
+        }
+    };
+    tokio::task::spawn_blocking(run).await.unwrap();
+}
+
+/// Web chat, as the issue's end-to-end story runs it: a customer writes on Chatwoot, a
+/// supervisor monitors, joins publicly and writes, then force-closes; Chatwoot receives the
+/// joined notice, the message and the closing notice as outgoing messages, in order, then the
+/// conversation resolved — each with the agent token filled in from the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_chat_supervised_to_its_end_reaches_chatwoot_in_order() {
+    const CHATWOOT_TOKEN: &str = "canary-chatwoot-token-61c2";
+    let chatwoot = Chatwoot::new(1, CHATWOOT_TOKEN, &[42]);
+    let chatwoot_port = emulators::serve(chatwoot.router()).await.port();
+    let dir = temp_dir("delivery-chatwoot");
+    let run = {
+        let chatwoot = chatwoot.clone();
+        move || {
+            let (daemon, door) = serve_changed(&dir, |text| {
+                text.replace(
+                    "base_url = \"http://127.0.0.1:3000\"",
+                    &format!("base_url = \"http://127.0.0.1:{chatwoot_port}\""),
+                )
+                .replace(
+                    "[plugins.web-chat.config]",
+                    &format!(
+                        "allow_unsigned = true\nallowed_hosts = [\"127.0.0.1:{chatwoot_port}\"]\nsecrets = {{ api_access_token = \"{CHATWOOT_TOKEN}\" }}\n[plugins.web-chat.config]"
+                    ),
+                )
+            });
+            let port = daemon.port;
+            let sam = support_supervisor(&daemon);
+            let api = |path: &str, body: &str| {
+                let (status, answer) = call(port, &sam, "POST", path, body);
+                assert_eq!(status, 200, "{path}: {answer}");
+            };
+            let (status, answer) = curl(&[
+                "-X",
+                "POST",
+                &format!("http://127.0.0.1:{door}/webhooks/web-chat"),
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                std::str::from_utf8(&fixture("chatwoot", "message_created_incoming.json")).unwrap(),
+            ]);
+            assert_eq!(status, 200, "{answer}");
+            let (_, report) = curl(&[
+                &format!("http://127.0.0.1:{port}/v1/conversations"),
+                "-H",
+                &format!("Authorization: Bearer {sam}"),
+            ]);
+            let report: Value = serde_json::from_str(&report).unwrap();
+            let id = report["conversations"][0]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let path = |action: &str| format!("/v1/conversations/{id}/{action}");
+            api(&path("assign"), r#"{"agent": "a-ana"}"#);
+            api(&path("monitor"), "{}");
+            api(&path("join"), r#"{"mode": "public"}"#);
+            api(
+                &path("messages"),
+                r#"{"text": "I am looking into it", "visibility": "public"}"#,
+            );
+            api(
+                &path("force-close"),
+                r#"{"reason": "resolved by supervisor", "confirm": true}"#,
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while chatwoot.status(42).as_deref() != Some("resolved") {
+                assert!(Instant::now() < deadline, "{:#?}", chatwoot.log.all());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let received = chatwoot.log.all();
+            assert!(received.iter().all(|request| request.status == 200
+                && request.headers["api_access_token"] == CHATWOOT_TOKEN));
+            let paths: Vec<&str> = received
+                .iter()
+                .map(|request| request.path.rsplit('/').next().unwrap())
+                .collect();
+            assert_eq!(
+                paths,
+                ["messages", "messages", "messages", "toggle_status"],
+                "{received:#?}"
+            );
+            let texts: Vec<Value> = received
+                .iter()
+                .map(|request| serde_json::from_slice(&request.body).unwrap())
+                .collect();
+            assert!(
+                texts[0]["content"].as_str().unwrap().contains("joined"),
+                "{texts:?}"
+            );
+            assert_eq!(texts[1]["content"], "I am looking into it");
+            assert_eq!(texts[1]["private"], false);
+            assert_eq!(texts[3]["status"], "resolved");
+        }
+    };
+    tokio::task::spawn_blocking(run).await.unwrap();
 }

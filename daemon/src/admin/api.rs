@@ -61,6 +61,19 @@ pub struct Conversation {
     pub sentiment: Sentiment,
     /// Who monitors or has joined, and how.
     pub supervisors: Vec<SupervisorSeat>,
+    /// Where the newest receipt left an outgoing message (the delivery worker's `sent` or
+    /// `failed`, then the provider's `delivered`, `read`, `failed`); absent before any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_delivery: Option<Delivery>,
+}
+
+/// An outgoing message's delivery state.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Delivery {
+    /// The message's request id (the timeline's receipts name it as `message_id`).
+    pub message_id: String,
+    /// `sent`, `delivered`, `read` or `failed`.
+    pub status: String,
 }
 
 impl From<ConversationSummary> for Conversation {
@@ -102,6 +115,13 @@ impl From<ConversationSummary> for Conversation {
                     media: seat.media.map(|media| media.as_str().to_owned()),
                 })
                 .collect(),
+            last_delivery: summary
+                .last_delivery
+                .as_ref()
+                .map(|(message_id, status)| Delivery {
+                    message_id: message_id.to_string(),
+                    status: status.as_str().to_owned(),
+                }),
         }
     }
 }

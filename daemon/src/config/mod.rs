@@ -148,6 +148,8 @@ pub struct PluginConfig {
     pub secrets: std::collections::BTreeMap<String, Secret>,
     /// The plugin's own `[plugins.<id>.config]` table, as TOML text for the plugin.
     pub settings: Secret,
+    /// Requests per second the delivery worker sends for it at most.
+    pub rate_limit: Option<u32>,
     /// OAuth client credentials for the delivery worker's `{{oauth:NAME}}` placeholders.
     pub oauth: Option<OAuthConfig>,
     /// Its settings name an Asterisk ARI (`ari_url` and `application`, as the voice-ari

@@ -238,6 +238,10 @@ pub(crate) struct Plugin {
     /// each as `{ env = "VAR" }` or `{ file = "path" }`.
     #[serde(default)]
     pub secrets: std::collections::BTreeMap<String, String>,
+    /// Requests per second the delivery worker sends for this plugin at most (the provider's
+    /// metered throughput); requests beyond wait their turn. Unset: no limit but
+    /// `delivery.concurrency`.
+    pub rate_limit: Option<Spanned<u32>>,
     /// OAuth 2.0 client credentials (RFC 6749 §4.4) for providers whose API tokens expire
     /// (Genesys Cloud): the delivery worker fetches a token from `token_url`, caches and renews
     /// it, and puts it where the plugin's requests say `{{oauth:NAME}}`.

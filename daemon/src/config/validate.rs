@@ -705,7 +705,19 @@ fn plugins(
             }),
             _ => None,
         };
+        let rate_limit = plugin.rate_limit.and_then(|limit| {
+            if *limit.get_ref() == 0 {
+                sink.at_spanned(
+                    &limit,
+                    format!("`{path}.rate_limit` must be at least 1 request per second"),
+                );
+                None
+            } else {
+                Some(limit.into_inner())
+            }
+        });
         plugins.push(PluginConfig {
+            rate_limit,
             oauth,
             ari_events,
             allowed_hosts,

@@ -13,6 +13,7 @@ pub mod breaker;
 pub mod dead;
 pub mod http;
 pub mod oauth;
+pub mod pace;
 pub mod placeholder;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -143,6 +144,8 @@ pub struct Worker {
     permits: HashMap<String, Arc<Semaphore>>,
     /// The plugins with OAuth client credentials.
     tokens: HashMap<String, oauth::TokenSource>,
+    /// The plugins with a rate limit.
+    paces: HashMap<String, pace::Pace>,
     /// Jobs waiting per conversation; a lane exists while a task works through it.
     lanes: Mutex<HashMap<String, VecDeque<Job>>>,
     /// Ids of the outbox entries in a lane: a fresh read of the outbox (after an admin sent
@@ -179,6 +182,7 @@ impl Worker {
         let mut clients = HashMap::new();
         let mut permits = HashMap::new();
         let mut tokens = HashMap::new();
+        let mut paces = HashMap::new();
         for plugin in service.plugins() {
             let configured = plugins
                 .iter()
@@ -191,6 +195,9 @@ impl Worker {
             });
             if hosts.is_empty() {
                 tracing::warn!(plugin = %plugin.id(), "no allowed_hosts and no URL setting: every request of this plugin will be refused");
+            }
+            if let Some(limit) = configured.and_then(|configured| configured.rate_limit) {
+                paces.insert(plugin.id().to_owned(), pace::Pace::new(limit));
             }
             if let Some(oauth) = configured.and_then(|configured| configured.oauth.clone()) {
                 tokens.insert(plugin.id().to_owned(), oauth::TokenSource::new(oauth));
@@ -210,6 +217,7 @@ impl Worker {
             clients,
             permits,
             tokens,
+            paces,
             lanes: Mutex::new(HashMap::new()),
             queued: Mutex::new(HashSet::new()),
             breakers: breaker::Breakers::default(),
@@ -682,6 +690,9 @@ impl Worker {
             return Verdict::Wait(wait);
         }
         let _permit = permits.acquire().await;
+        if let Some(pace) = self.paces.get(&job.plugin) {
+            pace.wait().await;
+        }
         let started = std::time::Instant::now();
         let sent = client.send(&method, &url, &headers, body).await;
         if let (Some(source), Some(_), Ok(answer)) = (source, &token, &sent)
