@@ -21,13 +21,14 @@ use futures_util::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminContext, Authenticator};
+use crate::clock::now;
 use crate::config::{AmqpConfig, Config};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::outbox::{self, OutboxFeed, PublishEnd};
 use crate::pipeline::{Disposition, Pipeline, plugin_policy};
 use crate::plugin::{PluginHost, PluginSettings};
-use crate::service::{Service, now};
+use crate::service::Service;
 use crate::store::{RedbStore, Store};
 use crate::stream::{STREAM_WINDOW, StreamHub};
 use crate::transport::InboundMessage;
@@ -91,7 +92,7 @@ pub fn build(config: &Config) -> anyhow::Result<Service> {
     let mut pipeline = Pipeline::new(engine, plugins.clone(), store.clone())
         .with_observers(hub.clone(), metrics.clone())
         .with_payload_limit(config.server.body_limit);
-    let now = crate::service::now();
+    let now = crate::clock::now();
     hub.restore(window, |stored| pipeline.revive(stored, now));
     // Committed entries go to whoever takes them next without a store read: the broker
     // publisher, or the embedded delivery worker (whose store reads would wait for the
@@ -510,7 +511,15 @@ async fn publish_outbox(
         tracing::error!("a broker publisher without an outbox feed");
         return;
     };
-    if outbox::publish(&service, &feed, &transport, &stop, CONFIRM_TIMEOUT).await
+    if outbox::publish(
+        service.store().as_ref(),
+        service.metrics(),
+        &feed,
+        &transport,
+        &stop,
+        CONFIRM_TIMEOUT,
+    )
+    .await
         == PublishEnd::Reconnect
     {
         reconnect.cancel();

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod app;
 pub mod ari;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 /// The supervision engine lives in its own crate (`engine/`), re-exported under its old path.

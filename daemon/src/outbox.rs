@@ -19,8 +19,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::family;
-use crate::service::{Service, now};
+use crate::clock::now;
+use crate::metrics::{Metrics, family};
 use crate::store::{OutboxEntry, Store};
 use crate::transport::TransportError;
 use crate::transport::amqp::{AmqpTransport, Confirm};
@@ -181,7 +181,8 @@ enum Source {
 /// through the feed; refused ones are published again after [`RETRY_AFTER`]. On `stop` it
 /// finishes what is committed and confirmed, then returns.
 pub async fn publish(
-    service: &Service,
+    store: &dyn Store,
+    metrics: &Metrics,
     feed: &OutboxFeed,
     transport: &AmqpTransport,
     stop: &CancellationToken,
@@ -189,7 +190,7 @@ pub async fn publish(
 ) -> PublishEnd {
     // Confirmed on an earlier connection: remove them now, or the store read below would
     // publish them again.
-    flush_confirmed(service, feed);
+    flush_confirmed(store, feed);
     feed.restart();
     // The newest id published from the store or the feed on this connection.
     let mut through: Option<String> = None;
@@ -205,13 +206,7 @@ pub async fn publish(
         while in_flight.len() < PUBLISH_WINDOW {
             let room = (PUBLISH_WINDOW - in_flight.len()).min(PUBLISH_GROUP);
             let group: Vec<OutboxEntry> = std::iter::from_fn(|| {
-                next_entry(
-                    service.store().as_ref(),
-                    feed,
-                    &mut source,
-                    &mut retries,
-                    &mut through,
-                )
+                next_entry(store, feed, &mut source, &mut retries, &mut through)
             })
             .take(room)
             .collect();
@@ -262,7 +257,7 @@ pub async fn publish(
                         let Some((entry, published_at)) = in_flight.pop_front() else { break };
                         match result {
                             Ok(()) => {
-                                observe_confirmed(service, &entry, published_at);
+                                observe_confirmed(metrics, &entry, published_at);
                                 feed.confirm(entry.id);
                             }
                             Err(TransportError::Rejected(reason)) => {
@@ -291,7 +286,7 @@ pub async fn publish(
         // Nothing in flight and nothing to publish.
         let caught_up = matches!(&source, Source::Feed(buffered) if buffered.is_empty());
         if stop.is_cancelled() && caught_up {
-            flush_confirmed(service, feed);
+            flush_confirmed(store, feed);
             return PublishEnd::Stopped;
         }
         let idle = *idle_since.get_or_insert_with(Instant::now);
@@ -310,7 +305,7 @@ pub async fn publish(
             () = stop.cancelled(), if !stop.is_cancelled() => {}
             () = tokio::time::sleep_until(wake.unwrap_or(idle)), if wake.is_some() => {
                 if flush_at.is_some_and(|at| at <= Instant::now()) {
-                    flush_confirmed(service, feed);
+                    flush_confirmed(store, feed);
                     // The next flush is an idle period from now: a deadline left in the past
                     // would make this loop spin (it once burnt a core on an idle daemon).
                     idle_since = None;
@@ -387,8 +382,7 @@ fn next_entry(
 /// Where the time of a confirmed publication went: the broker's part, and the whole way from
 /// the input that caused it (which also counts the commit and any backlog, so an operator can
 /// tell a slow broker from a daemon falling behind).
-fn observe_confirmed(service: &Service, entry: &OutboxEntry, published_at: Instant) {
-    let metrics = service.metrics();
+fn observe_confirmed(metrics: &Metrics, entry: &OutboxEntry, published_at: Instant) {
     metrics.observe_duration(family::OUTBOX_CONFIRM_SECONDS, &[], published_at.elapsed());
     let since_input = now().0.saturating_sub(entry.time.0).max(0);
     metrics.observe(
@@ -399,12 +393,12 @@ fn observe_confirmed(service: &Service, entry: &OutboxEntry, published_at: Insta
 }
 
 /// Removes confirmed entries from the store when no commit is coming to take them along.
-fn flush_confirmed(service: &Service, feed: &OutboxFeed) {
+fn flush_confirmed(store: &dyn Store, feed: &OutboxFeed) {
     let confirmed = feed.take_confirmed();
     if confirmed.is_empty() {
         return;
     }
-    if let Err(error) = tokio::task::block_in_place(|| service.store().mark_sent(&confirmed)) {
+    if let Err(error) = tokio::task::block_in_place(|| store.mark_sent(&confirmed)) {
         // They go out again after a restart, with the same ids: harmless for consumers that
         // deduplicate, and nothing is lost.
         tracing::error!(error = %error, "cannot mark outbox entries sent");

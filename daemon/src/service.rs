@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, RwLock, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Engine, Millis};
+use crate::clock::now;
+use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::metrics::family;
 use crate::outbox::OutboxFeed;
@@ -387,14 +388,4 @@ impl Service {
             }
         }
     }
-}
-
-/// Wall-clock time as the engine takes it.
-pub fn now() -> Millis {
-    Millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|since| since.as_millis() as i64)
-            .unwrap_or(0),
-    )
 }

@@ -222,7 +222,7 @@ async fn handshake(
         headers: header_pairs(&headers),
         content_type: None,
         body: Vec::new(),
-        received_at: crate::service::now(),
+        received_at: crate::clock::now(),
     };
     match loaded.handshake(&request) {
         Ok(Some(answer)) => {
@@ -297,7 +297,7 @@ async fn webhook(
         headers: pairs.clone(),
         content_type: content_type.clone(),
         body: body.to_vec(),
-        received_at: crate::service::now(),
+        received_at: crate::clock::now(),
     };
     if let Some(broker) = &context.broker {
         let response = through_broker(&context, &loaded, &plugin, broker, message, request()).await;

@@ -352,7 +352,7 @@ pub(super) async fn conversations(
     let filter = report_filter(&query);
     let rows = context
         .service
-        .read(|engine| engine.ongoing(&actor, &filter, crate::service::now()))
+        .read(|engine| engine.ongoing(&actor, &filter, crate::clock::now()))
         .await;
     let conversations: Vec<api::Conversation> = rows.into_iter().map(Into::into).collect();
     json(
@@ -406,7 +406,7 @@ pub(super) async fn conversation(
         context
             .service
             .read(|engine| {
-                let summary = engine.find(&actor, &id, crate::service::now())?;
+                let summary = engine.find(&actor, &id, crate::clock::now())?;
                 let conversation = engine.state().conversation(summary.id)?;
                 let mut participants = vec![api::Participant {
                     id: conversation.customer.id.to_string(),

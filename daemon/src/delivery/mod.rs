@@ -3,11 +3,17 @@
 //!
 //! Embedded, the durable outbox is its queue: an entry leaves the store only once it was
 //! delivered or given up on (dead), so a crash loses nothing and re-sends at most what was in
-//! flight. Requests of one conversation go one at a time, in commit order: a retry, however
+//! flight; new entries come straight from each commit through the outbox feed, the store is
+//! read at the start, after a resend and after the feed overflowed. On RabbitMQ the worker
+//! consumes `switchboard.delivery` ([`crate::transport::amqp::delivery`]). Requests of one
+//! conversation go one at a time, in commit order: a retry, however
 //! long its `Retry-After`, holds back the later ones of its conversation and no other.
 //! Credentials are filled in just before sending ([`placeholder`]); the egress policy and the
-//! HTTP client live in [`http`]. The outcome of a customer message goes back on its
-//! conversation's timeline as a receipt (`sent`, or `failed` with the provider's error).
+//! HTTP client live in [`http`]; a circuit per provider host in [`breaker`], OAuth tokens in
+//! [`oauth`], a plugin's rate limit in [`pace`]. The outcome of a customer message goes back on
+//! its conversation's timeline as a receipt (`sent`, or `failed` with the provider's error, as
+//! the plugin read the answer when it exports `delivery-receipts`); a voice supervisor's media
+//! requests come back as live or failed.
 
 pub mod breaker;
 pub mod dead;
@@ -24,6 +30,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now;
 use crate::config::{AmqpConfig, DeliveryConfig, PluginConfig};
 use crate::engine::{
     ChannelEvent, ConversationId, ConversationRef, EventBody, PluginId, ProviderError,
@@ -31,7 +38,7 @@ use crate::engine::{
 };
 use crate::metrics::family;
 use crate::pipeline::Submission;
-use crate::service::{Service, now};
+use crate::service::Service;
 use crate::store::{DeadDelivery, OutboxEntry};
 use crate::transport::amqp::delivery::{DeliveryQueue, RequestAck};
 

@@ -377,7 +377,7 @@ fn entry_of(properties: &BasicProperties, body: &[u8]) -> OutboxEntry {
         subject: None,
         time: properties
             .timestamp()
-            .map_or_else(crate::service::now, |seconds| {
+            .map_or_else(crate::clock::now, |seconds| {
                 Millis(
                     i64::try_from(seconds)
                         .unwrap_or(i64::MAX)
