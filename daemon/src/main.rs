@@ -37,16 +37,6 @@ enum Command {
     Serve,
     /// Validate the configuration and print every problem (exit 64 if there is any).
     CheckConfig,
-    /// Drive a running daemon through RabbitMQ and measure it beside the raw broker baseline
-    /// (JSON on stdout).
-    Load {
-        /// Messages to send.
-        #[arg(long, default_value_t = 20_000)]
-        messages: usize,
-        /// Messages per second (default: as fast as confirms allow).
-        #[arg(long)]
-        rate: Option<u32>,
-    },
     /// Mint a development token (HS256, with the configured secret, issuer and audience).
     Token {
         /// The subject: a supervisor, agent or gateway id.
@@ -168,21 +158,6 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve => load_checked(&cli.config).and_then(|config| {
             serve(config).map_err(|error| Failure::Failed(format!("{error:#}")))
-        }),
-        Command::Load { messages, rate } => load(&cli.config).and_then(|config| {
-            let amqp = config
-                .amqp
-                .clone()
-                .ok_or_else(|| Failure::Usage("`load` needs [amqp] url".to_owned()))?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|error| Failure::Failed(error.to_string()))?;
-            let plan = switchboard::transport::amqp::load::LoadPlan { messages, rate };
-            runtime
-                .block_on(switchboard::transport::amqp::load::run(&amqp, &plan))
-                .map(|report| Output::Json(serde_json::to_value(report).unwrap_or_default()))
-                .map_err(|error| Failure::Failed(error.to_string()))
         }),
         Command::Token {
             sub,

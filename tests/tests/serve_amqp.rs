@@ -2,7 +2,7 @@
 //! published to the inbound exchange becomes a conversation, and its CloudEvent reaches a
 //! subscriber of the outbound exchange; a poison message is dead-lettered with its reason while
 //! the stream goes on; a redelivered message changes nothing; a publication the broker refuses
-//! goes out again once it can; shutdown is clean; `switchboard load` measures its three
+//! goes out again once it can; shutdown is clean; `switchboard-load` measures its three
 //! phases against it. Names are this run's own and are deleted afterwards.
 
 use std::path::Path;
@@ -422,13 +422,13 @@ async fn a_refused_publication_is_published_again_until_the_broker_takes_it() {
     daemon.stop(&client).await;
 }
 
-/// `switchboard load` against a running daemon: every webhook comes back as its event (the
+/// `switchboard-load` against a running daemon: every webhook comes back as its event (the
 /// tool fails otherwise), and the report holds the three phases — end to end, the one-crossing
 /// baseline and the two-crossing relay — with ratios that are the quotients of their
 /// throughputs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_tool_measures_end_to_end_the_baseline_and_the_relay() {
-    use switchboard::transport::amqp::load::{self, LoadPlan, Measurement};
+    use switchboard_load::{self as load, LoadPlan, Measurement};
 
     let Some(client) = broker_client().await else {
         return;

@@ -19,7 +19,6 @@ use lapin::{
 };
 
 pub mod delivery;
-pub mod load;
 
 use super::{InboundMessage, TransportError};
 use crate::config::AmqpConfig;

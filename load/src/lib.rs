@@ -1,6 +1,6 @@
-//! `switchboard load`: drives a running daemon through RabbitMQ and measures it, beside the raw
-//! broker baseline of the same run. Outside the daemon's flow; inside the AMQP module because
-//! it speaks lapin.
+//! The load tool (`switchboard-load`): drives a running daemon through RabbitMQ and measures
+//! it, beside the raw broker baseline of the same run. Outside the daemon's flow, hence a crate
+//! of its own; it speaks lapin itself, as a gateway and a subscriber would.
 //!
 //! End to end: realistic Twilio SMS webhooks, each from a new customer, are published to the
 //! inbound exchange (persistent, with confirms, pipelined); each opens a conversation, so each
@@ -27,8 +27,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::Serialize;
 
-use super::super::TransportError;
-use crate::config::AmqpConfig;
+use switchboard::config::AmqpConfig;
+use switchboard::transport::TransportError;
 
 /// Confirms awaited at once: enough to keep the broker busy, bounded for memory.
 const CONFIRM_WINDOW: usize = 512;
@@ -37,7 +37,7 @@ const CONFIRM_WINDOW: usize = 512;
 /// deleting its queue): the report is what matters, a broker slow to tidy up must not hold it.
 const CLEAN_UP: Duration = Duration::from_secs(5);
 
-/// What `switchboard load` measures.
+/// What the load tool measures.
 #[derive(Clone, Debug)]
 pub struct LoadPlan {
     pub messages: usize,
@@ -270,15 +270,15 @@ pub async fn run(config: &AmqpConfig, plan: &LoadPlan) -> Result<LoadReport, Tra
     })
 }
 
-/// A durable quorum queue, as the daemon's inbound queue is (its arguments from the same
-/// helper).
+/// A durable quorum queue, as the daemon's inbound queue is.
 async fn declare_quorum(channel: &Channel, name: &str) -> Result<(), TransportError> {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions::durable(),
-            super::quorum([]),
-        )
+        .queue_declare(name.into(), QueueDeclareOptions::durable(), arguments)
         .await
         .map(drop)
         .map_err(broker)
