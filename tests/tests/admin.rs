@@ -267,6 +267,29 @@ async fn operations_endpoints_answer_without_a_token() {
         assert!(paths.contains_key(path), "{path} is not documented");
     }
     assert!(paths["/v1/conversations/{id}/monitor"]["delete"].is_object());
+
+    // Every route of the route table, as the document lists it, refuses a caller without a
+    // token (the list is the router's own: a route added later is checked too). The limit on
+    // unauthenticated requests is raised, so that each answer is the token check's.
+    let mut config = shipped_config(&[]);
+    config.server.unauthenticated_rate_limit = 1_000_000;
+    let api = api_with(config);
+    let mut checked = 0;
+    for (path, item) in paths.iter().filter(|(path, _)| path.starts_with("/v1/")) {
+        for (method, _) in item.as_object().unwrap() {
+            let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+                continue;
+            };
+            let uri = path.replace("{id}", "x").replace("{plugin}", "x");
+            let (status, body) = api.call(method.clone(), &uri, None, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 22,
+        "only {checked} /v1 operations in the document"
+    );
     assert_eq!(
         paths["/v1/conversations/{id}/force-close"]["post"]["responses"]["409"]["content"]["application/problem+json"]
             ["schema"]["$ref"],

@@ -72,6 +72,7 @@ const OWNERS: &[(&str, &str)] = &[
     ("axum", "daemon/src/admin/"),
     ("jsonwebtoken", "daemon/src/admin/"),
     ("utoipa", "daemon/src/admin/"),
+    ("utoipa_axum", "daemon/src/admin/"),
     ("redb", "daemon/src/store/"),
     ("vader_sentiment", "daemon/src/sentiment.rs"),
     ("toml", "daemon/src/config/"),

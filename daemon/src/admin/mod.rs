@@ -90,18 +90,21 @@ type Shared = Arc<AdminContext>;
 /// The whole API as one router (served by `app.rs`, driven in-process by the tests).
 pub fn router(context: AdminContext) -> Router {
     let context = Arc::new(context);
-    let limited = routes::v1()
+    let (v1, _) = routes::v1().split_for_parts();
+    let (stream, _) = sse::routes().split_for_parts();
+    let (operations, _) = routes::operations().split_for_parts();
+    let limited = v1
         .layer(DefaultBodyLimit::max(context.body_limit))
         .layer(middleware::from_fn_with_state(context.clone(), timeout));
     let v1 = limited
-        .merge(sse::routes())
+        .merge(stream)
         .layer(middleware::from_fn_with_state(context.clone(), rate_limit))
         .layer(middleware::from_fn_with_state(
             context.clone(),
             authenticate,
         ));
     Router::new()
-        .merge(routes::operations())
+        .merge(operations)
         .merge(v1)
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no-route", "no such route") })
         .layer(middleware::from_fn(framework_problems))

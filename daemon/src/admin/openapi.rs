@@ -12,6 +12,9 @@ use super::problem::ProblemDetails;
 use super::routes;
 use super::sse;
 
+/// What the routes do not say: the title, the licence, the shared schemas and the security
+/// scheme. The paths come from the route table itself ([`routes::operations`], [`routes::v1`],
+/// [`sse::routes`]), each written once with its handler.
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -19,26 +22,24 @@ use super::sse;
         description = "Supervise live contact-center conversations on every channel. Errors are RFC 9457 problem+json with a stable `code`.",
         license(name = "Apache-2.0")
     ),
-    paths(
-        routes::healthz, routes::readyz, routes::metrics, routes::openapi,
-        routes::inbound,
-        routes::conversations, routes::conversation,
-        routes::monitor, routes::stop_monitor, routes::whisper, routes::join, routes::barge,
-        routes::message, routes::leave, routes::assign, routes::transfer, routes::force_close,
-        routes::agents, routes::presence, routes::queues,
-        routes::plugins, routes::reload, routes::outbox,
-        routes::dead_deliveries, routes::resend_dead_deliveries,
-        sse::stream,
-    ),
     components(schemas(ProblemDetails, api::Conversation, api::ConversationList, api::ConversationDetail)),
-    modifiers(&Security, &ProblemResponses),
     security(("bearer" = []))
 )]
 struct ApiDoc;
 
-/// The generated document.
+/// The generated document: the route table's paths, then the security scheme and the problem
+/// answers every `/v1` route can give.
 pub(super) fn document() -> Document {
-    ApiDoc::openapi()
+    let (_, operations) = routes::operations().split_for_parts();
+    let (_, v1) = routes::v1().split_for_parts();
+    let (_, stream) = sse::routes().split_for_parts();
+    let mut document = ApiDoc::openapi();
+    for part in [operations, v1, stream] {
+        document.merge(part);
+    }
+    Security.modify(&mut document);
+    ProblemResponses.modify(&mut document);
+    document
 }
 
 struct Security;

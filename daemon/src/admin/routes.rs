@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use serde::de::DeserializeOwned;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::api::{self, ReportQuery};
 use super::problem::Problem;
@@ -27,37 +27,38 @@ use crate::pipeline::{Completion, Disposition, Submission};
 use crate::service::SubmitError;
 use crate::transport::InboundMessage;
 
-pub(super) fn operations() -> Router<Shared> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+/// The operations routes (no token), each with its handler and its OpenAPI entry.
+pub(super) fn operations() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
 }
 
-pub(super) fn v1() -> Router<Shared> {
-    Router::new()
-        .route("/v1/inbound/{plugin}", post(inbound))
-        .route("/v1/conversations", get(conversations))
-        .route("/v1/conversations/{id}", get(conversation))
-        .route("/v1/conversations/{id}/monitor", post(monitor))
-        .route("/v1/conversations/{id}/monitor", delete(stop_monitor))
-        .route("/v1/conversations/{id}/whisper", post(whisper))
-        .route("/v1/conversations/{id}/join", post(join))
-        .route("/v1/conversations/{id}/barge", post(barge))
-        .route("/v1/conversations/{id}/messages", post(message))
-        .route("/v1/conversations/{id}/leave", post(leave))
-        .route("/v1/conversations/{id}/assign", post(assign))
-        .route("/v1/conversations/{id}/transfer", post(transfer))
-        .route("/v1/conversations/{id}/force-close", post(force_close))
-        .route("/v1/agents", get(agents))
-        .route("/v1/agents/{id}/presence", put(presence))
-        .route("/v1/queues", get(queues))
-        .route("/v1/plugins", get(plugins))
-        .route("/v1/plugins/{id}/reload", post(reload))
-        .route("/v1/outbox", get(outbox))
-        .route("/v1/deliveries/dead", get(dead_deliveries))
-        .route("/v1/deliveries/dead/resend", post(resend_dead_deliveries))
+/// The `/v1` routes, each path written once with its handlers and their OpenAPI entries.
+pub(super) fn v1() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new()
+        .routes(routes!(inbound))
+        .routes(routes!(conversations))
+        .routes(routes!(conversation))
+        .routes(routes!(monitor, stop_monitor))
+        .routes(routes!(whisper))
+        .routes(routes!(join))
+        .routes(routes!(barge))
+        .routes(routes!(message))
+        .routes(routes!(leave))
+        .routes(routes!(assign))
+        .routes(routes!(transfer))
+        .routes(routes!(force_close))
+        .routes(routes!(agents))
+        .routes(routes!(presence))
+        .routes(routes!(queues))
+        .routes(routes!(plugins))
+        .routes(routes!(reload))
+        .routes(routes!(outbox))
+        .routes(routes!(dead_deliveries))
+        .routes(routes!(resend_dead_deliveries))
 }
 
 // ---- operations ----------------------------------------------------------------------------

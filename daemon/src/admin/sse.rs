@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
-use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use futures_util::{Stream, StreamExt as _};
 use tokio::sync::broadcast::error::RecvError;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::TokenExpiry;
 use super::problem::Problem;
@@ -28,8 +28,8 @@ use crate::stream::{StreamEvent, StreamId, StreamPayload};
 
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
-pub(super) fn routes() -> Router<Shared> {
-    Router::new().route("/v1/stream", get(stream))
+pub(super) fn routes() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new().routes(routes!(stream))
 }
 
 /// How long until `expiry` (zero when it has passed).
