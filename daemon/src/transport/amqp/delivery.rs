@@ -140,7 +140,7 @@ impl DeliveryQueue {
     /// Up to `limit` dead deliveries, read without taking them: each is fetched unacknowledged
     /// and returned to the queue at the end (the inbound dead letters among them too).
     pub async fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeadDelivery>, TransportError> {
-        let held = self.hold_dead_queue().await?;
+        let held = self.hold_dead_queue(Some(limit)).await?;
         let found = held
             .iter()
             .filter_map(|(_, dead)| dead.clone())
@@ -158,7 +158,7 @@ impl DeliveryQueue {
     /// sent again.
     pub async fn resend(&self, ids: Option<&[String]>) -> Result<Vec<String>, TransportError> {
         let mut resent = Vec::new();
-        for (tag, dead) in self.hold_dead_queue().await? {
+        for (tag, dead) in self.hold_dead_queue(None).await? {
             let Some(dead) = dead.filter(|dead| ids.is_none_or(|ids| ids.contains(&dead.entry.id)))
             else {
                 self.release(tag, false).await?;
@@ -189,11 +189,19 @@ impl DeliveryQueue {
         Ok(resent)
     }
 
-    /// Every message in the dead queue, fetched unacknowledged (held until acknowledged or
-    /// returned), each with its dead delivery (`None` for an inbound dead letter).
-    async fn hold_dead_queue(&self) -> Result<Vec<(u64, Option<DeadDelivery>)>, TransportError> {
+    /// The messages in the dead queue, fetched unacknowledged (held until acknowledged or
+    /// returned), each with its dead delivery (`None` for an inbound dead letter): all of them,
+    /// or only until `enough` dead deliveries were found.
+    async fn hold_dead_queue(
+        &self,
+        enough: Option<usize>,
+    ) -> Result<Vec<(u64, Option<DeadDelivery>)>, TransportError> {
         let mut held = Vec::new();
+        let mut found = 0;
         for _ in 0..self.dead_queue_length().await? {
+            if enough.is_some_and(|enough| found >= enough) {
+                break;
+            }
             let Some(message) = self
                 .admin
                 .basic_get(
@@ -206,6 +214,7 @@ impl DeliveryQueue {
                 break;
             };
             let dead = dead_delivery(&message.delivery.properties, &message.delivery.data);
+            found += usize::from(dead.is_some());
             held.push((message.delivery.delivery_tag, dead));
         }
         Ok(held)
