@@ -262,6 +262,32 @@ pub fn amqp_header(properties: &lapin::BasicProperties, name: &str) -> Option<St
     })
 }
 
+/// One admin API call on `port` with a JSON body: the status and the answer as JSON (null
+/// when it is not JSON).
+pub fn call(
+    port: u16,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let (status, text) = curl(&[
+        "-X",
+        method,
+        &format!("http://127.0.0.1:{port}{path}"),
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        body,
+    ]);
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// `curl` as a provider or an operator would run it: the status and the body.
 pub fn curl(args: &[&str]) -> (u16, String) {
     let output = std::process::Command::new("curl")
@@ -361,6 +387,23 @@ impl ServingBinary {
             std::thread::sleep(Duration::from_millis(100));
         }
         serving
+    }
+
+    /// A supervisor's token: `sub` supervising `team`.
+    pub fn supervisor_token(&self, sub: &str, team: &str) -> String {
+        self.token(&["--sub", sub, "--role", "supervisor", "--team", team])
+    }
+
+    /// One admin API call with a JSON body, as a frontend makes it: the status and the
+    /// answer as JSON (null when it is not JSON).
+    pub fn call(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        call(self.port, token, method, path, body)
     }
 
     /// A token from `switchboard token` for this configuration.

@@ -126,6 +126,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let writer = tokio::spawn(service.clone().run_writer(writer_stop.clone()));
     let ticks_stop = CancellationToken::new();
     let ticks = tokio::spawn(service.clone().run_ticks(TICK, ticks_stop.clone()));
+    let leases = tokio::spawn(crate::attendance::keep_leases(
+        service.clone(),
+        service.attendance().clone(),
+        config.engine.monitor_lease,
+        ticks_stop.clone(),
+    ));
     let dead_letters = Arc::new(match (&config.amqp, config.delivery.enabled) {
         (None, _) => crate::delivery::dead::DeadLetters::in_store(service.clone()),
         (Some(_), true) => crate::delivery::dead::DeadLetters::in_broker(service.clone()),
@@ -135,6 +141,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let http = tokio::spawn(admin::serve(
         listener,
         AdminContext::new(service.clone(), authenticator, &config.server)
+            .with_frontend(
+                config.engine.report_window,
+                config.console.clone(),
+                config.auth.hs256_secret.is_some(),
+            )
             .with_config_file(config.file.clone())
             .with_dead_letters(dead_letters.clone()),
         http_stop.clone(),
@@ -251,6 +262,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _ = writer.await;
     ticks_stop.cancel();
     let _ = ticks.await;
+    let _ = leases.await;
     match http.await {
         Ok(Err(error)) => tracing::warn!(error = %error, "the admin API ended with an error"),
         Err(error) => tracing::warn!(error = %error, "the admin API task failed"),

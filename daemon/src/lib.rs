@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod app;
 pub mod ari;
+pub mod attendance;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -54,6 +54,8 @@ pub struct Service {
     pipeline: RwLock<Pipeline>,
     store: Arc<dyn Store>,
     hub: Arc<StreamHub>,
+    /// Who has a stream open and when each user was last heard from (the monitor lease).
+    attendance: Arc<crate::attendance::Attendance>,
     metrics: Arc<Metrics>,
     plugins: Vec<Arc<Plugin>>,
     /// Wakes the embedded transport's outbox logger after a commit.
@@ -130,6 +132,7 @@ impl Service {
             pipeline: RwLock::new(pipeline),
             store,
             hub,
+            attendance: Arc::new(crate::attendance::Attendance::new(now())),
             metrics,
             plugins,
             outbox_ready: Notify::new(),
@@ -156,6 +159,10 @@ impl Service {
 
     pub fn hub(&self) -> &Arc<StreamHub> {
         &self.hub
+    }
+
+    pub fn attendance(&self) -> &Arc<crate::attendance::Attendance> {
+        &self.attendance
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

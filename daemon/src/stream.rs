@@ -80,6 +80,15 @@ impl<'de> serde::Deserialize<'de> for StreamId {
 }
 
 impl StreamId {
+    /// The id just after every event of the record at `position`: a read that reflects that
+    /// record names it, and a stream resumed from it starts with the next record's events.
+    pub fn after_record(position: Position) -> Self {
+        Self {
+            position,
+            index: u32::MAX,
+        }
+    }
+
     /// The last id before this one: resuming from it misses nothing from here on.
     fn before(self) -> Self {
         match (self.index, self.position.silent, self.position.public) {

@@ -384,7 +384,7 @@ fn engine_benchmarks(c: &mut Criterion) {
         teams: vec!["team-0".into()],
     };
     let filter = report::ReportFilter {
-        channel: Some(ChannelKind::Web),
+        channels: vec![ChannelKind::Web],
         ..Default::default()
     };
     let now = workload.now;

@@ -281,11 +281,16 @@ impl Step<'_> {
         reply_to: Option<Box<str>>,
     ) -> Result<Reply, Refusal> {
         // The hot path: one lookup for what the message needs.
-        let live = self
-            .engine
-            .state
-            .live_thread_mut(&conversation)
-            .map(|c| (c.id, c.state, !c.seats.is_empty()));
+        let live = match &mut self.engine {
+            super::Target::Live(engine) => engine
+                .state
+                .live_thread_mut(&conversation)
+                .map(|c| (c.id, c.state, !c.seats.is_empty())),
+            super::Target::Dry(engine) => engine
+                .state
+                .live_thread(&conversation)
+                .map(|c| (c.id, c.state, !c.seats.is_empty())),
+        };
         let (id, state, supervised) = match live {
             Some(live) => live,
             None => {

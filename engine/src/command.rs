@@ -69,7 +69,7 @@ impl Step<'_> {
         self.out.reply = Some(decision);
     }
 
-    fn action(&mut self, actor: &Actor, action: Action) -> Decision {
+    pub(super) fn action(&mut self, actor: &Actor, action: Action) -> Decision {
         if let Action::SetPresence { agent, presence } = action {
             return self.set_presence(actor, agent, presence);
         }
@@ -117,8 +117,41 @@ impl Step<'_> {
                 reason,
                 confirm,
             } => self.force_close(actor, &conversation, reason, confirm),
+            Action::EndLapsedSeats { supervisor } => self.end_lapsed_seats(actor, &supervisor),
             Action::SetPresence { .. } => unreachable!("handled above"),
         }
+    }
+
+    /// CONTRACT §9 monitor lease: a supervisor who is gone (every live stream closed for the
+    /// lease) holds no seat, so a closed browser tab never keeps a monitor slot — voice
+    /// allows one. Each seat ends as `leave` would, a silent monitor as silently as it began.
+    fn end_lapsed_seats(&mut self, actor: &Actor, supervisor: &UserId) -> Decision {
+        if !actor.is_admin() {
+            return Err(Refusal::new(
+                Code::Forbidden,
+                "only the daemon (an admin) ends lapsed seats",
+            ));
+        }
+        let held: Vec<(ConversationId, SupervisionMode, bool)> = self
+            .engine
+            .state
+            .conversations()
+            .filter_map(|conversation| {
+                let seat = conversation.seat(supervisor)?;
+                let tell_agent = self
+                    .engine
+                    .policy(conversation.channel)
+                    .tell_agent_on_monitor;
+                Some((conversation.id, seat.mode, tell_agent))
+            })
+            .collect();
+        let mut silent = true;
+        for (id, mode, tell_agent) in &held {
+            silent &= *mode == SupervisionMode::Monitor && !tell_agent;
+            self.release_seat(id, supervisor, EndReason::LeaseExpired);
+        }
+        self.out.silent = silent && !held.is_empty();
+        Ok(Reply::default())
     }
 
     /// The conversation, if the actor may see it. Expertflow scopes supervisors to their

@@ -317,6 +317,9 @@ pub enum EndReason {
     /// A media request failed (the call's channel gone, the supervisor's phone unreachable):
     /// a monitor that hears nothing is ended rather than kept.
     MediaFailed,
+    /// The supervisor's live streams were all gone for the monitor lease (a closed browser
+    /// tab): the seat is freed rather than held by nobody.
+    LeaseExpired,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -337,6 +337,11 @@ pub enum Action {
         agent: AgentId,
         presence: Presence,
     },
+    /// Ends every seat `supervisor` holds: the daemon's lease keeper sends it when none of the
+    /// supervisor's streams has been open for the monitor lease. Admins only.
+    EndLapsedSeats {
+        supervisor: UserId,
+    },
 }
 
 impl Action {
@@ -354,6 +359,7 @@ impl Action {
             Self::Transfer { .. } => "transfer",
             Self::ForceClose { .. } => "force-close",
             Self::SetPresence { .. } => "set-presence",
+            Self::EndLapsedSeats { .. } => "end-lapsed-seats",
         }
     }
 }

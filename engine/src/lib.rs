@@ -150,7 +150,7 @@ impl Engine {
         out.record.seq = seq;
         out.record.at = now;
         let mut step = Step {
-            engine: self,
+            engine: Target::Live(self),
             out,
             now,
         };
@@ -219,16 +219,66 @@ impl Engine {
 
 /// One input being applied: the engine plus the outcome it writes to.
 struct Step<'a> {
-    engine: &'a mut Engine,
+    engine: Target<'a>,
     out: &'a mut Outcome,
     now: Millis,
+}
+
+/// The engine a step works on: the live one, or, for a dry run, a read-only view whose
+/// changes are recorded and dropped. Every rule is checked before its first change, so a dry
+/// run's verdict is the live verdict, without the write lock.
+enum Target<'a> {
+    Live(&'a mut Engine),
+    Dry(&'a Engine),
+}
+
+impl std::ops::Deref for Target<'_> {
+    type Target = Engine;
+
+    fn deref(&self) -> &Engine {
+        match self {
+            Self::Live(engine) => engine,
+            Self::Dry(engine) => engine,
+        }
+    }
+}
+
+impl Engine {
+    /// Whether `actor` may take `action` now: the engine's own rules, run dry (nothing
+    /// changes). Frontends enable their buttons from this instead of re-implementing a rule.
+    pub fn check(&self, actor: &Actor, action: Action, now: Millis) -> Result<(), Refusal> {
+        let mut out = Outcome::default();
+        let mut step = Step {
+            engine: Target::Dry(self),
+            out: &mut out,
+            now,
+        };
+        step.action(actor, action).map(drop)
+    }
 }
 
 impl Step<'_> {
     /// Records a change and applies it at once, so that later rules of the same input see it.
     fn change(&mut self, change: Change) {
-        self.engine.state.evolve(self.now, &change);
+        if let Target::Live(engine) = &mut self.engine {
+            engine.state.evolve(self.now, &change);
+        }
         self.out.record.changes.push(change);
+    }
+
+    /// The next timer due by now (none in a dry run, which never ticks).
+    fn pop_due_timer(&mut self) -> Option<Timer> {
+        let Target::Live(engine) = &mut self.engine else {
+            return None;
+        };
+        if engine
+            .timers
+            .peek()
+            .is_none_or(|timer| timer.0.due > self.now)
+        {
+            return None;
+        }
+        engine.timers.pop().map(|timer| timer.0)
     }
 
     fn timeline(
@@ -261,11 +311,13 @@ impl Step<'_> {
     }
 
     fn arm(&mut self, due: Millis, kind: TimerKind, conversation: &ConversationId) {
-        self.engine.timers.push(Reverse(Timer {
-            due,
-            kind,
-            conversation: *conversation,
-        }));
+        if let Target::Live(engine) = &mut self.engine {
+            engine.timers.push(Reverse(Timer {
+                due,
+                kind,
+                conversation: *conversation,
+            }));
+        }
     }
 
     fn conversation(&self, id: &ConversationId) -> Option<&Conversation> {

@@ -7,13 +7,7 @@ use super::{Step, Timer, TimerKind, WrapUpCapacity};
 
 impl Step<'_> {
     pub(super) fn tick(&mut self) {
-        while let Some(std::cmp::Reverse(timer)) = self.engine.timers.peek() {
-            if timer.due > self.now {
-                break;
-            }
-            let Some(std::cmp::Reverse(timer)) = self.engine.timers.pop() else {
-                break;
-            };
+        while let Some(timer) = self.pop_due_timer() {
             self.fire(timer);
         }
     }

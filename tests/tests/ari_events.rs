@@ -113,14 +113,7 @@ async fn calls_arrive_over_the_daemons_own_ari_connection_and_supervision_drives
         move || {
             let daemon = Daemon::start(&dir, port);
             wait_until("the events connection", || ari.connections() == 1);
-            let sam = daemon.token(&[
-                "--sub",
-                "sup-sam",
-                "--role",
-                "supervisor",
-                "--team",
-                "support",
-            ]);
+            let sam = daemon.supervisor_token("sup-sam", "support");
 
             // A call enters the application, an agent answers: a conversation, fed by the
             // daemon's own connection.

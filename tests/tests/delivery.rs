@@ -21,7 +21,7 @@ use switchboard_tests::emulators::{
     self, chatwoot::Chatwoot, genesys::Genesys, meta::Meta, twilio::Twilio,
 };
 use switchboard_tests::{
-    ServingBinary, contains, curl, files_under, fixture, free_port, secret_forms,
+    ServingBinary, call, contains, curl, files_under, fixture, free_port, secret_forms,
     shipped_config_with_door, temp_dir,
 };
 
@@ -185,18 +185,28 @@ impl Daemon {
         assert_eq!(status, 200, "{answer}");
     }
 
-    /// The id of the conversation whose customer is `customer`.
+    /// The id of the conversation whose customer is `customer`. On RabbitMQ the door answers
+    /// once the webhook is in the broker, and the consumer applies it a moment later: wait
+    /// for it.
     fn conversation(&self, token: &str, customer: &str) -> String {
-        let (_, report) = self.api("GET", "/v1/conversations", token, None);
-        report["conversations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|summary| summary["customer"]["id"] == customer)
-            .unwrap_or_else(|| panic!("no conversation of {customer}: {report}"))["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, report) = self.api("GET", "/v1/conversations", token, None);
+            let found = report["conversations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|summary| summary["customer"]["id"] == customer)
+                .map(|summary| summary["id"].as_str().unwrap().to_owned());
+            if let Some(id) = found {
+                return id;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no conversation of {customer}: {report}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Assign, join publicly, write: the supervisor's public message goes to the customer.
@@ -224,14 +234,7 @@ impl Daemon {
     /// the message) while Twilio answers every request 429: returns once the worker tried, so
     /// that both requests are held, waiting for a retry. The supervisor's token.
     fn held_in_a_429_storm(&self, twilio: &Twilio, sid: &str) -> String {
-        let bea = self.token(&[
-            "--sub",
-            "sup-bea",
-            "--role",
-            "supervisor",
-            "--team",
-            "billing",
-        ]);
+        let bea = self.supervisor_token("sup-bea", "billing");
         twilio.throttle_next.store(u32::MAX, Ordering::SeqCst);
         self.sms("+14155551234", "Where is my refund", sid);
         let id = self.conversation(&bea, "+14155551234");
@@ -292,22 +295,8 @@ async fn supervisor_messages_reach_the_providers_with_their_credentials_and_outc
         let twilio = twilio.clone();
         let meta = meta.clone();
         move || {
-            let bea = daemon.token(&[
-                "--sub",
-                "sup-bea",
-                "--role",
-                "supervisor",
-                "--team",
-                "billing",
-            ]);
-            let sam = daemon.token(&[
-                "--sub",
-                "sup-sam",
-                "--role",
-                "supervisor",
-                "--team",
-                "support",
-            ]);
+            let bea = daemon.supervisor_token("sup-bea", "billing");
+            let sam = daemon.supervisor_token("sup-sam", "support");
 
             // SMS: a 429 storm on the first two attempts, honoured; both requests (the joined
             // notice, then the message) arrive once each, in order, with Basic auth.
@@ -563,30 +552,7 @@ fn serve_changed(dir: &Path, change: impl FnOnce(String) -> String) -> (ServingB
 
 /// A token of `sup-sam`, supervisor of the support team.
 fn support_supervisor(daemon: &ServingBinary) -> String {
-    daemon.token(&[
-        "--sub",
-        "sup-sam",
-        "--role",
-        "supervisor",
-        "--team",
-        "support",
-    ])
-}
-
-/// One admin API call with a JSON body; the status and the answer as JSON.
-fn call(port: u16, token: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let (status, text) = curl(&[
-        "-X",
-        method,
-        &format!("http://127.0.0.1:{port}{path}"),
-        "-H",
-        &format!("Authorization: Bearer {token}"),
-        "-H",
-        "Content-Type: application/json",
-        "--data-binary",
-        body,
-    ]);
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    daemon.supervisor_token("sup-sam", "support")
 }
 
 /// `[amqp]` tables for a daemon on the test broker: `names` shared (outbound exchange, delivery
@@ -748,14 +714,7 @@ async fn a_provider_that_is_down_gets_a_rest_then_everything_arrives_in_order() 
         let twilio = twilio.clone();
         move || {
             let daemon = Daemon::start(&dir, twilio_port, meta_port);
-            let bea = daemon.token(&[
-                "--sub",
-                "sup-bea",
-                "--role",
-                "supervisor",
-                "--team",
-                "billing",
-            ]);
+            let bea = daemon.supervisor_token("sup-bea", "billing");
             twilio.down.store(true, Ordering::SeqCst);
             // Five conversations, as many as the billing agents can take.
             let customers: Vec<String> = (0..5).map(|n| format!("+1415555010{n}")).collect();

@@ -50,8 +50,12 @@ pub struct Conversation {
     pub subject: Option<String>,
     pub customer: Customer,
     pub queue: String,
+    /// The queue's display name from the roster.
+    pub queue_name: Option<String>,
     pub team: Option<String>,
     pub agent: Option<String>,
+    /// The agent's display name from the roster.
+    pub agent_name: Option<String>,
     pub consultants: Vec<String>,
     pub created_at: String,
     pub accepted_at: Option<String>,
@@ -65,6 +69,94 @@ pub struct Conversation {
     /// `failed`, then the provider's `delivered`, `read`, `failed`); absent before any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_delivery: Option<Delivery>,
+    /// What the caller may do now, per action (`monitor`, `whisper`, `join`, `barge`,
+    /// `message`, `leave`, `assign`, `transfer`, `force-close`): decided by a dry run of the
+    /// engine's own rules. In the report and the conversation's details; not on the stream
+    /// (read the conversation again when its event arrives).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actions: Option<std::collections::BTreeMap<String, ActionState>>,
+}
+
+/// Whether the caller may take one action now.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ActionState {
+    pub allowed: bool,
+    /// When not allowed: the rule's code (the same as the command's problem `code`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// When not allowed: the rule's explanation, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// For `monitor-limit` and `barge-limit`: who holds the slots.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<String>,
+}
+
+impl From<&Result<(), crate::engine::Refusal>> for ActionState {
+    fn from(verdict: &Result<(), crate::engine::Refusal>) -> Self {
+        match verdict {
+            Ok(()) => Self {
+                allowed: true,
+                code: None,
+                detail: None,
+                holders: Vec::new(),
+            },
+            Err(refusal) => Self {
+                allowed: false,
+                code: Some(refusal.code.as_str().to_owned()),
+                detail: Some(refusal.detail.clone()),
+                holders: refusal
+                    .holders
+                    .iter()
+                    .map(|holder| holder.as_str().to_owned())
+                    .collect(),
+            },
+        }
+    }
+}
+
+impl Conversation {
+    /// The row with the caller's actions.
+    pub fn with_actions(mut self, actions: &[crate::engine::report::ActionVerdict]) -> Self {
+        self.actions = Some(
+            actions
+                .iter()
+                .map(|verdict| (verdict.action.to_owned(), (&verdict.verdict).into()))
+                .collect(),
+        );
+        self
+    }
+}
+
+/// A possible agent for assign or transfer.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct AgentTarget {
+    pub id: String,
+    pub name: String,
+    pub presence: String,
+    pub capacity_used: u32,
+    pub capacity_total: u32,
+    #[serde(flatten)]
+    pub verdict: ActionState,
+}
+
+/// A possible queue for assign.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct QueueTarget {
+    pub id: String,
+    pub name: String,
+    #[serde(flatten)]
+    pub verdict: ActionState,
+}
+
+/// Where the conversation could go, each target with the rule's verdict: assignment as asked
+/// without overrides (a refusal names what `override_presence` / `override_capacity` would
+/// bypass), transfer as the rules allow it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Targets {
+    pub assign_agents: Vec<AgentTarget>,
+    pub assign_queues: Vec<QueueTarget>,
+    pub transfer_agents: Vec<AgentTarget>,
 }
 
 /// An outgoing message's delivery state.
@@ -89,8 +181,10 @@ impl From<ConversationSummary> for Conversation {
                 name: summary.customer.name.map(String::from),
             },
             queue: summary.queue.as_str().to_owned(),
+            queue_name: summary.queue_name.map(String::from),
             team: summary.team.map(|team| team.as_str().to_owned()),
             agent: summary.agent.map(|agent| agent.as_str().to_owned()),
+            agent_name: summary.agent_name.map(String::from),
             consultants: summary
                 .consultants
                 .iter()
@@ -122,6 +216,7 @@ impl From<ConversationSummary> for Conversation {
                     message_id: message_id.to_string(),
                     status: status.as_str().to_owned(),
                 }),
+            actions: None,
         }
     }
 }
@@ -130,7 +225,19 @@ impl From<ConversationSummary> for Conversation {
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ConversationList {
     pub conversations: Vec<Conversation>,
+    /// Rows on this page.
     pub count: usize,
+    /// Rows in the whole walk (every page of it).
+    pub total: usize,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// The stream position the walk reflects: `GET /v1/stream` with `Last-Event-ID` set to it
+    /// misses nothing the caller may see since, and repeats nothing. Opaque.
+    pub stream_id: String,
+    /// The server's clock when the walk began (RFC 3339, milliseconds), so that ticking
+    /// timers follow the server's clock, not the browser's.
+    pub server_time: String,
 }
 
 /// Someone taking part in a conversation.
@@ -200,6 +307,10 @@ pub struct ConversationDetail {
     pub conversation: Conversation,
     pub participants: Vec<Participant>,
     pub timeline: Vec<TimelineLine>,
+    pub targets: Targets,
+    /// The stream position this answer reflects (as in the report).
+    pub stream_id: String,
+    pub server_time: String,
 }
 
 /// What a supervision command answers.
@@ -266,6 +377,10 @@ impl From<AgentSummary> for Agent {
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct AgentList {
     pub agents: Vec<Agent>,
+    pub total: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    pub server_time: String,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -276,6 +391,10 @@ pub struct Queue {
     pub allowed_presences: Vec<String>,
     /// Ongoing conversations waiting in it without an agent.
     pub waiting: u32,
+    /// How long the one waiting longest has waited.
+    pub longest_wait_seconds: u64,
+    pub average_wait_seconds: u64,
+    /// Agents who serve it, in a presence it assigns to, with free capacity.
     pub agents_available: u32,
 }
 
@@ -291,6 +410,8 @@ impl From<QueueSummary> for Queue {
                 .map(|p| p.as_str().to_owned())
                 .collect(),
             waiting: queue.waiting,
+            longest_wait_seconds: queue.longest_wait_seconds,
+            average_wait_seconds: queue.average_wait_seconds,
             agents_available: queue.agents_available,
         }
     }
@@ -299,6 +420,10 @@ impl From<QueueSummary> for Queue {
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct QueueList {
     pub queues: Vec<Queue>,
+    pub total: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    pub server_time: String,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -453,16 +578,76 @@ pub struct PresenceBody {
     pub presence: String,
 }
 
-/// Filters of the ongoing conversations report.
+/// Filters, order and paging of the ongoing conversations report. Repeat a filter for
+/// alternatives (`queue=a&queue=b`); different filters all apply.
 #[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ReportQuery {
     #[param(inline)]
-    pub state: Option<OngoingState>,
-    pub queue: Option<String>,
+    pub state: Option<Vec<OngoingState>>,
+    pub queue: Option<Vec<String>>,
     #[param(inline)]
-    pub channel: Option<Channel>,
-    pub agent: Option<String>,
+    pub channel: Option<Vec<Channel>>,
+    pub agent: Option<Vec<String>>,
+    /// `me`: only conversations the caller monitors or has joined.
+    #[param(inline)]
+    pub supervised_by: Option<SupervisedBy>,
+    /// Text the customer's name or id, or the subject, contains (case-insensitive).
+    pub q: Option<String>,
+    /// Order: `created`, `wait`, `handle`, `sentiment`, each ascending, or with `-`
+    /// descending. Default `-created` (newest first).
+    #[param(inline)]
+    pub sort: Option<ReportSortParam>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// The previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+/// Paging of the roster lists.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// The previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SupervisedBy {
+    Me,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema, PartialEq, Eq)]
+pub enum ReportSortParam {
+    #[serde(rename = "created")]
+    Created,
+    #[serde(rename = "-created")]
+    CreatedDescending,
+    #[serde(rename = "wait")]
+    Wait,
+    #[serde(rename = "-wait")]
+    WaitDescending,
+    #[serde(rename = "handle")]
+    Handle,
+    #[serde(rename = "-handle")]
+    HandleDescending,
+    #[serde(rename = "sentiment")]
+    Sentiment,
+    #[serde(rename = "-sentiment")]
+    SentimentDescending,
+}
+
+/// `POST /v1/stream/ticket`: a single-use ticket for `GET /v1/stream?ticket=…`.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct StreamTicket {
+    pub ticket: String,
+    /// Seconds until it can no longer be used.
+    pub expires_in: u64,
 }
 
 /// The states the ongoing conversations report shows.

@@ -1,6 +1,6 @@
 //! Admin API identity: verifies `Authorization: Bearer <JWT>` (HS256 shared secret, or RS256
-//! with a PEM public key or a JWKS file), enforcing issuer, audience, `exp` and `nbf` (both
-//! required), and turns Keycloak claims into an [`Actor`]: `realm_access.roles` become roles,
+//! with a PEM public key or a JWKS file), enforcing issuer, audience, `exp` (required) and `nbf`
+//! (when present: Keycloak issues none), and turns Keycloak claims into an [`Actor`]: `realm_access.roles` become roles,
 //! `groups` become teams through each team's configured group paths. The only jsonwebtoken importer; also
 //! mints development tokens for `switchboard token`.
 
@@ -169,7 +169,8 @@ impl Authenticator {
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
-        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        // Keycloak's access tokens carry no `nbf`: it is checked when present, not required.
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.leeway = LEEWAY;

@@ -9,13 +9,17 @@
 
 pub mod api;
 pub mod auth;
+mod console;
+mod cors;
 pub mod door;
 mod listener;
 mod openapi;
+mod pages;
 pub mod problem;
 mod query;
 mod routes;
 mod sse;
+mod tokens;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -52,6 +56,19 @@ pub struct AdminContext {
     config_file: Option<std::path::PathBuf>,
     /// The delivery worker's dead deliveries.
     dead_letters: Arc<crate::delivery::dead::DeadLetters>,
+    /// Walks through paged lists in progress.
+    snapshots: pages::Snapshots,
+    /// Stream tickets issued and not yet used.
+    tickets: sse::Tickets,
+    /// How far back the report reaches.
+    report_window: Duration,
+    /// The console's settings (served to it as `/console/config.json`).
+    console: crate::config::ConsoleConfig,
+    /// Whether `switchboard token` tokens work (an HS256 secret is configured): the console
+    /// then offers its development sign-in.
+    development_sign_in: bool,
+    /// Browser origins allowed to call the API (CORS).
+    cors_origins: Vec<HeaderValue>,
 }
 
 impl AdminContext {
@@ -68,7 +85,31 @@ impl AdminContext {
             )),
             service,
             config_file: None,
+            snapshots: pages::Snapshots::default(),
+            tickets: sse::Tickets::default(),
+            report_window: Duration::from_secs(24 * 3600),
+            console: crate::config::ConsoleConfig::default(),
+            development_sign_in: false,
+            cors_origins: server
+                .cors_origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok())
+                .collect(),
         }
+    }
+
+    /// What frontends see: the report window, the console's settings, and whether the
+    /// development sign-in is offered.
+    pub fn with_frontend(
+        mut self,
+        report_window: Duration,
+        console: crate::config::ConsoleConfig,
+        development_sign_in: bool,
+    ) -> Self {
+        self.report_window = report_window;
+        self.console = console;
+        self.development_sign_in = development_sign_in;
+        self
     }
 
     /// Reloads read the plugin's settings and secrets again from `file` (the daemon's own
@@ -93,6 +134,11 @@ pub fn router(context: AdminContext) -> Router {
     let (v1, _) = routes::v1().split_for_parts();
     let (stream, _) = sse::routes().split_for_parts();
     let (operations, _) = routes::operations().split_for_parts();
+    let console = if context.console.enabled {
+        console::routes()
+    } else {
+        Router::new()
+    };
     let limited = v1
         .layer(DefaultBodyLimit::max(context.body_limit))
         .layer(middleware::from_fn_with_state(context.clone(), timeout));
@@ -106,9 +152,11 @@ pub fn router(context: AdminContext) -> Router {
     Router::new()
         .merge(operations)
         .merge(v1)
+        .merge(console)
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no-route", "no such route") })
         .layer(middleware::from_fn(framework_problems))
         .layer(middleware::from_fn(head_limits))
+        .layer(middleware::from_fn_with_state(context.clone(), cors::layer))
         .layer(middleware::from_fn_with_state(context.clone(), observe))
         .with_state(context)
 }
@@ -249,8 +297,30 @@ async fn authenticate(State(context): State<Shared>, mut request: Request, next:
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
+    // A browser's EventSource cannot send the header: the stream also opens with a ticket.
+    if authorization.is_none()
+        && request.uri().path() == "/v1/stream"
+        && let Some(ticket) = stream_ticket(request.uri())
+    {
+        return match context.tickets.redeem(&ticket) {
+            Some((actor, expiry)) => {
+                request.extensions_mut().insert(actor);
+                request.extensions_mut().insert(expiry);
+                next.run(request).await
+            }
+            None => {
+                let _ = context.unauthenticated.check(&client);
+                Problem::unauthorized("the stream ticket is unknown, used or expired")
+                    .into_response()
+            }
+        };
+    }
     match context.auth.authenticate(authorization) {
         Ok((actor, expiry)) => {
+            context
+                .service
+                .attendance()
+                .heard_from(actor.id.as_str(), crate::clock::now());
             request.extensions_mut().insert(actor);
             request.extensions_mut().insert(expiry);
             next.run(request).await
@@ -260,6 +330,16 @@ async fn authenticate(State(context): State<Shared>, mut request: Request, next:
             problem.into_response()
         }
     }
+}
+
+/// The `ticket` query parameter, if any.
+fn stream_ticket(uri: &axum::http::Uri) -> Option<String> {
+    let axum::extract::Query(pairs) =
+        axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri).ok()?;
+    pairs
+        .into_iter()
+        .find(|(key, _)| key == "ticket")
+        .map(|(_, value)| value)
 }
 
 /// Who is calling, by address: the connection's peer, or with `server.trust_forwarded` the

@@ -120,6 +120,12 @@ impl ProblemResponses {
                 "the new version failed to load; the current one stays",
             );
         }
+        if ["/v1/conversations", "/v1/agents", "/v1/queues"].contains(&path) {
+            add(
+                "410",
+                "`cursor-expired`: the walk's snapshot is gone; start again without a cursor",
+            );
+        }
         if has_body {
             add("413", "request body too large");
             add("415", "the body is not JSON");

@@ -50,6 +50,32 @@ impl Params {
         Ok(first)
     }
 
+    /// Every value of a repeatable parameter (`queue=a&queue=b`), empty ones left out.
+    pub(super) fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(key, value)| key == name && !value.is_empty())
+            .map(|(_, value)| value.as_str())
+            .collect()
+    }
+
+    /// Every value of a repeatable parameter from a closed set.
+    pub(super) fn choices<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        known: &[&str],
+    ) -> Result<Vec<T>, Problem> {
+        // An empty value is not one of the names: refused, like any other.
+        self.0
+            .iter()
+            .filter(|(key, _)| key == name)
+            .map(|(_, text)| {
+                serde_json::from_value(serde_json::Value::from(text.as_str()))
+                    .map_err(|_| invalid(name, &format!("must be one of {}", known.join(", "))))
+            })
+            .collect()
+    }
+
     /// A page size: `default` when absent, else an integer from 1 to `max`.
     pub(super) fn limit(&self, name: &str, default: usize, max: usize) -> Result<usize, Problem> {
         match self.one(name)? {

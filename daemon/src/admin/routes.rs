@@ -14,10 +14,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::api::{self, ReportQuery};
+use super::pages::{Page, Pinned};
 use super::problem::Problem;
 use super::query::{Params, invalid as invalid_query};
 use super::{Shared, json};
-use crate::engine::report::ReportFilter;
+use crate::engine::report::{ReportFilter, ReportSort};
 use crate::engine::{
     Action, Actor, AgentId, AssignTarget, ChannelKind, Code, Command, ConversationId,
     ConversationState, Idempotency, JoinMode, Presence, QueueId, Role, TimelineEvent, Visibility,
@@ -340,56 +341,100 @@ macro_rules! try_problem {
 
 // ---- reads ----------------------------------------------------------------------------------
 
-/// The ongoing conversations report: last 24 h, not closed, the caller's teams, newest first.
+/// The ongoing conversations report: the report window (24 h by default), not closed, the
+/// caller's teams; filtered, sorted and paged, each row with the caller's `actions`.
 #[utoipa::path(get, path = "/v1/conversations", tag = "conversations", params(ReportQuery),
-    responses((status = 200, description = "ongoing conversations", body = api::ConversationList)))]
+    responses((status = 200, description = "one page of ongoing conversations", body = api::ConversationList)))]
 pub(super) async fn conversations(
     State(context): State<Shared>,
     Extension(actor): Extension<Actor>,
     params: Params,
 ) -> Response {
     try_problem!(require_supervisor(&actor));
-    let query = try_problem!(report_query(&params));
-    let filter = report_filter(&query);
-    let rows = context
-        .service
-        .read(|engine| engine.ongoing(&actor, &filter, crate::clock::now()))
-        .await;
-    let conversations: Vec<api::Conversation> = rows.into_iter().map(Into::into).collect();
+    let filter = try_problem!(report_filter(&params, &actor, context.report_window));
+    let limit = try_problem!(params.limit("limit", 100, 1000));
+    let page = match try_problem!(params.one("cursor")) {
+        Some(cursor) => try_problem!(context.snapshots.resume(actor.id.as_str(), cursor, limit)),
+        None => {
+            let (rows, pinned) = context
+                .service
+                .read(|engine| {
+                    let now = crate::clock::now();
+                    let rows: Vec<api::Conversation> = engine
+                        .ongoing(&actor, &filter, now)
+                        .into_iter()
+                        .map(|summary| {
+                            let actions = engine.actions(&actor, summary.id, now);
+                            api::Conversation::from(summary).with_actions(&actions)
+                        })
+                        .collect();
+                    (rows, pinned_at(engine, now))
+                })
+                .await;
+            context
+                .snapshots
+                .begin(actor.id.as_str(), rows, pinned, limit)
+        }
+    };
     json(
         StatusCode::OK,
         &api::ConversationList {
-            count: conversations.len(),
-            conversations,
+            count: page.rows.len(),
+            conversations: page.rows,
+            total: page.total,
+            next_cursor: page.next_cursor,
+            stream_id: page.pinned.stream_id.unwrap_or_default(),
+            server_time: page.pinned.server_time,
         },
     )
 }
 
-/// The report's filters from the query string.
-fn report_query(params: &Params) -> Result<ReportQuery, Problem> {
-    Ok(ReportQuery {
-        state: params.choice("state", &["open", "active", "waiting", "wrap-up"])?,
-        queue: params.one("queue")?.map(str::to_owned),
-        channel: params.choice("channel", &["web", "sms", "whatsapp", "messaging", "voice"])?,
-        agent: params.one("agent")?.map(str::to_owned),
-    })
+/// What a read reflects: the stream position of the engine's last record (every event up to
+/// it is in the answer) and the server's clock. Read under the engine's lock, which the
+/// writer holds while it commits and publishes, so the two agree.
+fn pinned_at(engine: &crate::engine::Engine, now: crate::engine::Millis) -> Pinned {
+    Pinned {
+        stream_id: Some(
+            crate::stream::StreamId::after_record(engine.state().position()).to_string(),
+        ),
+        server_time: now.rfc3339(),
+    }
 }
 
-fn report_filter(query: &ReportQuery) -> ReportFilter {
-    ReportFilter {
-        state: query.state.map(ConversationState::from),
-        queue: query
-            .queue
-            .as_deref()
-            .filter(|q| !q.is_empty())
-            .map(QueueId::new),
-        channel: query.channel.map(ChannelKind::from),
-        agent: query
-            .agent
-            .as_deref()
-            .filter(|a| !a.is_empty())
-            .map(AgentId::new),
-    }
+/// The report's filters and order from the query string.
+fn report_filter(
+    params: &Params,
+    actor: &Actor,
+    window: std::time::Duration,
+) -> Result<ReportFilter, Problem> {
+    let states: Vec<api::OngoingState> =
+        params.choices("state", &["open", "active", "waiting", "wrap-up"])?;
+    let channels: Vec<api::Channel> =
+        params.choices("channel", &["web", "sms", "whatsapp", "messaging", "voice"])?;
+    let supervised_by: Option<api::SupervisedBy> = params.choice("supervised_by", &["me"])?;
+    let sort = match params.one("sort")? {
+        None => ReportSort::NEWEST_FIRST,
+        Some(text) => ReportSort::parse(text).ok_or_else(|| {
+            invalid_query(
+                "sort",
+                "must be one of created, wait, handle, sentiment, each optionally with a leading -",
+            )
+        })?,
+    };
+    Ok(ReportFilter {
+        states: states.into_iter().map(ConversationState::from).collect(),
+        queues: params.all("queue").into_iter().map(QueueId::new).collect(),
+        channels: channels.into_iter().map(ChannelKind::from).collect(),
+        agents: params.all("agent").into_iter().map(AgentId::new).collect(),
+        supervised_by: supervised_by.map(|_| actor.id.clone()),
+        search: params
+            .one("q")?
+            .map(str::trim)
+            .filter(|text| !text.is_empty())
+            .map(str::to_owned),
+        sort,
+        window: Some(i64::try_from(window.as_millis()).unwrap_or(i64::MAX)),
+    })
 }
 
 /// One conversation with participants and timeline (whispers only for the whisperer, the
@@ -403,46 +448,35 @@ pub(super) async fn conversation(
     Path(id): Path<String>,
 ) -> Response {
     try_problem!(require_supervisor(&actor));
-    let found =
-        context
-            .service
-            .read(|engine| {
-                let summary = engine.find(&actor, &id, crate::clock::now())?;
-                let conversation = engine.state().conversation(summary.id)?;
-                let mut participants = vec![api::Participant {
-                    id: conversation.customer.id.to_string(),
-                    role: "customer".to_owned(),
-                    mode: None,
-                }];
-                participants.extend(conversation.agent.iter().map(|agent| api::Participant {
-                    id: agent.as_str().to_owned(),
-                    role: "agent".to_owned(),
-                    mode: None,
-                }));
-                participants.extend(conversation.consultants.iter().map(|agent| {
-                    api::Participant {
-                        id: agent.as_str().to_owned(),
-                        role: "consultant".to_owned(),
-                        mode: None,
-                    }
-                }));
-                participants.extend(conversation.seats.iter().map(|seat| api::Participant {
-                    id: seat.supervisor.as_str().to_owned(),
-                    role: "supervisor".to_owned(),
-                    mode: Some(seat.mode.as_str().to_owned()),
-                }));
-                Some((summary, participants))
-            })
-            .await;
-    let Some((summary, participants)) = found else {
+    let store = context.service.store().clone();
+    // Everything under the engine's read lock, the timeline included (a short store read):
+    // the writer commits and publishes under the write lock, so the answer and its
+    // `stream_id` agree and a stream resumed from it repeats no timeline line.
+    let found = context
+        .service
+        .read(|engine| {
+            let now = crate::clock::now();
+            let summary = engine.find(&actor, &id, now)?;
+            let conversation = engine.state().conversation(summary.id)?;
+            let participants = participants(conversation);
+            let actions = engine.actions(&actor, summary.id, now);
+            let targets = targets(engine, &actor, summary.id, now);
+            let timeline = store.timeline(summary.id);
+            Some((
+                summary,
+                participants,
+                actions,
+                targets,
+                timeline,
+                pinned_at(engine, now),
+            ))
+        })
+        .await;
+    let Some((summary, participants, actions, targets, timeline, pinned)) = found else {
         return Problem::conversation_not_found(&id).into_response();
     };
-    let store = context.service.store().clone();
-    let conversation_key = summary.id;
-    let timeline = match tokio::task::spawn_blocking(move || store.timeline(conversation_key)).await
-    {
-        Ok(Ok(timeline)) => timeline,
-        Ok(Err(error)) => return Problem::internal(&error).into_response(),
+    let timeline = match timeline {
+        Ok(timeline) => timeline,
         Err(error) => return Problem::internal(&error).into_response(),
     };
     let me = actor.id.as_str();
@@ -463,51 +497,165 @@ pub(super) async fn conversation(
     json(
         StatusCode::OK,
         &api::ConversationDetail {
-            conversation: summary.into(),
+            conversation: api::Conversation::from(summary).with_actions(&actions),
             participants,
             timeline,
+            targets,
+            stream_id: pinned.stream_id.unwrap_or_default(),
+            server_time: pinned.server_time,
         },
     )
 }
 
-/// Agents of the caller's teams: presence, capacity, queues.
-#[utoipa::path(get, path = "/v1/agents", tag = "roster",
+fn participants(conversation: &crate::engine::Conversation) -> Vec<api::Participant> {
+    let mut participants = vec![api::Participant {
+        id: conversation.customer.id.to_string(),
+        role: "customer".to_owned(),
+        mode: None,
+    }];
+    participants.extend(conversation.agent.iter().map(|agent| api::Participant {
+        id: agent.as_str().to_owned(),
+        role: "agent".to_owned(),
+        mode: None,
+    }));
+    participants.extend(
+        conversation
+            .consultants
+            .iter()
+            .map(|agent| api::Participant {
+                id: agent.as_str().to_owned(),
+                role: "consultant".to_owned(),
+                mode: None,
+            }),
+    );
+    participants.extend(conversation.seats.iter().map(|seat| api::Participant {
+        id: seat.supervisor.as_str().to_owned(),
+        role: "supervisor".to_owned(),
+        mode: Some(seat.mode.as_str().to_owned()),
+    }));
+    participants
+}
+
+/// Assign and transfer targets with their verdicts, agents shown with presence and capacity.
+fn targets(
+    engine: &crate::engine::Engine,
+    actor: &Actor,
+    id: ConversationId,
+    now: crate::engine::Millis,
+) -> api::Targets {
+    let found = engine.targets(actor, id, now);
+    let agent = |target: &crate::engine::report::TargetVerdict<AgentId>| {
+        let roster = engine
+            .state()
+            .agents()
+            .find(|agent| agent.id == target.target);
+        api::AgentTarget {
+            id: target.target.as_str().to_owned(),
+            name: roster.map_or_else(String::new, |agent| agent.name.to_string()),
+            presence: roster.map_or_else(String::new, |agent| agent.presence.as_str().to_owned()),
+            capacity_used: roster.map_or(0, |agent| agent.used),
+            capacity_total: roster.map_or(0, |agent| agent.capacity),
+            verdict: (&target.verdict).into(),
+        }
+    };
+    api::Targets {
+        assign_agents: found.assign_agents.iter().map(agent).collect(),
+        assign_queues: found
+            .assign_queues
+            .iter()
+            .map(|target| api::QueueTarget {
+                id: target.target.as_str().to_owned(),
+                name: engine
+                    .queue(target.target.as_str())
+                    .map_or_else(String::new, |queue| queue.name.to_string()),
+                verdict: (&target.verdict).into(),
+            })
+            .collect(),
+        transfer_agents: found.transfer_agents.iter().map(agent).collect(),
+    }
+}
+
+/// Agents of the caller's teams: presence, capacity, queues; paged.
+#[utoipa::path(get, path = "/v1/agents", tag = "roster", params(api::PageQuery),
     responses((status = 200, description = "agents", body = api::AgentList)))]
 pub(super) async fn agents(
     State(context): State<Shared>,
     Extension(actor): Extension<Actor>,
+    params: Params,
 ) -> Response {
     try_problem!(require_supervisor(&actor));
-    let agents = context
-        .service
-        .read(|engine| engine.agents_for(&actor))
-        .await;
+    let page = try_problem!(
+        roster_page(&context, &actor, &params, |engine, actor, _| {
+            engine
+                .agents_for(actor)
+                .into_iter()
+                .map(api::Agent::from)
+                .collect()
+        })
+        .await
+    );
     json(
         StatusCode::OK,
         &api::AgentList {
-            agents: agents.into_iter().map(Into::into).collect(),
+            agents: page.rows,
+            total: page.total,
+            next_cursor: page.next_cursor,
+            server_time: page.pinned.server_time,
         },
     )
 }
 
-/// Queues of the caller's teams.
-#[utoipa::path(get, path = "/v1/queues", tag = "roster",
+/// Queues of the caller's teams, with waiting counts and waits; paged.
+#[utoipa::path(get, path = "/v1/queues", tag = "roster", params(api::PageQuery),
     responses((status = 200, description = "queues", body = api::QueueList)))]
 pub(super) async fn queues(
     State(context): State<Shared>,
     Extension(actor): Extension<Actor>,
+    params: Params,
 ) -> Response {
     try_problem!(require_supervisor(&actor));
-    let queues = context
-        .service
-        .read(|engine| engine.queues_for(&actor))
-        .await;
+    let page = try_problem!(
+        roster_page(&context, &actor, &params, |engine, actor, now| {
+            engine
+                .queues_for(actor, now)
+                .into_iter()
+                .map(api::Queue::from)
+                .collect()
+        })
+        .await
+    );
     json(
         StatusCode::OK,
         &api::QueueList {
-            queues: queues.into_iter().map(Into::into).collect(),
+            queues: page.rows,
+            total: page.total,
+            next_cursor: page.next_cursor,
+            server_time: page.pinned.server_time,
         },
     )
+}
+
+/// One page of a roster list: a new walk computes `list`, a cursor continues one.
+async fn roster_page<T: Clone + Send + Sync + 'static>(
+    context: &Shared,
+    actor: &Actor,
+    params: &Params,
+    list: impl FnOnce(&crate::engine::Engine, &Actor, crate::engine::Millis) -> Vec<T>,
+) -> Result<Page<T>, Problem> {
+    let limit = params.limit("limit", 100, 1000)?;
+    if let Some(cursor) = params.one("cursor")? {
+        return context.snapshots.resume(actor.id.as_str(), cursor, limit);
+    }
+    let (rows, pinned) = context
+        .service
+        .read(|engine| {
+            let now = crate::clock::now();
+            (list(engine, actor, now), pinned_at(engine, now))
+        })
+        .await;
+    Ok(context
+        .snapshots
+        .begin(actor.id.as_str(), rows, pinned, limit))
 }
 
 // ---- supervision commands -----------------------------------------------------------------

@@ -5,6 +5,11 @@
 //! (reload, then follow). The stream ends when the token that opened it expires, after a
 //! `reauthenticate` event. Heartbeats (SSE comments) keep proxies from closing an idle stream.
 //! A subscriber too slow to keep up is disconnected and resumes by reconnecting.
+//!
+//! Browsers read it with a `fetch` reader (which sends the `Authorization` header), or, where
+//! only `EventSource` will do, with a single-use ticket from `POST /v1/stream/ticket` that
+//! lives [`TICKET_TTL`]: a long-lived token never goes into a URL. An open stream counts as
+//! its user being there, for the monitor lease ([`crate::attendance`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,9 +32,94 @@ use crate::engine::{Actor, Role};
 use crate::stream::{StreamEvent, StreamId, StreamPayload};
 
 const HEARTBEAT: Duration = Duration::from_secs(15);
+/// How long a stream ticket can be used.
+pub(super) const TICKET_TTL: Duration = Duration::from_secs(30);
 
 pub(super) fn routes() -> OpenApiRouter<Shared> {
-    OpenApiRouter::new().routes(routes!(stream))
+    OpenApiRouter::new()
+        .routes(routes!(stream))
+        .routes(routes!(ticket))
+}
+
+/// Stream tickets issued and not yet used.
+pub(super) struct Tickets {
+    tokens: super::tokens::TokenSource,
+    issued: std::sync::Mutex<std::collections::HashMap<String, Issued>>,
+}
+
+struct Issued {
+    actor: Actor,
+    expiry: TokenExpiry,
+    at: std::time::Instant,
+}
+
+impl std::fmt::Debug for Tickets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tickets").finish_non_exhaustive()
+    }
+}
+
+impl Default for Tickets {
+    fn default() -> Self {
+        Self {
+            tokens: super::tokens::TokenSource::new(),
+            issued: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+impl Tickets {
+    fn issue(&self, actor: Actor, expiry: TokenExpiry) -> String {
+        let ticket = self.tokens.next();
+        let mut issued = self
+            .issued
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        issued.retain(|_, old| old.at.elapsed() < TICKET_TTL);
+        issued.insert(
+            ticket.clone(),
+            Issued {
+                actor,
+                expiry,
+                at: std::time::Instant::now(),
+            },
+        );
+        ticket
+    }
+
+    /// The caller a ticket stands for, once: a ticket is gone after its first use.
+    pub(super) fn redeem(&self, ticket: &str) -> Option<(Actor, TokenExpiry)> {
+        let mut issued = self
+            .issued
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let found = issued.remove(ticket)?;
+        (found.at.elapsed() < TICKET_TTL).then_some((found.actor, found.expiry))
+    }
+}
+
+/// A single-use ticket that opens one stream as the caller (`GET /v1/stream?ticket=…`), for
+/// browsers whose `EventSource` cannot send a header. It lives 30 seconds; the stream it opens
+/// ends when the token that asked for it expires.
+#[utoipa::path(post, path = "/v1/stream/ticket", tag = "stream",
+    responses((status = 200, description = "the ticket", body = api::StreamTicket)))]
+pub(super) async fn ticket(
+    State(context): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    Extension(expiry): Extension<TokenExpiry>,
+) -> Response {
+    if !(actor.may_supervise() || actor.has(Role::Agent)) {
+        return Problem::forbidden("the stream is for supervisors, admins and agents")
+            .into_response();
+    }
+    let ticket = context.tickets.issue(actor, expiry);
+    super::json(
+        axum::http::StatusCode::OK,
+        &api::StreamTicket {
+            ticket,
+            expires_in: TICKET_TTL.as_secs(),
+        },
+    )
 }
 
 /// How long until `expiry` (zero when it has passed).
@@ -60,22 +150,39 @@ fn event(event: &StreamEvent, view: StreamPayload) -> Event {
 /// Live changes to the conversations the caller may see, and the messages of those it monitors
 /// or has joined (agents: their conversations and the whispers addressed to them).
 #[utoipa::path(get, path = "/v1/stream", tag = "stream",
-    params(("Last-Event-ID" = Option<String>, Header, description = "resume after this event id (an opaque string from an earlier event)")),
+    params(("Last-Event-ID" = Option<String>, Header, description = "resume after this event id (an opaque string from an earlier event, or a report's `stream_id`)"),
+           ("ticket" = Option<String>, Query, description = "instead of the Authorization header: a ticket from POST /v1/stream/ticket (single use, 30 s)"),
+           ("last_event_id" = Option<String>, Query, description = "as Last-Event-ID, for a first EventSource connection that cannot set the header")),
     responses((status = 200, description = "Server-Sent Events: `conversation` (a summary after a change), `timeline` (one timeline entry), `gap` (events were missed: reload), `reauthenticate` (the token expired; the stream ends: reconnect with a fresh token and `Last-Event-ID`)", content_type = "text/event-stream", body = String)))]
 pub(super) async fn stream(
     State(context): State<Shared>,
     Extension(actor): Extension<Actor>,
     Extension(expiry): Extension<TokenExpiry>,
     headers: HeaderMap,
+    params: super::query::Params,
 ) -> Response {
     if !(actor.may_supervise() || actor.has(Role::Agent)) {
         return Problem::forbidden("the stream is for supervisors, admins and agents")
             .into_response();
     }
+    // EventSource sends the header itself when it reconnects; its first connection can only
+    // name a position in the URL.
     let after = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
-        .and_then(StreamId::parse);
+        .map(str::to_owned)
+        .or_else(|| {
+            params
+                .one("last_event_id")
+                .ok()
+                .flatten()
+                .map(str::to_owned)
+        })
+        .and_then(|text| StreamId::parse(&text));
+    let present = context
+        .service
+        .attendance()
+        .stream_opened(actor.id.as_str());
     let subscription = context.service.hub().subscribe(after);
     let actor = Arc::new(actor);
     let mut first: Vec<Event> = Vec::new();
@@ -93,8 +200,9 @@ pub(super) async fn stream(
     let stop = context.service.stopping.clone();
     let expires = Box::pin(tokio::time::sleep(until(expiry)));
     let live = futures_util::stream::unfold(
-        (subscription.live, actor, stop, expires, false),
-        |(mut live, actor, stop, mut expires, expired)| async move {
+        // `present` rides in the state, held as long as the stream is: the user is there.
+        (subscription.live, actor, stop, expires, false, present),
+        |(mut live, actor, stop, mut expires, expired, present)| async move {
             if expired {
                 return None;
             }
@@ -107,7 +215,7 @@ pub(super) async fn stream(
                         let notice = Event::default().event("reauthenticate").data(
                             "{\"detail\":\"the token that opened this stream has expired; reconnect with a fresh token and Last-Event-ID\"}",
                         );
-                        return Some((notice, (live, actor, stop, expires, true)));
+                        return Some((notice, (live, actor, stop, expires, true, present)));
                     }
                     received = live.recv() => received,
                 };
@@ -115,7 +223,7 @@ pub(super) async fn stream(
                     Ok(next) => {
                         if let Some(view) = next.view_for(&actor) {
                             let sse = event(&next, view);
-                            return Some((sse, (live, actor, stop, expires, false)));
+                            return Some((sse, (live, actor, stop, expires, false, present)));
                         }
                     }
                     // Too slow: end the stream; the client reconnects with its Last-Event-ID

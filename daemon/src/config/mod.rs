@@ -34,6 +34,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub engine: EngineConfig,
     pub delivery: DeliveryConfig,
+    pub console: ConsoleConfig,
     pub policies: PerChannel<ChannelPolicy>,
     pub teams: Vec<Team>,
     pub queues: Vec<Queue>,
@@ -72,6 +73,8 @@ pub struct ServerConfig {
     pub webhook_plugin_rate_limit: u32,
     /// Logs may carry conversation content.
     pub log_content: bool,
+    /// Origins allowed to call the API from a browser (CORS).
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -105,6 +108,32 @@ pub struct EngineConfig {
     pub dedup_window: usize,
     pub closed_retention: Duration,
     pub idempotency_ttl: Duration,
+    pub report_window: Duration,
+    pub monitor_lease: Duration,
+}
+
+/// `[console]`: the supervisor console.
+#[derive(Clone, Debug)]
+pub struct ConsoleConfig {
+    pub enabled: bool,
+    pub oidc_issuer: Option<String>,
+    pub client_id: String,
+    pub scope: String,
+    pub attention_wait: Duration,
+    pub attention_sentiment: f32,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            oidc_issuer: None,
+            client_id: "switchboard-console".to_owned(),
+            scope: "openid profile".to_owned(),
+            attention_wait: Duration::from_secs(120),
+            attention_sentiment: -0.3,
+        }
+    }
 }
 
 /// `[delivery]`: the delivery worker.
@@ -385,6 +414,7 @@ struct Sections {
     auth: raw::Auth,
     engine: raw::Engine,
     delivery: raw::Delivery,
+    console: raw::Console,
     policies: Vec<(Spanned<String>, raw::Policy)>,
     teams: Vec<raw::Team>,
     queues: Vec<raw::Queue>,
@@ -400,6 +430,7 @@ const SECTIONS: &[&str] = &[
     "auth",
     "engine",
     "delivery",
+    "console",
     "policy",
     "teams",
     "queues",
@@ -421,6 +452,9 @@ impl Sections {
                 "engine" => sections.engine = sink.section(value, "engine").unwrap_or_default(),
                 "delivery" => {
                     sections.delivery = sink.section(value, "delivery").unwrap_or_default();
+                }
+                "console" => {
+                    sections.console = sink.section(value, "console").unwrap_or_default();
                 }
                 "teams" => sections.teams = sink.section(value, "teams").unwrap_or_default(),
                 "queues" => sections.queues = sink.section(value, "queues").unwrap_or_default(),

@@ -42,6 +42,30 @@ pub(crate) struct Server {
     /// Whether logs may carry conversation content: message and whisper texts, payload
     /// bodies, customer identifiers in refusal details. Default false.
     pub log_content: Option<bool>,
+    /// Origins (`https://console.example.com`) whose browser pages may call the API across
+    /// origins (CORS). Default none: only the console the daemon serves itself, which is
+    /// same-origin.
+    pub cors_origins: Option<Vec<Spanned<String>>>,
+}
+
+/// `[console]`: the supervisor console served at `/console/`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Console {
+    /// Serve it (default true).
+    pub enabled: Option<bool>,
+    /// The OpenID provider the console signs in with (authorization code with PKCE), e.g.
+    /// `https://keycloak.example.com/realms/acme`. Unset: only the development sign-in, and
+    /// that only with `auth.hs256_secret`.
+    pub oidc_issuer: Option<Spanned<String>>,
+    /// The console's public client id at that provider. Default `switchboard-console`.
+    pub client_id: Option<String>,
+    /// Scopes asked for. Default `openid profile`.
+    pub scope: Option<String>,
+    /// A conversation waiting longer than this is marked for attention. Default `2m`.
+    pub attention_wait: Option<Spanned<String>>,
+    /// A conversation whose sentiment score is at or below this is marked for attention.
+    /// Default -0.3.
+    pub attention_sentiment: Option<f32>,
 }
 
 /// `[store]`: the embedded durable store.
@@ -109,6 +133,13 @@ pub(crate) struct Engine {
     pub closed_retention: Option<Spanned<String>>,
     /// How long an `Idempotency-Key` replays its first answer. Default `24h`.
     pub idempotency_ttl: Option<Spanned<String>>,
+    /// How far back the ongoing conversations report reaches (by creation). Default `24h`,
+    /// as Dynamics 365's.
+    pub report_window: Option<Spanned<String>>,
+    /// A supervisor whose live streams have all been gone this long loses its seats (a
+    /// closed browser tab frees its monitor slot). Any authenticated request also counts as
+    /// being there. Default `2m`.
+    pub monitor_lease: Option<Spanned<String>>,
 }
 
 /// `[delivery]`: the delivery worker, which sends the provider requests plugins encode.

@@ -9,9 +9,9 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::{
-    AmqpConfig, AriEvents, AuthConfig, Config, DeliveryConfig, EngineConfig, OAuthConfig,
-    PluginConfig, Problems, Secret, Sections, ServerConfig, StoreConfig, SupervisorConfig, millis,
-    raw,
+    AmqpConfig, AriEvents, AuthConfig, Config, ConsoleConfig, DeliveryConfig, EngineConfig,
+    OAuthConfig, PluginConfig, Problems, Secret, Sections, ServerConfig, StoreConfig,
+    SupervisorConfig, millis, raw,
 };
 use crate::engine::{
     Agent, ChannelKind, Presence, Queue, QueueId, Setup, Team, TeamId, WrapUpCapacity,
@@ -45,6 +45,7 @@ pub(super) fn validate(sink: &mut Problems<'_>, sections: Sections) -> Option<Co
     let auth = auth(sink, sections.auth, &file);
     let engine = engine(sink, sections.engine);
     let delivery = delivery(sink, sections.delivery);
+    let console = console(sink, sections.console);
     let policies = policies(sink, sections.policies);
     let teams = teams(sink, sections.teams);
     let team_ids: HashSet<&str> = teams.iter().map(|team| team.id.as_str()).collect();
@@ -61,6 +62,7 @@ pub(super) fn validate(sink: &mut Problems<'_>, sections: Sections) -> Option<Co
     }
     Some(Config {
         delivery,
+        console,
         file: sink.file.clone(),
         server: server?,
         store,
@@ -156,6 +158,12 @@ fn server(sink: &mut Problems<'_>, raw: raw::Server) -> Option<ServerConfig> {
         unauthenticated_rate_limit,
         trust_forwarded: raw.trust_forwarded.unwrap_or(false),
         log_content: raw.log_content.unwrap_or(false),
+        cors_origins: raw
+            .cors_origins
+            .iter()
+            .flatten()
+            .filter_map(|value| origin(sink, value))
+            .collect(),
     })
 }
 
@@ -248,6 +256,62 @@ fn engine(sink: &mut Problems<'_>, raw: raw::Engine) -> EngineConfig {
         .unwrap_or(Duration::from_secs(3600)),
         idempotency_ttl: duration(sink, raw.idempotency_ttl.as_ref(), "engine.idempotency_ttl")
             .unwrap_or(Duration::from_secs(24 * 3600)),
+        report_window: duration(sink, raw.report_window.as_ref(), "engine.report_window")
+            .unwrap_or(Duration::from_secs(24 * 3600)),
+        monitor_lease: duration(sink, raw.monitor_lease.as_ref(), "engine.monitor_lease")
+            .unwrap_or(Duration::from_secs(120)),
+    }
+}
+
+fn console(sink: &mut Problems<'_>, raw: raw::Console) -> ConsoleConfig {
+    let oidc_issuer = raw.oidc_issuer.and_then(|issuer| {
+        let text = issuer.get_ref().trim_end_matches('/').to_owned();
+        if text.starts_with("https://") || text.starts_with("http://") {
+            Some(text)
+        } else {
+            sink.at_spanned(
+                &issuer,
+                format!(
+                    "`console.oidc_issuer` must be the provider's https:// URL, not {:?}",
+                    issuer.get_ref()
+                ),
+            );
+            None
+        }
+    });
+    let defaults = ConsoleConfig::default();
+    ConsoleConfig {
+        enabled: raw.enabled.unwrap_or(defaults.enabled),
+        oidc_issuer,
+        client_id: raw.client_id.unwrap_or(defaults.client_id),
+        scope: raw.scope.unwrap_or(defaults.scope),
+        attention_wait: duration(sink, raw.attention_wait.as_ref(), "console.attention_wait")
+            .unwrap_or(defaults.attention_wait),
+        attention_sentiment: raw
+            .attention_sentiment
+            .unwrap_or(defaults.attention_sentiment),
+    }
+}
+
+/// An origin as browsers send it: scheme, host and optional port, nothing else.
+fn origin(sink: &mut Problems<'_>, value: &Spanned<String>) -> Option<String> {
+    let text = value.get_ref();
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', '*', ' ']) => {
+            Some(text.clone())
+        }
+        _ => {
+            sink.at_spanned(
+                value,
+                format!(
+                    "`server.cors_origins` entries are origins such as \"https://console.example.com\" (no path, no wildcard), not {text:?}"
+                ),
+            );
+            None
+        }
     }
 }
 

@@ -991,7 +991,7 @@ fn the_ongoing_report_shows_times_sentiment_and_supervisors() {
     assert_eq!(row.subject.as_deref(), Some("Order 1042 missing"));
 
     let by_state = report::ReportFilter {
-        state: Some(ConversationState::Open),
+        states: vec![ConversationState::Open],
         ..Default::default()
     };
     let open_rows = h.engine.ongoing(&admin("root"), &by_state, h.now);
@@ -1000,9 +1000,9 @@ fn the_ongoing_report_shows_times_sentiment_and_supervisors() {
         vec![&other]
     );
     let by_agent = report::ReportFilter {
-        agent: Some("a-1".into()),
-        channel: Some(ChannelKind::Web),
-        queue: Some("general".into()),
+        agents: vec!["a-1".into()],
+        channels: vec![ChannelKind::Web],
+        queues: vec!["general".into()],
         ..Default::default()
     };
     assert_eq!(h.engine.ongoing(&sup, &by_agent, h.now).len(), 1);
@@ -1188,4 +1188,157 @@ fn voice_media_goes_live_or_ends_the_session() {
             control: MediaControl::Stop { .. }
         }
     )));
+}
+
+// The actions a frontend offers come from the rules themselves, run dry: every verdict is the
+// live verdict, and asking changes nothing.
+#[test]
+fn actions_are_the_rules_run_dry() {
+    let mut h = Harness::with_policy(ChannelKind::Web, |policy| policy.monitor_limit = 1);
+    let chat = h.active("web-chat", "a-1");
+    let sam = supervisor("sup-sam", &["support"]);
+    let sue = supervisor("sup-sue", &["support"]);
+    let before = h.engine.state().clone();
+    let verdicts = |h: &Harness, actor: &Actor| -> Vec<(&'static str, Option<Code>)> {
+        h.engine
+            .actions(actor, chat, h.now)
+            .into_iter()
+            .map(|verdict| (verdict.action, verdict.verdict.err().map(|r| r.code)))
+            .collect()
+    };
+    assert_eq!(
+        verdicts(&h, &sam),
+        vec![
+            ("monitor", None),
+            ("whisper", Some(Code::NotMonitoring)),
+            ("join", None),
+            ("barge", Some(Code::NotMonitoring)),
+            ("message", Some(Code::NotJoined)),
+            ("leave", Some(Code::NotParticipating)),
+            ("assign", Some(Code::InvalidState)),
+            ("transfer", None),
+            ("force-close", None),
+        ]
+    );
+    assert_eq!(h.engine.state(), &before, "a dry run changes nothing");
+
+    // Each verdict is what the command itself answers.
+    for verdict in h.engine.actions(&sam, chat, h.now) {
+        if verdict.action == "whisper" {
+            let live = h
+                .command(&sam, whisper(&chat, "hi"))
+                .refused(Code::NotMonitoring)
+                .clone();
+            assert_eq!(verdict.verdict, Err(live));
+        }
+    }
+    h.command(&sam, monitor(&chat)).ok();
+    let sue_sees = h.engine.actions(&sue, chat, h.now);
+    let monitor_verdict = sue_sees.iter().find(|v| v.action == "monitor").unwrap();
+    let refusal = monitor_verdict.verdict.clone().unwrap_err();
+    assert_eq!(refusal.code, Code::MonitorLimit);
+    assert_eq!(refusal.holders, vec![UserId::from("sup-sam")]);
+    assert_eq!(
+        verdicts(&h, &sam)[..6],
+        [
+            ("monitor", Some(Code::AlreadyParticipating)),
+            ("whisper", None),
+            ("join", None),
+            ("barge", None),
+            ("message", Some(Code::NotJoined)),
+            ("leave", None),
+        ]
+    );
+    // Outside the caller's teams every action is "not found", as the commands answer.
+    let billing = supervisor("sup-bea", &["billing"]);
+    assert!(
+        h.engine
+            .actions(&billing, chat, h.now)
+            .iter()
+            .all(|v| v.verdict.as_ref().is_err_and(|r| r.code == Code::NotFound))
+    );
+    h.assert_invariants();
+}
+
+#[test]
+fn targets_carry_each_agents_and_queues_verdict() {
+    let mut h = Harness::new();
+    let waiting = h.open("web-chat");
+    let sam = supervisor("sup-sam", &["support"]);
+    let targets = h.engine.targets(&sam, waiting, h.now);
+    let queue = |id: &str| {
+        targets
+            .assign_queues
+            .iter()
+            .find(|t| t.target.as_str() == id)
+            .map(|t| t.verdict.clone().err().map(|r| r.code))
+    };
+    assert_eq!(queue("general"), Some(Some(Code::SameQueue)));
+    assert_eq!(queue("vip"), Some(None));
+    assert_eq!(
+        queue("billing"),
+        None,
+        "another team's queue is not offered"
+    );
+    for target in &targets.assign_agents {
+        let live = h.engine.check(
+            &sam,
+            assign_agent(&waiting, target.target.as_str(), false, false),
+            h.now,
+        );
+        assert_eq!(target.verdict, live);
+    }
+    // An unassigned conversation cannot be transferred, to anyone.
+    assert!(targets.transfer_agents.iter().all(|t| t.verdict.is_err()));
+    let actions = h.engine.actions(&sam, waiting, h.now);
+    assert!(
+        actions
+            .iter()
+            .any(|v| v.action == "assign" && v.verdict.is_ok())
+    );
+}
+
+// CONTRACT §9: a supervisor gone for the monitor lease holds no seat; each ends as leave
+// would, a silent monitor silently.
+#[test]
+fn lapsed_seats_end_as_leave_would() {
+    let mut h = Harness::new();
+    let chat = h.active("web-chat", "a-1");
+    let other = h.active("web-chat", "a-2");
+    let sam = supervisor("sup-sam", &["support"]);
+    h.command(&sam, monitor(&chat)).ok();
+    h.command(&sam, monitor(&other)).ok();
+    h.command(&sam, join(&other, JoinMode::Internal)).ok();
+    let lapse = Action::EndLapsedSeats {
+        supervisor: "sup-sam".into(),
+    };
+    h.command(&sam, lapse.clone()).refused(Code::Forbidden);
+    let effects = h.command(&admin("switchboard"), lapse.clone());
+    effects.ok();
+    assert!(h.conversation(&chat).seats.is_empty());
+    assert!(h.conversation(&other).seats.is_empty());
+    let ended: Vec<_> = effects
+        .timeline_events()
+        .into_iter()
+        .filter_map(|event| match event {
+            TimelineEvent::SupervisionEnded { reason, mode, .. } => Some((*reason, *mode)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ended,
+        vec![
+            (EndReason::LeaseExpired, SupervisionMode::Monitor),
+            (EndReason::LeaseExpired, SupervisionMode::ConsultInternal)
+        ]
+    );
+    // The consultant's departure is told; the monitor's is not.
+    assert!(effects.to_agent("a-1").is_empty());
+    assert!(!effects.to_agent("a-2").is_empty());
+    // Nothing held: nothing to do, nothing recorded.
+    let again = h.command(&admin("switchboard"), lapse);
+    again.ok();
+    assert!(again.timeline_events().is_empty());
+    h.assert_invariants();
+    h.assert_replays();
 }
