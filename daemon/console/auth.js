@@ -49,11 +49,11 @@ function load() {
   }
 }
 
-function save(session) {
+function save(session, { quiet = false } = {}) {
   if (session) sessionStorage.setItem(SESSION, JSON.stringify(session));
   else sessionStorage.removeItem(SESSION);
   schedule(session);
-  for (const listener of listeners) listener(session);
+  if (!quiet) for (const listener of listeners) listener(session);
 }
 
 /** Calls `listener(session)` whenever the session changes (signed in, renewed, signed out). */
@@ -148,7 +148,8 @@ export function signInWithToken(token) {
 
 export async function signOut() {
   const session = load();
-  save(null);
+  // Quietly: this function navigates itself (to the provider's sign-out, or back here).
+  save(null, { quiet: true });
   if (session?.kind === "oidc" && settings?.oidc_issuer) {
     try {
       const endpoints = await provider();

@@ -72,6 +72,10 @@ try {
     const { metrics } = await cdp.send("Performance.getMetrics");
     return metrics.find((m) => m.name === "JSHeapUsedSize").value / 1048576;
   };
+  // The page keeps a bounded log of paints: take it every 10 s, so that none is lost.
+  const painted = [];
+  const drain = async () => painted.push(...(await page.evaluate(() => window.switchboardConsole.painted.splice(0))));
+  await drain();
   const heaps = [await heap()];
   const answered = [];
   const end = Date.now() + MINUTES * 60_000;
@@ -88,13 +92,14 @@ try {
     const rest = 1000 - (Date.now() - second);
     if (rest > 0) await new Promise((r) => setTimeout(r, rest));
     if (Date.now() >= nextHeap) {
+      await drain();
       heaps.push(await heap());
       nextHeap += 10_000;
     }
   }
   await new Promise((r) => setTimeout(r, 2000));
+  await drain();
   heaps.push(await heap());
-  const painted = await page.evaluate(() => window.switchboardConsole.painted);
   const byId = new Map();
   for (const [id, at] of painted) {
     if (!byId.has(id)) byId.set(id, []);

@@ -269,6 +269,11 @@ test("a billing supervisor sees nothing of support", async () => {
   assert.match(await page.locator("#count").textContent(), /^0 of 0/);
   const queues = await page.locator("#queues-body th").allTextContents();
   assert.ok(queues.every((name) => name.startsWith("Billing")), JSON.stringify(queues));
+  // Signing out ends the provider's session too, and comes back to the sign-in.
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByRole("button", { name: "Yes, sign me out" }).click();
+  await page.getByRole("heading", { name: "Sign in" }).waitFor();
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("switchboard.session")), null);
   await page.context().close();
 });
 

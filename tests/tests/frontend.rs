@@ -363,6 +363,14 @@ fn cors_answers_listed_origins_only() {
             .to_ascii_lowercase()
             .contains("access-control-allow-origin: https://console.example.com")
     );
+    // The server's clock on every answer, readable across origins.
+    let headers = headers.to_ascii_lowercase();
+    assert!(headers.contains("switchboard-server-time: 20"), "{headers}");
+    assert!(
+        headers.contains(
+            "access-control-expose-headers: retry-after, location, switchboard-server-time"
+        )
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ use super::problem::Problem;
 const ALLOWED_METHODS: &str = "GET, POST, PUT, DELETE";
 const ALLOWED_HEADERS: &str = "authorization, content-type, idempotency-key, last-event-id";
 /// Headers a cross-origin page may read besides the safelisted ones.
-const EXPOSED_HEADERS: &str = "retry-after, location";
+const EXPOSED_HEADERS: &str = "retry-after, location, switchboard-server-time";
 
 pub(super) async fn layer(State(context): State<Shared>, request: Request, next: Next) -> Response {
     let origin = request.headers().get(header::ORIGIN).cloned();

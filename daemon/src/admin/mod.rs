@@ -183,6 +183,9 @@ async fn serve_router(
         .await
 }
 
+/// The response header carrying the server's clock.
+const SERVER_TIME: header::HeaderName = header::HeaderName::from_static("switchboard-server-time");
+
 /// Request metrics and a log line per request (method, route template, status, duration —
 /// never headers, so never a token).
 async fn observe(State(context): State<Shared>, request: Request, next: Next) -> Response {
@@ -192,7 +195,12 @@ async fn observe(State(context): State<Shared>, request: Request, next: Next) ->
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    // The server's clock on every answer (milliseconds; `Date` has only seconds), so that a
+    // frontend's ticking timers follow it rather than the browser's.
+    if let Ok(now) = HeaderValue::from_str(&crate::clock::now().rfc3339()) {
+        response.headers_mut().insert(SERVER_TIME, now);
+    }
     let status = response.status();
     let metrics = context.service.metrics();
     metrics.count(
