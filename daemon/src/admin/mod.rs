@@ -1,10 +1,11 @@
 //! The admin HTTP API (README, "Admin API"), the flow's second front door: supervisors' reads and
-//! commands, `POST /v1/inbound/{plugin}` (the embedded transport's entry), the live stream and
-//! the operations endpoints. The only axum importer.
+//! commands, `POST /v1/inbound/{plugin}` (the embedded transport's entry), the live stream,
+//! the operations endpoints and the supervisor console's files. The only axum importer.
 //!
-//! Layers, outermost first: request metrics -> framework errors as problem+json -> (for `/v1`)
-//! authentication -> per-caller rate limit -> timeout (not on the stream) -> body limit ->
-//! handler. Handlers turn HTTP into engine commands, hand them to the single writer
+//! Layers, outermost first: request metrics and the server's clock -> CORS (listed origins
+//! only) -> request-head limits -> framework errors as problem+json -> (for `/v1`)
+//! authentication (a bearer token, or a stream ticket) -> per-caller rate limit -> timeout
+//! (not on the stream) -> body limit -> handler. Handlers turn HTTP into engine commands, hand them to the single writer
 //! ([`Service::submit`]) and answer once the commit is durable.
 
 pub mod api;
