@@ -381,13 +381,31 @@ async fn run_amqp(
             return Ok(());
         }
         let connected = match AmqpTransport::connect(&amqp, "switchboard").await {
-            Ok(transport) if delivering => {
-                transport.declare_delivery_queue().await.map(|()| transport)
-            }
+            Ok(transport) => match transport.claim_inbound().await {
+                Ok(()) if delivering => {
+                    transport.declare_delivery_queue().await.map(|()| transport)
+                }
+                Ok(()) => Ok(transport),
+                Err(error) => {
+                    transport.close().await;
+                    Err(error)
+                }
+            },
             other => other,
         };
         let transport = match connected {
             Ok(transport) => Arc::new(transport),
+            Err(crate::transport::TransportError::Taken(why)) => {
+                // Not a broker fault: say why, keep trying (this daemon takes over when the
+                // other one's connection is gone), and stay not ready meanwhile.
+                service.set_broker_up(false);
+                tracing::error!(retry_in = ?Duration::from_secs(5), "not consuming: {why}");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                continue;
+            }
             Err(error) => {
                 service.set_broker_up(false);
                 tracing::warn!(error = %error, retry_in = ?backoff, "broker unavailable");

@@ -31,4 +31,8 @@ pub enum TransportError {
     Broker(String),
     #[error("broker refused: {0}")]
     Rejected(String),
+    /// Another daemon consumes the inbound queue (one process owns every conversation
+    /// without cluster mode).
+    #[error("{0}")]
+    Taken(String),
 }

@@ -49,6 +49,17 @@ impl std::fmt::Debug for AmqpTransport {
     }
 }
 
+/// RabbitMQ's 405 RESOURCE_LOCKED: an exclusive queue another connection holds.
+fn is_locked(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp) if matches!(
+            amqp.kind(),
+            lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::RESOURCELOCKED)
+        )
+    )
+}
+
 fn broker(error: lapin::Error) -> TransportError {
     TransportError::Broker(error.to_string())
 }
@@ -165,6 +176,35 @@ impl AmqpTransport {
             .await
             .map_err(broker)?;
         Ok(())
+    }
+
+    /// Claims the inbound queue for this daemon alone: an exclusive queue named after it,
+    /// `<inbound_queue>.owner`, which the broker keeps only while this connection lives. A
+    /// second daemon on the same broker and queue (one process owns every conversation: two
+    /// would each see half of their events) finds it locked and must not consume; it takes
+    /// the queue over once the owner's connection is gone.
+    pub async fn claim_inbound(&self) -> Result<(), TransportError> {
+        let claim = self.connection.create_channel().await.map_err(broker)?;
+        let owner = format!("{}.owner", self.names.inbound_queue);
+        let declared = claim
+            .queue_declare(
+                owner.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(_) => Ok(()),
+            Err(error) if is_locked(&error) => Err(TransportError::Taken(format!(
+                "another Switchboard daemon consumes {} on this broker (it holds {owner}); without cluster mode one daemon owns every conversation, so this one does not consume: stop the other, give this one its own amqp.inbound_queue, or run both in cluster mode",
+                self.names.inbound_queue
+            ))),
+            Err(error) => Err(broker(error)),
+        }
     }
 
     /// Declares the delivery worker's queue, bound to `channel.#` (with `[delivery] enabled`,
