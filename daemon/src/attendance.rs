@@ -1,6 +1,6 @@
-//! Who is there, for the monitor lease (CONTRACT §9): each user's open live streams and when
-//! the user was last heard from (any authenticated request). A lease keeper ends the seats of
-//! a supervisor gone for `engine.monitor_lease` through the engine's own rule
+//! Who is there, for the monitor lease (README, "What frontends need"): each user's open live
+//! streams and when the user was last heard from (any authenticated request). A lease keeper ends
+//! the seats of a supervisor gone for `engine.monitor_lease` through the engine's own rule
 //! (`EndLapsedSeats`), so that a closed browser tab never holds a monitor slot.
 
 use std::collections::HashMap;

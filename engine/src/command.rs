@@ -122,9 +122,10 @@ impl Step<'_> {
         }
     }
 
-    /// CONTRACT §9 monitor lease: a supervisor who is gone (every live stream closed for the
-    /// lease) holds no seat, so a closed browser tab never keeps a monitor slot — voice
-    /// allows one. Each seat ends as `leave` would, a silent monitor as silently as it began.
+    /// The monitor lease (README, "What frontends need"): a supervisor who is gone (every live
+    /// stream closed for the lease) holds no seat, so a closed browser tab never keeps a monitor
+    /// slot — voice allows one. Each seat ends as `leave` would, a silent monitor as silently as it
+    /// began.
     fn end_lapsed_seats(&mut self, actor: &Actor, supervisor: &UserId) -> Decision {
         if !actor.is_admin() {
             return Err(Refusal::new(

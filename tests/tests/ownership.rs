@@ -1,6 +1,6 @@
-//! One daemon owns the inbound queue (CONTRACT §10, without cluster mode): a second daemon
-//! started against the same broker and queue does not consume — it says why and is not
-//! ready — and takes the queue over once the first one is gone.
+//! One daemon owns the inbound queue (README, "Run on RabbitMQ": without cluster mode): a second
+//! daemon started against the same broker and queue does not consume — it says why and is not ready
+//! — and takes the queue over once the first one is gone.
 
 use std::time::{Duration, Instant};
 

@@ -1,8 +1,8 @@
-//! Admin API identity: verifies `Authorization: Bearer <JWT>` (HS256 shared secret, or RS256
-//! with a PEM public key or a JWKS file), enforcing issuer, audience, `exp` (required) and `nbf`
-//! (when present: Keycloak issues none), and turns Keycloak claims into an [`Actor`]: `realm_access.roles` become roles,
-//! `groups` become teams through each team's configured group paths. The only jsonwebtoken importer; also
-//! mints development tokens for `switchboard token`.
+//! Admin API identity: verifies `Authorization: Bearer <JWT>` (HS256 shared secret, or RS256 with a
+//! PEM public key or a JWKS file), enforcing issuer, audience, `exp` (required) and `nbf` (when
+//! present: Keycloak issues none), and turns Keycloak claims into an [`Actor`]:
+//! `realm_access.roles` become roles, `groups` become teams through each team's configured group
+//! paths. The only jsonwebtoken importer; also mints development tokens for `switchboard token`.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,8 +1,8 @@
-//! The supervisor console (`/console/`, CONTRACT §9): plain HTML, CSS and ES modules from
-//! `daemon/console/`, embedded in the binary at build time (no Node, npm or bundler), served
-//! without a token (they hold no data: the page signs in and calls `/v1` with its own token),
-//! under a strict Content-Security-Policy: scripts and styles only from this origin, no inline
-//! script, network only to this origin and the configured OpenID provider, no framing.
+//! The supervisor console (`/console/`, README "The supervisor console"): plain HTML, CSS and ES
+//! modules from `daemon/console/`, embedded in the binary at build time (no Node, npm or bundler),
+//! served without a token (they hold no data: the page signs in and calls `/v1` with its own
+//! token), under a strict Content-Security-Policy: scripts and styles only from this origin, no
+//! inline script, network only to this origin and the configured OpenID provider, no framing.
 
 use axum::Router;
 use axum::extract::{Path, State};

@@ -1,10 +1,10 @@
-//! Paging of the `/v1` lists (CONTRACT §9): a walk through a list's pages is pinned to one
-//! snapshot. The first page (no `cursor`) computes the whole filtered, sorted list once and
-//! keeps it here for [`SNAPSHOT_TTL`]; `next_cursor` names that snapshot and an offset, so
-//! every later page comes from the same rows: none skipped or repeated while the data moves,
-//! and every page carries the snapshot's `stream_id`. Cursors are unguessable and bound to the
-//! caller that started the walk; an expired or foreign cursor is a 410 `cursor-expired`
-//! (start again without one).
+//! Paging of the `/v1` lists (README, "What frontends need"): a walk through a list's pages is
+//! pinned to one snapshot. The first page (no `cursor`) computes the whole filtered, sorted list
+//! once and keeps it here for [`SNAPSHOT_TTL`]; `next_cursor` names that snapshot and an offset, so
+//! every later page comes from the same rows: none skipped or repeated while the data moves, and
+//! every page carries the snapshot's `stream_id`. Cursors are unguessable and bound to the caller
+//! that started the walk; an expired or foreign cursor is a 410 `cursor-expired` (start again
+//! without one).
 
 use std::any::Any;
 use std::collections::VecDeque;

@@ -1298,7 +1298,7 @@ fn targets_carry_each_agents_and_queues_verdict() {
     );
 }
 
-// CONTRACT §9: a supervisor gone for the monitor lease holds no seat; each ends as leave
+// The monitor lease: a supervisor gone for the monitor lease holds no seat; each ends as leave
 // would, a silent monitor silently.
 #[test]
 fn lapsed_seats_end_as_leave_would() {
