@@ -68,9 +68,17 @@ pub(super) const LOG_DROP_CHUNK: u64 = 1_000;
 /// fold touched) but more to replay after a crash and more commits held in memory. Flat out,
 /// the indexer took ~22 % of the daemon's CPU at 200 ms and ~19 % at one second.
 pub(super) const FOLD_INTERVAL: Duration = Duration::from_secs(1);
-/// Records waiting in memory that wake the indexer before [`FOLD_INTERVAL`] is up (a bound on
-/// that memory under a flood).
+/// Records in the journal's current segment that wake the indexer before [`FOLD_INTERVAL`] is
+/// up.
 const FOLD_AT_RECORDS: usize = 8_192;
+/// Records in journal segments not yet deleted (folded durably) at which commits wait for the
+/// indexer. What a restart after `kill -9` decodes from the journal is bounded by it whatever
+/// the write rate: without it a flood faster than redb's folds grew the journal, and the
+/// memory holding it, without limit. Two folds' worth: one being folded, one filling.
+pub(super) const JOURNAL_BOUND_RECORDS: usize = 2 * FOLD_AT_RECORDS;
+/// How long a commit waits for the indexer to make room before it fails (the indexer cannot
+/// fold, and says why in the log; the transport retries the batch later).
+const JOURNAL_WAIT: Duration = Duration::from_secs(30);
 
 /// The embedded store: the journal in front of redb.
 #[derive(Debug)]
@@ -92,6 +100,8 @@ struct Shared {
     tail: Mutex<Tail>,
     /// Wakes the indexer early (many records waiting, or shutting down).
     wake: Condvar,
+    /// Wakes commits waiting for room in the journal ([`JOURNAL_BOUND_RECORDS`]).
+    drained: Condvar,
     /// Held while batches move from the tail into redb, so that they arrive in commit order.
     folding: Mutex<Folding>,
 }
@@ -101,15 +111,21 @@ struct Tail {
     journal: Journal,
     /// Committed (or marked sent) and not yet in redb, in commit order.
     pending: Vec<Batch>,
-    pending_records: usize,
+    /// Records appended to the current segment.
+    segment_records: usize,
+    /// Records in every segment not deleted yet (the current one included): what a restart
+    /// would replay.
+    journaled_records: usize,
+    /// A commit waits for room in the journal: the indexer folds now.
+    room_wanted: bool,
     stopping: bool,
 }
 
 #[derive(Debug, Default)]
 struct Folding {
-    /// Segments no longer appended to whose frames are in redb, perhaps not durably yet:
-    /// deleted after the next durable redb commit.
-    retired: Vec<u64>,
+    /// Segments no longer appended to whose frames are in redb, perhaps not durably yet,
+    /// with the records each holds: deleted after the next durable redb commit.
+    retired: Vec<(u64, usize)>,
     /// A non-durable fold applied something (a reader's, perhaps only "sent" marks, which
     /// no segment holds) that the next durable fold must persist.
     unpersisted: bool,
@@ -146,8 +162,20 @@ impl RedbStore {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|error| failed(error.to_string()))?;
-        let database = Database::create(dir.join("switchboard.redb"))
+        let started = std::time::Instant::now();
+        let reported = std::cell::Cell::new(false);
+        let database = Database::builder()
+            .set_repair_callback(move |_| {
+                // Called again and again while the repair runs: once is enough.
+                if !reported.replace(true) {
+                    tracing::warn!(
+                        "the store's database file was not closed cleanly and its last commit recorded no allocator state (a store last written by an earlier version): redb walks the whole file to repair it, which takes time in proportion to its size"
+                    );
+                }
+            })
+            .create(dir.join("switchboard.redb"))
             .map_err(|error| failed(error.to_string()))?;
+        let database_opened = started.elapsed();
         let found = stored_format(&database).map_err(|error| failed(error.to_string()))?;
         if let Some(format) = found
             && format > STORE_FORMAT
@@ -157,9 +185,12 @@ impl RedbStore {
             )));
         }
         // Create the tables up front so that readers never meet a missing table.
-        let transaction = database
+        let mut transaction = database
             .begin_write()
             .map_err(|error| failed(error.to_string()))?;
+        // Every durable commit records the allocator state (see `apply`): a crash right after
+        // this one must not cost a full repair either.
+        transaction.set_quick_repair(true);
         {
             transaction
                 .open_table(META)
@@ -187,6 +218,11 @@ impl RedbStore {
             .commit()
             .map_err(|error| failed(error.to_string()))?;
         let unfolded = read_journal(dir)?;
+        tracing::info!(
+            database_millis = database_opened.as_millis() as u64,
+            journal_millis = (started.elapsed() - database_opened).as_millis() as u64,
+            "opened the store"
+        );
         // A store already in this format serves at once: the journal's commits wait in memory
         // as if just made and the indexer folds them in the background (a restart after
         // `kill -9` under load would otherwise first spend seconds writing them into redb).
@@ -198,7 +234,7 @@ impl RedbStore {
             if !unfolded.batches.is_empty() {
                 apply(&database, &unfolded.batches, Durability::Immediate)?;
             }
-            for &segment in &unfolded.segments {
+            for &(segment, _) in &unfolded.segments {
                 journal::remove_segment(dir, segment)?;
             }
             (Vec::new(), Vec::new())
@@ -212,10 +248,7 @@ impl RedbStore {
         }
         migrate(&database, dir, found)?;
         let journal = Journal::create(dir, unfolded.next_segment)?;
-        // Not counted towards waking the indexer early: its first fold comes after
-        // `FOLD_INTERVAL`, and the daemon's recovery (which holds folds off while it reads)
-        // starts well before that instead of waiting for seconds of folding.
-        let pending_records = 0;
+        let journaled_records = retired.iter().map(|&(_, records)| records).sum();
         Ok(Self {
             shared: Arc::new(Shared {
                 database,
@@ -224,10 +257,17 @@ impl RedbStore {
                 tail: Mutex::new(Tail {
                     journal,
                     pending,
-                    pending_records,
+                    // The replayed commits are not counted towards waking the indexer early:
+                    // its first fold comes after `FOLD_INTERVAL`, and the daemon's recovery
+                    // (which holds folds off while it reads) starts well before that instead
+                    // of waiting for a fold.
+                    segment_records: 0,
+                    journaled_records,
+                    room_wanted: false,
                     stopping: false,
                 }),
                 wake: Condvar::new(),
+                drained: Condvar::new(),
                 folding: Mutex::new(Folding {
                     retired,
                     unpersisted: false,
@@ -235,6 +275,12 @@ impl RedbStore {
             }),
             indexer: None,
         })
+    }
+
+    /// Records in journal segments not deleted yet.
+    #[cfg(test)]
+    pub(super) fn journaled_records(&self) -> usize {
+        lock(&self.shared.tail).journaled_records
     }
 
     /// Folds every commit so far into redb durably and deletes the journal segments it held.
@@ -309,7 +355,8 @@ fn migrate(database: &Database, dir: &Path, found: Option<u64>) -> Result<(), St
         );
     }
     if found != Some(STORE_FORMAT) {
-        let transaction = database.begin_write().map_err(write_error)?;
+        let mut transaction = database.begin_write().map_err(write_error)?;
+        transaction.set_quick_repair(true);
         {
             let mut meta = transaction.open_table(META).map_err(write_error)?;
             meta.insert("format", STORE_FORMAT).map_err(write_error)?;
@@ -334,8 +381,9 @@ pub(super) fn write_format(dir: &Path, format: u64) -> Result<(), StoreError> {
 /// What the journal holds at open: commits that may not be in redb yet.
 struct Unfolded {
     batches: Vec<Batch>,
-    /// The segments they came from, deleted once redb holds them durably.
-    segments: Vec<u64>,
+    /// The segments they came from and the records in each, deleted once redb holds them
+    /// durably.
+    segments: Vec<(u64, usize)>,
     /// The number for the next segment.
     next_segment: u64,
 }
@@ -345,19 +393,24 @@ fn read_journal(dir: &Path) -> Result<Unfolded, StoreError> {
     let Some(&newest) = segments.last() else {
         return Ok(Unfolded {
             batches: Vec::new(),
-            segments,
+            segments: Vec::new(),
             next_segment: 0,
         });
     };
     let mut batches = Vec::new();
+    let mut counted = Vec::with_capacity(segments.len());
     for &segment in &segments {
+        let mut records = 0;
         for payload in journal::read_segment(dir, segment, segment == newest)? {
-            batches.push(decode::<Batch>(&payload, "journal frame")?);
+            let batch = decode::<Batch>(&payload, "journal frame")?;
+            records += batch.records.len();
+            batches.push(batch);
         }
+        counted.push((segment, records));
     }
     Ok(Unfolded {
         batches,
-        segments,
+        segments: counted,
         next_segment: newest + 1,
     })
 }
@@ -385,6 +438,11 @@ fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Resu
     transaction
         .set_durability(durability)
         .map_err(write_error)?;
+    // A durable fold records redb's allocator state (and commits in two phases), so that
+    // opening the file after `kill -9` loads that state instead of walking the whole database
+    // to rebuild it (most of a restart's time with a large store). It costs once per durable
+    // fold, about one a second.
+    transaction.set_quick_repair(matches!(durability, Durability::Immediate));
     {
         let mut log = transaction.open_table(LOG).map_err(write_error)?;
         let mut timeline = transaction.open_table(TIMELINE).map_err(write_error)?;
@@ -492,12 +550,15 @@ impl Shared {
         loop {
             let stopping = {
                 let tail = lock(&self.tail);
-                let (tail, _) = self
+                let (mut tail, _) = self
                     .wake
                     .wait_timeout_while(tail, FOLD_INTERVAL, |tail| {
-                        !tail.stopping && tail.pending_records < FOLD_AT_RECORDS
+                        !tail.stopping
+                            && !tail.room_wanted
+                            && tail.segment_records < FOLD_AT_RECORDS
                     })
                     .unwrap_or_else(|poison| poison.into_inner());
+                tail.room_wanted = false;
                 tail.stopping
             };
             if let Err(error) = self.fold(true) {
@@ -505,6 +566,10 @@ impl Shared {
                     error = %error,
                     "cannot fold the journal into the store; the journal keeps the commits, retrying"
                 );
+                if !stopping {
+                    // Not at once: what failed (a full disk, say) takes time to change.
+                    std::thread::sleep(FOLD_INTERVAL);
+                }
             }
             if stopping {
                 return;
@@ -534,9 +599,9 @@ impl Shared {
             let mut tail = lock(&self.tail);
             if let Some(next) = next {
                 let retired = std::mem::replace(&mut tail.journal, next);
-                folding.retired.push(retired.segment());
+                let records = std::mem::take(&mut tail.segment_records);
+                folding.retired.push((retired.segment(), records));
             }
-            tail.pending_records = 0;
             std::mem::take(&mut tail.pending)
         };
         // A durable fold with nothing new still persists what earlier non-durable ones
@@ -552,10 +617,6 @@ impl Shared {
         if let Err(error) = apply(&self.database, &batches, durability) {
             // Back in front of what came since, so that nothing is skipped or reordered.
             let mut tail = lock(&self.tail);
-            tail.pending_records += batches
-                .iter()
-                .map(|batch| batch.records.len())
-                .sum::<usize>();
             tail.pending.splice(0..0, batches);
             return Err(error);
         }
@@ -564,11 +625,20 @@ impl Shared {
             // One that cannot be deleted now is tried again after the next durable fold (and
             // replayed harmlessly should the daemon stop first).
             let mut failure = None;
-            folding.retired.retain(|&segment| {
-                journal::remove_segment(&self.dir, segment)
+            let mut deleted_records = 0;
+            folding.retired.retain(|&(segment, records)| {
+                let kept = journal::remove_segment(&self.dir, segment)
                     .map_err(|error| failure = Some(error))
-                    .is_err()
+                    .is_err();
+                if !kept {
+                    deleted_records += records;
+                }
+                kept
             });
+            if deleted_records > 0 {
+                lock(&self.tail).journaled_records -= deleted_records;
+                self.drained.notify_all();
+            }
             if let Some(error) = failure {
                 return Err(error);
             }
@@ -634,6 +704,34 @@ impl Shared {
         }
     }
 
+    /// Waits until the journal is below [`JOURNAL_BOUND_RECORDS`] (the indexer folded and
+    /// deleted segments), for at most [`JOURNAL_WAIT`].
+    fn room_in_journal<'a>(
+        &self,
+        mut tail: MutexGuard<'a, Tail>,
+    ) -> Result<MutexGuard<'a, Tail>, StoreError> {
+        let deadline = std::time::Instant::now() + JOURNAL_WAIT;
+        while tail.journaled_records >= JOURNAL_BOUND_RECORDS && !tail.stopping {
+            // The segment being appended to may hold less than would wake the indexer.
+            tail.room_wanted = true;
+            self.wake.notify_one();
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Write(format!(
+                    "the journal holds {} records the store's indexer has not folded for {} s; commits resume once it does",
+                    tail.journaled_records,
+                    JOURNAL_WAIT.as_secs()
+                )));
+            }
+            tail = self
+                .drained
+                .wait_timeout(tail, left)
+                .unwrap_or_else(|poison| poison.into_inner())
+                .0;
+        }
+        Ok(tail)
+    }
+
     /// Readers call this first: every commit so far becomes visible in redb.
     fn caught_up(&self) -> Result<&Database, StoreError> {
         self.fold(false)?;
@@ -667,11 +765,15 @@ impl Store for RedbStore {
         }
         let frame = Frame::json(batch)?;
         let mut tail = lock(&self.shared.tail);
+        if tail.journaled_records >= JOURNAL_BOUND_RECORDS {
+            tail = self.shared.room_in_journal(tail)?;
+        }
         // Acknowledgements wait for this commit: the frame is on disk when it returns.
         tail.journal.append(&frame)?;
         tail.pending.push(batch.clone());
-        tail.pending_records += batch.records.len();
-        if tail.pending_records >= FOLD_AT_RECORDS {
+        tail.segment_records += batch.records.len();
+        tail.journaled_records += batch.records.len();
+        if tail.segment_records >= FOLD_AT_RECORDS {
             self.shared.wake.notify_one();
         }
         Ok(())

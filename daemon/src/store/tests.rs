@@ -548,6 +548,68 @@ fn replaying_a_journal_redb_already_holds_changes_nothing() {
     );
 }
 
+/// `count` records with nothing in them from `first` on (the journal's bound counts records).
+fn empty_records(first: u64, count: u64) -> Vec<Record> {
+    (first..first + count)
+        .map(|seq| Record {
+            seq,
+            position: crate::engine::Position::default(),
+            at: Millis(0),
+            changes: Vec::new(),
+            timeline: Vec::new(),
+        })
+        .collect()
+}
+
+#[test]
+fn commits_wait_for_the_indexer_once_the_journal_holds_its_bound() {
+    let dir = temp_dir("journal-bound");
+    let store = std::sync::Arc::new(RedbStore::open_without_indexer(&dir).unwrap());
+    let batch = 1_024;
+    let mut seq = 1;
+    while seq - 1 + batch <= super::embedded::JOURNAL_BOUND_RECORDS as u64 {
+        store
+            .commit(&Batch {
+                records: empty_records(seq, batch),
+                ..Batch::default()
+            })
+            .unwrap();
+        seq += batch;
+    }
+    // The journal is full: the next commit waits until a fold has made room.
+    let (done, finished) = std::sync::mpsc::channel();
+    let committer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let committed = store.commit(&Batch {
+                records: empty_records(seq, batch),
+                ..Batch::default()
+            });
+            done.send(committed).unwrap();
+        })
+    };
+    assert!(
+        finished
+            .recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "a commit past the bound waits for the indexer"
+    );
+    store.fold().unwrap();
+    finished
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("a fold makes room")
+        .unwrap();
+    committer.join().unwrap();
+    // A crash now replays only what came after the fold.
+    drop(store);
+    let reopened = RedbStore::open_without_indexer(&dir).unwrap();
+    assert_eq!(
+        reopened.recover().unwrap().records.len() as u64,
+        seq + batch - 1
+    );
+    assert_eq!(reopened.journaled_records(), batch as usize);
+}
+
 #[test]
 fn readers_see_every_commit_before_the_indexer_folds_it() {
     let dir = temp_dir("journal-readers");
