@@ -167,9 +167,15 @@ pub struct StoredEvent {
     pub audience: StreamAudience,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentId>,
-    /// The timeline entry; absent for a summary.
+    /// The timeline entry; absent for a summary, and where `entry` names it instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<TimelineEntry>,
+    /// How a store may keep the timeline entry without repeating it: the `seq` of the record
+    /// whose timeline holds it, at the index `id.index` (a record's timeline events come first
+    /// in its stream events, in the timeline's order). Filled back in when the store reads the
+    /// event (`Store::recover` returns events whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<u64>,
 }
 
 /// The stored window read back: its events, oldest first, and the id of the newest event the
@@ -193,6 +199,7 @@ impl StreamEvent {
                 StreamPayload::Timeline(entry) => Some(entry.clone()),
                 StreamPayload::Conversation(_) => None,
             },
+            entry: None,
         }
     }
 

@@ -37,12 +37,19 @@ const CONFIRM_WINDOW: usize = 512;
 /// deleting its queue): the report is what matters, a broker slow to tidy up must not hold it.
 const CLEAN_UP: Duration = Duration::from_secs(5);
 
+/// How long the daemon's cost is still counted after the last event arrived: its store folds
+/// the journal into redb about once a second, and those writes belong to the events too.
+const SETTLE: Duration = Duration::from_secs(2);
+
 /// What the load tool measures.
 #[derive(Clone, Debug)]
 pub struct LoadPlan {
     pub messages: usize,
     /// Messages per second; `None` as fast as confirms allow.
     pub rate: Option<u32>,
+    /// The daemon's process (Linux): its CPU time and the bytes it wrote are counted over the
+    /// end-to-end phase.
+    pub daemon_pid: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -61,6 +68,51 @@ pub struct LoadReport {
     pub relay_ratio: f64,
     /// End-to-end throughput as a share of the relay's: the daemon's own cost.
     pub throughput_ratio_to_relay: f64,
+    /// What the daemon spent per event end to end (with `--daemon-pid`, Linux).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonCost>,
+    /// The relay's client alone, per event: this tool's CPU in the relay phase less its CPU
+    /// end to end (the same publishing and consuming, without the relay). What a process that
+    /// only moves each event between two queues spends: a floor under the daemon's CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_client_cpu_us_per_event: Option<f64>,
+}
+
+/// The daemon's own cost over the end-to-end phase and [`SETTLE`] after it.
+#[derive(Debug, Serialize)]
+pub struct DaemonCost {
+    /// CPU time (user and system, every thread) per event, in microseconds.
+    pub cpu_us_per_event: f64,
+    /// Bytes the daemon caused to be written to storage, per event (journal, redb folds,
+    /// snapshots: `write_bytes` of `/proc/<pid>/io`).
+    pub bytes_written_per_event: f64,
+    pub settle_seconds: f64,
+}
+
+/// A process's CPU time so far, every thread's (the dead ones' too), in nanoseconds: user and
+/// system time of `/proc/<pid>/stat`, counted in the kernel's fixed 100 Hz user ticks (so a
+/// phase of a second or more reads to within a percent or two).
+fn cpu_nanos(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (in parentheses) may hold spaces: fields are counted after it.
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 10_000_000)
+}
+
+/// The bytes a process caused to be written to storage so far (`/proc/<pid>/io`).
+fn written_bytes(pid: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[derive(Debug, Serialize)]
@@ -68,6 +120,9 @@ pub struct Measurement {
     pub throughput_per_second: f64,
     pub latency_ms: Percentiles,
     pub seconds: f64,
+    /// This tool's own CPU per message in the phase (Linux), publishing and consuming.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_cpu_us_per_message: Option<f64>,
     /// How busy the whole machine was during this phase (Linux only): the figures above mean
     /// little on a virtual machine whose host took much of its time.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -162,6 +217,10 @@ pub async fn run(config: &AmqpConfig, plan: &LoadPlan) -> Result<LoadReport, Tra
         )
         .await
         .map_err(broker)?;
+    let daemon_pid = plan.daemon_pid.map(|pid| pid.to_string());
+    let daemon_before = daemon_pid
+        .as_deref()
+        .and_then(|pid| Some((cpu_nanos(pid)?, written_bytes(pid)?)));
     let end_to_end = measure(
         &connection,
         &subscriber,
@@ -177,6 +236,21 @@ pub async fn run(config: &AmqpConfig, plan: &LoadPlan) -> Result<LoadReport, Tra
         },
     )
     .await?;
+    let daemon = match (daemon_pid.as_deref(), daemon_before) {
+        (Some(pid), Some((cpu_before, written_before))) => {
+            tokio::time::sleep(SETTLE).await;
+            let events = plan.messages.max(1) as f64;
+            match (cpu_nanos(pid), written_bytes(pid)) {
+                (Some(cpu), Some(written)) => Some(DaemonCost {
+                    cpu_us_per_event: cpu.saturating_sub(cpu_before) as f64 / 1000.0 / events,
+                    bytes_written_per_event: written.saturating_sub(written_before) as f64 / events,
+                    settle_seconds: SETTLE.as_secs_f64(),
+                }),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
 
     // Baseline: the same bytes through a quorum queue of its own, nothing else.
     let baseline_queue = format!("switchboard.load.baseline.{run:x}");
@@ -264,6 +338,11 @@ pub async fn run(config: &AmqpConfig, plan: &LoadPlan) -> Result<LoadReport, Tra
         throughput_ratio: share(&end_to_end, &baseline),
         relay_ratio: share(&relayed, &baseline),
         throughput_ratio_to_relay: share(&end_to_end, &relayed),
+        relay_client_cpu_us_per_event: relayed
+            .tool_cpu_us_per_message
+            .zip(end_to_end.tool_cpu_us_per_message)
+            .map(|(relay, end_to_end)| relay - end_to_end),
+        daemon,
         end_to_end,
         baseline,
         relay: relayed,
@@ -436,6 +515,7 @@ async fn measure(
 
     let started = Instant::now();
     let cpu_before = cpu_ticks();
+    let tool_before = cpu_nanos("self");
     let total = bodies.len();
     let sent_at: std::sync::Arc<std::sync::Mutex<Vec<Instant>>> =
         std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(total)));
@@ -535,6 +615,9 @@ async fn measure(
     }
     let seconds = started.elapsed().as_secs_f64();
     let machine_cpu = machine_cpu(cpu_before);
+    let tool_cpu_us_per_message = tool_before
+        .zip(cpu_nanos("self"))
+        .map(|(before, after)| after.saturating_sub(before) as f64 / 1000.0 / total.max(1) as f64);
     sending
         .await
         .map_err(|error| TransportError::Broker(error.to_string()))??;
@@ -545,6 +628,7 @@ async fn measure(
         throughput_per_second: total as f64 / seconds,
         latency_ms: percentiles(&mut latencies),
         seconds,
+        tool_cpu_us_per_message,
         machine_cpu,
     })
 }

@@ -21,6 +21,10 @@ struct Cli {
     /// Messages per second (default: as fast as confirms allow).
     #[arg(long)]
     rate: Option<u32>,
+    /// The daemon's process id (Linux): report its CPU time and the bytes it wrote per event
+    /// over the end-to-end phase (e.g. `--daemon-pid "$(pgrep -f 'switchboard serve')"`).
+    #[arg(long)]
+    daemon_pid: Option<u32>,
 }
 
 #[allow(clippy::print_stdout, clippy::print_stderr)]
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
     let plan = LoadPlan {
         messages: cli.messages,
         rate: cli.rate,
+        daemon_pid: cli.daemon_pid,
     };
     match runtime.block_on(run(&amqp, &plan)) {
         Ok(report) => {

@@ -425,7 +425,7 @@ async fn a_refused_publication_is_published_again_until_the_broker_takes_it() {
 /// `switchboard-load` against a running daemon: every webhook comes back as its event (the
 /// tool fails otherwise), and the report holds the three phases — end to end, the one-crossing
 /// baseline and the two-crossing relay — with ratios that are the quotients of their
-/// throughputs.
+/// throughputs, and the daemon's CPU and bytes written per event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_tool_measures_end_to_end_the_baseline_and_the_relay() {
     use switchboard_load::{self as load, LoadPlan, Measurement};
@@ -434,9 +434,11 @@ async fn the_load_tool_measures_end_to_end_the_baseline_and_the_relay() {
         return;
     };
     let daemon = Daemon::start(&client, "load").await;
+    // The daemon runs in this process: its cost is counted with the tool's own here.
     let plan = LoadPlan {
         messages: 300,
         rate: None,
+        daemon_pid: Some(std::process::id()),
     };
     let report = tokio::time::timeout(Duration::from_secs(120), load::run(&daemon.names, &plan))
         .await
@@ -478,6 +480,11 @@ async fn the_load_tool_measures_end_to_end_the_baseline_and_the_relay() {
         report.throughput_ratio_to_relay,
         quotient(&report.end_to_end, &report.relay)
     ));
+    let daemon_cost = report.daemon.as_ref().expect("the daemon's cost, on Linux");
+    assert!(daemon_cost.cpu_us_per_event > 0.0, "{daemon_cost:?}");
+    assert!(daemon_cost.settle_seconds > 0.0);
+    assert!(report.end_to_end.tool_cpu_us_per_message.is_some());
+    assert!(report.relay_client_cpu_us_per_event.is_some());
 
     daemon.stop(&client).await;
 }

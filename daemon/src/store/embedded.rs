@@ -56,7 +56,9 @@ const STREAM_FLOOR: TableDefinition<'_, u8, (u64, u32, u32)> = TableDefinition::
 ///   records stand at theirs, read as is); the live stream's window (`stream`,
 ///   `stream_floor`); thread keys name the business endpoint (format 1's keys stay valid for
 ///   the conversations that have them).
-pub const STORE_FORMAT: u64 = 2;
+/// - 3: a stream event of a timeline entry names the entry (`StoredEvent::entry`) instead of
+///   repeating it, in the journal and in `stream` (format 2's events, whole, read as is).
+pub const STORE_FORMAT: u64 = 3;
 
 /// The latest snapshot, beside the database.
 pub(super) const SNAPSHOT_FILE: &str = "snapshot.json";
@@ -330,7 +332,8 @@ fn stored_format(database: &Database) -> Result<Option<u64>, redb::Error> {
 /// 1 -> 2 transforms nothing (format 1's records read as records at their log position, its
 /// keys as keys without an endpoint, and the stream tables start empty): it reads every record
 /// and the snapshot once, so that a store this version cannot read is refused here, with the
-/// entry named, rather than half-applied later.
+/// entry named, rather than half-applied later. 2 -> 3 transforms nothing either: format 2's
+/// stream events, whole, read as they are.
 fn migrate(database: &Database, dir: &Path, found: Option<u64>) -> Result<(), StoreError> {
     let from = found.unwrap_or(STORE_FORMAT);
     if from < 2 {
@@ -509,6 +512,51 @@ fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Resu
         }
     }
     transaction.commit().map_err(write_error)
+}
+
+/// `batch` as the store keeps it: each stream event of a timeline entry of one of the batch's
+/// records names that entry ([`StoredEvent::entry`]) instead of repeating it. The entry is
+/// already in the record (the journal) and in the `timeline` table (redb): repeated, it was a
+/// fifth of what each commit wrote and encoded.
+fn by_reference(batch: &Batch) -> Batch {
+    let mut kept = batch.clone();
+    for event in &mut kept.stream {
+        let Some(entry) = &event.timeline else {
+            continue;
+        };
+        let record = batch
+            .records
+            .iter()
+            .find(|record| record.position == event.id.position);
+        if let Some(record) = record
+            && record.timeline.get(event.id.index as usize) == Some(entry)
+        {
+            event.entry = Some(record.seq);
+            event.timeline = None;
+        }
+    }
+    kept
+}
+
+/// A stream event of a commit still in the journal, its timeline entry filled back in from the
+/// commit's records.
+fn whole(event: &StoredEvent, records: &[Record]) -> Result<StoredEvent, StoreError> {
+    let Some(seq) = event.entry else {
+        return Ok(event.clone());
+    };
+    let entry = records
+        .iter()
+        .find(|record| record.seq == seq)
+        .and_then(|record| record.timeline.get(event.id.index as usize))
+        .ok_or_else(|| StoreError::Corrupt {
+            what: format!("stream event {}", event.id),
+            reason: format!("its timeline entry (record {seq}) is not in its commit"),
+        })?;
+    Ok(StoredEvent {
+        timeline: Some(entry.clone()),
+        entry: None,
+        ..event.clone()
+    })
 }
 
 fn stream_key(id: StreamId) -> (u64, u32, u32) {
@@ -763,16 +811,18 @@ impl Store for RedbStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let frame = Frame::json(batch)?;
+        let batch = by_reference(batch);
+        let frame = Frame::json(&batch)?;
         let mut tail = lock(&self.shared.tail);
         if tail.journaled_records >= JOURNAL_BOUND_RECORDS {
             tail = self.shared.room_in_journal(tail)?;
         }
         // Acknowledgements wait for this commit: the frame is on disk when it returns.
         tail.journal.append(&frame)?;
-        tail.pending.push(batch.clone());
-        tail.segment_records += batch.records.len();
-        tail.journaled_records += batch.records.len();
+        let records = batch.records.len();
+        tail.pending.push(batch);
+        tail.segment_records += records;
+        tail.journaled_records += records;
         if tail.segment_records >= FOLD_AT_RECORDS {
             self.shared.wake.notify_one();
         }
@@ -830,9 +880,23 @@ impl Store for RedbStore {
         after = records.last().map_or(after, |record| record.seq);
         let stream = transaction.open_table(STREAM).map_err(read_error)?;
         let mut events = std::collections::VecDeque::new();
+        let timelines = transaction.open_table(TIMELINE).map_err(read_error)?;
         for row in stream.iter().map_err(read_error)? {
             let (_, bytes) = row.map_err(read_error)?;
-            events.push_back(decode::<StoredEvent>(bytes.value(), "stream event")?);
+            let mut event = decode::<StoredEvent>(bytes.value(), "stream event")?;
+            if let Some(seq) = event.entry.take() {
+                let key = (event.conversation.key(), seq, event.id.index);
+                let entry =
+                    timelines
+                        .get(key)
+                        .map_err(read_error)?
+                        .ok_or_else(|| StoreError::Corrupt {
+                            what: format!("stream event {}", event.id),
+                            reason: format!("its timeline entry (record {seq}) is missing"),
+                        })?;
+                event.timeline = Some(decode(entry.value(), "timeline entry")?);
+            }
+            events.push_back(event);
         }
         let floor = transaction.open_table(STREAM_FLOOR).map_err(read_error)?;
         let mut floor = floor
@@ -853,13 +917,15 @@ impl Store for RedbStore {
                 ..record.clone()
             });
         }
-        for event in tail.pending.iter().flat_map(|batch| &batch.stream) {
-            if events.back().is_some_and(|last| last.id >= event.id) {
-                continue;
-            }
-            events.push_back(event.clone());
-            if events.len() > STREAM_WINDOW {
-                floor = events.pop_front().map(|event| event.id);
+        for batch in &tail.pending {
+            for event in &batch.stream {
+                if events.back().is_some_and(|last| last.id >= event.id) {
+                    continue;
+                }
+                events.push_back(whole(event, &batch.records)?);
+                if events.len() > STREAM_WINDOW {
+                    floor = events.pop_front().map(|event| event.id);
+                }
             }
         }
         Ok(Recovery {

@@ -853,6 +853,7 @@ fn the_stream_window_includes_commits_only_the_journal_holds() {
         audience: crate::stream::StreamAudience::Supervisors,
         agent: None,
         timeline: None,
+        entry: None,
     };
     let batch = |from: u64, to: u64| Batch {
         records: Vec::new(),
@@ -900,6 +901,77 @@ fn the_stream_window_includes_commits_only_the_journal_holds() {
     let folded = store.recover().unwrap().window;
     assert_eq!(folded.events, restored.events);
     assert_eq!(folded.floor, restored.floor);
+}
+
+/// The stream events of timeline entries, as the pipeline makes them: one per entry of each
+/// record, in the timeline's order.
+fn timeline_events(records: &[Record]) -> Vec<crate::stream::StoredEvent> {
+    records
+        .iter()
+        .flat_map(|record| {
+            record
+                .timeline
+                .iter()
+                .enumerate()
+                .map(|(index, entry)| crate::stream::StoredEvent {
+                    id: crate::stream::StreamId {
+                        position: record.position,
+                        index: index as u32,
+                    },
+                    conversation: entry.conversation,
+                    team: None,
+                    audience: crate::stream::StreamAudience::Supervisors,
+                    agent: None,
+                    timeline: Some(entry.clone()),
+                    entry: None,
+                })
+        })
+        .collect()
+}
+
+/// A stream event of a timeline entry is kept by reference to the entry, which its record (in
+/// the journal) and the timeline table (in redb) already hold, and comes back whole from both.
+#[test]
+fn stream_events_keep_their_timeline_entry_by_reference_and_come_back_whole() {
+    let dir = temp_dir("stream-by-reference");
+    let mut h = Harness::new();
+    run_scenario(&mut h);
+    let mut events = timeline_events(&h.records);
+    assert!(events.len() > 20);
+    // An event whose entry is in none of the commit's records stays whole, as format 2 kept
+    // every event (and such events read back as they are).
+    let mut inline = events[0].clone();
+    inline.id.position.public = u64::MAX / 2;
+    events.push(inline);
+    {
+        let store = RedbStore::open_without_indexer(&dir).unwrap();
+        store
+            .commit(&Batch {
+                records: h.records.clone(),
+                stream: events.clone(),
+                ..Batch::default()
+            })
+            .unwrap();
+        // In the journal, each whisper's text is in its record once, not again in its event.
+        let journal: String = journal_files(&dir)
+            .iter()
+            .map(|file| String::from_utf8_lossy(&std::fs::read(file).unwrap()).into_owned())
+            .collect();
+        let in_records = serde_json::to_string(&h.records)
+            .unwrap()
+            .matches("empathy first")
+            .count();
+        assert!(in_records > 0);
+        assert_eq!(journal.matches("empathy first").count(), in_records);
+    }
+    // Crashed before a fold: the events come back from the journal's commit.
+    let store = RedbStore::open_without_indexer(&dir).unwrap();
+    assert_eq!(store.recover().unwrap().window.events, events);
+    // Folded: from redb's stream and timeline tables.
+    store.fold().unwrap();
+    drop(store);
+    let store = RedbStore::open_without_indexer(&dir).unwrap();
+    assert_eq!(store.recover().unwrap().window.events, events);
 }
 
 /// A dead delivery leaves the outbox for the dead deliveries, survives a restart there, and a
