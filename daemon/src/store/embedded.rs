@@ -36,8 +36,20 @@ pub(super) const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("lo
 pub(super) const SNAPSHOT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("snapshot");
 /// outbox id -> unsent entry (removed once its publication is confirmed).
 const OUTBOX: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("outbox");
-/// (conversation key, seq, index) -> timeline entry.
-const TIMELINE: TableDefinition<'_, (u128, u64, u32), &[u8]> = TableDefinition::new("timeline");
+/// (conversation ordinal, seq, index) -> timeline entry. Keyed by the conversation's ordinal
+/// ([`ORDINALS`]), not its id: ids are hashes, so entries keyed by them landed all over the
+/// table and each fold rewrote a page per conversation it touched (most of the bytes redb wrote
+/// per event, growing with the store); ordinals grow with the conversations, so a fold's
+/// entries gather in the pages of the newest conversations.
+const TIMELINE: TableDefinition<'_, (u64, u64, u32), &[u8]> =
+    TableDefinition::new("conversation_timeline");
+/// Conversation key -> its ordinal: 0, 1, 2, … in the order their first timeline entries were
+/// folded.
+const ORDINALS: TableDefinition<'_, u128, u64> = TableDefinition::new("conversation_ordinal");
+/// Formats 1 to 3: (conversation key, seq, index) -> timeline entry; moved into [`TIMELINE`]
+/// on open.
+const KEYED_TIMELINE: TableDefinition<'_, (u128, u64, u32), &[u8]> =
+    TableDefinition::new("timeline");
 /// (public, silent, index) position -> the live stream's event, the newest [`STREAM_WINDOW`].
 const STREAM: TableDefinition<'_, (u64, u32, u32), &[u8]> = TableDefinition::new("stream");
 /// `format` -> the store format this directory is written in ([`STORE_FORMAT`]).
@@ -57,8 +69,10 @@ const STREAM_FLOOR: TableDefinition<'_, u8, (u64, u32, u32)> = TableDefinition::
 ///   `stream_floor`); thread keys name the business endpoint (format 1's keys stay valid for
 ///   the conversations that have them).
 /// - 3: a stream event of a timeline entry names the entry (`StoredEvent::entry`) instead of
-///   repeating it, in the journal and in `stream` (format 2's events, whole, read as is).
-pub const STORE_FORMAT: u64 = 3;
+///   repeating it, in the journal and in `stream` (format 2's events, whole, read as they are).
+/// - 4: timeline entries keyed by conversation ordinal ([`TIMELINE`], [`ORDINALS`]) instead of
+///   conversation id (`timeline`, moved on open).
+pub const STORE_FORMAT: u64 = 4;
 
 /// The latest snapshot, beside the database.
 pub(super) const SNAPSHOT_FILE: &str = "snapshot.json";
@@ -210,6 +224,9 @@ impl RedbStore {
                 .open_table(TIMELINE)
                 .map_err(|error| failed(error.to_string()))?;
             transaction
+                .open_table(ORDINALS)
+                .map_err(|error| failed(error.to_string()))?;
+            transaction
                 .open_table(STREAM)
                 .map_err(|error| failed(error.to_string()))?;
             transaction
@@ -333,7 +350,8 @@ fn stored_format(database: &Database) -> Result<Option<u64>, redb::Error> {
 /// keys as keys without an endpoint, and the stream tables start empty): it reads every record
 /// and the snapshot once, so that a store this version cannot read is refused here, with the
 /// entry named, rather than half-applied later. 2 -> 3 transforms nothing either: format 2's
-/// stream events, whole, read as they are.
+/// stream events, whole, read as they are. 3 -> 4 moves the timeline to conversation
+/// ordinals.
 fn migrate(database: &Database, dir: &Path, found: Option<u64>) -> Result<(), StoreError> {
     let from = found.unwrap_or(STORE_FORMAT);
     if from < 2 {
@@ -360,6 +378,13 @@ fn migrate(database: &Database, dir: &Path, found: Option<u64>) -> Result<(), St
     if found != Some(STORE_FORMAT) {
         let mut transaction = database.begin_write().map_err(write_error)?;
         transaction.set_quick_repair(true);
+        if from < 4 {
+            let moved = move_keyed_timeline(&transaction)?;
+            tracing::info!(
+                entries = moved,
+                "moved the timeline to conversation ordinals"
+            );
+        }
         {
             let mut meta = transaction.open_table(META).map_err(write_error)?;
             meta.insert("format", STORE_FORMAT).map_err(write_error)?;
@@ -367,6 +392,35 @@ fn migrate(database: &Database, dir: &Path, found: Option<u64>) -> Result<(), St
         transaction.commit().map_err(write_error)?;
     }
     Ok(())
+}
+
+/// 3 -> 4: every entry of the `timeline` table keyed by conversation id moves to [`TIMELINE`]
+/// under its conversation's ordinal, and the old table goes. Entries the journal of the old
+/// store already put there (replayed before the migration) keep their ordinals.
+fn move_keyed_timeline(transaction: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    let mut timeline = transaction.open_table(TIMELINE).map_err(write_error)?;
+    let mut ordinals = Ordinals::new(transaction.open_table(ORDINALS).map_err(write_error)?);
+    let mut moved = 0;
+    {
+        let keyed = match transaction.open_table(KEYED_TIMELINE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(error) => return Err(write_error(error)),
+        };
+        for row in keyed.iter().map_err(write_error)? {
+            let (key, entry) = row.map_err(write_error)?;
+            let (conversation, seq, index) = key.value();
+            let ordinal = ordinals.of(conversation)?;
+            timeline
+                .insert((ordinal, seq, index), entry.value())
+                .map_err(write_error)?;
+            moved += 1;
+        }
+    }
+    transaction
+        .delete_table(KEYED_TIMELINE)
+        .map_err(write_error)?;
+    Ok(moved)
 }
 
 /// Writes `format` as the store's format (tests: a store from a newer version).
@@ -449,6 +503,7 @@ fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Resu
     {
         let mut log = transaction.open_table(LOG).map_err(write_error)?;
         let mut timeline = transaction.open_table(TIMELINE).map_err(write_error)?;
+        let mut ordinals = Ordinals::new(transaction.open_table(ORDINALS).map_err(write_error)?);
         let mut outbox = transaction.open_table(OUTBOX).map_err(write_error)?;
         let mut stream = transaction.open_table(STREAM).map_err(write_error)?;
         for (position, batch) in batches.iter().enumerate() {
@@ -461,7 +516,8 @@ fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Resu
                 log.insert(record.seq, encode(&LoggedRecord::of(record))?.as_slice())
                     .map_err(write_error)?;
                 for (index, entry) in record.timeline.iter().enumerate() {
-                    let key = (entry.conversation.key(), record.seq, index as u32);
+                    let ordinal = ordinals.of(entry.conversation.key())?;
+                    let key = (ordinal, record.seq, index as u32);
                     timeline
                         .insert(key, encode(entry)?.as_slice())
                         .map_err(write_error)?;
@@ -538,6 +594,45 @@ fn by_reference(batch: &Batch) -> Batch {
     kept
 }
 
+/// The live stream's window as redb holds it, events made whole (their timeline entries read
+/// back from the timeline table), and the floor.
+fn read_window(
+    transaction: &redb::ReadTransaction,
+) -> Result<(std::collections::VecDeque<StoredEvent>, Option<StreamId>), StoreError> {
+    let stream = transaction.open_table(STREAM).map_err(read_error)?;
+    let timelines = transaction.open_table(TIMELINE).map_err(read_error)?;
+    let ordinals = transaction.open_table(ORDINALS).map_err(read_error)?;
+    let mut events = std::collections::VecDeque::new();
+    for row in stream.iter().map_err(read_error)? {
+        let (_, bytes) = row.map_err(read_error)?;
+        let mut event = decode::<StoredEvent>(bytes.value(), "stream event")?;
+        if let Some(seq) = event.entry.take() {
+            let missing = || StoreError::Corrupt {
+                what: format!("stream event {}", event.id),
+                reason: format!("its timeline entry (record {seq}) is missing"),
+            };
+            let ordinal = ordinals
+                .get(event.conversation.key())
+                .map_err(read_error)?
+                .ok_or_else(missing)?
+                .value();
+            let key = (ordinal, seq, event.id.index);
+            let entry = timelines
+                .get(key)
+                .map_err(read_error)?
+                .ok_or_else(missing)?;
+            event.timeline = Some(decode(entry.value(), "timeline entry")?);
+        }
+        events.push_back(event);
+    }
+    let floor = transaction.open_table(STREAM_FLOOR).map_err(read_error)?;
+    let floor = floor
+        .get(0)
+        .map_err(read_error)?
+        .map(|key| stream_id(key.value()));
+    Ok((events, floor))
+}
+
 /// A stream event of a commit still in the journal, its timeline entry filled back in from the
 /// commit's records.
 fn whole(event: &StoredEvent, records: &[Record]) -> Result<StoredEvent, StoreError> {
@@ -557,6 +652,44 @@ fn whole(event: &StoredEvent, records: &[Record]) -> Result<StoredEvent, StoreEr
         entry: None,
         ..event.clone()
     })
+}
+
+/// The ordinals table while a fold writes: a conversation's ordinal, given on its first entry.
+struct Ordinals<'txn> {
+    table: redb::Table<'txn, u128, u64>,
+    /// Those this fold looked up or gave (a fold's entries are mostly of few conversations).
+    known: std::collections::HashMap<u128, u64>,
+}
+
+impl<'txn> Ordinals<'txn> {
+    fn new(table: redb::Table<'txn, u128, u64>) -> Self {
+        Self {
+            table,
+            known: std::collections::HashMap::new(),
+        }
+    }
+
+    fn of(&mut self, conversation: u128) -> Result<u64, StoreError> {
+        if let Some(&ordinal) = self.known.get(&conversation) {
+            return Ok(ordinal);
+        }
+        let found = self
+            .table
+            .get(conversation)
+            .map_err(write_error)?
+            .map(|found| found.value());
+        let ordinal = match found {
+            Some(ordinal) => ordinal,
+            None => {
+                // Ordinals are never removed: the next one is the count so far.
+                let next = self.table.len().map_err(write_error)?;
+                self.table.insert(conversation, next).map_err(write_error)?;
+                next
+            }
+        };
+        self.known.insert(conversation, ordinal);
+        Ok(ordinal)
+    }
 }
 
 fn stream_key(id: StreamId) -> (u64, u32, u32) {
@@ -847,9 +980,10 @@ impl Store for RedbStore {
             None => None,
         };
         let log = transaction.open_table(LOG).map_err(read_error)?;
-        // The snapshot file and the log decode on two threads (most of a restart's time after
-        // a crash under load). The log behind a snapshot is dropped in chunks after it is
-        // written, so the log may begin before the snapshot: those records are skipped.
+        // The snapshot file decodes on a thread of its own while this one reads the log and
+        // the stream's window (together most of a restart's time after a crash under load).
+        // The log behind a snapshot is dropped in chunks after it is written, so the log may
+        // begin before the snapshot: those records are skipped.
         let (from_file, logged) = std::thread::scope(|scope| {
             let file = scope.spawn(|| self.shared.read_snapshot_file());
             let logged = (|| {
@@ -858,7 +992,7 @@ impl Store for RedbStore {
                     let (_, bytes) = row.map_err(read_error)?;
                     records.push(decode::<Record>(bytes.value(), "log record")?);
                 }
-                Ok::<_, StoreError>(records)
+                Ok::<_, StoreError>((records, read_window(&transaction)?))
             })();
             let file = file.join().unwrap_or_else(|_| {
                 Err(StoreError::Read(
@@ -875,34 +1009,9 @@ impl Store for RedbStore {
             (_, file) => file,
         };
         let mut after = snapshot.as_ref().map_or(0, |snapshot| snapshot.last_seq);
-        let mut records = logged?;
+        let (mut records, (mut events, mut floor)) = logged?;
         records.retain(|record| record.seq > after);
         after = records.last().map_or(after, |record| record.seq);
-        let stream = transaction.open_table(STREAM).map_err(read_error)?;
-        let mut events = std::collections::VecDeque::new();
-        let timelines = transaction.open_table(TIMELINE).map_err(read_error)?;
-        for row in stream.iter().map_err(read_error)? {
-            let (_, bytes) = row.map_err(read_error)?;
-            let mut event = decode::<StoredEvent>(bytes.value(), "stream event")?;
-            if let Some(seq) = event.entry.take() {
-                let key = (event.conversation.key(), seq, event.id.index);
-                let entry =
-                    timelines
-                        .get(key)
-                        .map_err(read_error)?
-                        .ok_or_else(|| StoreError::Corrupt {
-                            what: format!("stream event {}", event.id),
-                            reason: format!("its timeline entry (record {seq}) is missing"),
-                        })?;
-                event.timeline = Some(decode(entry.value(), "timeline entry")?);
-            }
-            events.push_back(event);
-        }
-        let floor = transaction.open_table(STREAM_FLOOR).map_err(read_error)?;
-        let mut floor = floor
-            .get(0)
-            .map_err(read_error)?
-            .map(|key| stream_id(key.value()));
         // A crash between a durable fold and the deletion of its segments leaves commits in
         // both: redb's copy counts.
         let tail = lock(&self.shared.tail);
@@ -1032,11 +1141,15 @@ impl Store for RedbStore {
 
     fn timeline(&self, conversation: ConversationId) -> Result<Vec<TimelineEntry>, StoreError> {
         let transaction = self.shared.caught_up()?.begin_read().map_err(read_error)?;
+        let ordinals = transaction.open_table(ORDINALS).map_err(read_error)?;
+        let Some(ordinal) = ordinals.get(conversation.key()).map_err(read_error)? else {
+            return Ok(Vec::new());
+        };
+        let ordinal = ordinal.value();
         let table = transaction.open_table(TIMELINE).map_err(read_error)?;
-        let key = conversation.key();
         let mut entries = Vec::new();
         for row in table
-            .range((key, 0, 0)..=(key, u64::MAX, u32::MAX))
+            .range((ordinal, 0, 0)..=(ordinal, u64::MAX, u32::MAX))
             .map_err(read_error)?
         {
             let (_, bytes) = row.map_err(read_error)?;
