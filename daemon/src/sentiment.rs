@@ -531,8 +531,8 @@ fn stems() -> &'static [Stem] {
 
 /// The stems a token can start a match of: those whose first word begins with the token's
 /// first byte (a match needs the word or the token's prefix to equal it). Checking every stem
-/// at every token was most of the daemon's sentiment cost, itself about a sixth of its CPU
-/// per message under load.
+/// at every token was most of the scorer's own cost, a visible share of the daemon's CPU per
+/// message (docs/benchmarks.md, "End to end").
 fn stems_starting(token: &str) -> &'static [&'static Stem] {
     static BY_FIRST_BYTE: OnceLock<Vec<Vec<&'static Stem>>> = OnceLock::new();
     let index = BY_FIRST_BYTE.get_or_init(|| {

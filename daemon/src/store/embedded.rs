@@ -572,8 +572,9 @@ fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Resu
 
 /// `batch` as the store keeps it: each stream event of a timeline entry of one of the batch's
 /// records names that entry ([`StoredEvent::entry`]) instead of repeating it. The entry is
-/// already in the record (the journal) and in the `timeline` table (redb): repeated, it was a
-/// fifth of what each commit wrote and encoded.
+/// already in the record (the journal) and in [`TIMELINE`] (redb): repeated, it was a fifth of
+/// what each commit wrote and encoded. An event that is not exactly its record's entry (of the
+/// same conversation, at its index) stays whole.
 fn by_reference(batch: &Batch) -> Batch {
     let mut kept = batch.clone();
     for event in &mut kept.stream {
@@ -585,6 +586,7 @@ fn by_reference(batch: &Batch) -> Batch {
             .iter()
             .find(|record| record.position == event.id.position);
         if let Some(record) = record
+            && entry.conversation == event.conversation
             && record.timeline.get(event.id.index as usize) == Some(entry)
         {
             event.entry = Some(record.seq);
