@@ -12,6 +12,7 @@ pub mod ari;
 pub mod attendance;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 /// The supervision engine lives in its own crate (`engine/`), re-exported under its old path.

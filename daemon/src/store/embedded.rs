@@ -26,7 +26,10 @@ use redb::{
 };
 
 use super::journal::{self, Frame, Journal};
-use super::{Batch, DeadDelivery, OutboxEntry, Recovery, STREAM_WINDOW, Store, StoreError};
+use super::{
+    Batch, DeadDelivery, LoggedRecord, OutboxEntry, Recovery, STREAM_WINDOW, Store, StoreError,
+    decode, encode, read_error, write_error,
+};
 use crate::engine::{ConversationId, Position, Record, Snapshot, TimelineEntry};
 use crate::stream::{StoredEvent, StoredWindow, StreamId};
 
@@ -705,29 +708,6 @@ fn stream_id((public, silent, index): (u64, u32, u32)) -> StreamId {
     }
 }
 
-/// A record as the `log` table keeps it: what replay needs, without the timeline (which the
-/// `timeline` table holds; writing it twice took a third of a fold's encoding). Reads back as
-/// a [`Record`] with an empty timeline, as do records written whole by earlier versions.
-#[derive(serde::Serialize)]
-struct LoggedRecord<'a> {
-    seq: u64,
-    #[serde(skip_serializing_if = "Position::is_zero")]
-    position: Position,
-    at: crate::engine::Millis,
-    changes: &'a [crate::engine::Change],
-}
-
-impl<'a> LoggedRecord<'a> {
-    fn of(record: &'a Record) -> Self {
-        Self {
-            seq: record.seq,
-            position: record.position,
-            at: record.at,
-            changes: &record.changes,
-        }
-    }
-}
-
 impl Shared {
     fn run_indexer(&self) {
         loop {
@@ -920,25 +900,6 @@ impl Shared {
         self.fold(false)?;
         Ok(&self.database)
     }
-}
-
-fn write_error(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Write(error.to_string())
-}
-
-fn read_error(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Read(error.to_string())
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(write_error)
-}
-
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
-        what: what.to_owned(),
-        reason: error.to_string(),
-    })
 }
 
 impl Store for RedbStore {

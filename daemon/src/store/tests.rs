@@ -53,7 +53,7 @@ fn run_scenario(h: &mut Harness) {
 }
 
 /// Commits each record in a batch of its own, with two outbox entries for it.
-fn commit_one_by_one_with_outbox(store: &RedbStore, records: &[Record]) {
+fn commit_one_by_one_with_outbox(store: &dyn Store, records: &[Record]) {
     for record in records {
         store
             .commit(&Batch {
@@ -89,13 +89,11 @@ fn outbox_for(record: &Record) -> Vec<OutboxEntry> {
         .collect()
 }
 
-#[test]
-fn committed_records_survive_a_reopen_and_replay_to_the_same_state() {
-    let dir = temp_dir("replay");
+fn committed_records_survive_a_reopen_and_replay_to_the_same_state(subject: &impl Subject) {
     let mut h = Harness::new();
     run_scenario(&mut h);
     {
-        let store = RedbStore::open(&dir).unwrap();
+        let store = subject.open();
         for chunk in h.records.chunks(7) {
             store
                 .commit(&Batch {
@@ -105,7 +103,7 @@ fn committed_records_survive_a_reopen_and_replay_to_the_same_state() {
                 .unwrap();
         }
     }
-    let store = RedbStore::open(&dir).unwrap();
+    let store = subject.open();
     let recovery = store.recover().unwrap();
     assert!(recovery.snapshot.is_none());
     assert_eq!(recovery.records.len(), h.records.len());
@@ -114,7 +112,7 @@ fn committed_records_survive_a_reopen_and_replay_to_the_same_state() {
 }
 
 /// Commits the records `h` made since `from` (an index into `h.records`).
-fn commit_since(store: &RedbStore, h: &Harness, from: usize) {
+fn commit_since(store: &dyn Store, h: &Harness, from: usize) {
     store
         .commit(&Batch {
             records: h.records[from..].to_vec(),
@@ -123,10 +121,8 @@ fn commit_since(store: &RedbStore, h: &Harness, from: usize) {
         .unwrap();
 }
 
-#[test]
-fn a_snapshot_truncates_the_log_and_recovery_uses_both() {
-    let dir = temp_dir("snapshot");
-    let store = RedbStore::open(&dir).unwrap();
+fn a_snapshot_truncates_the_log_and_recovery_uses_both(subject: &impl Subject) {
+    let store = subject.open();
     let mut h = Harness::new();
     run_scenario(&mut h);
     commit_since(&store, &h, 0);
@@ -136,7 +132,7 @@ fn a_snapshot_truncates_the_log_and_recovery_uses_both() {
     commit_since(&store, &h, before);
     drop(store);
 
-    let recovery = RedbStore::open(&dir).unwrap().recover().unwrap();
+    let recovery = subject.open().recover().unwrap();
     assert_eq!(
         recovery.snapshot.as_ref().unwrap().last_seq,
         h.records[before - 1].seq
@@ -247,10 +243,8 @@ fn a_store_with_its_snapshot_in_redb_from_before_still_recovers() {
     );
 }
 
-#[test]
-fn the_outbox_keeps_unsent_entries_in_commit_order() {
-    let dir = temp_dir("outbox");
-    let store = RedbStore::open(&dir).unwrap();
+fn the_outbox_keeps_unsent_entries_in_commit_order(subject: &impl Subject) {
+    let store = subject.open();
     let mut h = Harness::new();
     run_scenario(&mut h);
     commit_one_by_one_with_outbox(&store, &h.records[..12]);
@@ -270,7 +264,7 @@ fn the_outbox_keeps_unsent_entries_in_commit_order() {
         )
         .unwrap();
     drop(store);
-    let store = RedbStore::open(&dir).unwrap();
+    let store = subject.open();
     let left = store.outbox_after(None, 1000).unwrap();
     assert_eq!(left.len(), 14);
     assert_eq!(
@@ -289,18 +283,13 @@ fn the_outbox_keeps_unsent_entries_in_commit_order() {
         })
         .unwrap();
     drop(store);
-    let left_now = RedbStore::open(&dir)
-        .unwrap()
-        .outbox_after(None, 1000)
-        .unwrap();
+    let left_now = subject.open().outbox_after(None, 1000).unwrap();
     assert_eq!(left_now.len(), 14 - 4 + 2);
     assert_eq!(left_now[0], left[4]);
 }
 
-#[test]
-fn the_outbox_pages_after_an_id_and_knows_its_size_and_newest_entry() {
-    let dir = temp_dir("outbox-pages");
-    let store = RedbStore::open(&dir).unwrap();
+fn the_outbox_pages_after_an_id_and_knows_its_size_and_newest_entry(subject: &impl Subject) {
+    let store = subject.open();
     assert_eq!(store.outbox_newest_id().unwrap(), None);
     let mut h = Harness::new();
     run_scenario(&mut h);
@@ -327,10 +316,8 @@ fn the_outbox_pages_after_an_id_and_knows_its_size_and_newest_entry() {
     );
 }
 
-#[test]
-fn timelines_come_back_per_conversation() {
-    let dir = temp_dir("timeline");
-    let store = RedbStore::open(&dir).unwrap();
+fn timelines_come_back_per_conversation(subject: &impl Subject) {
+    let store = subject.open();
     let mut h = Harness::new();
     let first = h.active("web-chat", "a-1");
     let second = h.active("web-chat", "a-2");
@@ -361,8 +348,7 @@ fn timelines_come_back_per_conversation() {
     );
 }
 
-#[test]
-fn outbox_bodies_are_stored_as_text_when_utf8_and_read_back_in_either_form() {
+fn outbox_bodies_are_stored_as_text_when_utf8_and_read_back_in_either_form(subject: &impl Subject) {
     let mut h = Harness::new();
     run_scenario(&mut h);
     let [text, binary] = <[OutboxEntry; 2]>::try_from(outbox_for(&h.records[0])).unwrap();
@@ -387,8 +373,7 @@ fn outbox_bodies_are_stored_as_text_when_utf8_and_read_back_in_either_form() {
     let legacy: OutboxEntry = serde_json::from_value(legacy).unwrap();
     assert_eq!(legacy.body, b"{}");
 
-    let dir = temp_dir("outbox-bodies");
-    let store = RedbStore::open(&dir).unwrap();
+    let store = subject.open();
     store
         .commit(&Batch {
             records: vec![h.records[0].clone()],
@@ -397,10 +382,7 @@ fn outbox_bodies_are_stored_as_text_when_utf8_and_read_back_in_either_form() {
         })
         .unwrap();
     drop(store);
-    let pending = RedbStore::open(&dir)
-        .unwrap()
-        .outbox_after(None, 10)
-        .unwrap();
+    let pending = subject.open().outbox_after(None, 10).unwrap();
     assert_eq!(pending, [text, binary]);
 }
 
@@ -838,12 +820,9 @@ fn a_store_of_a_newer_format_is_refused_with_a_clear_message() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The live stream's window after a crash: the events redb holds and those only the journal
-/// has, in order, the oldest let go of beyond the window (and the floor moved to it).
-#[test]
-fn the_stream_window_includes_commits_only_the_journal_holds() {
-    let dir = temp_dir("stream-journal");
-    let event = |public: u64| crate::stream::StoredEvent {
+/// A stream event at `public` that is not a timeline entry's.
+fn summary_event(public: u64) -> crate::stream::StoredEvent {
+    crate::stream::StoredEvent {
         id: crate::stream::StreamId {
             position: Position { public, silent: 0 },
             index: 0,
@@ -854,7 +833,14 @@ fn the_stream_window_includes_commits_only_the_journal_holds() {
         agent: None,
         timeline: None,
         entry: None,
-    };
+    }
+}
+
+/// The live stream's window after a crash: the events redb holds and those only the journal
+/// has, in order, the oldest let go of beyond the window (and the floor moved to it).
+#[test]
+fn the_stream_window_includes_commits_only_the_journal_holds() {
+    let dir = temp_dir("stream-journal");
     let batch = |from: u64, to: u64| Batch {
         records: Vec::new(),
         outbox: vec![OutboxEntry {
@@ -877,7 +863,7 @@ fn the_stream_window_includes_commits_only_the_journal_holds() {
             body: b"{}".to_vec(),
         }],
         sent: Vec::new(),
-        stream: (from..to).map(event).collect(),
+        stream: (from..to).map(summary_event).collect(),
         ..Batch::default()
     };
     let window = crate::stream::STREAM_WINDOW as u64;
@@ -976,9 +962,7 @@ fn stream_events_keep_their_timeline_entry_by_reference_and_come_back_whole() {
 
 /// A dead delivery leaves the outbox for the dead deliveries, survives a restart there, and a
 /// resend (journaled) puts it back into the outbox under its own id, also across a restart.
-#[test]
-fn dead_deliveries_leave_the_outbox_and_come_back_when_sent_again() {
-    let dir = temp_dir("dead-deliveries");
+fn dead_deliveries_leave_the_outbox_and_come_back_when_sent_again(subject: &impl Subject) {
     let entry = |n: u64| OutboxEntry {
         id: format!("{n:020}-000000-000000-000"),
         routing_key: "channel.sms-twilio".to_owned(),
@@ -990,7 +974,7 @@ fn dead_deliveries_leave_the_outbox_and_come_back_when_sent_again() {
         body: b"To=%2B1".to_vec(),
     };
     {
-        let store = RedbStore::open(&dir).unwrap();
+        let store = subject.open();
         store
             .commit(&Batch {
                 outbox: vec![entry(1), entry(2)],
@@ -1019,7 +1003,7 @@ fn dead_deliveries_leave_the_outbox_and_come_back_when_sent_again() {
         assert_eq!(dead[0].code, "21610");
     }
     {
-        let store = RedbStore::open(&dir).unwrap();
+        let store = subject.open();
         assert_eq!(
             store.dead_deliveries(10).unwrap().len(),
             1,
@@ -1032,8 +1016,162 @@ fn dead_deliveries_leave_the_outbox_and_come_back_when_sent_again() {
             })
             .unwrap();
     }
-    let store = RedbStore::open(&dir).unwrap();
+    let store = subject.open();
     assert!(store.dead_deliveries(10).unwrap().is_empty());
     let outbox = store.outbox_after(None, 10).unwrap();
     assert_eq!(outbox, vec![entry(1), entry(2)]);
 }
+
+/// A stream longer than the window comes back as its newest [`crate::stream::STREAM_WINDOW`]
+/// events, with the newest one let go of as the floor, across a restart.
+fn the_stream_window_keeps_the_newest_events_and_the_floor(subject: &impl Subject) {
+    let window = crate::stream::STREAM_WINDOW as u64;
+    {
+        let store = subject.open();
+        assert_eq!(store.recover().unwrap().window.floor, None);
+        for (from, to) in [
+            (1, window / 2),
+            (window / 2, window + 5),
+            (window + 5, window + 9),
+        ] {
+            // Stream events come with what made them (here an outbox entry).
+            let mut h = Harness::new();
+            run_scenario(&mut h);
+            store
+                .commit(&Batch {
+                    outbox: outbox_for(&h.records[from as usize % h.records.len()]),
+                    stream: (from..to).map(summary_event).collect(),
+                    ..Batch::default()
+                })
+                .unwrap();
+        }
+    }
+    let restored = subject.open().recover().unwrap().window;
+    let ids: Vec<u64> = restored
+        .events
+        .iter()
+        .map(|event| event.id.position.public)
+        .collect();
+    assert_eq!(ids.len() as u64, window);
+    assert!(
+        ids.iter().copied().eq(9..window + 9),
+        "the newest, in order: {:?} … {:?}",
+        ids.first(),
+        ids.last()
+    );
+    assert_eq!(restored.floor.map(|id| id.position.public), Some(8));
+}
+
+/// A snapshot task finishing late with an older state changes nothing.
+fn an_older_snapshot_never_replaces_a_newer_one(subject: &impl Subject) {
+    let store = subject.open();
+    let mut h = Harness::new();
+    run_scenario(&mut h);
+    commit_since(&store, &h, 0);
+    let older = h.engine.state().snapshot();
+    let before = h.records.len();
+    run_scenario(&mut h);
+    commit_since(&store, &h, before);
+    store.write_snapshot(&h.engine.state().snapshot()).unwrap();
+    store.write_snapshot(&older).unwrap();
+    drop(store);
+    let recovery = subject.open().recover().unwrap();
+    assert_eq!(
+        recovery.snapshot.as_ref().unwrap().last_seq,
+        h.records.last().unwrap().seq
+    );
+    assert!(recovery.records.is_empty());
+    let engine = Engine::restore(demo_setup(), recovery.snapshot, &recovery.records);
+    assert!(engine.state() == h.engine.state());
+}
+
+/// What the store test suite needs of a store: opening it, again and again, as a daemon's
+/// restarts do.
+trait Subject {
+    type Opened: Store;
+    fn open(&self) -> Self::Opened;
+}
+
+/// The embedded store in a directory.
+struct Embedded(PathBuf);
+
+impl Subject for Embedded {
+    type Opened = RedbStore;
+    fn open(&self) -> RedbStore {
+        RedbStore::open(&self.0).unwrap()
+    }
+}
+
+/// One partition of a cluster in PostgreSQL: each opening is a node starting, which takes the
+/// partition's lease after the previous one let it go (a new epoch each time).
+struct Partition {
+    schema: postgres::testing::TestSchema,
+    leases: postgres::Leases,
+    held: std::sync::Mutex<Option<postgres::Lease>>,
+}
+
+impl Partition {
+    fn new(test: &str) -> Option<Self> {
+        let schema = postgres::testing::TestSchema::new(test)?;
+        let leases = postgres::Leases::new(
+            &schema.database,
+            "node-a",
+            std::time::Duration::from_secs(60),
+        );
+        leases.join_cluster(4).unwrap();
+        Some(Self {
+            schema,
+            leases,
+            held: std::sync::Mutex::new(None),
+        })
+    }
+}
+
+impl Subject for Partition {
+    type Opened = postgres::PostgresStore;
+    fn open(&self) -> postgres::PostgresStore {
+        let mut held = self.held.lock().unwrap();
+        if let Some(lease) = held.take() {
+            self.leases.release(&lease).unwrap();
+        }
+        let lease = self.leases.acquire(2).unwrap().expect("a free partition");
+        *held = Some(lease);
+        postgres::PostgresStore::open(&self.schema.database, &lease)
+    }
+}
+
+/// Each test of the suite, on the embedded store and on PostgreSQL.
+macro_rules! store_suite {
+    ($($test:ident),* $(,)?) => {
+        mod embedded_store {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(&super::Embedded(super::temp_dir(stringify!($test))));
+                }
+            )*
+        }
+        mod postgres_store {
+            $(
+                #[test]
+                fn $test() {
+                    if let Some(partition) = super::Partition::new(stringify!($test)) {
+                        super::$test(&partition);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(
+    committed_records_survive_a_reopen_and_replay_to_the_same_state,
+    a_snapshot_truncates_the_log_and_recovery_uses_both,
+    an_older_snapshot_never_replaces_a_newer_one,
+    the_outbox_keeps_unsent_entries_in_commit_order,
+    the_outbox_pages_after_an_id_and_knows_its_size_and_newest_entry,
+    timelines_come_back_per_conversation,
+    outbox_bodies_are_stored_as_text_when_utf8_and_read_back_in_either_form,
+    dead_deliveries_leave_the_outbox_and_come_back_when_sent_again,
+    the_stream_window_keeps_the_newest_events_and_the_floor,
+);

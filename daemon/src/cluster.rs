@@ -1,0 +1,144 @@
+//! Cluster ownership: which partitions this node should own, and the keeper that holds their
+//! leases round after round — heartbeat, renew, hand over what another live node should own,
+//! take what is free and this node's to take — telling the node of each change so that it
+//! starts or stops serving a partition. The leases themselves are the store's
+//! (`store::postgres::Leases`); this module decides, it does not write SQL.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use crate::store::StoreError;
+use crate::store::postgres::{Lease, Leases};
+
+/// The partitions `me` should own among `live` nodes: partition `p` goes to the
+/// `p mod n`-th live node by id, so that they spread evenly (no node owns more than one
+/// partition more than another) and every node computes the same answer from the same
+/// register. A node not in `live` should own nothing.
+pub fn assignment(partitions: u32, live: &[String], me: &str) -> BTreeSet<u32> {
+    let mut sorted: Vec<&str> = live.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let Some(index) = sorted.iter().position(|node| *node == me) else {
+        return BTreeSet::new();
+    };
+    (0..partitions)
+        .filter(|partition| *partition as usize % sorted.len() == index)
+        .collect()
+}
+
+/// What changed in one round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The node may serve the partition now, writing under this lease.
+    Acquired(Lease),
+    /// Handed over to the node that should own it; the node had stopped serving it first.
+    Released { partition: u32 },
+    /// Taken over by another node, or this node's own deadline passed before a renewal: the
+    /// node must stop serving it at once (its writes are refused anyway).
+    Lost { partition: u32 },
+}
+
+/// This node's leases, kept round after round (a round every third of the lease's length,
+/// so that two rounds can fail before a lease runs out).
+#[derive(Debug)]
+pub struct Keeper {
+    leases: Leases,
+    partitions: u32,
+    held: BTreeMap<u32, Lease>,
+}
+
+impl Keeper {
+    /// Joins the cluster (creating it with `partitions`, or checking that count) and enters
+    /// this process in the nodes' register.
+    pub fn join(leases: Leases, partitions: u32) -> Result<Self, StoreError> {
+        leases.join_cluster(partitions)?;
+        leases.register()?;
+        Ok(Self {
+            leases,
+            partitions,
+            held: BTreeMap::new(),
+        })
+    }
+
+    /// The leases held now.
+    pub fn held(&self) -> impl Iterator<Item = &Lease> {
+        self.held.values()
+    }
+
+    /// One round. `stop` is called for each partition this node hands over, before its lease
+    /// is released: the node stops consuming and applying it there, so that its next owner
+    /// never overlaps with it. An error leaves the leases as they were (the node keeps to
+    /// their deadlines meanwhile), except [`StoreError::Incompatible`]: this process is no
+    /// longer the node and must stop serving every partition.
+    pub fn round(&mut self, mut stop: impl FnMut(u32)) -> Result<Vec<Change>, StoreError> {
+        let mut changes = Vec::new();
+        if !self.leases.heartbeat()? {
+            // Another process registered under this node id while this one was presumed dead
+            // (paused past a lease): every lease it held was free to take.
+            self.held.clear();
+            return Err(StoreError::Incompatible(format!(
+                "another daemon registered as node `{}` while this one was not heard from: \
+                 this one stops",
+                self.leases.node()
+            )));
+        }
+        let held: Vec<Lease> = self.held.values().copied().collect();
+        for lease in held {
+            let renewed = match Instant::now() < lease.valid_until {
+                true => self.leases.renew(&lease)?,
+                // Its own deadline passed: whatever the database says, this node stopped.
+                false => None,
+            };
+            match renewed {
+                Some(renewed) => {
+                    self.held.insert(lease.partition, renewed);
+                }
+                None => {
+                    self.held.remove(&lease.partition);
+                    changes.push(Change::Lost {
+                        partition: lease.partition,
+                    });
+                }
+            }
+        }
+        let live = self.leases.live_nodes()?;
+        let mine = assignment(self.partitions, &live, self.leases.node());
+        let handed: Vec<Lease> = self
+            .held
+            .values()
+            .filter(|lease| !mine.contains(&lease.partition))
+            .copied()
+            .collect();
+        for lease in handed {
+            stop(lease.partition);
+            self.leases.release(&lease)?;
+            self.held.remove(&lease.partition);
+            changes.push(Change::Released {
+                partition: lease.partition,
+            });
+        }
+        for partition in mine {
+            if self.held.contains_key(&partition) {
+                continue;
+            }
+            if let Some(lease) = self.leases.acquire(partition)? {
+                self.held.insert(partition, lease);
+                changes.push(Change::Acquired(lease));
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Leaves the cluster (stopping): every lease released and the register left, so that
+    /// the other nodes take the partitions over at their next round instead of after the
+    /// leases run out. The node stopped serving them before.
+    pub fn leave(mut self) -> Result<(), StoreError> {
+        for lease in std::mem::take(&mut self.held).into_values() {
+            self.leases.release(&lease)?;
+        }
+        self.leases.leave()
+    }
+}
+
+#[cfg(test)]
+mod tests;
