@@ -78,6 +78,7 @@ fn try_load_with_time_limit(
         time_limit,
         settings: settings.to_owned(),
         secrets: Default::default(),
+        public_url: None,
     })
 }
 

@@ -136,6 +136,7 @@ fn load_plugin(
             time_limit: configured.map_or(Duration::from_millis(100), |plugin| plugin.time_limit),
             settings,
             secrets: Default::default(),
+            public_url: None,
         })
         .map_err(|error| CliError::Failed(error.to_string()))?;
     Ok((id, plugin))

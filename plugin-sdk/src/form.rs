@@ -153,9 +153,33 @@ pub fn encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8
     serializer.finish().into_bytes()
 }
 
+/// Appends `key={{public_url}}` to a form body made by [`encode`]: the host puts the webhook
+/// door's URL for this plugin there (form-encoded) when it stores the request, and leaves the
+/// field out when the plugin has no `public_url`. For providers that send delivery statuses
+/// only to a callback URL given with each request (Twilio's `StatusCallback`). The braces stay
+/// unencoded on purpose: encoded text (anything a person wrote) can never count as one.
+pub fn append_public_url(body: &mut Vec<u8>, key: &str) {
+    let key = encode([(key, "")]);
+    if !body.is_empty() {
+        body.push(b'&');
+    }
+    body.extend_from_slice(&key);
+    body.extend_from_slice(crate::PUBLIC_URL.as_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_public_url_field_keeps_its_placeholder_raw() {
+        let mut body = encode([("Body", "{{public_url}}")]);
+        append_public_url(&mut body, "StatusCallback");
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            "Body=%7B%7Bpublic_url%7D%7D&StatusCallback={{public_url}}"
+        );
+    }
 
     #[test]
     fn round_trip_with_plus_and_percent() {

@@ -259,6 +259,12 @@ pub fn secret(name: &str) -> String {
     format!("{{{{secret:{name}}}}}")
 }
 
+/// The webhook door's URL for this plugin (`plugins.<id>.public_url`), where a request needs
+/// it: the host resolves it as the request comes out of the plugin (no secret: the outbox
+/// holds the URL). In the request's URL and header values as it is; in a form body only as a
+/// field's raw value, written with [`form::append_public_url`].
+pub const PUBLIC_URL: &str = "{{public_url}}";
+
 /// Where an OAuth access token goes: `{{oauth:NAME}}`. With OAuth client credentials in the
 /// daemon's configuration (`[plugins.<id>.oauth]`) the delivery worker fetches, caches and
 /// renews the token and puts it there; without them it puts the secret `NAME`, so a

@@ -44,6 +44,7 @@ fn call_overhead(c: &mut Criterion) {
                 time_limit: Duration::from_millis(100),
                 settings: String::new(),
                 secrets: Default::default(),
+                public_url: None,
             })
             .unwrap();
         c.bench_function(&format!("call_overhead/{name}"), |b| {
@@ -81,6 +82,7 @@ fn cold_start(c: &mut Criterion) {
         time_limit: Duration::from_millis(100),
         settings: "phone_number_id = \"106540352242922\"\n".to_owned(),
         secrets: Default::default(),
+        public_url: None,
     };
     // Fill the cache once; every measured load reads the precompiled component back.
     host.load(settings.clone()).unwrap();

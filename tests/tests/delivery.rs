@@ -72,7 +72,7 @@ impl Daemon {
             .replace(
                 "[plugins.sms-twilio.config]",
                 &format!(
-                    "allowed_hosts = [\"127.0.0.1:{twilio}\"]\nsecrets = {{ auth_token = {{ file = \"twilio-token\" }} }}\n[plugins.sms-twilio.config]"
+                    "allowed_hosts = [\"127.0.0.1:{twilio}\"]\nsecrets = {{ auth_token = {{ file = \"twilio-token\" }} }}\npublic_url = \"http://127.0.0.1:{door}/webhooks/sms-twilio\"\n[plugins.sms-twilio.config]"
                 ),
             )
             .replace(
@@ -318,6 +318,22 @@ async fn supervisor_messages_reach_the_providers_with_their_credentials_and_outc
                 .to_owned();
             assert!(sid.starts_with("SM"), "{sid}");
             let ours = receipts[0]["message_id"].clone();
+            // Twilio posts the message's statuses where its `StatusCallback` says: the door's
+            // URL for the plugin, which the daemon filled in.
+            let callback = format!(
+                "StatusCallback={}",
+                form_encoded(&format!(
+                    "http://127.0.0.1:{}/webhooks/sms-twilio",
+                    daemon.door
+                ))
+            );
+            let message = twilio.log.accepted();
+            assert!(
+                message
+                    .last()
+                    .is_some_and(|request| request.text().contains(&callback)),
+                "{message:#?}"
+            );
             daemon.twilio_webhook(&format!(
                 "MessageSid={sid}&SmsSid={sid}&AccountSid={ACCOUNT}&MessageStatus=delivered&To=%2B14155551234&From=%2B15005550006"
             ));
@@ -1058,4 +1074,9 @@ async fn a_web_chat_supervised_to_its_end_reaches_chatwoot_in_order() {
         }
     };
     tokio::task::spawn_blocking(run).await.unwrap();
+}
+
+/// A value as a form body carries it.
+fn form_encoded(value: &str) -> String {
+    String::from_utf8(switchboard_plugin_sdk::form::encode([("k", value)])).unwrap()[2..].to_owned()
 }

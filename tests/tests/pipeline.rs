@@ -43,6 +43,7 @@ fn open_pipeline(store_dir: &Path) -> Pipeline {
                 time_limit: Duration::from_millis(100),
                 settings: configured.settings.expose().to_owned(),
                 secrets: configured.secrets.clone(),
+                public_url: configured.public_url.clone(),
             })
             .unwrap(),
         );

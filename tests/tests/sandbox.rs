@@ -74,6 +74,7 @@ fn a_memory_bomb_hits_its_cap() {
             time_limit: Duration::from_secs(5),
             settings: String::new(),
             secrets: Default::default(),
+            public_url: None,
         })
         .unwrap();
     let error = bomb.decode(&body("attack")).unwrap_err();
@@ -196,6 +197,7 @@ fn hot_reload_swaps_atomically_and_drops_nothing() {
             time_limit: Duration::from_millis(100),
             settings: SMS_SETTINGS.to_owned(),
             secrets: Default::default(),
+            public_url: None,
         })
         .unwrap();
     assert!(
@@ -248,6 +250,7 @@ fn compiled_plugins_are_cached_on_disk() {
         time_limit: Duration::from_millis(100),
         settings: SMS_SETTINGS.to_owned(),
         secrets: Default::default(),
+        public_url: None,
     };
     let first = PluginHost::new(64 << 20, Some(dir.clone()))
         .unwrap()
@@ -275,6 +278,7 @@ fn junk_files_are_refused_with_a_clear_message() {
             time_limit: Duration::from_millis(100),
             settings: String::new(),
             secrets: Default::default(),
+            public_url: None,
         })
         .unwrap_err();
     assert!(matches!(error, LoadError::Invalid { .. }), "{error}");

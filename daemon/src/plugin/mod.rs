@@ -5,10 +5,12 @@
 //! - [`runtime`]: the one engine, the linker, validation, the compile cache.
 //! - [`sandbox`]: what an instance may touch (nothing) and how much memory it may use.
 //! - [`bindings`]: the WIT bindings and the conversions at the boundary.
+//! - [`public_url`]: `{{public_url}}` in a plugin's requests, resolved as they come out.
 //! - here: a [`Plugin`] — its current version behind an atomic swap (hot reload), warm
 //!   instances, per-call time budgets, failure classification and a circuit breaker.
 
 mod bindings;
+mod public_url;
 mod runtime;
 mod sandbox;
 
@@ -161,6 +163,9 @@ pub struct PluginSettings {
     /// `[plugins.<id>.secrets]`: never handed to the plugin; the delivery worker puts them
     /// where its requests say `{{secret:NAME}}`.
     pub secrets: std::collections::BTreeMap<String, crate::config::Secret>,
+    /// `plugins.<id>.public_url`: the webhook door's URL for this plugin, put where its
+    /// requests say `{{public_url}}` (`public_url`).
+    pub public_url: Option<String>,
 }
 
 impl PluginSettings {
@@ -174,6 +179,7 @@ impl PluginSettings {
             time_limit: configured.time_limit,
             settings: configured.settings.expose().to_owned(),
             secrets: configured.secrets.clone(),
+            public_url: configured.public_url.clone(),
         }
     }
 }
@@ -417,7 +423,11 @@ impl Plugin {
                 .unwrap_or_else(|| Ok(Ok(Vec::new())))
         })?;
         self.stats.encodes.fetch_add(1, Ordering::Relaxed);
-        Ok(requests)
+        let settings = self.settings.load();
+        Ok(requests
+            .into_iter()
+            .map(|request| public_url::resolve(request, settings.public_url.as_deref()))
+            .collect())
     }
 
     /// Whether the plugin exports `voice-controls`.

@@ -40,9 +40,10 @@ pub struct Config {
     /// The REST API root requests go to (a proxy's, or an emulator's in tests).
     #[serde(default = "api_base_url")]
     pub api_base_url: String,
-    /// Status callback URL for messages Switchboard sends (`StatusCallback`): the webhook
-    /// door's URL for this plugin (its `public_url`), so that `delivered`, `undelivered` and
-    /// `failed` come back onto the message's timeline.
+    /// Status callback URL for messages Switchboard sends (`StatusCallback`), so that
+    /// `delivered`, `undelivered` and `failed` come back onto the message's timeline. Unset,
+    /// it is the webhook door's URL for this plugin (`plugins.<id>.public_url`), and without
+    /// one there is no callback.
     #[serde(default)]
     pub status_callback: Option<String>,
     /// What the customer reads when a supervisor joins publicly.
@@ -411,6 +412,11 @@ pub fn encode(
     if let Some(callback) = &config.status_callback {
         fields.push(("StatusCallback", callback));
     }
+    let mut body = form::encode(fields);
+    if config.status_callback.is_none() {
+        // The door's URL for this plugin: Twilio posts the message's statuses there.
+        form::append_public_url(&mut body, "StatusCallback");
+    }
     let mut headers = vec![header_pair(
         "content-type",
         "application/x-www-form-urlencoded",
@@ -435,7 +441,7 @@ pub fn encode(
             config.account_sid
         ),
         headers,
-        body: form::encode(fields),
+        body,
     }])
 }
 

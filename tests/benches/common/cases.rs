@@ -27,6 +27,7 @@ impl Case {
             time_limit: Duration::from_millis(100),
             settings: self.settings.to_owned(),
             secrets: Default::default(),
+            public_url: None,
         })
         .expect("the bundled plugin loads")
     }
