@@ -14,8 +14,7 @@
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
@@ -275,18 +274,7 @@ impl DeliveryQueue {
 /// before its outbox publisher starts, so that no provider request is published while nothing
 /// is bound to take it).
 pub(super) async fn declare(channel: &Channel, config: &AmqpConfig) -> Result<(), TransportError> {
-    channel
-        .exchange_declare(
-            config.outbound_exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(broker)?;
+    super::durable_exchange(channel, &config.outbound_exchange, ExchangeKind::Topic).await?;
     channel
         .queue_declare(
             config.dead_letter_queue.as_str().into(),

@@ -19,6 +19,7 @@ use lapin::{
 };
 
 pub mod delivery;
+pub mod partition;
 
 use super::{InboundMessage, TransportError};
 use crate::config::AmqpConfig;
@@ -64,6 +65,36 @@ fn broker(error: lapin::Error) -> TransportError {
     TransportError::Broker(error.to_string())
 }
 
+/// A channel in confirm mode: what is published on it counts once the broker confirmed it.
+async fn confirm_channel(connection: &Connection) -> Result<Channel, TransportError> {
+    let channel = connection.create_channel().await.map_err(broker)?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(broker)?;
+    Ok(channel)
+}
+
+/// Declares a durable exchange (idempotent).
+async fn durable_exchange(
+    channel: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+) -> Result<(), TransportError> {
+    channel
+        .exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker)
+}
+
 fn quorum(extra: impl IntoIterator<Item = (&'static str, AMQPValue)>) -> FieldTable {
     let mut arguments = FieldTable::default();
     arguments.insert(
@@ -93,20 +124,9 @@ impl AmqpTransport {
             .basic_qos(config.prefetch, BasicQosOptions::default())
             .await
             .map_err(broker)?;
-        let publish = connection.create_channel().await.map_err(broker)?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(broker)?;
-        let dead = connection.create_channel().await.map_err(broker)?;
-        dead.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(broker)?;
-        let inbound = connection.create_channel().await.map_err(broker)?;
-        inbound
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(broker)?;
+        let publish = confirm_channel(&connection).await?;
+        let dead = confirm_channel(&connection).await?;
+        let inbound = confirm_channel(&connection).await?;
         let transport = Self {
             connection,
             consume,
@@ -123,20 +143,8 @@ impl AmqpTransport {
     /// quorum queue bound with `#` (an explicit delivery limit, dead-lettering to the dead
     /// queue), and the dead queue.
     async fn declare(&self) -> Result<(), TransportError> {
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
         for exchange in [&self.names.inbound_exchange, &self.names.outbound_exchange] {
-            self.consume
-                .exchange_declare(
-                    exchange.as_str().into(),
-                    ExchangeKind::Topic,
-                    durable,
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(broker)?;
+            durable_exchange(&self.consume, exchange, ExchangeKind::Topic).await?;
         }
         self.consume
             .queue_declare(
