@@ -280,6 +280,15 @@ pub fn basic_auth(user: &str, password_secret: &str) -> String {
     format!("Basic {{{{basic:{user}:{password_secret}}}}}")
 }
 
+/// Declares that a request's body holds placeholders (`{{secret:…}}`, `{{oauth:…}}`,
+/// `{{basic:…}}`) for the delivery worker to fill, for a provider that wants a credential in
+/// the body; without it only the URL and headers are filled. Never declare it for a body that
+/// carries text a person wrote unencoded (a JSON message): a supervisor who typed a
+/// placeholder there would send the customer the secret.
+pub fn body_placeholders() -> Header {
+    header_pair("switchboard-placeholders", "body")
+}
+
 /// The refusal for a credential set in a plugin's settings that belongs in its secrets.
 pub fn credential_in_settings(key: &str, plugin: &str) -> types::PluginError {
     types::PluginError::Config(format!(

@@ -422,6 +422,28 @@ async fn supervisor_messages_reach_the_providers_with_their_credentials_and_outc
                 sent.iter()
                     .any(|request| request.text().contains("Hello from a supervisor"))
             );
+            // A supervisor who types a placeholder sends the customer that text, never the
+            // secret it names: only a request's URL and headers are filled (and a body its
+            // plugin declared, which no bundled plugin does).
+            let written = daemon.api(
+                "POST",
+                &format!("/v1/conversations/{chat}/messages"),
+                &sam,
+                Some(r#"{"text": "Token: {{secret:access_token}}", "visibility": "public"}"#),
+            );
+            assert_eq!(written.0, 200, "{}", written.1);
+            daemon.receipts(&sam, &chat, 2);
+            let typed = meta.log.accepted();
+            let typed = typed
+                .iter()
+                .find(|request| request.text().contains("Token: "))
+                .expect("the message with a placeholder was delivered");
+            assert!(
+                typed.text().contains("Token: {{secret:access_token}}")
+                    && !typed.text().contains(META_TOKEN),
+                "{}",
+                typed.text()
+            );
             daemon.whatsapp(OUTSIDE_WINDOW, "B");
             let late = daemon.conversation(&sam, OUTSIDE_WINDOW);
             daemon.write_publicly(&sam, &late, "a-ana", "Late reply");

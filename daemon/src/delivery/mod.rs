@@ -67,6 +67,10 @@ enum Source {
     },
 }
 
+/// The header (set by a plugin, never sent) that says a request's body holds placeholders
+/// for the worker to fill: `switchboard-placeholders: body`.
+const BODY_PLACEHOLDERS: &str = "switchboard-placeholders";
+
 /// One provider request taken from the outbox or the delivery queue.
 #[derive(Debug, Clone)]
 struct Job {
@@ -653,7 +657,13 @@ impl Worker {
             .to_owned();
         // An OAuth token, when the request asks for one and the plugin has client credentials.
         let source = self.tokens.get(&job.plugin);
-        let body_text = std::str::from_utf8(&job.entry.body).ok();
+        // A body is filled only when its plugin says it holds placeholders: a body carries
+        // text people wrote, and a supervisor who types `{{secret:access_token}}` into a JSON
+        // message must send the customer those characters, not the token.
+        let body_text = match job.header(BODY_PLACEHOLDERS) {
+            Some("body") => std::str::from_utf8(&job.entry.body).ok(),
+            _ => None,
+        };
         let wants_token = placeholder::wants_token(raw_url)
             || job
                 .provider_headers()

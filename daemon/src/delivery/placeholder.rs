@@ -1,6 +1,8 @@
 //! Delivery step, just before sending: credentials go into a plugin's request here and
 //! nowhere earlier. Plugins write placeholders where a credential belongs; the store, the
-//! outbox, the broker and the API only ever carry the placeholder.
+//! outbox, the broker and the API only ever carry the placeholder. Only the URL and headers
+//! are filled, and a body whose plugin marked it (`switchboard-placeholders: body`): bodies
+//! carry text people wrote.
 //!
 //! - `{{secret:NAME}}` — the secret `NAME` of `[plugins.<id>.secrets]`, as it is.
 //! - `{{basic:USER:NAME}}` — `base64("USER:" + secret NAME)`, for HTTP Basic auth whose user
