@@ -108,6 +108,7 @@ fn setup() -> Setup {
         // number of closed conversations steady at a few thousand.
         closed_retention: Millis::MINUTE,
         idempotency_ttl: 24 * Millis::HOUR,
+        partitioning: None,
     }
 }
 

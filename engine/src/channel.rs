@@ -605,7 +605,10 @@ impl Step<'_> {
     fn open(&mut self, opening: Opening) -> ConversationId {
         // Opening a conversation is never silent: its record takes the next public position.
         let public = self.engine.state.position.public + 1;
-        let id = conversation_id(&opening.external, self.now.0, public);
+        let mut id = conversation_id(&opening.external, self.now.0, public);
+        if let Some(partitioning) = self.engine.setup.partitioning {
+            id = partitioning.place(id);
+        }
         let plugin_queue = self
             .engine
             .plugin(opening.external.plugin.as_str())

@@ -213,6 +213,43 @@ impl<'de> Deserialize<'de> for ConversationId {
     }
 }
 
+/// Where conversations live in a cluster of `count` partitions, and which one an engine
+/// serves. A thread's partition is a stable hash of its plugin and key, known before any
+/// engine runs (the node that decodes an inbound message routes by it); the engine of that
+/// partition gives the conversation an id in the partition's residue class (`key mod count`),
+/// so that a command naming `c-…` finds its partition without a lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Partitioning {
+    /// The partition this engine serves, below `count`.
+    pub partition: u32,
+    pub count: u32,
+}
+
+impl Partitioning {
+    /// The partition of a thread of `plugin`. Stable across versions and machines: changing
+    /// it would move live conversations.
+    pub fn of_thread(count: u32, plugin: &str, key: &str) -> u32 {
+        let hash = stable_key(&[b"partition", plugin.as_bytes(), key.as_bytes()]);
+        (hash % u128::from(count.max(1))) as u32
+    }
+
+    /// The partition of a conversation, from its id alone.
+    pub fn of_conversation(count: u32, id: ConversationId) -> u32 {
+        (id.key() % u128::from(count.max(1))) as u32
+    }
+
+    /// `id` moved into this partition's residue class, staying within the id's 80 bits.
+    pub(crate) fn place(self, id: ConversationId) -> ConversationId {
+        let count = u128::from(self.count.max(1));
+        let key = id.key();
+        let mut placed = key - key % count + u128::from(self.partition);
+        if placed >= 1 << (4 * ConversationId::DIGITS) {
+            placed -= count;
+        }
+        ConversationId::from_key(placed)
+    }
+}
+
 /// A stable 128-bit key for deduplication, idempotency and indexes (xxh3 is specified, so
 /// keys written to the log by one build are found by the next).
 pub(crate) fn stable_key(parts: &[&[u8]]) -> u128 {

@@ -88,6 +88,9 @@ pub struct Setup {
     pub closed_retention: i64,
     /// How long a command's idempotency key replays its first reply.
     pub idempotency_ttl: i64,
+    /// In a cluster, the partition this engine serves (its conversations' ids fall in it);
+    /// `None` for the one process that serves everything.
+    pub partitioning: Option<crate::domain::Partitioning>,
 }
 
 impl Setup {

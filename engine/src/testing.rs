@@ -75,6 +75,7 @@ pub fn demo_setup() -> Setup {
         dedup_window: 10_000,
         closed_retention: Millis::HOUR,
         idempotency_ttl: 24 * Millis::HOUR,
+        partitioning: None,
     }
 }
 

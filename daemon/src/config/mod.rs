@@ -247,6 +247,7 @@ impl Config {
             dedup_window: self.engine.dedup_window,
             closed_retention: millis(self.engine.closed_retention),
             idempotency_ttl: millis(self.engine.idempotency_ttl),
+            partitioning: None,
         }
     }
 }
