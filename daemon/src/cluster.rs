@@ -2,13 +2,16 @@
 //! leases round after round — heartbeat, renew, hand over what another live node should own,
 //! take what is free and this node's to take — telling the node of each change so that it
 //! starts or stops serving a partition. The leases themselves are the store's
-//! (`store::postgres::Leases`); this module decides, it does not write SQL.
+//! (`store::postgres::Leases`); this module decides, it does not write SQL. `worker` serves
+//! one partition while its lease is held, and routes canonical events to partitions.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use crate::store::StoreError;
 use crate::store::postgres::{Lease, Leases};
+
+pub mod worker;
 
 /// The partitions `me` should own among `live` nodes: partition `p` goes to the
 /// `p mod n`-th live node by id, so that they spread evenly (no node owns more than one

@@ -125,3 +125,197 @@ fn a_silent_node_is_taken_over_and_learns_it_lost_its_partitions() {
     );
     assert!(owned(&a).is_empty());
 }
+
+/// Topology names of this run only, on the tests' broker; `None` after a loud skip when no
+/// broker answers (a failure instead with `SWITCHBOARD_REQUIRE_AMQP=1`).
+#[allow(clippy::print_stderr)]
+async fn partition_queues(
+    test: &str,
+    count: u32,
+) -> Option<(
+    crate::config::AmqpConfig,
+    crate::transport::amqp::partition::Partitions,
+)> {
+    let run = format!(
+        "test.{test}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
+    let names = crate::config::AmqpConfig {
+        url: crate::config::Secret::new(
+            std::env::var("SWITCHBOARD_TEST_AMQP_URL")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
+        ),
+        inbound_exchange: format!("{run}.inbound"),
+        inbound_queue: format!("{run}.inbound"),
+        dead_letter_queue: format!("{run}.dead"),
+        outbound_exchange: format!("{run}.outbound"),
+        delivery_queue: format!("{run}.delivery"),
+        prefetch: 100,
+        delivery_limit: 5,
+    };
+    match crate::transport::amqp::partition::Partitions::connect(&names, "router", count).await {
+        Ok(queues) => Some((names, queues)),
+        Err(error) if std::env::var("SWITCHBOARD_REQUIRE_AMQP").as_deref() == Ok("1") => {
+            panic!("SWITCHBOARD_REQUIRE_AMQP=1 but no broker answers: {error}")
+        }
+        Err(error) => {
+            eprintln!(
+                "SKIPPED: no RabbitMQ at the test URL ({error}); set SWITCHBOARD_REQUIRE_AMQP=1 to fail instead"
+            );
+            None
+        }
+    }
+}
+
+/// A conversation-opening event on a web-chat thread that routes to `partition` of `count`.
+fn opening_in(partition: u32, count: u32, from: &mut u32) -> crate::engine::ChannelEvent {
+    use crate::engine::*;
+    loop {
+        *from += 1;
+        let key = format!("visitor-{from}");
+        if Partitioning::of_thread(count, "web-chat", &key) != partition {
+            continue;
+        }
+        return ChannelEvent {
+            id: Some(format!("evt-{key}").into()),
+            source: "web-chat".into(),
+            body: EventBody::Started {
+                conversation: ExternalRef {
+                    plugin: "web-chat".into(),
+                    key: key.into(),
+                },
+                channel: ChannelKind::Web,
+                direction: Direction::Inbound,
+                subject: None,
+                customer: Customer {
+                    id: "cust-1".into(),
+                    name: None,
+                },
+                queue: None,
+            },
+        };
+    }
+}
+
+/// The conversations PostgreSQL holds for `partition`, as its engine rebuilds them.
+fn stored_conversations(schema: &TestSchema, lease: &Lease) -> Vec<crate::engine::ConversationId> {
+    use crate::store::Store as _;
+    let store = crate::store::postgres::PostgresStore::open(&schema.database, lease);
+    let recovery = store.recover().unwrap();
+    let engine = crate::engine::Engine::restore(
+        crate::engine::testing::demo_setup(),
+        recovery.snapshot,
+        &recovery.records,
+    );
+    engine
+        .state()
+        .conversations()
+        .map(|conversation| conversation.id)
+        .collect()
+}
+
+/// A partition served by node A, taken over by node B while A still runs: A's next commit is
+/// refused and A stops without acknowledging; B receives what A had not committed and applies
+/// it. Every input is applied exactly once, every conversation lands in its partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_over_partition_is_applied_once_by_its_next_owner() {
+    use crate::cluster::worker::{Ended, PartitionContext, Route, route, serve_partition};
+    let Some(schema) = TestSchema::new("partition-worker") else {
+        return;
+    };
+    let Some((_names, queues)) = partition_queues("partition-worker", 2).await else {
+        return;
+    };
+    let queues = std::sync::Arc::new(queues);
+    let (a, b) = (
+        Leases::new(&schema.database, "node-a", Duration::from_secs(30)),
+        Leases::new(&schema.database, "node-b", Duration::from_secs(30)),
+    );
+    a.join_cluster(2).unwrap();
+    let context = PartitionContext {
+        database: schema.database.clone(),
+        queues: queues.clone(),
+        setup: crate::engine::testing::demo_setup(),
+        plugins: Vec::new(),
+        partitions: 2,
+    };
+    let mut from = 0;
+    let events: Vec<_> = (0..20).map(|_| opening_in(1, 2, &mut from)).collect();
+    let send = |events: &[crate::engine::ChannelEvent]| {
+        let queues = queues.clone();
+        let events = events.to_vec();
+        async move {
+            for event in events {
+                assert_eq!(route(&event, 2), Route::Partition(1));
+                let body = serde_json::to_vec(&vec![event.clone()]).unwrap();
+                let id = event.id.as_deref().unwrap().to_owned();
+                queues.route(1, &id, &body).await.unwrap().await.unwrap();
+            }
+        }
+    };
+
+    let lease_a = a.acquire(1).unwrap().unwrap();
+    let stop_a = tokio_util::sync::CancellationToken::new();
+    let node_a = tokio::spawn({
+        let context = context.clone();
+        let stop = stop_a.clone();
+        async move { serve_partition(lease_a, &context, stop).await }
+    });
+    send(&events[..10]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tokio::task::block_in_place(|| stored_conversations(&schema, &lease_a)).len() < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node A never applied the first inputs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A pauses past its lease (as PostgreSQL sees it); B takes the partition over.
+    schema.execute(
+        "UPDATE partition_lease SET expires_at = now() - interval '1 second' WHERE partition = 1",
+    );
+    let lease_b = b.acquire(1).unwrap().unwrap();
+    send(&events[10..]).await;
+    let ended = tokio::time::timeout(Duration::from_secs(30), node_a)
+        .await
+        .expect("node A stops once fenced")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended, Ended::Fenced);
+
+    let stop_b = tokio_util::sync::CancellationToken::new();
+    let node_b = tokio::spawn({
+        let context = context.clone();
+        let stop = stop_b.clone();
+        async move { serve_partition(lease_b, &context, stop).await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let conversations = loop {
+        let stored = tokio::task::block_in_place(|| stored_conversations(&schema, &lease_b));
+        if stored.len() >= 20 {
+            break stored;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node B applied {} of 20",
+            stored.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop_b.cancel();
+    assert_eq!(node_b.await.unwrap().unwrap(), Ended::Stopped);
+    assert_eq!(conversations.len(), 20, "each input applied once");
+    assert!(
+        conversations
+            .iter()
+            .all(|id| crate::engine::Partitioning::of_conversation(2, *id) == 1),
+        "every conversation's id names its partition"
+    );
+    queues.delete().await.unwrap();
+    queues.close().await;
+}

@@ -42,11 +42,22 @@ pub struct Database {
 }
 
 struct DatabaseShared {
-    runtime: tokio::runtime::Runtime,
+    /// Always there until the drop takes it.
+    runtime: Option<tokio::runtime::Runtime>,
     config: tokio_postgres::Config,
     schema: String,
     /// What errors and logs may say of the database: host, port and name, never a password.
     described: String,
+}
+
+impl Drop for DatabaseShared {
+    /// Without waiting for the connections' tasks: the last handle may go from async code
+    /// (a node stopping), where blocking is not allowed, and the tasks hold nothing to finish.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for Database {
@@ -95,7 +106,7 @@ impl Database {
             .map_err(|error| refuse(error.to_string()))?;
         let database = Self {
             shared: Arc::new(DatabaseShared {
-                runtime,
+                runtime: Some(runtime),
                 config,
                 schema: schema.to_owned(),
                 described,
@@ -156,14 +167,30 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Runs `operation` on this connection's client, blocking the calling thread (which must
-    /// not be driving asynchronous tasks: the pipeline's blocking threads, `block_in_place`).
+    /// Runs `operation` on this connection's client, blocking the calling thread: from a
+    /// worker of a multi-threaded runtime, in `block_in_place` (its other tasks move on);
+    /// never from a current-thread runtime's task, which would stall.
     pub(super) fn run<T>(
         &self,
         operation: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.block_on(operation))
+            }
+            _ => self.block_on(operation),
+        }
+    }
+
+    fn block_on<T>(
+        &self,
+        operation: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let shared = &self.database.shared;
-        shared.runtime.block_on(async {
+        let Some(runtime) = &shared.runtime else {
+            unreachable!("the runtime goes only with the last handle");
+        };
+        runtime.block_on(async {
             let mut client = self.client.lock().await;
             if client.as_ref().is_none_or(Client::is_closed) {
                 *client = None;

@@ -1,0 +1,161 @@
+//! Cluster apply: one partition served while this node holds its lease. Its engine is rebuilt
+//! from PostgreSQL, its queue consumed, each batch of inputs (canonical events the router put
+//! there) applied and committed under the lease's epoch, and only then acknowledged. A fenced
+//! commit (the lease was taken over) or a stop (the keeper handed the partition over) closes
+//! the partition's channel without acknowledging what was not committed: the next owner
+//! receives it first, and the engine's deduplication makes a redelivered input change
+//! nothing.
+
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now;
+use crate::engine::{ChannelEvent, Engine, Partitioning, Setup};
+use crate::pipeline::{Pipeline, Submission};
+use crate::plugin::Plugin;
+use crate::store::postgres::{Database, Lease, PostgresStore};
+use crate::store::{Store, StoreError};
+use crate::transport::TransportError;
+use crate::transport::amqp::partition::{PartitionMessage, Partitions};
+
+/// Inputs taken from the queue at most per commit (those already waiting: a commit never
+/// waits for more).
+const BATCH: usize = 64;
+/// Unacknowledged inputs the broker may hand the owner at once.
+const PREFETCH: u16 = 256;
+
+/// Why a partition stopped being served without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Asked to stop (handed over, or the node stopping).
+    Stopped,
+    /// A commit was refused: another node took the partition over.
+    Fenced,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("the partition's queue closed")]
+    Closed,
+}
+
+/// What serving a partition needs besides its lease.
+#[derive(Debug, Clone)]
+pub struct PartitionContext {
+    pub database: Database,
+    pub queues: Arc<Partitions>,
+    /// The roster and policies every partition's engine is built from.
+    pub setup: Setup,
+    pub plugins: Vec<Arc<Plugin>>,
+    pub partitions: u32,
+}
+
+/// Serves `lease`'s partition until `stop` is cancelled, a commit is fenced, or an error.
+/// Runs on a multi-threaded runtime (commits block their thread).
+pub async fn serve_partition(
+    lease: Lease,
+    context: &PartitionContext,
+    stop: CancellationToken,
+) -> Result<Ended, WorkerError> {
+    let partition = lease.partition;
+    let store = Arc::new(PostgresStore::open(&context.database, &lease));
+    let recovery = tokio::task::block_in_place(|| store.recover())?;
+    let setup = Setup {
+        partitioning: Some(Partitioning {
+            partition,
+            count: context.partitions,
+        }),
+        ..context.setup.clone()
+    };
+    let engine = Engine::restore(setup, recovery.snapshot, &recovery.records);
+    let mut pipeline = Pipeline::new(engine, context.plugins.clone(), store);
+    let mut consumer = context
+        .queues
+        .consume(partition, &format!("partition-{partition}"), PREFETCH)
+        .await?;
+    tracing::info!(partition, epoch = lease.epoch, "serving a partition");
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => {
+                consumer.stop().await;
+                return Ok(Ended::Stopped);
+            }
+            next = consumer.next() => next,
+        };
+        let mut messages = vec![first.ok_or(WorkerError::Closed)??];
+        while messages.len() < BATCH {
+            match consumer.next().now_or_never() {
+                Some(Some(message)) => messages.push(message?),
+                _ => break,
+            }
+        }
+        let submissions = messages.iter().filter_map(submission).collect();
+        match tokio::task::block_in_place(|| pipeline.submit(submissions, now())) {
+            Ok(_) => {
+                if let Some(last) = messages.last() {
+                    last.ack_through().await?;
+                }
+            }
+            Err(StoreError::Fenced { current, .. }) => {
+                tracing::warn!(
+                    partition,
+                    epoch = lease.epoch,
+                    current,
+                    "partition taken over: stopped serving it"
+                );
+                consumer.stop().await;
+                return Ok(Ended::Fenced);
+            }
+            Err(error) => {
+                consumer.stop().await;
+                return Err(error.into());
+            }
+        }
+    }
+}
+
+/// A partition input as the pipeline takes it. The router wrote it, so one that does not
+/// decode is a bug of this version: logged, and acknowledged with its batch (sending it back
+/// would stop the partition on it forever).
+fn submission(message: &PartitionMessage) -> Option<Submission> {
+    match serde_json::from_slice::<Vec<ChannelEvent>>(&message.body) {
+        Ok(events) => Some(Submission::Events(events)),
+        Err(error) => {
+            tracing::error!(message_id = ?message.message_id, %error, "a partition input that does not decode; skipped");
+            None
+        }
+    }
+}
+
+/// Where a canonical event goes: the partition of its thread or conversation, or every
+/// partition for what concerns no conversation (an agent's presence, which every partition's
+/// engine keeps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Partition(u32),
+    Every,
+}
+
+pub fn route(event: &ChannelEvent, partitions: u32) -> Route {
+    use crate::engine::{ConversationRef, EventConversation};
+    match event.body.conversation() {
+        Some(EventConversation::Thread(thread))
+        | Some(EventConversation::Reference(ConversationRef::External(thread))) => {
+            Route::Partition(Partitioning::of_thread(
+                partitions,
+                thread.plugin.as_str(),
+                &thread.key,
+            ))
+        }
+        Some(EventConversation::Reference(ConversationRef::Id { id })) => {
+            Route::Partition(Partitioning::of_conversation(partitions, *id))
+        }
+        None => Route::Every,
+    }
+}
