@@ -3,7 +3,8 @@
 //! take what is free and this node's to take — telling the node of each change so that it
 //! starts or stops serving a partition. The leases themselves are the store's
 //! (`store::postgres::Leases`); this module decides, it does not write SQL. `worker` serves
-//! one partition while its lease is held, and routes canonical events to partitions.
+//! one partition while its lease is held, and routes canonical events to partitions; `node`
+//! runs the keeper's rounds and a worker per lease held.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -11,6 +12,7 @@ use std::time::Instant;
 use crate::store::StoreError;
 use crate::store::postgres::{Lease, Leases};
 
+pub mod node;
 pub mod worker;
 
 /// The partitions `me` should own among `live` nodes: partition `p` goes to the

@@ -319,3 +319,152 @@ async fn a_taken_over_partition_is_applied_once_by_its_next_owner() {
     queues.delete().await.unwrap();
     queues.close().await;
 }
+
+/// Conversations stored in every partition of `count`, with duplicates if any.
+fn all_stored(schema: &TestSchema, count: u32) -> Vec<crate::engine::ConversationId> {
+    (0..count)
+        .flat_map(|partition| {
+            let reader = Lease {
+                partition,
+                epoch: 0,
+                valid_until: std::time::Instant::now(),
+            };
+            stored_conversations(schema, &reader)
+        })
+        .collect()
+}
+
+async fn wait_for_conversations(schema: &TestSchema, count: u32, wanted: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored = tokio::task::block_in_place(|| all_stored(schema, count));
+        let distinct: std::collections::BTreeSet<_> = stored.iter().collect();
+        assert_eq!(distinct.len(), stored.len(), "a conversation stored twice");
+        if stored.len() >= wanted {
+            assert_eq!(stored.len(), wanted, "more conversations than inputs");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {wanted} conversations after 60 s",
+            stored.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two nodes share four partitions: the second's arrival moves half of them over, the first's
+/// departure (SIGTERM) moves them back at the next round, and inputs routed throughout are
+/// each applied exactly once, in the partition their thread names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_join_and_leave_share_the_partitions_without_losing_an_input() {
+    use crate::cluster::node::run_node;
+    use crate::cluster::worker::{PartitionContext, Route, route};
+    const PARTITIONS: u32 = 4;
+    let Some(schema) = TestSchema::new("nodes") else {
+        return;
+    };
+    let Some((names, router)) = partition_queues("nodes", PARTITIONS).await else {
+        return;
+    };
+    let context = |queues: crate::transport::amqp::partition::Partitions| PartitionContext {
+        database: schema.database.clone(),
+        queues: std::sync::Arc::new(queues),
+        setup: crate::engine::testing::demo_setup(),
+        plugins: Vec::new(),
+        partitions: PARTITIONS,
+    };
+    let start = |node: &'static str, queues| {
+        let leases = Leases::new(&schema.database, node, Duration::from_secs(30));
+        let keeper = tokio::task::block_in_place(|| Keeper::join(leases, PARTITIONS)).unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let running = tokio::spawn(run_node(
+            keeper,
+            context(queues),
+            Duration::from_millis(200),
+            shutdown.clone(),
+        ));
+        (shutdown, running)
+    };
+    let mut sent = 0;
+    let mut send = async |count: usize| {
+        for _ in 0..count {
+            sent += 1;
+            let key = format!("visitor-{sent}");
+            let mut from = sent as u32 - 1;
+            let partition = crate::engine::Partitioning::of_thread(PARTITIONS, "web-chat", &key);
+            let event = opening_in(partition, PARTITIONS, &mut from);
+            let Route::Partition(partition) = route(&event, PARTITIONS) else {
+                unreachable!("an opening names its thread");
+            };
+            let body = serde_json::to_vec(&vec![event.clone()]).unwrap();
+            router
+                .route(partition, event.id.as_deref().unwrap(), &body)
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+
+    let queues_a =
+        crate::transport::amqp::partition::Partitions::connect(&names, "node-a", PARTITIONS)
+            .await
+            .unwrap();
+    let (stop_a, node_a) = start("node-a", queues_a);
+    send(40).await;
+    wait_for_conversations(&schema, PARTITIONS, 40).await;
+
+    let queues_b =
+        crate::transport::amqp::partition::Partitions::connect(&names, "node-b", PARTITIONS)
+            .await
+            .unwrap();
+    let (stop_b, node_b) = start("node-b", queues_b);
+    send(40).await;
+    let holders = Leases::new(&schema.database, "observer", Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let owners: Vec<Option<String>> = tokio::task::block_in_place(|| holders.holders())
+            .unwrap()
+            .into_iter()
+            .map(|holder| holder.owner)
+            .collect();
+        let b_holds = owners
+            .iter()
+            .filter(|owner| owner.as_deref() == Some("node-b"))
+            .count();
+        if b_holds == 2 && owners.iter().all(Option::is_some) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never rebalanced: {owners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for_conversations(&schema, PARTITIONS, 80).await;
+
+    // A stops (SIGTERM): its workers stop, its leases go at once; B serves everything.
+    stop_a.cancel();
+    node_a.await.unwrap().unwrap();
+    send(40).await;
+    wait_for_conversations(&schema, PARTITIONS, 120).await;
+    for partition in 0..PARTITIONS {
+        let reader = Lease {
+            partition,
+            epoch: 0,
+            valid_until: std::time::Instant::now(),
+        };
+        let stored = tokio::task::block_in_place(|| stored_conversations(&schema, &reader));
+        assert!(
+            stored.iter().all(
+                |id| crate::engine::Partitioning::of_conversation(PARTITIONS, *id) == partition
+            ),
+            "partition {partition} holds only its own conversations"
+        );
+    }
+    stop_b.cancel();
+    node_b.await.unwrap().unwrap();
+    router.delete().await.unwrap();
+    router.close().await;
+}
