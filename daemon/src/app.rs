@@ -25,7 +25,7 @@ use crate::clock::now;
 use crate::config::{AmqpConfig, Config};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::outbox::{self, OutboxFeed, PublishEnd};
+use crate::outbox::{self, CONFIRM_TIMEOUT, OutboxFeed, PublishEnd};
 use crate::pipeline::{Disposition, Pipeline, plugin_policy};
 use crate::plugin::{PluginHost, PluginSettings};
 use crate::service::Service;
@@ -36,10 +36,6 @@ use crate::transport::amqp::{AmqpTransport, InboundPublisher};
 
 /// How often the clock ticks (inactivity timeouts, wrap-up capacity, eviction).
 const TICK: Duration = Duration::from_secs(1);
-/// How long a page of publications may wait for the broker's confirms. A broker that takes
-/// longer has stopped confirming on this channel: the connection is dropped and made again, and
-/// the unconfirmed entries go out again with their ids.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 /// Outbox entries the embedded transport keeps readable (`GET /v1/outbox`); older ones go.
 const EMBEDDED_OUTBOX_KEEP: u64 = 10_000;
 

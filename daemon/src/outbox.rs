@@ -39,6 +39,10 @@ const STORE_PAGE: usize = 256;
 /// Confirmed ids normally leave the store with the next commit; when no commit comes for this
 /// long (an idle daemon), the publisher removes them itself.
 const IDLE_FLUSH: Duration = Duration::from_millis(100);
+/// How long a page of publications may wait for the broker's confirms. A broker that takes
+/// longer has stopped confirming on this channel: the connection is dropped and made again, and
+/// the unconfirmed entries go out again with their ids.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a refused (nacked) entry waits before it is published again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 

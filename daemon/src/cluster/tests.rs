@@ -239,6 +239,8 @@ async fn a_taken_over_partition_is_applied_once_by_its_next_owner() {
     let context = PartitionContext {
         database: schema.database.clone(),
         queues: queues.clone(),
+        transport: None,
+        metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
         setup: crate::engine::testing::demo_setup(),
         plugins: Vec::new(),
         partitions: 2,
@@ -309,6 +311,15 @@ async fn a_taken_over_partition_is_applied_once_by_its_next_owner() {
     };
     stop_b.cancel();
     assert_eq!(node_b.await.unwrap().unwrap(), Ended::Stopped);
+    // Without a transport the notifications stay in the partition's outbox.
+    let left = tokio::task::block_in_place(|| {
+        crate::store::Store::outbox_len(&crate::store::postgres::PostgresStore::open(
+            &schema.database,
+            &lease_b,
+        ))
+    })
+    .unwrap();
+    assert!(left >= 20, "{left} outbox entries for 20 new conversations");
     assert_eq!(conversations.len(), 20, "each input applied once");
     assert!(
         conversations
@@ -367,20 +378,24 @@ async fn nodes_that_join_and_leave_share_the_partitions_without_losing_an_input(
     let Some((names, router)) = partition_queues("nodes", PARTITIONS).await else {
         return;
     };
-    let context = |queues: crate::transport::amqp::partition::Partitions| PartitionContext {
-        database: schema.database.clone(),
-        queues: std::sync::Arc::new(queues),
-        setup: crate::engine::testing::demo_setup(),
-        plugins: Vec::new(),
-        partitions: PARTITIONS,
-    };
-    let start = |node: &'static str, queues| {
+    let context =
+        |queues: crate::transport::amqp::partition::Partitions,
+         transport: crate::transport::amqp::AmqpTransport| PartitionContext {
+            database: schema.database.clone(),
+            queues: std::sync::Arc::new(queues),
+            transport: Some(std::sync::Arc::new(transport)),
+            metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
+            setup: crate::engine::testing::demo_setup(),
+            plugins: Vec::new(),
+            partitions: PARTITIONS,
+        };
+    let start = |node: &'static str, queues, transport| {
         let leases = Leases::new(&schema.database, node, Duration::from_secs(30));
         let keeper = tokio::task::block_in_place(|| Keeper::join(leases, PARTITIONS)).unwrap();
         let shutdown = tokio_util::sync::CancellationToken::new();
         let running = tokio::spawn(run_node(
             keeper,
-            context(queues),
+            context(queues, transport),
             Duration::from_millis(200),
             shutdown.clone(),
         ));
@@ -411,7 +426,12 @@ async fn nodes_that_join_and_leave_share_the_partitions_without_losing_an_input(
         crate::transport::amqp::partition::Partitions::connect(&names, "node-a", PARTITIONS)
             .await
             .unwrap();
-    let (stop_a, node_a) = start("node-a", queues_a);
+    let transport = async |node: &str| {
+        crate::transport::amqp::AmqpTransport::connect(&names, node)
+            .await
+            .unwrap()
+    };
+    let (stop_a, node_a) = start("node-a", queues_a, transport("node-a").await);
     send(40).await;
     wait_for_conversations(&schema, PARTITIONS, 40).await;
 
@@ -419,7 +439,7 @@ async fn nodes_that_join_and_leave_share_the_partitions_without_losing_an_input(
         crate::transport::amqp::partition::Partitions::connect(&names, "node-b", PARTITIONS)
             .await
             .unwrap();
-    let (stop_b, node_b) = start("node-b", queues_b);
+    let (stop_b, node_b) = start("node-b", queues_b, transport("node-b").await);
     send(40).await;
     let holders = Leases::new(&schema.database, "observer", Duration::from_secs(30));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -465,6 +485,20 @@ async fn nodes_that_join_and_leave_share_the_partitions_without_losing_an_input(
     }
     stop_b.cancel();
     node_b.await.unwrap().unwrap();
+    // Every partition's notifications were published and confirmed: none is left.
+    for partition in 0..PARTITIONS {
+        let reader = Lease {
+            partition,
+            epoch: 0,
+            valid_until: std::time::Instant::now(),
+        };
+        let store = crate::store::postgres::PostgresStore::open(&schema.database, &reader);
+        let left = tokio::task::block_in_place(|| crate::store::Store::outbox_len(&store)).unwrap();
+        assert_eq!(left, 0, "partition {partition}'s outbox");
+    }
+    let cleanup = transport("cleanup").await;
+    cleanup.delete_topology().await.unwrap();
+    cleanup.close().await;
     router.delete().await.unwrap();
     router.close().await;
 }

@@ -13,11 +13,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now;
 use crate::engine::{ChannelEvent, Engine, Partitioning, Setup};
+use crate::metrics::Metrics;
+use crate::outbox::{self, CONFIRM_TIMEOUT, OutboxFeed};
 use crate::pipeline::{Pipeline, Submission};
 use crate::plugin::Plugin;
 use crate::store::postgres::{Database, Lease, PostgresStore};
 use crate::store::{Store, StoreError};
 use crate::transport::TransportError;
+use crate::transport::amqp::AmqpTransport;
 use crate::transport::amqp::partition::{PartitionMessage, Partitions};
 
 /// Inputs taken from the queue at most per commit (those already waiting: a commit never
@@ -43,6 +46,8 @@ pub enum WorkerError {
     Transport(#[from] TransportError),
     #[error("the partition's queue closed")]
     Closed,
+    #[error("the partition's outbox publisher stopped (the broker failed or stopped confirming)")]
+    Publisher,
 }
 
 /// What serving a partition needs besides its lease.
@@ -50,6 +55,10 @@ pub enum WorkerError {
 pub struct PartitionContext {
     pub database: Database,
     pub queues: Arc<Partitions>,
+    /// Where the partition's outbox is published (its notifications and provider requests);
+    /// `None` leaves it in PostgreSQL for another publisher.
+    pub transport: Option<Arc<AmqpTransport>>,
+    pub metrics: Arc<Metrics>,
     /// The roster and policies every partition's engine is built from.
     pub setup: Setup,
     pub plugins: Vec<Arc<Plugin>>,
@@ -64,7 +73,7 @@ pub async fn serve_partition(
     stop: CancellationToken,
 ) -> Result<Ended, WorkerError> {
     let partition = lease.partition;
-    let store = Arc::new(PostgresStore::open(&context.database, &lease));
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&context.database, &lease));
     let recovery = tokio::task::block_in_place(|| store.recover())?;
     let setup = Setup {
         partitioning: Some(Partitioning {
@@ -74,13 +83,66 @@ pub async fn serve_partition(
         ..context.setup.clone()
     };
     let engine = Engine::restore(setup, recovery.snapshot, &recovery.records);
-    let mut pipeline = Pipeline::new(engine, context.plugins.clone(), store);
+    let feed = Arc::new(OutboxFeed::new());
+    let mut pipeline = Pipeline::new(engine, context.plugins.clone(), store.clone())
+        .with_outbox_feed(feed.clone());
+    let publishing = CancellationToken::new();
+    let publisher = context.transport.clone().map(|transport| {
+        let (store, metrics, feed, stop) = (
+            store.clone(),
+            context.metrics.clone(),
+            feed.clone(),
+            publishing.clone(),
+        );
+        tokio::spawn(async move {
+            outbox::publish(
+                store.as_ref(),
+                &metrics,
+                &feed,
+                &transport,
+                &stop,
+                CONFIRM_TIMEOUT,
+            )
+            .await
+        })
+    });
+    let ended = apply(
+        partition,
+        lease.epoch,
+        context,
+        &mut pipeline,
+        &stop,
+        publisher.as_ref(),
+    )
+    .await;
+    // What was committed is published before the partition is let go (or, should the broker
+    // be away, by the next owner, which reads the outbox from PostgreSQL first).
+    publishing.cancel();
+    if let Some(publisher) = publisher {
+        let _ = publisher.await;
+    }
+    ended
+}
+
+/// The apply loop of [`serve_partition`].
+async fn apply(
+    partition: u32,
+    epoch: u64,
+    context: &PartitionContext,
+    pipeline: &mut Pipeline,
+    stop: &CancellationToken,
+    publisher: Option<&tokio::task::JoinHandle<outbox::PublishEnd>>,
+) -> Result<Ended, WorkerError> {
     let mut consumer = context
         .queues
         .consume(partition, &format!("partition-{partition}"), PREFETCH)
         .await?;
-    tracing::info!(partition, epoch = lease.epoch, "serving a partition");
+    tracing::info!(partition, epoch, "serving a partition");
     loop {
+        if publisher.is_some_and(|publisher| publisher.is_finished()) {
+            consumer.stop().await;
+            return Err(WorkerError::Publisher);
+        }
         let first = tokio::select! {
             () = stop.cancelled() => {
                 consumer.stop().await;
@@ -105,7 +167,7 @@ pub async fn serve_partition(
             Err(StoreError::Fenced { current, .. }) => {
                 tracing::warn!(
                     partition,
-                    epoch = lease.epoch,
+                    epoch,
                     current,
                     "partition taken over: stopped serving it"
                 );
