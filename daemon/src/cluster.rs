@@ -4,7 +4,8 @@
 //! starts or stops serving a partition. The leases themselves are the store's
 //! (`store::postgres::Leases`); this module decides, it does not write SQL. `worker` serves
 //! one partition while its lease is held, and routes canonical events to partitions; `node`
-//! runs the keeper's rounds and a worker per lease held.
+//! runs the keeper's rounds and a worker per lease held; `router` decodes inbound messages on
+//! any node and sends their events to the partitions.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -13,6 +14,7 @@ use crate::store::StoreError;
 use crate::store::postgres::{Lease, Leases};
 
 pub mod node;
+pub mod router;
 pub mod worker;
 
 /// The partitions `me` should own among `live` nodes: partition `p` goes to the

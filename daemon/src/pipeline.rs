@@ -321,55 +321,13 @@ impl Pipeline {
         message: &InboundMessage,
         now: Millis,
     ) -> Result<Vec<ChannelEvent>, DecodeError> {
-        if message.body.len() > self.payload_limit {
-            return Err(DecodeError::PayloadTooLarge {
-                size: message.body.len(),
-                limit: self.payload_limit,
-            });
-        }
-        let mut events = if message.routing_key == "canonical" {
-            canonical(&message.body)?
-        } else {
-            let plugin = self
-                .plugins
-                .get(&message.routing_key)
-                .ok_or_else(|| DecodeError::UnknownPlugin(message.routing_key.clone()))?;
-            let url = message
-                .headers
-                .iter()
-                .find(|(name, _)| name == "switchboard-url")
-                .map(|(_, value)| value.clone())
-                .unwrap_or_default();
-            let request = InboundRequest {
-                method: "POST".to_owned(),
-                url,
-                headers: message.headers.clone(),
-                content_type: message.content_type.clone(),
-                body: message.body.clone(),
-                received_at: now,
-            };
-            let started = Instant::now();
-            let decoded = plugin.decode(&request);
-            self.metrics.observe_duration(
-                family::PLUGIN_CALL_SECONDS,
-                &[&message.routing_key],
-                started.elapsed(),
-            );
-            decoded?
-        };
-        // Events without an id of their own are identified by the message: a redelivery of the
-        // same message then changes nothing.
-        if let Some(message_id) = &message.message_id {
-            for (index, event) in events.iter_mut().enumerate() {
-                if event.id.is_none() {
-                    event.id = Some(format!("{message_id}#{index}").into_boxed_str());
-                }
-            }
-        }
-        for event in &mut events {
-            crate::sentiment::enrich(event);
-        }
-        Ok(events)
+        decode(
+            &self.plugins,
+            self.payload_limit,
+            &self.metrics,
+            message,
+            now,
+        )
     }
 
     fn apply_all(
@@ -656,6 +614,67 @@ fn reveals_monitoring(event: &TimelineEvent) -> bool {
 }
 
 /// Canonical events: one JSON event or a list of them.
+/// An inbound message as canonical events: its plugin's decode (or the canonical JSON), each
+/// event given an id from the message's when it has none (so that a redelivery changes
+/// nothing), and customer sentiment scored. What the pipeline applies, and what a cluster's
+/// router sends to the partitions.
+pub fn decode(
+    plugins: &HashMap<String, Arc<Plugin>>,
+    payload_limit: usize,
+    metrics: &Metrics,
+    message: &InboundMessage,
+    now: Millis,
+) -> Result<Vec<ChannelEvent>, DecodeError> {
+    if message.body.len() > payload_limit {
+        return Err(DecodeError::PayloadTooLarge {
+            size: message.body.len(),
+            limit: payload_limit,
+        });
+    }
+    let mut events = if message.routing_key == "canonical" {
+        canonical(&message.body)?
+    } else {
+        let plugin = plugins
+            .get(&message.routing_key)
+            .ok_or_else(|| DecodeError::UnknownPlugin(message.routing_key.clone()))?;
+        let url = message
+            .headers
+            .iter()
+            .find(|(name, _)| name == "switchboard-url")
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default();
+        let request = InboundRequest {
+            method: "POST".to_owned(),
+            url,
+            headers: message.headers.clone(),
+            content_type: message.content_type.clone(),
+            body: message.body.clone(),
+            received_at: now,
+        };
+        let started = Instant::now();
+        let decoded = plugin.decode(&request);
+        metrics.observe_duration(
+            family::PLUGIN_CALL_SECONDS,
+            &[&message.routing_key],
+            started.elapsed(),
+        );
+        decoded?
+    };
+    // Events without an id of their own are identified by the message: a redelivery of the
+    // same message then changes nothing.
+    if let Some(message_id) = &message.message_id {
+        for (index, event) in events.iter_mut().enumerate() {
+            if event.id.is_none() {
+                event.id = Some(format!("{message_id}#{index}").into_boxed_str());
+            }
+        }
+    }
+    for event in &mut events {
+        crate::sentiment::enrich(event);
+    }
+    Ok(events)
+}
+
 fn canonical(body: &[u8]) -> Result<Vec<ChannelEvent>, DecodeError> {
     if body.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'[') {
         Ok(serde_json::from_slice(body)?)

@@ -502,3 +502,138 @@ async fn nodes_that_join_and_leave_share_the_partitions_without_losing_an_input(
     router.delete().await.unwrap();
     router.close().await;
 }
+
+#[test]
+fn a_messages_events_go_to_their_partitions_in_order_and_presence_to_every_one() {
+    use crate::cluster::router::split;
+    use crate::engine::*;
+    let mut from = 0;
+    let first = opening_in(0, 3, &mut from);
+    let second = opening_in(2, 3, &mut from);
+    let third = opening_in(0, 3, &mut from);
+    let presence = ChannelEvent {
+        id: Some("presence-1".into()),
+        source: "canonical".into(),
+        body: EventBody::AgentPresence {
+            agent: "a-1".into(),
+            presence: Presence::Away,
+        },
+    };
+    let inputs = split(
+        vec![
+            first.clone(),
+            presence.clone(),
+            second.clone(),
+            third.clone(),
+        ],
+        3,
+    );
+    assert_eq!(inputs[&0], [first, presence.clone(), third]);
+    assert_eq!(inputs[&1], std::slice::from_ref(&presence));
+    assert_eq!(inputs[&2], [presence, second]);
+}
+
+/// An inbound message decoded on a node: its events reach their partitions once confirmed, a
+/// redelivery of the message changes nothing, and one that does not decode is refused with
+/// its reason (for the dead-letter queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_messages_are_applied_once_in_their_partitions() {
+    use crate::cluster::node::run_node;
+    use crate::cluster::router::{RouteError, Router};
+    use crate::cluster::worker::PartitionContext;
+    const PARTITIONS: u32 = 3;
+    let Some(schema) = TestSchema::new("router") else {
+        return;
+    };
+    let Some((_names, queues)) = partition_queues("router", PARTITIONS).await else {
+        return;
+    };
+    let queues = std::sync::Arc::new(queues);
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let router = Router::new(
+        Vec::new(),
+        1 << 20,
+        metrics.clone(),
+        queues.clone(),
+        PARTITIONS,
+    );
+    let leases = Leases::new(&schema.database, "node-a", Duration::from_secs(30));
+    let keeper = tokio::task::block_in_place(|| Keeper::join(leases, PARTITIONS)).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let node = tokio::spawn(run_node(
+        keeper,
+        PartitionContext {
+            database: schema.database.clone(),
+            queues: queues.clone(),
+            transport: None,
+            metrics,
+            setup: crate::engine::testing::demo_setup(),
+            plugins: Vec::new(),
+            partitions: PARTITIONS,
+        },
+        Duration::from_millis(200),
+        shutdown.clone(),
+    ));
+    let mut from = 0;
+    let events: Vec<_> = (0..PARTITIONS)
+        .flat_map(|partition| {
+            [
+                opening_in(partition, PARTITIONS, &mut from),
+                opening_in(partition, PARTITIONS, &mut from),
+            ]
+        })
+        .map(|mut event| {
+            // Ids from the message, as a gateway's canonical events without ids get them.
+            event.id = None;
+            event
+        })
+        .collect();
+    let message = crate::transport::InboundMessage {
+        ack: None,
+        delivery_tag: 1,
+        routing_key: "canonical".to_owned(),
+        content_type: Some("application/json".to_owned()),
+        message_id: Some("gateway-42".to_owned()),
+        redelivered: false,
+        headers: Vec::new(),
+        body: serde_json::to_vec(&events).unwrap(),
+    };
+    let reached = router
+        .route(&message, crate::engine::Millis(0))
+        .await
+        .unwrap();
+    assert_eq!(reached, [0, 1, 2]);
+    // The broker redelivers it (its acknowledgement was lost): routed again, it changes
+    // nothing.
+    router
+        .route(
+            &crate::transport::InboundMessage {
+                redelivered: true,
+                ..message.clone()
+            },
+            crate::engine::Millis(0),
+        )
+        .await
+        .unwrap();
+    wait_for_conversations(&schema, PARTITIONS, 6).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_conversations(&schema, PARTITIONS, 6).await;
+
+    let refused = router
+        .route(
+            &crate::transport::InboundMessage {
+                body: b"{not json".to_vec(),
+                ..message
+            },
+            crate::engine::Millis(0),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(RouteError::Decode(error)) if error.code() == "invalid-payload"),
+        "{refused:?}"
+    );
+    shutdown.cancel();
+    node.await.unwrap().unwrap();
+    queues.delete().await.unwrap();
+    queues.close().await;
+}

@@ -1,0 +1,111 @@
+//! Cluster decode: whichever node takes an inbound message decodes it (the same decode the
+//! single daemon's pipeline runs: plugin, message-derived event ids, sentiment) and routes its
+//! events to their partitions — one input per partition, its events in their order — and the
+//! message is acknowledged only once the broker confirmed every one of them. A message that
+//! does not decode is dead-lettered with its reason, as on a single daemon.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::worker::{Route, route};
+use crate::engine::{ChannelEvent, Millis};
+use crate::metrics::Metrics;
+use crate::pipeline::{DecodeError, decode};
+use crate::plugin::Plugin;
+use crate::transport::amqp::partition::Partitions;
+use crate::transport::{InboundMessage, TransportError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The message cannot become events: dead-letter it with this reason.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The partitions did not take them: do not acknowledge (the broker redelivers; the
+    /// partitions' engines take a repeated input as a duplicate).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// A node's router: its plugins, and the partition queues.
+#[derive(Debug, Clone)]
+pub struct Router {
+    plugins: HashMap<String, Arc<Plugin>>,
+    payload_limit: usize,
+    metrics: Arc<Metrics>,
+    queues: Arc<Partitions>,
+    partitions: u32,
+}
+
+impl Router {
+    pub fn new(
+        plugins: Vec<Arc<Plugin>>,
+        payload_limit: usize,
+        metrics: Arc<Metrics>,
+        queues: Arc<Partitions>,
+        partitions: u32,
+    ) -> Self {
+        Self {
+            plugins: plugins
+                .into_iter()
+                .map(|plugin| (plugin.id().to_owned(), plugin))
+                .collect(),
+            payload_limit,
+            metrics,
+            queues,
+            partitions,
+        }
+    }
+
+    /// Decodes `message` and routes its events; returns once the broker confirmed each
+    /// partition's input, with the partitions that received one.
+    pub async fn route(
+        &self,
+        message: &InboundMessage,
+        now: Millis,
+    ) -> Result<Vec<u32>, RouteError> {
+        let events = tokio::task::block_in_place(|| {
+            decode(
+                &self.plugins,
+                self.payload_limit,
+                &self.metrics,
+                message,
+                now,
+            )
+        })?;
+        let inputs = split(events, self.partitions);
+        // The input's id names the message and the partition: a partition's queue then holds
+        // a redelivered message's input under the same id.
+        let base = message.message_id.as_deref().unwrap_or("inbound");
+        let mut confirms = Vec::with_capacity(inputs.len());
+        for (partition, events) in &inputs {
+            let body = serde_json::to_vec(events)
+                .map_err(|error| TransportError::Rejected(error.to_string()))?;
+            confirms.push(
+                self.queues
+                    .route(*partition, &format!("{base}@{partition}"), &body)
+                    .await?,
+            );
+        }
+        for confirm in confirms {
+            confirm.await?;
+        }
+        Ok(inputs.into_keys().collect())
+    }
+}
+
+/// Events grouped by partition, each group in the message's order; an event for every
+/// partition (an agent's presence) goes into each.
+pub fn split(events: Vec<ChannelEvent>, partitions: u32) -> BTreeMap<u32, Vec<ChannelEvent>> {
+    let mut inputs: BTreeMap<u32, Vec<ChannelEvent>> = BTreeMap::new();
+    for event in events {
+        match route(&event, partitions) {
+            Route::Partition(partition) => inputs.entry(partition).or_default().push(event),
+            Route::Every => {
+                for partition in 0..partitions {
+                    inputs.entry(partition).or_default().push(event.clone());
+                }
+            }
+        }
+    }
+    inputs
+}
