@@ -345,6 +345,24 @@ pub enum Action {
 }
 
 impl Action {
+    /// The conversation the action is about (`None` for an agent's presence and the seats
+    /// sweep, which concern agents across conversations).
+    pub fn conversation(&self) -> Option<ConversationId> {
+        match self {
+            Self::Monitor { conversation }
+            | Self::StopMonitor { conversation }
+            | Self::Whisper { conversation, .. }
+            | Self::Join { conversation, .. }
+            | Self::Barge { conversation }
+            | Self::Message { conversation, .. }
+            | Self::Leave { conversation }
+            | Self::Assign { conversation, .. }
+            | Self::Transfer { conversation, .. }
+            | Self::ForceClose { conversation, .. } => Some(*conversation),
+            Self::SetPresence { .. } | Self::EndLapsedSeats { .. } => None,
+        }
+    }
+
     /// A stable name for metrics and the timeline.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -2,17 +2,19 @@
 //! single daemon's pipeline runs: plugin, message-derived event ids, sentiment) and routes its
 //! events to their partitions — one input per partition, its events in their order — and the
 //! message is acknowledged only once the broker confirmed every one of them. A message that
-//! does not decode is dead-lettered with its reason, as on a single daemon.
+//! does not decode is dead-lettered with its reason, as on a single daemon. Commands go the
+//! same way to their conversation's partition and wait for the owner's answer (direct
+//! reply-to), so any node answers any command after the owner's commit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::worker::{Route, route};
-use crate::engine::{ChannelEvent, Millis};
+use super::worker::{PartitionInput, Route, route};
+use crate::engine::{ChannelEvent, Command, Millis, Partitioning, Refusal, Reply};
 use crate::metrics::Metrics;
 use crate::pipeline::{DecodeError, decode};
 use crate::plugin::Plugin;
-use crate::transport::amqp::partition::Partitions;
+use crate::transport::amqp::partition::{Partitions, Requests};
 use crate::transport::{InboundMessage, TransportError};
 
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +80,10 @@ impl Router {
         let base = message.message_id.as_deref().unwrap_or("inbound");
         let mut confirms = Vec::with_capacity(inputs.len());
         for (partition, events) in &inputs {
-            let body = serde_json::to_vec(events)
-                .map_err(|error| TransportError::Rejected(error.to_string()))?;
+            let body = serde_json::to_vec(&PartitionInput::Events {
+                events: events.clone(),
+            })
+            .map_err(|error| TransportError::Rejected(error.to_string()))?;
             confirms.push(
                 self.queues
                     .route(*partition, &format!("{base}@{partition}"), &body)
@@ -90,6 +94,58 @@ impl Router {
             confirm.await?;
         }
         Ok(inputs.into_keys().collect())
+    }
+}
+
+/// How long a command waits for its partition's answer before the caller is told to retry
+/// (a take-over in progress lasts up to a lease).
+pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A command's answer from its partition (or partitions).
+#[derive(Debug)]
+pub enum Answered {
+    Reply(Result<Reply, Refusal>),
+    /// No answer in time: it may or may not have been applied; retry (with the same
+    /// `Idempotency-Key`, the partition's engine answers a repeat with the first answer).
+    Unanswered,
+}
+
+impl Router {
+    /// Sends `command` to the partition of its conversation and waits for the answer the
+    /// owner gives after its commit. An action for no conversation (an agent's presence, the
+    /// seats sweep) goes to every partition, each engine keeping its own view of agents: the
+    /// answer is the first refusal, else the first partition's reply.
+    pub async fn command(
+        &self,
+        requests: &Requests,
+        command: &Command,
+        timeout: std::time::Duration,
+    ) -> Result<Answered, RouteError> {
+        let partitions: Vec<u32> = match command.action.conversation() {
+            Some(id) => vec![Partitioning::of_conversation(self.partitions, id)],
+            None => (0..self.partitions).collect(),
+        };
+        let body = serde_json::to_vec(&PartitionInput::Command {
+            command: command.clone(),
+        })
+        .map_err(|error| TransportError::Rejected(error.to_string()))?;
+        let id = command
+            .idempotency
+            .as_ref()
+            .map_or_else(|| "command".to_owned(), |key| key.key.to_string());
+        let mut first = None;
+        for partition in partitions {
+            let Some(answer) = requests.ask(partition, &id, &body, timeout).await? else {
+                return Ok(Answered::Unanswered);
+            };
+            let answer: Result<Reply, Refusal> = serde_json::from_slice(&answer)
+                .map_err(|error| TransportError::Rejected(error.to_string()))?;
+            if answer.is_err() {
+                return Ok(Answered::Reply(answer));
+            }
+            first.get_or_insert(answer);
+        }
+        Ok(first.map_or(Answered::Unanswered, Answered::Reply))
     }
 }
 

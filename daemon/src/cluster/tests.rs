@@ -253,7 +253,10 @@ async fn a_taken_over_partition_is_applied_once_by_its_next_owner() {
         async move {
             for event in events {
                 assert_eq!(route(&event, 2), Route::Partition(1));
-                let body = serde_json::to_vec(&vec![event.clone()]).unwrap();
+                let body = serde_json::to_vec(&crate::cluster::worker::PartitionInput::Events {
+                    events: vec![event.clone()],
+                })
+                .unwrap();
                 let id = event.id.as_deref().unwrap().to_owned();
                 queues.route(1, &id, &body).await.unwrap().await.unwrap();
             }
@@ -412,7 +415,10 @@ async fn nodes_that_join_and_leave_share_the_partitions_without_losing_an_input(
             let Route::Partition(partition) = route(&event, PARTITIONS) else {
                 unreachable!("an opening names its thread");
             };
-            let body = serde_json::to_vec(&vec![event.clone()]).unwrap();
+            let body = serde_json::to_vec(&crate::cluster::worker::PartitionInput::Events {
+                events: vec![event.clone()],
+            })
+            .unwrap();
             router
                 .route(partition, event.id.as_deref().unwrap(), &body)
                 .await
@@ -623,11 +629,70 @@ async fn routed_messages_are_applied_once_in_their_partitions() {
         .route(
             &crate::transport::InboundMessage {
                 body: b"{not json".to_vec(),
-                ..message
+                ..message.clone()
             },
             crate::engine::Millis(0),
         )
         .await;
+
+    // A supervisor's command reaches its conversation's partition from this node and is
+    // answered after the owner's commit; a repeat with the same idempotency key gets the
+    // first answer again; a conversation that does not exist is refused as such.
+    use crate::cluster::router::{Answered, COMMAND_TIMEOUT};
+    use crate::engine::{Action, Code, Command, Idempotency};
+    let requests = queues.requests().await.unwrap();
+    let stored = tokio::task::block_in_place(|| all_stored(&schema, PARTITIONS));
+    let monitor = |conversation, key: &str| Command {
+        actor: crate::engine::testing::supervisor("sup-1", &["support", "billing"]),
+        idempotency: Some(Idempotency {
+            key: key.into(),
+            fingerprint: 7,
+        }),
+        action: Action::Monitor { conversation },
+    };
+    let ask = async |command: &Command| match router
+        .command(&requests, command, COMMAND_TIMEOUT)
+        .await
+        .unwrap()
+    {
+        Answered::Reply(answer) => answer,
+        Answered::Unanswered => panic!("no answer within {COMMAND_TIMEOUT:?}"),
+    };
+    // An agent accepts it (an event naming the engine's id, routed by it): it is active.
+    let accepted = crate::engine::ChannelEvent {
+        id: Some("accepted-1".into()),
+        source: "canonical".into(),
+        body: crate::engine::EventBody::Accepted {
+            conversation: crate::engine::ConversationRef::Id { id: stored[0] },
+            agent: "a-1".into(),
+        },
+    };
+    router
+        .route(
+            &crate::transport::InboundMessage {
+                message_id: Some("gateway-43".to_owned()),
+                body: serde_json::to_vec(&accepted).unwrap(),
+                ..message.clone()
+            },
+            crate::engine::Millis(0),
+        )
+        .await
+        .unwrap();
+    let first = ask(&monitor(stored[0], "k-1")).await;
+    let again = ask(&monitor(stored[0], "k-1")).await;
+    match (&first, &again) {
+        (Ok(first), Ok(again)) => {
+            assert_eq!(first.conversation, Some(stored[0]));
+            assert!(!first.replayed && again.replayed, "{first:?} {again:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let unknown = crate::engine::ConversationId::from_key(3 * 1_000_003 + 1);
+    let refused_command = ask(&monitor(unknown, "k-2")).await;
+    assert!(
+        matches!(&refused_command, Err(refusal) if refusal.code == Code::NotFound),
+        "{refused_command:?}"
+    );
     assert!(
         matches!(&refused, Err(RouteError::Decode(error)) if error.code() == "invalid-payload"),
         "{refused:?}"

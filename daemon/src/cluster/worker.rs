@@ -1,6 +1,7 @@
 //! Cluster apply: one partition served while this node holds its lease. Its engine is rebuilt
-//! from PostgreSQL, its queue consumed, each batch of inputs (canonical events the router put
-//! there) applied and committed under the lease's epoch, and only then acknowledged. A fenced
+//! from PostgreSQL, its queue consumed, each batch of inputs (canonical events and commands
+//! the router put there) applied and committed under the lease's epoch, commands answered,
+//! and only then acknowledged. A fenced
 //! commit (the lease was taken over) or a stop (the keeper handed the partition over) closes
 //! the partition's channel without acknowledging what was not committed: the next owner
 //! receives it first, and the engine's deduplication makes a redelivered input change
@@ -12,10 +13,10 @@ use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now;
-use crate::engine::{ChannelEvent, Engine, Partitioning, Setup};
+use crate::engine::{ChannelEvent, Command, Engine, Partitioning, Setup};
 use crate::metrics::Metrics;
 use crate::outbox::{self, CONFIRM_TIMEOUT, OutboxFeed};
-use crate::pipeline::{Pipeline, Submission};
+use crate::pipeline::{Completion, Pipeline, Submission};
 use crate::plugin::Plugin;
 use crate::store::postgres::{Database, Lease, PostgresStore};
 use crate::store::{Store, StoreError};
@@ -157,9 +158,25 @@ async fn apply(
                 _ => break,
             }
         }
-        let submissions = messages.iter().filter_map(submission).collect();
+        // Each message's submission, and where its answer goes (commands).
+        let (replies, submissions): (Vec<_>, Vec<_>) = messages
+            .iter()
+            .filter_map(|message| Some((message.reply_to.clone(), submission(message)?)))
+            .unzip();
         match tokio::task::block_in_place(|| pipeline.submit(submissions, now())) {
-            Ok(_) => {
+            Ok(completions) => {
+                // Answered after the commit, before the acknowledgement: a requester never
+                // hears of what is not durable, and a lost answer only makes it retry.
+                for (reply_to, completion) in replies.into_iter().zip(completions) {
+                    if let (Some((to, correlation)), Completion::Command(answer)) =
+                        (reply_to, completion)
+                    {
+                        let body = serde_json::to_vec(&answer).unwrap_or_default();
+                        if let Err(error) = context.queues.reply(&to, &correlation, &body).await {
+                            tracing::warn!(partition, %error, "a command's answer was not delivered; its caller retries");
+                        }
+                    }
+                }
                 if let Some(last) = messages.last() {
                     last.ack_through().await?;
                 }
@@ -182,12 +199,23 @@ async fn apply(
     }
 }
 
+/// What a partition's queue carries.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum PartitionInput {
+    /// One inbound message's events for this partition, in their order.
+    Events { events: Vec<ChannelEvent> },
+    /// A supervisor's or gateway's command, answered to its `reply_to` after the commit.
+    Command { command: Command },
+}
+
 /// A partition input as the pipeline takes it. The router wrote it, so one that does not
 /// decode is a bug of this version: logged, and acknowledged with its batch (sending it back
 /// would stop the partition on it forever).
 fn submission(message: &PartitionMessage) -> Option<Submission> {
-    match serde_json::from_slice::<Vec<ChannelEvent>>(&message.body) {
-        Ok(events) => Some(Submission::Events(events)),
+    match serde_json::from_slice::<PartitionInput>(&message.body) {
+        Ok(PartitionInput::Events { events }) => Some(Submission::Events(events)),
+        Ok(PartitionInput::Command { command }) => Some(Submission::Command(command)),
         Err(error) => {
             tracing::error!(message_id = ?message.message_id, %error, "a partition input that does not decode; skipped");
             None

@@ -106,17 +106,36 @@ impl Partitions {
         message_id: &str,
         body: &[u8],
     ) -> Result<Confirm, TransportError> {
+        self.route_on(&self.publish, partition, message_id, body, None)
+            .await
+    }
+
+    /// [`Partitions::route`] on `channel`, asking for a reply to `reply` (`reply_to`,
+    /// `correlation_id`).
+    async fn route_on(
+        &self,
+        channel: &Channel,
+        partition: u32,
+        message_id: &str,
+        body: &[u8],
+        reply: Option<(&str, &str)>,
+    ) -> Result<Confirm, TransportError> {
         if partition >= self.count {
             return Err(TransportError::Rejected(format!(
                 "partition {partition} of {}",
                 self.count
             )));
         }
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_message_id(message_id.into());
-        self.publish
+        if let Some((reply_to, correlation_id)) = reply {
+            properties = properties
+                .with_reply_to(reply_to.into())
+                .with_correlation_id(correlation_id.into());
+        }
+        channel
             .basic_publish(
                 self.exchange.as_str().into(),
                 partition.to_string().as_str().into(),
@@ -156,6 +175,74 @@ impl Partitions {
             .await
             .map_err(broker)?;
         Ok(PartitionConsumer { channel, consumer })
+    }
+
+    /// Answers a request that named `reply_to` (a requester's direct reply-to address),
+    /// waiting for the broker's confirmation.
+    pub async fn reply(
+        &self,
+        reply_to: &str,
+        correlation_id: &str,
+        body: &[u8],
+    ) -> Result<(), TransportError> {
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_correlation_id(correlation_id.into());
+        self.publish
+            .basic_publish(
+                "".into(),
+                reply_to.into(),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .map(Confirm)
+            .map_err(broker)?
+            .await
+    }
+
+    /// A channel for requests that wait for their partition's answer, through RabbitMQ's
+    /// direct reply-to (no queue of its own; the answer comes back on the channel that asked).
+    pub async fn requests(self: &std::sync::Arc<Self>) -> Result<Requests, TransportError> {
+        let channel = self.connection.create_channel().await.map_err(broker)?;
+        let mut consumer = channel
+            .basic_consume(
+                DIRECT_REPLY_TO.into(),
+                "replies".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker)?;
+        let waiting: Waiting = std::sync::Arc::default();
+        let answers = tokio::spawn({
+            let waiting = waiting.clone();
+            async move {
+                while let Some(Ok(delivery)) = consumer.next().await {
+                    let Some(correlation) = delivery.properties.correlation_id().as_ref() else {
+                        continue;
+                    };
+                    let waiter = waiting
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner())
+                        .remove(correlation.as_str());
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(delivery.data);
+                    }
+                }
+            }
+        });
+        Ok(Requests {
+            partitions: self.clone(),
+            channel,
+            waiting,
+            next: std::sync::atomic::AtomicU64::new(0),
+            answers,
+        })
     }
 
     /// Deletes the queues and the exchange (tests use names of their own).
@@ -204,6 +291,8 @@ pub struct PartitionMessage {
     pub body: Vec<u8>,
     /// Delivered before, to a consumer that did not acknowledge it (a former owner).
     pub redelivered: bool,
+    /// Where the requester waits for the answer, and the request's id there.
+    pub reply_to: Option<(String, String)>,
     acker: lapin::Acker,
 }
 
@@ -237,6 +326,12 @@ impl PartitionConsumer {
                     .message_id()
                     .as_ref()
                     .map(|id| id.as_str().to_owned()),
+                reply_to: delivery
+                    .properties
+                    .reply_to()
+                    .as_ref()
+                    .zip(delivery.properties.correlation_id().as_ref())
+                    .map(|(to, id)| (to.as_str().to_owned(), id.as_str().to_owned())),
                 body: delivery.data,
                 redelivered: delivery.redelivered,
                 acker: delivery.acker,
@@ -254,5 +349,85 @@ impl PartitionConsumer {
                 "switchboard: partition lease lost or handed over".into(),
             )
             .await;
+    }
+}
+
+/// RabbitMQ's pseudo-queue for direct replies.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+type Waiting = std::sync::Arc<
+    std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<Vec<u8>>>>,
+>;
+
+/// Requests to partitions, each answered on this channel (see [`Partitions::requests`]).
+pub struct Requests {
+    partitions: std::sync::Arc<Partitions>,
+    channel: Channel,
+    waiting: Waiting,
+    next: std::sync::atomic::AtomicU64,
+    answers: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Requests {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Requests")
+    }
+}
+
+impl Drop for Requests {
+    fn drop(&mut self) {
+        self.answers.abort();
+    }
+}
+
+impl Requests {
+    /// Sends `body` to `partition` and waits up to `timeout` for its answer. `None` when none
+    /// came in time: the request may or may not have been applied (its owner failing over, or
+    /// slow), so the caller answers with a retryable refusal.
+    pub async fn ask(
+        &self,
+        partition: u32,
+        message_id: &str,
+        body: &[u8],
+        timeout: std::time::Duration,
+    ) -> Result<Option<Vec<u8>>, TransportError> {
+        let correlation = self
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_string();
+        let (sender, answer) = tokio::sync::oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(correlation.clone(), sender);
+        let sent = self
+            .partitions
+            .route_on(
+                &self.channel,
+                partition,
+                message_id,
+                body,
+                Some((DIRECT_REPLY_TO, &correlation)),
+            )
+            .await;
+        let answered = match sent {
+            Ok(_) => tokio::time::timeout(timeout, answer)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(error) => {
+                self.forget(&correlation);
+                return Err(error);
+            }
+        };
+        self.forget(&correlation);
+        Ok(answered)
+    }
+
+    fn forget(&self, correlation: &str) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(correlation);
     }
 }
