@@ -202,9 +202,12 @@ fn opening_in(partition: u32, count: u32, from: &mut u32) -> crate::engine::Chan
 }
 
 /// The conversations PostgreSQL holds for `partition`, as its engine rebuilds them.
-fn stored_conversations(schema: &TestSchema, lease: &Lease) -> Vec<crate::engine::ConversationId> {
+fn stored_conversations(
+    database: &crate::store::postgres::Database,
+    lease: &Lease,
+) -> Vec<crate::engine::ConversationId> {
     use crate::store::Store as _;
-    let store = crate::store::postgres::PostgresStore::open(&schema.database, lease);
+    let store = crate::store::postgres::PostgresStore::open(database, lease);
     let recovery = store.recover().unwrap();
     let engine = crate::engine::Engine::restore(
         crate::engine::testing::demo_setup(),
@@ -272,7 +275,9 @@ async fn a_taken_over_partition_is_applied_once_by_its_next_owner() {
     });
     send(&events[..10]).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while tokio::task::block_in_place(|| stored_conversations(&schema, &lease_a)).len() < 10 {
+    while tokio::task::block_in_place(|| stored_conversations(&schema.database, &lease_a)).len()
+        < 10
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "node A never applied the first inputs"
@@ -301,7 +306,8 @@ async fn a_taken_over_partition_is_applied_once_by_its_next_owner() {
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let conversations = loop {
-        let stored = tokio::task::block_in_place(|| stored_conversations(&schema, &lease_b));
+        let stored =
+            tokio::task::block_in_place(|| stored_conversations(&schema.database, &lease_b));
         if stored.len() >= 20 {
             break stored;
         }
@@ -334,8 +340,39 @@ async fn a_taken_over_partition_is_applied_once_by_its_next_owner() {
     queues.close().await;
 }
 
+/// Routes `count` conversation openings on new threads (numbered after `next`) to their
+/// partitions, each confirmed.
+async fn send_openings(
+    queues: &crate::transport::amqp::partition::Partitions,
+    partitions: u32,
+    next: &mut u32,
+    count: usize,
+) {
+    use crate::cluster::worker::{PartitionInput, Route, route};
+    for _ in 0..count {
+        let partition = *next % partitions;
+        let event = opening_in(partition, partitions, next);
+        let Route::Partition(partition) = route(&event, partitions) else {
+            unreachable!("an opening names its thread");
+        };
+        let body = serde_json::to_vec(&PartitionInput::Events {
+            events: vec![event.clone()],
+        })
+        .unwrap();
+        queues
+            .route(partition, event.id.as_deref().unwrap(), &body)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
 /// Conversations stored in every partition of `count`, with duplicates if any.
-fn all_stored(schema: &TestSchema, count: u32) -> Vec<crate::engine::ConversationId> {
+fn all_stored(
+    database: &crate::store::postgres::Database,
+    count: u32,
+) -> Vec<crate::engine::ConversationId> {
     (0..count)
         .flat_map(|partition| {
             let reader = Lease {
@@ -343,15 +380,19 @@ fn all_stored(schema: &TestSchema, count: u32) -> Vec<crate::engine::Conversatio
                 epoch: 0,
                 valid_until: std::time::Instant::now(),
             };
-            stored_conversations(schema, &reader)
+            stored_conversations(database, &reader)
         })
         .collect()
 }
 
-async fn wait_for_conversations(schema: &TestSchema, count: u32, wanted: usize) {
+async fn wait_for_conversations(
+    database: &crate::store::postgres::Database,
+    count: u32,
+    wanted: usize,
+) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let stored = tokio::task::block_in_place(|| all_stored(schema, count));
+        let stored = tokio::task::block_in_place(|| all_stored(database, count));
         let distinct: std::collections::BTreeSet<_> = stored.iter().collect();
         assert_eq!(distinct.len(), stored.len(), "a conversation stored twice");
         if stored.len() >= wanted {
@@ -373,7 +414,7 @@ async fn wait_for_conversations(schema: &TestSchema, count: u32, wanted: usize) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_that_join_and_leave_share_the_partitions_without_losing_an_input() {
     use crate::cluster::node::run_node;
-    use crate::cluster::worker::{PartitionContext, Route, route};
+    use crate::cluster::worker::PartitionContext;
     const PARTITIONS: u32 = 4;
     let Some(schema) = TestSchema::new("nodes") else {
         return;
@@ -404,29 +445,8 @@ async fn nodes_that_join_and_leave_share_the_partitions_without_losing_an_input(
         ));
         (shutdown, running)
     };
-    let mut sent = 0;
-    let mut send = async |count: usize| {
-        for _ in 0..count {
-            sent += 1;
-            let key = format!("visitor-{sent}");
-            let mut from = sent as u32 - 1;
-            let partition = crate::engine::Partitioning::of_thread(PARTITIONS, "web-chat", &key);
-            let event = opening_in(partition, PARTITIONS, &mut from);
-            let Route::Partition(partition) = route(&event, PARTITIONS) else {
-                unreachable!("an opening names its thread");
-            };
-            let body = serde_json::to_vec(&crate::cluster::worker::PartitionInput::Events {
-                events: vec![event.clone()],
-            })
-            .unwrap();
-            router
-                .route(partition, event.id.as_deref().unwrap(), &body)
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
-    };
+    let mut next = 0;
+    let mut send = async |count: usize| send_openings(&router, PARTITIONS, &mut next, count).await;
 
     let queues_a =
         crate::transport::amqp::partition::Partitions::connect(&names, "node-a", PARTITIONS)
@@ -439,7 +459,7 @@ async fn nodes_that_join_and_leave_share_the_partitions_without_losing_an_input(
     };
     let (stop_a, node_a) = start("node-a", queues_a, transport("node-a").await);
     send(40).await;
-    wait_for_conversations(&schema, PARTITIONS, 40).await;
+    wait_for_conversations(&schema.database, PARTITIONS, 40).await;
 
     let queues_b =
         crate::transport::amqp::partition::Partitions::connect(&names, "node-b", PARTITIONS)
@@ -468,20 +488,21 @@ async fn nodes_that_join_and_leave_share_the_partitions_without_losing_an_input(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    wait_for_conversations(&schema, PARTITIONS, 80).await;
+    wait_for_conversations(&schema.database, PARTITIONS, 80).await;
 
     // A stops (SIGTERM): its workers stop, its leases go at once; B serves everything.
     stop_a.cancel();
     node_a.await.unwrap().unwrap();
     send(40).await;
-    wait_for_conversations(&schema, PARTITIONS, 120).await;
+    wait_for_conversations(&schema.database, PARTITIONS, 120).await;
     for partition in 0..PARTITIONS {
         let reader = Lease {
             partition,
             epoch: 0,
             valid_until: std::time::Instant::now(),
         };
-        let stored = tokio::task::block_in_place(|| stored_conversations(&schema, &reader));
+        let stored =
+            tokio::task::block_in_place(|| stored_conversations(&schema.database, &reader));
         assert!(
             stored.iter().all(
                 |id| crate::engine::Partitioning::of_conversation(PARTITIONS, *id) == partition
@@ -621,9 +642,9 @@ async fn routed_messages_are_applied_once_in_their_partitions() {
         )
         .await
         .unwrap();
-    wait_for_conversations(&schema, PARTITIONS, 6).await;
+    wait_for_conversations(&schema.database, PARTITIONS, 6).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    wait_for_conversations(&schema, PARTITIONS, 6).await;
+    wait_for_conversations(&schema.database, PARTITIONS, 6).await;
 
     let refused = router
         .route(
@@ -641,7 +662,7 @@ async fn routed_messages_are_applied_once_in_their_partitions() {
     use crate::cluster::router::{Answered, COMMAND_TIMEOUT};
     use crate::engine::{Action, Code, Command, Idempotency};
     let requests = queues.requests().await.unwrap();
-    let stored = tokio::task::block_in_place(|| all_stored(&schema, PARTITIONS));
+    let stored = tokio::task::block_in_place(|| all_stored(&schema.database, PARTITIONS));
     let monitor = |conversation, key: &str| Command {
         actor: crate::engine::testing::supervisor("sup-1", &["support", "billing"]),
         idempotency: Some(Idempotency {
@@ -697,6 +718,61 @@ async fn routed_messages_are_applied_once_in_their_partitions() {
         matches!(&refused, Err(RouteError::Decode(error)) if error.code() == "invalid-payload"),
         "{refused:?}"
     );
+    shutdown.cancel();
+    node.await.unwrap().unwrap();
+    queues.delete().await.unwrap();
+    queues.close().await;
+}
+
+/// PostgreSQL restarted under a serving node (its own server, so the shared one is never left
+/// broken): commits fail meanwhile and nothing is acknowledged; once the server is back the
+/// node's workers start again from what PostgreSQL holds and every input is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_waits_out_a_postgresql_restart_and_loses_nothing() {
+    use crate::cluster::node::run_node;
+    use crate::cluster::worker::PartitionContext;
+    use crate::store::postgres::testing::PrivateServer;
+    const PARTITIONS: u32 = 2;
+    let Some(server) = tokio::task::block_in_place(|| PrivateServer::start("restart")) else {
+        return;
+    };
+    let Some((_names, queues)) = partition_queues("pg-restart", PARTITIONS).await else {
+        return;
+    };
+    let queues = std::sync::Arc::new(queues);
+    let database = tokio::task::block_in_place(|| {
+        crate::store::postgres::Database::open(&server.url(), "switchboard")
+    })
+    .unwrap();
+    let leases = Leases::new(&database, "node-a", Duration::from_secs(30));
+    let keeper = tokio::task::block_in_place(|| Keeper::join(leases, PARTITIONS)).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let node = tokio::spawn(run_node(
+        keeper,
+        PartitionContext {
+            database: database.clone(),
+            queues: queues.clone(),
+            transport: None,
+            metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
+            setup: crate::engine::testing::demo_setup(),
+            plugins: Vec::new(),
+            partitions: PARTITIONS,
+        },
+        Duration::from_millis(200),
+        shutdown.clone(),
+    ));
+    let mut next = 0;
+    let mut send = async |count: usize| send_openings(&queues, PARTITIONS, &mut next, count).await;
+    send(10).await;
+    wait_for_conversations(&database, PARTITIONS, 10).await;
+
+    tokio::task::block_in_place(|| server.stop());
+    send(10).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| server.resume());
+    send(10).await;
+    wait_for_conversations(&database, PARTITIONS, 30).await;
+
     shutdown.cancel();
     node.await.unwrap().unwrap();
     queues.delete().await.unwrap();
