@@ -5,7 +5,8 @@
 //! (`store::postgres::Leases`); this module decides, it does not write SQL. `worker` serves
 //! one partition while its lease is held, and routes canonical events to partitions; `node`
 //! runs the keeper's rounds and a worker per lease held; `router` decodes inbound messages on
-//! any node and sends their events to the partitions.
+//! any node and sends their events to the partitions; `read_model` follows every partition for
+//! the reads any node answers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -14,6 +15,7 @@ use crate::store::StoreError;
 use crate::store::postgres::{Lease, Leases};
 
 pub mod node;
+pub mod read_model;
 pub mod router;
 pub mod worker;
 

@@ -122,6 +122,17 @@ impl Engine {
         engine
     }
 
+    /// Brings a follower (a read-only copy of state another engine writes, such as a
+    /// cluster partition owned by another node) up to date with records committed after its
+    /// state; those it already holds are skipped.
+    pub fn follow<'a>(&mut self, records: impl IntoIterator<Item = &'a Record>) {
+        for record in records {
+            if record.seq > self.state.last_seq() {
+                self.state.evolve_record(record);
+            }
+        }
+    }
+
     pub fn state(&self) -> &State {
         &self.state
     }

@@ -95,6 +95,17 @@ impl ReportSort {
 }
 
 impl ReportFilter {
+    /// Sorts report rows in the filter's order (newest first unless it names another); rows
+    /// gathered from several engines (a cluster's partitions) are sorted the same way.
+    pub fn sort_rows(&self, rows: &mut [ConversationSummary]) {
+        let sort = if self.sort == ReportSort::default() {
+            ReportSort::NEWEST_FIRST
+        } else {
+            self.sort
+        };
+        rows.sort_by(|a, b| sort.order(a, b));
+    }
+
     fn matches(&self, conversation: &Conversation) -> bool {
         fn any<T: PartialEq>(allowed: &[T], value: &T) -> bool {
             allowed.is_empty() || allowed.contains(value)
@@ -212,12 +223,7 @@ impl Engine {
             .filter(|c| self.may_see(actor, c))
             .map(|c| self.summary(c, now))
             .collect();
-        let sort = if filter.sort == ReportSort::default() {
-            ReportSort::NEWEST_FIRST
-        } else {
-            filter.sort
-        };
-        rows.sort_by(|a, b| sort.order(a, b));
+        filter.sort_rows(&mut rows);
         rows
     }
 

@@ -778,3 +778,94 @@ async fn a_node_waits_out_a_postgresql_restart_and_loses_nothing() {
     queues.delete().await.unwrap();
     queues.close().await;
 }
+
+/// Any node reads every partition: a follower of each partition's log answers the report and a
+/// conversation's details, and catches up after a refresh — also past a snapshot that dropped
+/// the log behind it.
+#[test]
+fn the_read_model_follows_every_partition_across_snapshots() {
+    use crate::cluster::read_model::ReadModel;
+    use crate::engine::testing::{Harness, demo_setup, supervisor};
+    use crate::engine::{Partitioning, Setup};
+    use crate::store::{Batch, Store};
+    let Some(schema) = TestSchema::new("read-model") else {
+        return;
+    };
+    let leases = Leases::new(&schema.database, "node-a", Duration::from_secs(30));
+    leases.join_cluster(2).unwrap();
+    type Owner = (
+        crate::store::postgres::PostgresStore,
+        crate::engine::testing::Harness,
+        usize,
+    );
+    // Opens `count` active conversations in `partition`'s engine and commits them.
+    fn open(
+        owners: &mut [Owner],
+        partition: usize,
+        count: usize,
+    ) -> Vec<crate::engine::ConversationId> {
+        let (store, harness, committed) = &mut owners[partition];
+        let mut ids = Vec::new();
+        for _ in 0..count {
+            ids.push(harness.active("web-chat", "a-1"));
+        }
+        store
+            .commit(&Batch {
+                records: harness.records[*committed..].to_vec(),
+                ..Batch::default()
+            })
+            .unwrap();
+        *committed = harness.records.len();
+        ids
+    }
+    let mut owners: Vec<Owner> = Vec::new();
+    for partition in 0..2 {
+        let lease = leases.acquire(partition).unwrap().unwrap();
+        let store = crate::store::postgres::PostgresStore::open(&schema.database, &lease);
+        let harness = Harness::with(Setup {
+            partitioning: Some(Partitioning {
+                partition,
+                count: 2,
+            }),
+            ..demo_setup()
+        });
+        owners.push((store, harness, 0));
+    }
+    let mut ids = open(&mut owners, 0, 3);
+    ids.extend(open(&mut owners, 1, 2));
+
+    let supervisor = supervisor("sup-1", &["support", "billing"]);
+    let filter = crate::engine::report::ReportFilter::default();
+    let now = owners[0].1.now.max(owners[1].1.now);
+    let seen = |model: &ReadModel| {
+        let mut seen: Vec<_> = model
+            .ongoing(&supervisor, &filter, now)
+            .into_iter()
+            .map(|row| row.id)
+            .collect();
+        seen.sort();
+        seen
+    };
+    let model = ReadModel::open(&schema.database, &demo_setup(), 2).unwrap();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(seen(&model), expected);
+
+    // Partition 0 commits two more and snapshots (its log behind the snapshot goes);
+    // partition 1 commits one more.
+    ids.extend(open(&mut owners, 0, 2));
+    let (store, harness, _) = &owners[0];
+    store
+        .write_snapshot(&harness.engine.state().snapshot())
+        .unwrap();
+    ids.extend(open(&mut owners, 1, 1));
+    assert_eq!(seen(&model).len(), 5, "not refreshed yet");
+    model.refresh().unwrap();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(seen(&model), expected);
+    for id in &ids {
+        let found = model.find(&supervisor, &id.to_string(), now);
+        assert_eq!(found.map(|row| row.id), Some(*id));
+    }
+}

@@ -283,6 +283,65 @@ impl PostgresStore {
         }
     }
 
+    /// A read-only view of `partition` for a node that does not own it (every write is
+    /// refused: no lease has epoch 0).
+    pub fn reader(database: &Database, partition: u32) -> Self {
+        Self::open(
+            database,
+            &Lease {
+                partition,
+                epoch: 0,
+                valid_until: std::time::Instant::now(),
+            },
+        )
+    }
+
+    /// What a follower at `seq` is missing: the records after it, or, when the log behind a
+    /// newer snapshot is already gone, that snapshot and the records after it (the follower
+    /// starts again from the snapshot).
+    pub fn records_after(&self, seq: u64) -> Result<(Option<Snapshot>, Vec<Record>), StoreError> {
+        let partition = self.partition();
+        self.read(async |transaction| {
+            let snapshot_seq: Option<i64> = transaction
+                .query_opt(
+                    "SELECT last_seq FROM snapshot WHERE partition = $1",
+                    &[&partition],
+                )
+                .await
+                .map_err(read_error)?
+                .map(|row| row.get(0));
+            let oldest: Option<i64> = transaction
+                .query_one(
+                    "SELECT min(seq) FROM log WHERE partition = $1",
+                    &[&partition],
+                )
+                .await
+                .map_err(read_error)?
+                .get(0);
+            // The log holds everything after `seq` unless a snapshot beyond `seq` dropped
+            // part of it.
+            let gap = snapshot_seq.is_some_and(|snapshot| {
+                snapshot as u64 > seq && oldest.is_none_or(|oldest| oldest as u64 > seq + 1)
+            });
+            let (snapshot, after) = match gap {
+                true => {
+                    let row = transaction
+                        .query_one(
+                            "SELECT last_seq, body FROM snapshot WHERE partition = $1",
+                            &[&partition],
+                        )
+                        .await
+                        .map_err(read_error)?;
+                    let snapshot: Snapshot = decode(row.get(1), "snapshot")?;
+                    (Some(snapshot), row.get::<_, i64>(0))
+                }
+                false => (None, seq as i64),
+            };
+            let records = log_after(transaction, partition, after).await?;
+            Ok((snapshot, records))
+        })
+    }
+
     fn partition(&self) -> i32 {
         self.partition as i32
     }
@@ -501,6 +560,24 @@ async fn trim_window(
     Ok(())
 }
 
+/// The partition's log records after `seq`, in order.
+async fn log_after(
+    transaction: &tokio_postgres::Transaction<'_>,
+    partition: i32,
+    seq: i64,
+) -> Result<Vec<Record>, StoreError> {
+    transaction
+        .query(
+            "SELECT record FROM log WHERE partition = $1 AND seq > $2 ORDER BY seq",
+            &[&partition, &seq],
+        )
+        .await
+        .map_err(read_error)?
+        .iter()
+        .map(|row| decode::<Record>(row.get(0), "log record"))
+        .collect()
+}
+
 fn stream_id(public: i64, silent: i64, index: i64) -> StreamId {
     StreamId {
         position: Position {
@@ -569,16 +646,7 @@ impl Store for PostgresStore {
                 None => None,
             };
             let after = snapshot.as_ref().map_or(0, |snapshot| snapshot.last_seq) as i64;
-            let records = transaction
-                .query(
-                    "SELECT record FROM log WHERE partition = $1 AND seq > $2 ORDER BY seq",
-                    &[&partition, &after],
-                )
-                .await
-                .map_err(read_error)?
-                .iter()
-                .map(|row| decode::<Record>(row.get(0), "log record"))
-                .collect::<Result<Vec<_>, _>>()?;
+            let records = log_after(transaction, partition, after).await?;
             // Newest first, one more than the window: rows beyond it wait for a trim, and the
             // newest of them is then the floor.
             let rows = transaction

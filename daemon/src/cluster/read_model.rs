@@ -1,0 +1,92 @@
+//! Cluster reads: every node follows every partition's log in PostgreSQL (a read-only engine
+//! per partition, brought up to date on each refresh), so that the report and a conversation's
+//! details are the same whichever node is asked. Reads are as fresh as the last refresh:
+//! eventually consistent, by design (a read never waits for another node), while commands are
+//! answered by the owner after its commit.
+
+use std::sync::Mutex;
+
+use crate::engine::report::{ConversationSummary, ReportFilter};
+use crate::engine::{Actor, ConversationId, Engine, Millis, Partitioning, Setup};
+use crate::store::StoreError;
+use crate::store::postgres::{Database, PostgresStore};
+
+/// A follower of every partition.
+#[derive(Debug)]
+pub struct ReadModel {
+    partitions: Vec<Follower>,
+}
+
+#[derive(Debug)]
+struct Follower {
+    store: PostgresStore,
+    setup: Setup,
+    engine: Mutex<Engine>,
+}
+
+impl ReadModel {
+    /// Rebuilds every partition from PostgreSQL.
+    pub fn open(database: &Database, setup: &Setup, count: u32) -> Result<Self, StoreError> {
+        let partitions = (0..count)
+            .map(|partition| {
+                let store = PostgresStore::reader(database, partition);
+                let setup = Setup {
+                    partitioning: Some(Partitioning { partition, count }),
+                    ..setup.clone()
+                };
+                let (snapshot, records) = store.records_after(0)?;
+                let engine = Engine::restore(setup.clone(), snapshot, &records);
+                Ok(Follower {
+                    store,
+                    setup,
+                    engine: Mutex::new(engine),
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Self { partitions })
+    }
+
+    /// Applies what every partition committed since the last refresh.
+    pub fn refresh(&self) -> Result<(), StoreError> {
+        for follower in &self.partitions {
+            let seq = lock(&follower.engine).state().last_seq();
+            let (snapshot, records) = follower.store.records_after(seq)?;
+            let mut engine = lock(&follower.engine);
+            match snapshot {
+                Some(snapshot) => {
+                    *engine = Engine::restore(follower.setup.clone(), Some(snapshot), &records);
+                }
+                None => engine.follow(&records),
+            }
+        }
+        Ok(())
+    }
+
+    /// The ongoing conversations `actor` may see across every partition, in the filter's order.
+    pub fn ongoing(
+        &self,
+        actor: &Actor,
+        filter: &ReportFilter,
+        now: Millis,
+    ) -> Vec<ConversationSummary> {
+        let mut rows: Vec<ConversationSummary> = self
+            .partitions
+            .iter()
+            .flat_map(|follower| lock(&follower.engine).ongoing(actor, filter, now))
+            .collect();
+        filter.sort_rows(&mut rows);
+        rows
+    }
+
+    /// One conversation, from the partition its id names.
+    pub fn find(&self, actor: &Actor, id: &str, now: Millis) -> Option<ConversationSummary> {
+        let parsed = ConversationId::parse(id)?;
+        let partition =
+            Partitioning::of_conversation(self.partitions.len() as u32, parsed) as usize;
+        lock(&self.partitions[partition].engine).find(actor, id, now)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
