@@ -31,6 +31,13 @@ const WRITER_QUEUE: usize = 8192;
 /// A snapshot is written after at least this many records, and the log behind it dropped.
 pub const SNAPSHOT_EVERY: u64 = 10_000;
 
+/// Whether the log grew enough since the snapshot at `previous` for another: at least `every`
+/// records and at least as many as there are `conversations` in memory (see
+/// `Service::committed`; a cluster's partition workers follow the same rule).
+pub fn snapshot_due(last_seq: u64, previous: u64, conversations: u64, every: u64) -> bool {
+    last_seq.saturating_sub(previous) >= every.max(conversations)
+}
+
 /// Why a submission got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -269,7 +276,7 @@ impl Service {
             (state.last_seq(), state.conversation_count() as u64)
         };
         let previous = self.last_snapshot_seq.load(Ordering::Relaxed);
-        if last_seq.saturating_sub(previous) < SNAPSHOT_EVERY.max(conversations)
+        if !snapshot_due(last_seq, previous, conversations, SNAPSHOT_EVERY)
             || self
                 .last_snapshot_seq
                 .compare_exchange(previous, last_seq, Ordering::AcqRel, Ordering::Relaxed)

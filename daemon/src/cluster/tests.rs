@@ -247,6 +247,8 @@ async fn a_taken_over_partition_is_applied_once_by_its_next_owner() {
         setup: crate::engine::testing::demo_setup(),
         plugins: Vec::new(),
         partitions: 2,
+        // Small, so that the take-over below happens across snapshots.
+        snapshot_every: 4,
     };
     let mut from = 0;
     let events: Vec<_> = (0..20).map(|_| opening_in(1, 2, &mut from)).collect();
@@ -330,6 +332,18 @@ async fn a_taken_over_partition_is_applied_once_by_its_next_owner() {
     .unwrap();
     assert!(left >= 20, "{left} outbox entries for 20 new conversations");
     assert_eq!(conversations.len(), 20, "each input applied once");
+    let snapshot = tokio::task::block_in_place(|| {
+        crate::store::Store::recover(&crate::store::postgres::PostgresStore::reader(
+            &schema.database,
+            1,
+        ))
+    })
+    .unwrap()
+    .snapshot;
+    assert!(
+        snapshot.is_some_and(|snapshot| snapshot.last_seq >= 4),
+        "the partition's workers wrote snapshots"
+    );
     assert!(
         conversations
             .iter()
@@ -432,6 +446,8 @@ async fn nodes_that_join_and_leave_share_the_partitions_without_losing_an_input(
             setup: crate::engine::testing::demo_setup(),
             plugins: Vec::new(),
             partitions: PARTITIONS,
+
+            snapshot_every: crate::service::SNAPSHOT_EVERY,
         };
     let start = |node: &'static str, queues, transport| {
         let leases = Leases::new(&schema.database, node, Duration::from_secs(30));
@@ -597,6 +613,8 @@ async fn routed_messages_are_applied_once_in_their_partitions() {
             setup: crate::engine::testing::demo_setup(),
             plugins: Vec::new(),
             partitions: PARTITIONS,
+
+            snapshot_every: crate::service::SNAPSHOT_EVERY,
         },
         Duration::from_millis(200),
         shutdown.clone(),
@@ -757,6 +775,8 @@ async fn a_node_waits_out_a_postgresql_restart_and_loses_nothing() {
             setup: crate::engine::testing::demo_setup(),
             plugins: Vec::new(),
             partitions: PARTITIONS,
+
+            snapshot_every: crate::service::SNAPSHOT_EVERY,
         },
         Duration::from_millis(200),
         shutdown.clone(),

@@ -64,6 +64,8 @@ pub struct PartitionContext {
     pub setup: Setup,
     pub plugins: Vec<Arc<Plugin>>,
     pub partitions: u32,
+    /// Records between two snapshots of a partition (at least; see `service::snapshot_due`).
+    pub snapshot_every: u64,
 }
 
 /// Serves `lease`'s partition until `stop` is cancelled, a commit is fenced, or an error.
@@ -83,6 +85,10 @@ pub async fn serve_partition(
         }),
         ..context.setup.clone()
     };
+    let snapshot_seq = recovery
+        .snapshot
+        .as_ref()
+        .map_or(0, |snapshot| snapshot.last_seq);
     let engine = Engine::restore(setup, recovery.snapshot, &recovery.records);
     let feed = Arc::new(OutboxFeed::new());
     let mut pipeline = Pipeline::new(engine, context.plugins.clone(), store.clone())
@@ -107,11 +113,18 @@ pub async fn serve_partition(
             .await
         })
     });
+    let mut snapshots = Snapshots {
+        store,
+        every: context.snapshot_every,
+        last: snapshot_seq,
+        writing: None,
+    };
     let ended = apply(
         partition,
         lease.epoch,
         context,
         &mut pipeline,
+        &mut snapshots,
         &stop,
         publisher.as_ref(),
     )
@@ -131,6 +144,7 @@ async fn apply(
     epoch: u64,
     context: &PartitionContext,
     pipeline: &mut Pipeline,
+    snapshots: &mut Snapshots,
     stop: &CancellationToken,
     publisher: Option<&tokio::task::JoinHandle<outbox::PublishEnd>>,
 ) -> Result<Ended, WorkerError> {
@@ -180,6 +194,7 @@ async fn apply(
                 if let Some(last) = messages.last() {
                     last.ack_through().await?;
                 }
+                snapshots.after_commit(pipeline);
             }
             Err(StoreError::Fenced { current, .. }) => {
                 tracing::warn!(
@@ -196,6 +211,44 @@ async fn apply(
                 return Err(error.into());
             }
         }
+    }
+}
+
+/// A partition's snapshots, written beside its commits as the single daemon writes its own
+/// (`service::snapshot_due`): one at a time, off the apply loop.
+struct Snapshots {
+    store: Arc<dyn Store>,
+    every: u64,
+    /// The seq of the newest snapshot written or being written.
+    last: u64,
+    writing: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Snapshots {
+    fn after_commit(&mut self, pipeline: &Pipeline) {
+        let state = pipeline.engine().state();
+        let due = crate::service::snapshot_due(
+            state.last_seq(),
+            self.last,
+            state.conversation_count() as u64,
+            self.every,
+        );
+        if !due
+            || self
+                .writing
+                .as_ref()
+                .is_some_and(|writing| !writing.is_finished())
+        {
+            return;
+        }
+        self.last = state.last_seq();
+        let snapshot = state.snapshot();
+        let store = self.store.clone();
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            if let Err(error) = store.write_snapshot(&snapshot) {
+                tracing::warn!(%error, "cannot write a partition's snapshot; its log keeps growing");
+            }
+        }));
     }
 }
 
