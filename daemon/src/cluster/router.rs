@@ -2,7 +2,8 @@
 //! single daemon's pipeline runs: plugin, message-derived event ids, sentiment) and routes its
 //! events to their partitions — one input per partition, its events in their order — and the
 //! message is acknowledged only once the broker confirmed every one of them. A message that
-//! does not decode is dead-lettered with its reason, as on a single daemon. Commands go the
+//! does not decode is refused with its reason, for the consumer to dead-letter as a single
+//! daemon does. Commands go the
 //! same way to their conversation's partition and wait for the owner's answer (direct
 //! reply-to), so any node answers any command after the owner's commit.
 
@@ -114,7 +115,10 @@ impl Router {
     /// Sends `command` to the partition of its conversation and waits for the answer the
     /// owner gives after its commit. An action for no conversation (an agent's presence, the
     /// seats sweep) goes to every partition, each engine keeping its own view of agents: the
-    /// answer is the first refusal, else the first partition's reply.
+    /// answer is the first refusal, else the first partition's reply. Such an action is not
+    /// atomic across partitions: the partitions asked before a refusal have applied it (each
+    /// answers a repeat with the same idempotency key with its first answer, so a retry
+    /// completes it).
     pub async fn command(
         &self,
         requests: &Requests,

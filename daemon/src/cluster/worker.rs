@@ -1,11 +1,10 @@
 //! Cluster apply: one partition served while this node holds its lease. Its engine is rebuilt
 //! from PostgreSQL, its queue consumed, each batch of inputs (canonical events and commands
 //! the router put there) applied and committed under the lease's epoch, commands answered,
-//! and only then acknowledged. A fenced
-//! commit (the lease was taken over) or a stop (the keeper handed the partition over) closes
-//! the partition's channel without acknowledging what was not committed: the next owner
-//! receives it first, and the engine's deduplication makes a redelivered input change
-//! nothing.
+//! and only then acknowledged. A fenced commit (the lease was taken over) or a stop (the
+//! keeper handed the partition over) closes the partition's channel without acknowledging
+//! what was not committed: the next owner receives it first, and the engine's deduplication
+//! makes a redelivered input change nothing.
 
 use std::sync::Arc;
 

@@ -1,9 +1,9 @@
 //! Partition leases in PostgreSQL, the cluster's one authority on who owns a partition. The
 //! database's clock alone says when a lease expires, so nodes' clocks never have to agree; a
 //! node keeps its own, safe deadline ([`Lease::valid_until`]: the moment it asked plus the
-//! lease's length, never later than the database's expiry) and stops acting on a partition
-//! when it passes. Every take-over raises the partition's epoch, which fences the former
-//! owner's writes (`PostgresStore`).
+//! lease's length, never later than the database's expiry), and its keeper treats a lease past
+//! it as lost. Every take-over raises the partition's epoch, which fences the former owner's
+//! writes (`PostgresStore`): that, not the deadline, is what keeps a late owner from writing.
 
 use std::time::{Duration, Instant};
 
