@@ -125,6 +125,19 @@ pub fn amqp_names(test: &str) -> switchboard::config::AmqpConfig {
     }
 }
 
+/// `names` as the `[amqp]` table of a configuration file.
+pub fn amqp_table(names: &switchboard::config::AmqpConfig) -> String {
+    format!(
+        "\n[amqp]\nurl = \"{}\"\ninbound_exchange = \"{}\"\ninbound_queue = \"{}\"\ndead_letter_queue = \"{}\"\noutbound_exchange = \"{}\"\ndelivery_queue = \"{}\"\n",
+        amqp_url(),
+        names.inbound_exchange,
+        names.inbound_queue,
+        names.dead_letter_queue,
+        names.outbound_exchange,
+        names.delivery_queue
+    )
+}
+
 /// A plain AMQP client, as a provider gateway or a subscriber would use; `None` after a loud
 /// skip when no broker answers, and a failure instead with `SWITCHBOARD_REQUIRE_AMQP=1`.
 #[allow(clippy::print_stderr)]

@@ -1,4 +1,5 @@
-//! The only wiring: configuration -> store -> plugin host -> engine (restored from the store)
+//! The single daemon's wiring (cluster mode's is `cluster::serve`, which shares the helpers
+//! here): configuration -> store -> plugin host -> engine (restored from the store)
 //! -> pipeline -> [`Service`], then the tasks in flow order: the admin API (which is also the
 //! embedded transport's entry, `POST /v1/inbound/{plugin}`), the single writer for HTTP work,
 //! the clock, and the transport — RabbitMQ with `[amqp] url`, else the embedded outbox.
@@ -44,24 +45,7 @@ const EMBEDDED_OUTBOX_KEEP: u64 = 10_000;
 pub fn build(config: &Config) -> anyhow::Result<Service> {
     let store: Arc<dyn Store> =
         Arc::new(RedbStore::open(&config.store.path).context("opening the store")?);
-    let max_memory = config
-        .plugins
-        .iter()
-        .map(|plugin| plugin.memory_limit as usize)
-        .max()
-        .unwrap_or(64 << 20);
-    let host = PluginHost::new(max_memory, Some(config.store.path.join("plugin-cache")))
-        .context("starting the plugin host")?;
-    let mut plugins = Vec::new();
-    let mut policies = Vec::new();
-    for configured in config.plugins.iter().filter(|plugin| plugin.enabled) {
-        let plugin = host
-            .load(PluginSettings::from_config(configured))
-            .with_context(|| format!("loading plugin {}", configured.id))?;
-        policies.push(plugin_policy(&plugin, &configured.default_queue));
-        plugins.push(Arc::new(plugin));
-    }
-    crate::sentiment::prepare();
+    let (plugins, policies) = load_plugins(config)?;
     let started = std::time::Instant::now();
     let recovery = store.recover().context("reading the store")?;
     let read = started.elapsed();
@@ -108,8 +92,41 @@ pub fn build(config: &Config) -> anyhow::Result<Service> {
     ))
 }
 
-/// Runs the daemon until `shutdown` is cancelled (SIGTERM/SIGINT in `main`).
+/// The enabled plugins, loaded (compiled components cached under the store's directory), with
+/// the engine's policy for each; the sentiment scorer made ready.
+pub fn load_plugins(
+    config: &Config,
+) -> anyhow::Result<(
+    Vec<Arc<crate::plugin::Plugin>>,
+    Vec<crate::engine::PluginPolicy>,
+)> {
+    let max_memory = config
+        .plugins
+        .iter()
+        .map(|plugin| plugin.memory_limit as usize)
+        .max()
+        .unwrap_or(64 << 20);
+    let host = PluginHost::new(max_memory, Some(config.store.path.join("plugin-cache")))
+        .context("starting the plugin host")?;
+    let mut plugins = Vec::new();
+    let mut policies = Vec::new();
+    for configured in config.plugins.iter().filter(|plugin| plugin.enabled) {
+        let plugin = host
+            .load(PluginSettings::from_config(configured))
+            .with_context(|| format!("loading plugin {}", configured.id))?;
+        policies.push(plugin_policy(&plugin, &configured.default_queue));
+        plugins.push(Arc::new(plugin));
+    }
+    crate::sentiment::prepare();
+    Ok((plugins, policies))
+}
+
+/// Runs the daemon until `shutdown` is cancelled (SIGTERM/SIGINT in `main`): alone on its
+/// embedded store, or as a cluster node with `[cluster]` (`cluster::serve`).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if let Some(cluster) = config.cluster.clone() {
+        return crate::cluster::serve::run(config, cluster, shutdown).await;
+    }
     let authenticator = Authenticator::from_config(&config.auth, &config.teams)
         .context("reading the token verification keys")?;
     let service = Arc::new(tokio::task::block_in_place(|| build(&config))?);
@@ -134,18 +151,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         (Some(_), false) => crate::delivery::dead::DeadLetters::disabled(service.clone()),
     });
     let http_stop = CancellationToken::new();
-    let http = tokio::spawn(admin::serve(
+    let http = serve_admin(
         listener,
-        AdminContext::new(service.clone(), authenticator, &config.server)
-            .with_frontend(
-                config.engine.report_window,
-                config.console.clone(),
-                config.auth.hs256_secret.is_some(),
-            )
-            .with_config_file(config.file.clone())
-            .with_dead_letters(dead_letters.clone()),
-        http_stop.clone(),
-    ));
+        &service,
+        authenticator,
+        &config,
+        dead_letters.clone(),
+        &http_stop,
+    );
     // With a broker, the door publishes what it takes into the inbound exchange (the consumer
     // applies it like any other inbound message) and answers after the broker's confirm.
     let inbound_publisher = config
@@ -153,27 +166,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .is_some()
         .then(|| Arc::new(InboundPublisher::default()));
     let door_stop = CancellationToken::new();
-    let door = match config.server.webhook_listen {
-        Some(address) => {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("listening for webhooks on {address}"))?;
-            let listen = listener.local_addr().unwrap_or(address);
-            tracing::info!(webhook_listen = %listen, "the webhook door is open");
-            Some(tokio::spawn(admin::door::serve(
-                listener,
-                admin::door::DoorContext::new(
-                    service.clone(),
-                    &config.server,
-                    listen,
-                    &config.plugins,
-                )
-                .with_broker(inbound_publisher.clone()),
-                door_stop.clone(),
-            )))
-        }
-        None => None,
-    };
+    let door = open_door(&service, &config, inbound_publisher.clone(), &door_stop).await?;
     let delivery_stop = CancellationToken::new();
     let delivery = if config.delivery.enabled {
         let worker = Arc::new(
@@ -192,29 +185,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let delivering = delivery.is_some();
     // Voice: the ARI events WebSocket of each plugin whose settings name one.
     let ari_stop = CancellationToken::new();
-    let mut ari = Vec::new();
-    for plugin in config.plugins.iter().filter(|plugin| plugin.enabled) {
-        let Some(events) = plugin.ari_events.clone() else {
-            continue;
-        };
-        let client = crate::delivery::http::Client::new(
-            &plugin.allowed_hosts,
-            plugin.allowed_hosts_listed,
-            crate::delivery::http::Timeouts {
-                connect: config.delivery.connect_timeout,
-                total: config.delivery.timeout,
-            },
-        )
-        .map_err(anyhow::Error::msg)?;
-        let connection = crate::ari::AriConnection::new(
-            service.clone(),
-            &plugin.id,
-            events,
-            client,
-            inbound_publisher.clone(),
-        );
-        ari.push(tokio::spawn(connection.run(ari_stop.clone())));
-    }
+    let ari = start_voice(&service, &config, inbound_publisher.clone(), &ari_stop)?;
     let transport = match config.amqp.clone() {
         Some(amqp) => tokio::spawn(run_amqp(
             service.clone(),
@@ -278,6 +249,88 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         anyhow::bail!("a commit failed; restart the daemon to rebuild its state from the store");
     }
     transport_result.context("the transport task failed")?
+}
+
+/// Serves the admin API on `listener` until `stop`.
+pub fn serve_admin(
+    listener: tokio::net::TcpListener,
+    service: &Arc<Service>,
+    authenticator: Authenticator,
+    config: &Config,
+    dead_letters: Arc<crate::delivery::dead::DeadLetters>,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(admin::serve(
+        listener,
+        AdminContext::new(service.clone(), authenticator, &config.server)
+            .with_frontend(
+                config.engine.report_window,
+                config.console.clone(),
+                config.auth.hs256_secret.is_some(),
+            )
+            .with_config_file(config.file.clone())
+            .with_dead_letters(dead_letters),
+        stop.clone(),
+    ))
+}
+
+/// Opens the webhook door when `server.webhook_listen` names an address; with a broker
+/// (`publisher`), the door publishes what it takes into the inbound exchange and answers after
+/// the broker's confirm.
+pub async fn open_door(
+    service: &Arc<Service>,
+    config: &Config,
+    publisher: Option<Arc<InboundPublisher>>,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    let Some(address) = config.server.webhook_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("listening for webhooks on {address}"))?;
+    let listen = listener.local_addr().unwrap_or(address);
+    tracing::info!(webhook_listen = %listen, "the webhook door is open");
+    Ok(Some(tokio::spawn(admin::door::serve(
+        listener,
+        admin::door::DoorContext::new(service.clone(), &config.server, listen, &config.plugins)
+            .with_broker(publisher),
+        stop.clone(),
+    ))))
+}
+
+/// Starts the ARI events WebSocket of each enabled plugin whose settings name one; each runs
+/// until `stop`.
+pub fn start_voice(
+    service: &Arc<Service>,
+    config: &Config,
+    inbound_publisher: Option<Arc<InboundPublisher>>,
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut connections = Vec::new();
+    for plugin in config.plugins.iter().filter(|plugin| plugin.enabled) {
+        let Some(events) = plugin.ari_events.clone() else {
+            continue;
+        };
+        let client = crate::delivery::http::Client::new(
+            &plugin.allowed_hosts,
+            plugin.allowed_hosts_listed,
+            crate::delivery::http::Timeouts {
+                connect: config.delivery.connect_timeout,
+                total: config.delivery.timeout,
+            },
+        )
+        .map_err(anyhow::Error::msg)?;
+        let connection = crate::ari::AriConnection::new(
+            service.clone(),
+            &plugin.id,
+            events,
+            client,
+            inbound_publisher.clone(),
+        );
+        connections.push(tokio::spawn(connection.run(stop.clone())));
+    }
+    Ok(connections)
 }
 
 /// Without a broker: outbound notifications stay in the store's outbox, readable through
@@ -376,21 +429,23 @@ async fn run_amqp(
         if shutdown.is_cancelled() {
             return Ok(());
         }
+        // The claim is held as long as this connection (`_claim` lives to the loop's end).
         let connected = match AmqpTransport::connect(&amqp, "switchboard").await {
             Ok(transport) => match transport.claim_inbound().await {
-                Ok(()) if delivering => {
-                    transport.declare_delivery_queue().await.map(|()| transport)
-                }
-                Ok(()) => Ok(transport),
+                Ok(claim) if delivering => transport
+                    .declare_delivery_queue()
+                    .await
+                    .map(|()| (transport, claim)),
+                Ok(claim) => Ok((transport, claim)),
                 Err(error) => {
                     transport.close().await;
                     Err(error)
                 }
             },
-            other => other,
+            Err(error) => Err(error),
         };
-        let transport = match connected {
-            Ok(transport) => Arc::new(transport),
+        let (transport, _claim) = match connected {
+            Ok((transport, claim)) => (Arc::new(transport), claim),
             Err(crate::transport::TransportError::Taken(why)) => {
                 // Not a broker fault: say why, keep trying (this daemon takes over when the
                 // other one's connection is gone), and stay not ready meanwhile.

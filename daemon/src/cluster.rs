@@ -14,10 +14,36 @@ use std::time::Instant;
 use crate::store::StoreError;
 use crate::store::postgres::{Lease, Leases};
 
+pub mod front;
 pub mod node;
 pub mod read_model;
 pub mod router;
+pub mod serve;
 pub mod worker;
+
+/// The partitions this node serves right now, as `/readyz` and the metrics show them (the
+/// node loop updates it after every round).
+#[derive(Debug, Default)]
+pub struct Ownership {
+    held: std::sync::Mutex<BTreeMap<u32, u64>>,
+}
+
+impl Ownership {
+    /// Each partition held, with the epoch of its lease.
+    pub fn held(&self) -> BTreeMap<u32, u64> {
+        self.held
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
+    fn set(&self, held: BTreeMap<u32, u64>) {
+        *self
+            .held
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = held;
+    }
+}
 
 /// The partitions `me` should own among `live` nodes: partition `p` goes to the
 /// `p mod n`-th live node by id, so that they spread evenly (no node owns more than one

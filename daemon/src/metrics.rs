@@ -15,6 +15,12 @@ use std::time::Duration;
 /// compile (a family nobody defined would record nothing).
 pub mod family {
     pub const BROKER_CONNECTED: &str = "switchboard_broker_connected";
+    pub const CLUSTER_FENCED_WRITES_TOTAL: &str = "switchboard_cluster_fenced_writes_total";
+    pub const CLUSTER_LEASE_ROUNDS_FAILED_TOTAL: &str =
+        "switchboard_cluster_lease_rounds_failed_total";
+    pub const CLUSTER_PARTITION_LAG_SECONDS: &str = "switchboard_cluster_partition_lag_seconds";
+    pub const CLUSTER_PARTITIONS_OWNED: &str = "switchboard_cluster_partitions_owned";
+    pub const CLUSTER_TAKEOVERS_TOTAL: &str = "switchboard_cluster_takeovers_total";
     pub const COMMIT_BATCH_SIZE: &str = "switchboard_commit_batch_size";
     pub const COMMIT_SECONDS: &str = "switchboard_commit_seconds";
     pub const DEAD_LETTERED_TOTAL: &str = "switchboard_dead_lettered_total";
@@ -85,6 +91,36 @@ impl Metrics {
         let mut add = |name, help, labels, kind| {
             families.insert(name, Family { help, labels, kind });
         };
+        add(
+            family::CLUSTER_PARTITIONS_OWNED,
+            "Partitions whose lease this node holds (cluster mode).",
+            &[][..],
+            Kind::Gauge(BTreeMap::new()),
+        );
+        add(
+            family::CLUSTER_TAKEOVERS_TOTAL,
+            "Partitions this node took from another node (an expired or released lease).",
+            &[][..],
+            Kind::Counter(BTreeMap::new()),
+        );
+        add(
+            family::CLUSTER_FENCED_WRITES_TOTAL,
+            "Commits PostgreSQL refused because another node had taken the partition over.",
+            &["partition"][..],
+            Kind::Counter(BTreeMap::new()),
+        );
+        add(
+            family::CLUSTER_LEASE_ROUNDS_FAILED_TOTAL,
+            "Lease rounds that could not reach PostgreSQL.",
+            &[][..],
+            Kind::Counter(BTreeMap::new()),
+        );
+        add(
+            family::CLUSTER_PARTITION_LAG_SECONDS,
+            "How old this node's read model of each partition is (since its last refresh that reached it).",
+            &["partition"][..],
+            Kind::Gauge(BTreeMap::new()),
+        );
         add(
             family::INBOUND_TOTAL,
             "Inbound provider messages by plugin (routing key) and outcome (applied, dead-lettered).",

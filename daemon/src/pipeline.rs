@@ -160,6 +160,12 @@ impl Pipeline {
         &self.engine
     }
 
+    /// Replaces the engine with a read-only view (a cluster node's merged read model): such a
+    /// pipeline is read, never submitted to.
+    pub fn show(&mut self, engine: Engine) {
+        self.engine = engine;
+    }
+
     pub fn hub(&self) -> &Arc<StreamHub> {
         &self.hub
     }

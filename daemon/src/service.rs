@@ -50,6 +50,15 @@ pub enum SubmitError {
     /// The durable commit failed: nothing was applied for good.
     #[error("the store could not commit: {0}")]
     Store(String),
+    /// Cluster mode: the partition's owner did not answer in time (a take-over in progress).
+    /// The command may have been applied: retry with the same `Idempotency-Key`.
+    #[error(
+        "the conversation's partition did not answer in time (its owner may be changing); retry with the same Idempotency-Key"
+    )]
+    Unanswered,
+    /// Cluster mode: the broker did not take the submission to its partitions.
+    #[error("the partitions could not be reached: {0}")]
+    Unavailable(String),
 }
 
 type Job = (Submission, oneshot::Sender<Result<Completion, SubmitError>>);
@@ -85,6 +94,9 @@ pub struct Service {
     /// Cancelled when the daemon cannot go on (a commit failed): `app::run` stops and exits
     /// with an error, so that its supervisor restarts it from the store.
     pub fatal: CancellationToken,
+    /// Cluster mode: submissions go to the partitions' owners instead of the writer, and the
+    /// pipeline's engine is the read model's merged view.
+    front: Option<Arc<crate::cluster::front::Front>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -103,6 +115,24 @@ pub struct Readiness {
     pub store: ComponentStatus,
     pub broker: ComponentStatus,
     pub plugins: Vec<PluginStatus>,
+    /// Cluster mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// A cluster node as `/readyz` shows it: its id, the cluster's partition count, and the
+/// partitions it serves now with their lease epochs.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClusterStatus {
+    pub node_id: String,
+    pub partitions: u32,
+    pub owned: Vec<OwnedPartition>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OwnedPartition {
+    pub partition: u32,
+    pub epoch: u64,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -152,7 +182,28 @@ impl Service {
             last_snapshot_seq: AtomicU64::new(last_seq),
             stopping: CancellationToken::new(),
             fatal: CancellationToken::new(),
+            front: None,
         }
+    }
+
+    /// A cluster node's service: `pipeline` holds the read model's merged view (never
+    /// submitted to), `store` reads every partition, and submissions go through `front`.
+    pub fn clustered(
+        pipeline: Pipeline,
+        store: Arc<dyn Store>,
+        plugins: Vec<Arc<Plugin>>,
+        metrics: Arc<Metrics>,
+        front: Arc<crate::cluster::front::Front>,
+    ) -> Self {
+        Self {
+            front: Some(front),
+            ..Self::new(pipeline, store, plugins, metrics, None, true)
+        }
+    }
+
+    /// Cluster mode: shows `engine` (the read model's newest merged view) to readers.
+    pub async fn show(&self, engine: Engine) {
+        self.pipeline.write().await.show(engine);
     }
 
     /// The feed of committed entries (`None` on the embedded transport without delivery).
@@ -195,6 +246,9 @@ impl Service {
     pub async fn submit(&self, submission: Submission) -> Result<Completion, SubmitError> {
         if self.stopping.is_cancelled() {
             return Err(SubmitError::Stopping);
+        }
+        if let Some(front) = &self.front {
+            return front.submit(submission, now()).await;
         }
         let (answer, answered) = oneshot::channel();
         self.jobs
@@ -372,11 +426,22 @@ impl Service {
                 health: plugin.health(),
             })
             .collect();
+        let cluster = self.front.as_ref().map(|front| ClusterStatus {
+            node_id: front.node_id.clone(),
+            partitions: front.partitions,
+            owned: front
+                .ownership
+                .held()
+                .into_iter()
+                .map(|(partition, epoch)| OwnedPartition { partition, epoch })
+                .collect(),
+        });
         Readiness {
             ready: store.status == "up" && broker.status != "down",
             store,
             broker,
             plugins,
+            cluster,
         }
     }
 

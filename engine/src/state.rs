@@ -66,6 +66,40 @@ pub struct Snapshot {
     answers: Vec<(u128, Answer)>,
 }
 
+impl Snapshot {
+    /// One read-only view of states kept apart (a cluster's partitions, each holding its own
+    /// conversations): conversations side by side (their ids never collide, each partition
+    /// draws from its own residue class), each agent's held units summed over the parts
+    /// (each part counts the conversations it holds), its presence as the first part has it
+    /// (every part receives every presence change). Deduplication windows and stored answers
+    /// belong to the parts that write and are left out; so are the positions, which are
+    /// each part's own (the view's is zero).
+    pub fn merge(parts: impl IntoIterator<Item = Snapshot>) -> Snapshot {
+        let mut merged = Snapshot {
+            last_seq: 0,
+            position: Position::default(),
+            conversations: Vec::new(),
+            agents: Vec::new(),
+            seen: Vec::new(),
+            answers: Vec::new(),
+        };
+        let mut agents: HashMap<AgentId, usize> = HashMap::new();
+        for part in parts {
+            merged.conversations.extend(part.conversations);
+            for agent in part.agents {
+                match agents.get(&agent.id) {
+                    Some(&index) => merged.agents[index].used += agent.used,
+                    None => {
+                        agents.insert(agent.id.clone(), merged.agents.len());
+                        merged.agents.push(agent);
+                    }
+                }
+            }
+        }
+        merged
+    }
+}
+
 impl PartialEq for State {
     fn eq(&self, other: &Self) -> bool {
         self.by_id.len() == other.by_id.len()

@@ -9,18 +9,6 @@ use switchboard_tests::{
     switchboard_binary, temp_dir,
 };
 
-fn amqp_table(names: &switchboard::config::AmqpConfig) -> String {
-    format!(
-        "\n[amqp]\nurl = \"{}\"\ninbound_exchange = \"{}\"\ninbound_queue = \"{}\"\ndead_letter_queue = \"{}\"\noutbound_exchange = \"{}\"\ndelivery_queue = \"{}\"\n",
-        switchboard_tests::amqp_url(),
-        names.inbound_exchange,
-        names.inbound_queue,
-        names.dead_letter_queue,
-        names.outbound_exchange,
-        names.delivery_queue
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_inbound_queue_refuses_to_consume_until_the_first_is_gone() {
     let Some(client) = broker_client().await else {
@@ -34,8 +22,11 @@ async fn a_second_daemon_on_the_same_inbound_queue_refuses_to_consume_until_the_
                 let dir = temp_dir(name);
                 let port = free_port();
                 let file = dir.join("switchboard.toml");
-                std::fs::write(&file, shipped_config_text(&dir, port) + &amqp_table(&names))
-                    .unwrap();
+                std::fs::write(
+                    &file,
+                    shipped_config_text(&dir, port) + &switchboard_tests::amqp_table(&names),
+                )
+                .unwrap();
                 (file, port)
             };
             let (first_config, first_port) = config("ownership-first");

@@ -500,6 +500,26 @@ pub struct ReadinessReport {
     pub store: ComponentState,
     pub broker: ComponentState,
     pub plugins: Vec<PluginHealth>,
+    /// Cluster mode only: this node and the partitions it serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterNode>,
+}
+
+/// A cluster node as `/readyz` shows it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ClusterNode {
+    pub node_id: String,
+    /// The cluster's partition count.
+    pub partitions: u32,
+    /// The partitions this node serves now, each with its lease's epoch.
+    pub owned: Vec<OwnedPartition>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct OwnedPartition {
+    pub partition: u32,
+    /// Grows on every take-over of the partition.
+    pub epoch: u64,
 }
 
 // ---- request bodies ----------------------------------------------------------------------

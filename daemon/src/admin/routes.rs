@@ -106,6 +106,18 @@ pub(super) async fn readyz(State(context): State<Shared>) -> Response {
                 health: plugin.health.as_str().to_owned(),
             })
             .collect(),
+        cluster: readiness.cluster.map(|cluster| api::ClusterNode {
+            node_id: cluster.node_id,
+            partitions: cluster.partitions,
+            owned: cluster
+                .owned
+                .into_iter()
+                .map(|owned| api::OwnedPartition {
+                    partition: owned.partition,
+                    epoch: owned.epoch,
+                })
+                .collect(),
+        }),
     };
     let status = if report.ready {
         StatusCode::OK
@@ -327,6 +339,8 @@ fn submit_failed(error: SubmitError) -> Problem {
         SubmitError::Busy => Problem::unavailable("busy", error.to_string(), 1),
         SubmitError::Stopping => Problem::unavailable("stopping", error.to_string(), 5),
         SubmitError::Store(_) => Problem::internal(&error),
+        SubmitError::Unanswered => Problem::unavailable("unanswered", error.to_string(), 1),
+        SubmitError::Unavailable(_) => Problem::unavailable("unavailable", error.to_string(), 2),
     }
 }
 

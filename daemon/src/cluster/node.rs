@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::worker::{Ended, PartitionContext, WorkerError, serve_partition};
 use super::{Change, Keeper};
+use crate::metrics::family;
 use crate::store::StoreError;
 use crate::store::postgres::Lease;
 
@@ -42,6 +43,11 @@ pub async fn run_node(
                 for change in changes {
                     match change {
                         Change::Acquired(lease) => {
+                            if lease.epoch > 1 {
+                                context
+                                    .metrics
+                                    .count(family::CLUSTER_TAKEOVERS_TOTAL, &[], 1);
+                            }
                             workers.insert(lease.partition, start(lease, &context));
                         }
                         Change::Lost { partition } => {
@@ -59,8 +65,24 @@ pub async fn run_node(
             }
             // PostgreSQL unreachable: the workers keep to their leases (their commits fail
             // meanwhile) and the next round tries again.
-            Err(error) => tracing::warn!(%error, "a lease round failed; trying again"),
+            Err(error) => {
+                context
+                    .metrics
+                    .count(family::CLUSTER_LEASE_ROUNDS_FAILED_TOTAL, &[], 1);
+                tracing::warn!(%error, "a lease round failed; trying again");
+            }
         }
+        context.ownership.set(
+            keeper
+                .held()
+                .map(|lease| (lease.partition, lease.epoch))
+                .collect(),
+        );
+        context.metrics.set_gauge(
+            family::CLUSTER_PARTITIONS_OWNED,
+            &[],
+            keeper.held().count() as i64,
+        );
         // A worker that ended with an error while its lease is held starts again.
         let held: Vec<Lease> = keeper.held().copied().collect();
         for lease in held {
@@ -82,6 +104,10 @@ pub async fn run_node(
         }
     }
     stop_all(&mut workers).await;
+    context.ownership.set(Default::default());
+    context
+        .metrics
+        .set_gauge(family::CLUSTER_PARTITIONS_OWNED, &[], 0);
     tokio::task::block_in_place(|| keeper.leave())
 }
 

@@ -15,6 +15,8 @@ use crate::store::postgres::{Database, PostgresStore};
 #[derive(Debug)]
 pub struct ReadModel {
     partitions: Vec<Follower>,
+    /// The roster and policies, without a partition: the setup of the merged view.
+    setup: Setup,
 }
 
 #[derive(Debug)]
@@ -43,11 +45,19 @@ impl ReadModel {
                 })
             })
             .collect::<Result<_, StoreError>>()?;
-        Ok(Self { partitions })
+        Ok(Self {
+            partitions,
+            setup: Setup {
+                partitioning: None,
+                ..setup.clone()
+            },
+        })
     }
 
-    /// Applies what every partition committed since the last refresh.
-    pub fn refresh(&self) -> Result<(), StoreError> {
+    /// Applies what every partition committed since the last refresh; whether anything
+    /// changed.
+    pub fn refresh(&self) -> Result<bool, StoreError> {
+        let mut changed = false;
         for follower in &self.partitions {
             let seq = lock(&follower.engine).state().last_seq();
             let (snapshot, records) = follower.store.records_after(seq)?;
@@ -55,11 +65,45 @@ impl ReadModel {
             match snapshot {
                 Some(snapshot) => {
                     *engine = Engine::restore(follower.setup.clone(), Some(snapshot), &records);
+                    changed = true;
                 }
-                None => engine.follow(&records),
+                None if records.is_empty() => {}
+                None => {
+                    engine.follow(&records);
+                    changed = true;
+                }
             }
         }
-        Ok(())
+        Ok(changed)
+    }
+
+    /// Every partition as one read-only engine, for reads that the single daemon's engine
+    /// answers (the report, a conversation's actions and targets, agents with their load
+    /// across partitions, queues): built afresh from the followers' states
+    /// (`Snapshot::merge`), in time proportional to the conversations held.
+    pub fn view(&self) -> Engine {
+        let parts: Vec<_> = self
+            .partitions
+            .iter()
+            .map(|follower| lock(&follower.engine).state().snapshot())
+            .collect();
+        Engine::restore(
+            self.setup.clone(),
+            Some(crate::engine::Snapshot::merge(parts)),
+            &[],
+        )
+    }
+
+    /// The store of `partition`, read-only.
+    pub fn partition_store(&self, partition: u32) -> Option<&PostgresStore> {
+        self.partitions
+            .get(partition as usize)
+            .map(|follower| &follower.store)
+    }
+
+    /// How many partitions there are.
+    pub fn partitions(&self) -> u32 {
+        self.partitions.len() as u32
     }
 
     /// The ongoing conversations `actor` may see across every partition, in the filter's order.

@@ -15,8 +15,11 @@ use crate::engine::{ChannelEvent, Command, Millis, Partitioning, Refusal, Reply}
 use crate::metrics::Metrics;
 use crate::pipeline::{DecodeError, decode};
 use crate::plugin::Plugin;
+use crate::transport::amqp::AmqpTransport;
 use crate::transport::amqp::partition::{Partitions, Requests};
 use crate::transport::{InboundMessage, TransportError};
+use futures_util::FutureExt as _;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
@@ -66,6 +69,14 @@ impl Router {
         message: &InboundMessage,
         now: Millis,
     ) -> Result<Vec<u32>, RouteError> {
+        let sent = self.send(message, now).await?;
+        Ok(sent.confirmed().await?)
+    }
+
+    /// Decodes `message` and publishes its events to their partitions without waiting for
+    /// the broker's confirms: a consumer sends a whole batch in order (one channel keeps it),
+    /// then waits for every confirm at once.
+    pub async fn send(&self, message: &InboundMessage, now: Millis) -> Result<Sent, RouteError> {
         let events = tokio::task::block_in_place(|| {
             decode(
                 &self.plugins,
@@ -75,26 +86,52 @@ impl Router {
                 now,
             )
         })?;
-        let inputs = split(events, self.partitions);
         // The input's id names the message and the partition: a partition's queue then holds
         // a redelivered message's input under the same id.
         let base = message.message_id.as_deref().unwrap_or("inbound");
-        let mut confirms = Vec::with_capacity(inputs.len());
-        for (partition, events) in &inputs {
-            let body = serde_json::to_vec(&PartitionInput::Events {
-                events: events.clone(),
-            })
-            .map_err(|error| TransportError::Rejected(error.to_string()))?;
-            confirms.push(
+        Ok(self.send_events(events, base).await?)
+    }
+
+    /// Publishes canonical events the node made itself (delivery receipts, voice events
+    /// already decoded) to their partitions, each input named `<base>@<partition>`.
+    pub async fn send_events(
+        &self,
+        events: Vec<ChannelEvent>,
+        base: &str,
+    ) -> Result<Sent, TransportError> {
+        let inputs = split(events, self.partitions);
+        let mut sent = Sent {
+            partitions: Vec::with_capacity(inputs.len()),
+            confirms: Vec::with_capacity(inputs.len()),
+        };
+        for (partition, events) in inputs {
+            let body = serde_json::to_vec(&PartitionInput::Events { events })
+                .map_err(|error| TransportError::Rejected(error.to_string()))?;
+            sent.confirms.push(
                 self.queues
-                    .route(*partition, &format!("{base}@{partition}"), &body)
+                    .route(partition, &format!("{base}@{partition}"), &body)
                     .await?,
             );
+            sent.partitions.push(partition);
         }
-        for confirm in confirms {
+        Ok(sent)
+    }
+}
+
+/// Inputs published to their partitions, not yet confirmed.
+#[derive(Debug)]
+pub struct Sent {
+    partitions: Vec<u32>,
+    confirms: Vec<crate::transport::amqp::Confirm>,
+}
+
+impl Sent {
+    /// Waits for the broker's confirms; returns the partitions that received an input.
+    pub async fn confirmed(self) -> Result<Vec<u32>, TransportError> {
+        for confirm in self.confirms {
             confirm.await?;
         }
-        Ok(inputs.into_keys().collect())
+        Ok(self.partitions)
     }
 }
 
@@ -150,6 +187,78 @@ impl Router {
             first.get_or_insert(answer);
         }
         Ok(first.map_or(Answered::Unanswered, Answered::Reply))
+    }
+}
+
+/// Consumes the inbound queue until `stop`: each batch (the deliveries already buffered, up
+/// to `prefetch`) is decoded and published to the partitions in order, the broker's confirms
+/// awaited, what cannot be decoded dead-lettered with its reason, and then the batch
+/// acknowledged. One node at a time does this (the owner of partition 0, see
+/// `worker::serve_partition`): two consumers taking turns on one queue would let a
+/// conversation's later message reach its partition before an earlier one.
+pub async fn consume_inbound(
+    router: &Router,
+    transport: &AmqpTransport,
+    prefetch: u16,
+    stop: &CancellationToken,
+) -> Result<(), TransportError> {
+    let mut deliveries = transport.consume("switchboard-cluster").await?;
+    tracing::info!("decoding the inbound queue for the cluster");
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            next = deliveries.next() => match next {
+                Some(delivery) => delivery?,
+                None => return Err(TransportError::Broker("the broker ended the consumer".to_owned())),
+            },
+        };
+        let mut batch: Vec<InboundMessage> = vec![first];
+        while batch.len() < usize::from(prefetch) {
+            match deliveries.next().now_or_never() {
+                Some(Some(delivery)) => batch.push(delivery?),
+                _ => break,
+            }
+        }
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for message in &batch {
+            match router.send(message, crate::clock::now()).await {
+                Ok(sent) => outcomes.push(Ok(sent)),
+                Err(RouteError::Decode(error)) => outcomes.push(Err(error)),
+                // Nothing of the batch is acknowledged: the broker redelivers it, and the
+                // partitions take a repeated input as a duplicate.
+                Err(RouteError::Transport(error)) => return Err(error),
+            }
+        }
+        for (message, outcome) in batch.iter().zip(outcomes) {
+            match outcome {
+                Ok(sent) => {
+                    sent.confirmed().await?;
+                    router.metrics.count(
+                        crate::metrics::family::INBOUND_TOTAL,
+                        &[&message.routing_key, "routed"],
+                        1,
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(routing_key = %message.routing_key, code = %error.code(), detail = %crate::telemetry::content(&error.to_string()), "dead-lettering a message");
+                    transport
+                        .dead_letter(message, error.code(), &error.to_string())
+                        .await?;
+                    router.metrics.count(
+                        crate::metrics::family::INBOUND_TOTAL,
+                        &[&message.routing_key, "dead-lettered"],
+                        1,
+                    );
+                }
+            }
+        }
+        if let Some(last) = batch.last().and_then(|message| message.ack.as_ref())
+            && !last.ack_through().await?
+        {
+            return Err(TransportError::Broker(
+                "acknowledgement lost with the channel; messages will be redelivered".to_owned(),
+            ));
+        }
     }
 }
 

@@ -249,6 +249,8 @@ async fn a_taken_over_partition_is_applied_once_by_its_next_owner() {
         partitions: 2,
         // Small, so that the take-over below happens across snapshots.
         snapshot_every: 4,
+        ownership: Default::default(),
+        inbound: None,
     };
     let mut from = 0;
     let events: Vec<_> = (0..20).map(|_| opening_in(1, 2, &mut from)).collect();
@@ -448,6 +450,8 @@ async fn nodes_that_join_and_leave_share_the_partitions_without_losing_an_input(
             partitions: PARTITIONS,
 
             snapshot_every: crate::service::SNAPSHOT_EVERY,
+            ownership: Default::default(),
+            inbound: None,
         };
     let start = |node: &'static str, queues, transport| {
         let leases = Leases::new(&schema.database, node, Duration::from_secs(30));
@@ -615,6 +619,8 @@ async fn routed_messages_are_applied_once_in_their_partitions() {
             partitions: PARTITIONS,
 
             snapshot_every: crate::service::SNAPSHOT_EVERY,
+            ownership: Default::default(),
+            inbound: None,
         },
         Duration::from_millis(200),
         shutdown.clone(),
@@ -777,6 +783,8 @@ async fn a_node_waits_out_a_postgresql_restart_and_loses_nothing() {
             partitions: PARTITIONS,
 
             snapshot_every: crate::service::SNAPSHOT_EVERY,
+            ownership: Default::default(),
+            inbound: None,
         },
         Duration::from_millis(200),
         shutdown.clone(),

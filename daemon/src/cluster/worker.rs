@@ -28,6 +28,8 @@ use crate::transport::amqp::partition::{PartitionMessage, Partitions};
 const BATCH: usize = 64;
 /// Unacknowledged inputs the broker may hand the owner at once.
 const PREFETCH: u16 = 256;
+/// How often the owner's clock ticks, as the single daemon's.
+const TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a partition stopped being served without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,8 @@ pub enum WorkerError {
     Closed,
     #[error("the partition's outbox publisher stopped (the broker failed or stopped confirming)")]
     Publisher,
+    #[error("decoding the inbound queue stopped (the broker failed)")]
+    Decoding,
 }
 
 /// What serving a partition needs besides its lease.
@@ -65,7 +69,23 @@ pub struct PartitionContext {
     pub partitions: u32,
     /// Records between two snapshots of a partition (at least; see `service::snapshot_due`).
     pub snapshot_every: u64,
+    /// What this node serves, for `/readyz`.
+    pub ownership: Arc<super::Ownership>,
+    /// The inbound queue's decoding, which the owner of partition 0 does for the cluster
+    /// (`None`: the inbound queue is left alone, as in tests of the partitions alone).
+    pub inbound: Option<InboundDuty>,
 }
+
+/// What decoding the inbound queue needs: the router, the broker connection, the prefetch.
+#[derive(Debug, Clone)]
+pub struct InboundDuty {
+    pub router: super::router::Router,
+    pub transport: Arc<AmqpTransport>,
+    pub prefetch: u16,
+}
+
+/// The partition whose owner decodes the inbound queue.
+pub const DECODING_PARTITION: u32 = 0;
 
 /// Serves `lease`'s partition until `stop` is cancelled, a commit is fenced, or an error.
 /// Runs on a multi-threaded runtime (commits block their thread).
@@ -118,6 +138,29 @@ pub async fn serve_partition(
         last: snapshot_seq,
         writing: None,
     };
+    // The owner of the decoding partition also decodes the inbound queue, for exactly as
+    // long as it serves the partition: it stops before the lease is handed over.
+    let decoding_stop = stop.child_token();
+    let decoding = context
+        .inbound
+        .clone()
+        .filter(|_| partition == DECODING_PARTITION)
+        .map(|duty| {
+            let stop = decoding_stop.clone();
+            tokio::spawn(async move {
+                let ended = super::router::consume_inbound(
+                    &duty.router,
+                    &duty.transport,
+                    duty.prefetch,
+                    &stop,
+                )
+                .await;
+                if let Err(error) = &ended {
+                    tracing::warn!(%error, "decoding the inbound queue stopped");
+                }
+                ended
+            })
+        });
     let ended = apply(
         partition,
         lease.epoch,
@@ -125,9 +168,16 @@ pub async fn serve_partition(
         &mut pipeline,
         &mut snapshots,
         &stop,
-        publisher.as_ref(),
+        Companions {
+            publisher: publisher.as_ref(),
+            decoding: decoding.as_ref(),
+        },
     )
     .await;
+    decoding_stop.cancel();
+    if let Some(decoding) = decoding {
+        let _ = decoding.await;
+    }
     // What was committed is published before the partition is let go (or, should the broker
     // be away, by the next owner, which reads the outbox from PostgreSQL first).
     publishing.cancel();
@@ -145,22 +195,39 @@ async fn apply(
     pipeline: &mut Pipeline,
     snapshots: &mut Snapshots,
     stop: &CancellationToken,
-    publisher: Option<&tokio::task::JoinHandle<outbox::PublishEnd>>,
+    companions: Companions<'_>,
 ) -> Result<Ended, WorkerError> {
     let mut consumer = context
         .queues
         .consume(partition, &format!("partition-{partition}"), PREFETCH)
         .await?;
     tracing::info!(partition, epoch, "serving a partition");
+    // The owner runs the partition's clock (inactivity timeouts, wrap-up capacity, eviction),
+    // committed under its lease like any input.
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if publisher.is_some_and(|publisher| publisher.is_finished()) {
+        if let Some(failed) = companions.failed() {
             consumer.stop().await;
-            return Err(WorkerError::Publisher);
+            return Err(failed);
         }
         let first = tokio::select! {
             () = stop.cancelled() => {
                 consumer.stop().await;
                 return Ok(Ended::Stopped);
+            }
+            _ = ticker.tick() => {
+                match tokio::task::block_in_place(|| pipeline.tick(now())) {
+                    Ok(()) => snapshots.after_commit(pipeline),
+                    Err(StoreError::Fenced { current, .. }) => {
+                        return fenced(context, partition, epoch, current, consumer).await;
+                    }
+                    Err(error) => {
+                        consumer.stop().await;
+                        return Err(error.into());
+                    }
+                }
+                continue;
             }
             next = consumer.next() => next,
         };
@@ -196,14 +263,7 @@ async fn apply(
                 snapshots.after_commit(pipeline);
             }
             Err(StoreError::Fenced { current, .. }) => {
-                tracing::warn!(
-                    partition,
-                    epoch,
-                    current,
-                    "partition taken over: stopped serving it"
-                );
-                consumer.stop().await;
-                return Ok(Ended::Fenced);
+                return fenced(context, partition, epoch, current, consumer).await;
             }
             Err(error) => {
                 consumer.stop().await;
@@ -211,6 +271,51 @@ async fn apply(
             }
         }
     }
+}
+
+/// The tasks a worker runs beside its apply loop; when one ends, the worker ends with an
+/// error and the node starts it (and them) again.
+struct Companions<'a> {
+    /// Publishes the partition's outbox.
+    publisher: Option<&'a tokio::task::JoinHandle<outbox::PublishEnd>>,
+    /// Decodes the inbound queue (the decoding partition only).
+    decoding: Option<&'a tokio::task::JoinHandle<Result<(), TransportError>>>,
+}
+
+impl Companions<'_> {
+    fn failed(&self) -> Option<WorkerError> {
+        if self.publisher.is_some_and(|task| task.is_finished()) {
+            return Some(WorkerError::Publisher);
+        }
+        if self.decoding.is_some_and(|task| task.is_finished()) {
+            return Some(WorkerError::Decoding);
+        }
+        None
+    }
+}
+
+/// A commit was refused: another node took the partition over. Stops consuming without
+/// acknowledging what was not committed (its next owner receives it).
+async fn fenced(
+    context: &PartitionContext,
+    partition: u32,
+    epoch: u64,
+    current: u64,
+    consumer: crate::transport::amqp::partition::PartitionConsumer,
+) -> Result<Ended, WorkerError> {
+    context.metrics.count(
+        crate::metrics::family::CLUSTER_FENCED_WRITES_TOTAL,
+        &[&partition.to_string()],
+        1,
+    );
+    tracing::warn!(
+        partition,
+        epoch,
+        current,
+        "partition taken over: stopped serving it"
+    );
+    consumer.stop().await;
+    Ok(Ended::Fenced)
 }
 
 /// A partition's snapshots, written beside its commits as the single daemon writes its own

@@ -31,6 +31,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `None`: the embedded transport.
     pub amqp: Option<AmqpConfig>,
+    /// `None`: one daemon on its embedded store.
+    pub cluster: Option<ClusterConfig>,
     pub auth: AuthConfig,
     pub engine: EngineConfig,
     pub delivery: DeliveryConfig,
@@ -80,6 +82,16 @@ pub struct ServerConfig {
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     pub path: PathBuf,
+}
+
+/// `[cluster]` with `store.postgres_url` (README, "Run several daemons").
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub node_id: String,
+    pub partitions: u32,
+    pub lease: Duration,
+    pub postgres_url: Secret,
+    pub postgres_schema: String,
 }
 
 #[derive(Clone, Debug)]
@@ -412,6 +424,7 @@ struct Sections {
     server: raw::Server,
     store: raw::Store,
     amqp: raw::Amqp,
+    cluster: raw::Cluster,
     auth: raw::Auth,
     engine: raw::Engine,
     delivery: raw::Delivery,
@@ -428,6 +441,7 @@ const SECTIONS: &[&str] = &[
     "server",
     "store",
     "amqp",
+    "cluster",
     "auth",
     "engine",
     "delivery",
@@ -449,6 +463,9 @@ impl Sections {
                 "server" => sections.server = sink.section(value, "server").unwrap_or_default(),
                 "store" => sections.store = sink.section(value, "store").unwrap_or_default(),
                 "amqp" => sections.amqp = sink.section(value, "amqp").unwrap_or_default(),
+                "cluster" => {
+                    sections.cluster = sink.section(value, "cluster").unwrap_or_default();
+                }
                 "auth" => sections.auth = sink.section(value, "auth").unwrap_or_default(),
                 "engine" => sections.engine = sink.section(value, "engine").unwrap_or_default(),
                 "delivery" => {

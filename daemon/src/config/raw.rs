@@ -68,11 +68,36 @@ pub(crate) struct Console {
     pub attention_sentiment: Option<f32>,
 }
 
-/// `[store]`: the embedded durable store.
+/// `[store]`: where the state is kept.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Store {
-    /// Directory of the store, relative to the working directory. Default `./data`.
+    /// Directory of the embedded store, relative to the working directory. Default `./data`.
+    /// Not used in cluster mode.
     pub path: Option<String>,
+    /// PostgreSQL, for cluster mode (required with `[cluster]`, refused without it), e.g.
+    /// `postgresql://switchboard@db.internal:5432/switchboard`. A password belongs in
+    /// `{ env = "VAR" }` or `{ file = "path" }`. TLS (`sslmode=require`) is not supported:
+    /// reach PostgreSQL over a trusted network or a local TLS proxy.
+    pub postgres_url: Option<Spanned<String>>,
+    /// The PostgreSQL schema the cluster's tables live in (created if missing). Default
+    /// `switchboard`; clusters sharing one database need one each.
+    pub postgres_schema: Option<Spanned<String>>,
+}
+
+/// `[cluster]`: several daemons sharing one RabbitMQ and one PostgreSQL. Without this section
+/// the daemon runs alone on its embedded store.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Cluster {
+    /// This daemon's name in the cluster, unique among its nodes (letters, digits, `.`, `_`,
+    /// `-`; up to 64). Required.
+    pub node_id: Option<Spanned<String>>,
+    /// Partitions the conversations are divided into, fixed when the cluster is created (every
+    /// node checks it). More partitions than nodes lets the work spread as nodes join. Default
+    /// 16, at most 1024.
+    pub partitions: Option<Spanned<u32>>,
+    /// How long a partition's lease lasts without renewal: a dead node's partitions are taken
+    /// over after it. Renewed every third of it. Default `10s`, at least `3s`.
+    pub lease: Option<Spanned<String>>,
 }
 
 /// `[amqp]`: RabbitMQ. Without `url` the daemon runs on its embedded transport.

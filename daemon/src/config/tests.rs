@@ -42,6 +42,17 @@ fn summary(config: &Config) -> String {
             );
         }
     }
+    if let Some(cluster) = &config.cluster {
+        let _ = writeln!(
+            out,
+            "cluster = node {} of {} partitions, lease {:?}, postgres {} schema {}",
+            cluster.node_id,
+            cluster.partitions,
+            cluster.lease,
+            cluster.postgres_url,
+            cluster.postgres_schema
+        );
+    }
     let _ = writeln!(
         out,
         "auth = {} / {} / hs256 {:?}",

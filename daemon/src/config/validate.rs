@@ -9,8 +9,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::{
-    AmqpConfig, AriEvents, AuthConfig, Config, ConsoleConfig, DeliveryConfig, EngineConfig,
-    OAuthConfig, PluginConfig, Problems, Secret, Sections, ServerConfig, StoreConfig,
+    AmqpConfig, AriEvents, AuthConfig, ClusterConfig, Config, ConsoleConfig, DeliveryConfig,
+    EngineConfig, OAuthConfig, PluginConfig, Problems, Secret, Sections, ServerConfig, StoreConfig,
     SupervisorConfig, millis, raw,
 };
 use crate::engine::{
@@ -31,8 +31,10 @@ const DEFAULT_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
 const DEFAULT_TIME_LIMIT: Duration = Duration::from_millis(100);
 const DEFAULT_AGENT_CAPACITY: u32 = 3;
 
-pub(super) fn validate(sink: &mut Problems<'_>, sections: Sections) -> Option<Config> {
+pub(super) fn validate(sink: &mut Problems<'_>, mut sections: Sections) -> Option<Config> {
     let server = server(sink, sections.server);
+    let amqp = amqp(sink, sections.amqp);
+    let cluster = cluster(sink, sections.cluster, &mut sections.store, amqp.is_some());
     let store = StoreConfig {
         path: sections
             .store
@@ -40,7 +42,6 @@ pub(super) fn validate(sink: &mut Problems<'_>, sections: Sections) -> Option<Co
             .unwrap_or_else(|| "./data".to_owned())
             .into(),
     };
-    let amqp = amqp(sink, sections.amqp);
     let file = sink.file.clone();
     let auth = auth(sink, sections.auth, &file);
     let engine = engine(sink, sections.engine);
@@ -67,6 +68,7 @@ pub(super) fn validate(sink: &mut Problems<'_>, sections: Sections) -> Option<Co
         server: server?,
         store,
         amqp,
+        cluster,
         auth: auth?,
         engine,
         policies,
@@ -201,6 +203,137 @@ fn amqp(sink: &mut Problems<'_>, raw: raw::Amqp) -> Option<AmqpConfig> {
             .unwrap_or_else(|| "switchboard.delivery".to_owned()),
         prefetch,
         delivery_limit,
+    })
+}
+
+/// Cluster mode: `[cluster]` with `store.postgres_url` and `[amqp] url`; `store.postgres_url`
+/// without `[cluster]` is refused too (it would be silently ignored).
+fn cluster(
+    sink: &mut Problems<'_>,
+    raw: raw::Cluster,
+    store: &mut raw::Store,
+    broker: bool,
+) -> Option<ClusterConfig> {
+    let url = store.postgres_url.take();
+    let schema = store.postgres_schema.take();
+    let configured = raw.node_id.is_some() || raw.partitions.is_some() || raw.lease.is_some();
+    if !configured {
+        for key in [url.as_ref(), schema.as_ref()].into_iter().flatten() {
+            sink.at_spanned(
+                key,
+                "`store.postgres_url` and `store.postgres_schema` are for cluster mode: add a \
+                 `[cluster]` section with `node_id`, or remove them"
+                    .to_owned(),
+            );
+        }
+        return None;
+    }
+    let node_id = match raw.node_id {
+        Some(id) => {
+            let text = id.get_ref();
+            let valid = !text.is_empty()
+                && text.len() <= 64
+                && text
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte));
+            if valid {
+                Some(id.into_inner())
+            } else {
+                sink.at_spanned(
+                    &id,
+                    format!(
+                        "`cluster.node_id` must be 1 to 64 letters, digits, `.`, `_` or `-`, not {text:?}"
+                    ),
+                );
+                None
+            }
+        }
+        None => required::<String>(sink, None, "cluster.node_id"),
+    };
+    let partitions = match raw.partitions {
+        Some(count) if !(1..=1024).contains(count.get_ref()) => {
+            sink.at_spanned(
+                &count,
+                format!(
+                    "`cluster.partitions` must be between 1 and 1024, not {}",
+                    count.get_ref()
+                ),
+            );
+            None
+        }
+        Some(count) => Some(count.into_inner()),
+        None => Some(16),
+    };
+    let lease = match duration(sink, raw.lease.as_ref(), "cluster.lease") {
+        Some(lease) if lease < Duration::from_secs(3) => {
+            if let Some(raw) = &raw.lease {
+                sink.at_spanned(
+                    raw,
+                    "`cluster.lease` must be at least 3s (renewed every third of it)".to_owned(),
+                );
+            }
+            None
+        }
+        Some(lease) => Some(lease),
+        None if raw.lease.is_some() => None,
+        None => Some(Duration::from_secs(10)),
+    };
+    let postgres_url = match url {
+        Some(url) => {
+            let text = url.get_ref();
+            if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+                Some(Secret::new(url.into_inner()))
+            } else {
+                // Never echo the URL: it may carry a password.
+                sink.at_spanned(
+                    &url,
+                    "`store.postgres_url` must start with postgresql:// or postgres://".to_owned(),
+                );
+                None
+            }
+        }
+        None => {
+            sink.whole(
+                "cluster mode needs `store.postgres_url` (the nodes' shared state)".to_owned(),
+            );
+            None
+        }
+    };
+    let postgres_schema = match schema {
+        Some(schema) => {
+            let text = schema.get_ref();
+            let valid = !text.is_empty()
+                && text.len() <= 63
+                && text.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && text
+                    .bytes()
+                    .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_');
+            if !valid {
+                sink.at_spanned(
+                    &schema,
+                    format!(
+                        "`store.postgres_schema` must be a lowercase identifier (letters, digits, `_`), not {text:?}"
+                    ),
+                );
+                None
+            } else {
+                Some(schema.into_inner())
+            }
+        }
+        None => Some("switchboard".to_owned()),
+    };
+    if !broker {
+        sink.whole(
+            "cluster mode needs `[amqp] url`: the nodes share their work through RabbitMQ"
+                .to_owned(),
+        );
+    }
+    Some(ClusterConfig {
+        node_id: node_id?,
+        partitions: partitions?,
+        lease: lease?,
+        postgres_url: postgres_url?,
+        postgres_schema: postgres_schema?,
     })
 }
 

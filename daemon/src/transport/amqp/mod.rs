@@ -61,6 +61,24 @@ fn is_locked(error: &lapin::Error) -> bool {
     )
 }
 
+/// A daemon's mark on the inbound queue (see [`AmqpTransport::claim_inbound`]).
+#[derive(Debug)]
+pub struct Mark {
+    /// Held, not used: the mark lives as long as its consumer (dropping a consumer cancels
+    /// it, and the broker deletes the queue with its last consumer).
+    _channel: Channel,
+    _consumer: lapin::Consumer,
+}
+
+/// How a mark's queue is declared (the same by every daemon: a declaration with other
+/// properties would be refused).
+fn mark_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
 fn broker(error: lapin::Error) -> TransportError {
     TransportError::Broker(error.to_string())
 }
@@ -190,8 +208,11 @@ impl AmqpTransport {
     /// `<inbound_queue>.owner`, which the broker keeps only while this connection lives. A
     /// second daemon on the same broker and queue (one process owns every conversation: two
     /// would each see half of their events) finds it locked and must not consume; it takes
-    /// the queue over once the owner's connection is gone.
-    pub async fn claim_inbound(&self) -> Result<(), TransportError> {
+    /// the queue over once the owner's connection is gone. Cluster nodes are told apart by
+    /// marks (see [`AmqpTransport::join_inbound_cluster`]): this daemon holds
+    /// `<inbound_queue>.single` and refuses to consume while cluster nodes hold theirs. The
+    /// claim and the mark last as long as the returned value (or the connection).
+    pub async fn claim_inbound(&self) -> Result<Mark, TransportError> {
         let claim = self.connection.create_channel().await.map_err(broker)?;
         let owner = format!("{}.owner", self.names.inbound_queue);
         let declared = claim
@@ -206,13 +227,99 @@ impl AmqpTransport {
             )
             .await;
         match declared {
-            Ok(_) => Ok(()),
-            Err(error) if is_locked(&error) => Err(TransportError::Taken(format!(
-                "another Switchboard daemon consumes {} on this broker (it holds {owner}); without cluster mode one daemon owns every conversation, so this one does not consume: stop the other, give this one its own amqp.inbound_queue, or run both in cluster mode",
-                self.names.inbound_queue
-            ))),
-            Err(error) => Err(broker(error)),
+            Ok(_) => {}
+            Err(error) if is_locked(&error) => {
+                return Err(TransportError::Taken(format!(
+                    "another Switchboard daemon consumes {} on this broker (it holds {owner}); without cluster mode one daemon owns every conversation, so this one does not consume: stop the other, give this one its own amqp.inbound_queue, or run both in cluster mode",
+                    self.names.inbound_queue
+                )));
+            }
+            Err(error) => return Err(broker(error)),
         }
+        let mark = self.hold_mark(&self.mark_name("single")).await?;
+        if self.marked(&self.mark_name("cluster")).await? {
+            let _ = claim
+                .close(200, "cluster nodes consume this queue".into())
+                .await;
+            return Err(TransportError::Taken(format!(
+                "daemons in cluster mode consume {} on this broker (they hold {}); a daemon without cluster mode would split conversations with them, so this one does not consume: add this daemon's `[cluster]` section, or give it its own amqp.inbound_queue",
+                self.names.inbound_queue,
+                self.mark_name("cluster")
+            )));
+        }
+        Ok(mark)
+    }
+
+    /// Cluster mode's side of [`AmqpTransport::claim_inbound`]: every node holds the mark
+    /// `<inbound_queue>.cluster`, then checks that no daemon without cluster mode holds
+    /// `<inbound_queue>.single`. Each side holds its mark before it looks for the other's, so
+    /// that of two daemons starting together at least one sees the other.
+    pub async fn join_inbound_cluster(&self) -> Result<Mark, TransportError> {
+        let mark = self.hold_mark(&self.mark_name("cluster")).await?;
+        if self.marked(&self.mark_name("single")).await? {
+            return Err(TransportError::Taken(format!(
+                "a daemon without cluster mode consumes {} on this broker (it holds {}); cluster nodes would split conversations with it, so this one does not consume: stop it, or give it `[cluster]` too",
+                self.names.inbound_queue,
+                self.mark_name("single")
+            )));
+        }
+        Ok(mark)
+    }
+
+    fn mark_name(&self, kind: &str) -> String {
+        format!("{}.{kind}", self.names.inbound_queue)
+    }
+
+    /// Holds a mark: a consumer on the auto-delete queue `name` (the broker deletes it with
+    /// its last consumer, so a mark never outlives the daemons that hold it).
+    async fn hold_mark(&self, name: &str) -> Result<Mark, TransportError> {
+        let channel = self.connection.create_channel().await.map_err(broker)?;
+        channel
+            .queue_declare(name.into(), mark_queue(), FieldTable::default())
+            .await
+            .map_err(broker)?;
+        let consumer = channel
+            .basic_consume(
+                name.into(),
+                "mark".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker)?;
+        Ok(Mark {
+            _channel: channel,
+            _consumer: consumer,
+        })
+    }
+
+    /// Whether another daemon holds the mark `name`: its queue has a consumer. Declaring it to
+    /// look creates it when missing (a passive declaration would fail the channel with an
+    /// error the broker client logs); one that nobody holds is deleted again.
+    async fn marked(&self, name: &str) -> Result<bool, TransportError> {
+        let channel = self.connection.create_channel().await.map_err(broker)?;
+        let queue = channel
+            .queue_declare(name.into(), mark_queue(), FieldTable::default())
+            .await
+            .map_err(broker)?;
+        if queue.consumer_count() > 0 {
+            let _ = channel.close(200, "looked".into()).await;
+            return Ok(true);
+        }
+        // Refused only when a holder arrived since: then it is marked.
+        let deleted = channel
+            .queue_delete(
+                name.into(),
+                QueueDeleteOptions {
+                    if_unused: true,
+                    ..QueueDeleteOptions::default()
+                },
+            )
+            .await;
+        if deleted.is_ok() {
+            let _ = channel.close(200, "looked".into()).await;
+        }
+        Ok(deleted.is_err())
     }
 
     /// Declares the delivery worker's queue, bound to `channel.#` (with `[delivery] enabled`,

@@ -64,6 +64,11 @@ impl Partitions {
         Ok(partitions)
     }
 
+    /// Whether the connection is up.
+    pub fn connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
     /// The queue of `partition`.
     pub fn queue(&self, partition: u32) -> String {
         format!("{}.{partition}", self.queue_prefix)
