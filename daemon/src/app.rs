@@ -143,6 +143,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         service.clone(),
         service.attendance().clone(),
         config.engine.monitor_lease,
+        None,
         ticks_stop.clone(),
     ));
     let dead_letters = Arc::new(match (&config.amqp, config.delivery.enabled) {

@@ -87,6 +87,16 @@ impl Attendance {
         }
     }
 
+    /// The users with a stream open, or heard from within `lease` before `now`.
+    pub fn present(&self, lease: Duration, now: Millis) -> Vec<String> {
+        let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        self.lock()
+            .iter()
+            .filter(|(_, seen)| seen.streams > 0 || seen.last.plus(lease) > now)
+            .map(|(user, _)| user.to_string())
+            .collect()
+    }
+
     /// Whether `user` has been gone (no stream open, no request) for `lease` at `now`.
     pub fn lapsed(&self, user: &str, lease: Duration, now: Millis) -> bool {
         let seen = self.lock().get(user).copied().unwrap_or_default();
@@ -104,12 +114,22 @@ fn daemon_actor() -> Actor {
     }
 }
 
+/// A cluster node's part in the monitor lease: the users it hears from are recorded for every
+/// node to see, and only the node that decodes (the owner of partition 0) ends seats, of
+/// supervisors that no node heard from.
+#[derive(Debug)]
+pub struct ClusterAttendance {
+    pub shared: crate::store::postgres::SharedAttendance,
+    pub ownership: Arc<crate::cluster::Ownership>,
+}
+
 /// Ends the seats of supervisors gone for `lease`, checking a few times per lease, until
 /// `stop`.
 pub async fn keep_leases(
     service: Arc<Service>,
     attendance: Arc<Attendance>,
     lease: Duration,
+    cluster: Option<ClusterAttendance>,
     stop: CancellationToken,
 ) {
     let every = (lease / 4).clamp(Duration::from_millis(200), Duration::from_secs(15));
@@ -119,6 +139,29 @@ pub async fn keep_leases(
             () = tokio::time::sleep(every) => {}
         }
         let now = crate::clock::now();
+        // In a cluster: who is here goes to the others; who is anywhere comes back.
+        let elsewhere: std::collections::HashSet<String> = match &cluster {
+            None => Default::default(),
+            Some(cluster) => {
+                let here = attendance.present(lease, now);
+                let shared = tokio::task::block_in_place(|| {
+                    cluster.shared.record(&here)?;
+                    cluster.shared.present(lease)
+                });
+                let sweeper = cluster
+                    .ownership
+                    .held()
+                    .contains_key(&crate::cluster::worker::DECODING_PARTITION);
+                match shared {
+                    Ok(present) if sweeper => present,
+                    Ok(_) => continue,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot share who is here; no seats end until it can");
+                        continue;
+                    }
+                }
+            }
+        };
         let holders: Vec<UserId> = service
             .read(|engine| {
                 let mut holders: Vec<UserId> = engine
@@ -133,7 +176,9 @@ pub async fn keep_leases(
             })
             .await;
         for supervisor in holders {
-            if !attendance.lapsed(supervisor.as_str(), lease, now) {
+            if !attendance.lapsed(supervisor.as_str(), lease, now)
+                || elsewhere.contains(supervisor.as_str())
+            {
                 continue;
             }
             let command = Command {

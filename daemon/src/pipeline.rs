@@ -75,6 +75,8 @@ pub enum Submission {
     /// Events the daemon itself observed (the delivery worker's receipts), applied as a
     /// plugin's decoded events are.
     Events(Vec<ChannelEvent>),
+    /// A cluster partition's news of the units each agent holds in the other partitions.
+    LoadsElsewhere(Vec<(crate::engine::AgentId, u32)>),
 }
 
 /// The committed result of a [`Submission`], in the same order.
@@ -161,9 +163,22 @@ impl Pipeline {
     }
 
     /// Replaces the engine with a read-only view (a cluster node's merged read model): such a
-    /// pipeline is read, never submitted to.
-    pub fn show(&mut self, engine: Engine) {
+    /// pipeline is read, never submitted to. `followed` are the records the view took since
+    /// the last one, from every partition: their stream events go to the hub as a single
+    /// daemon's commits' do, under this node's own ids (`ids`), summaries as of the view.
+    pub fn show(&mut self, engine: Engine, followed: &[Record], ids: &mut crate::stream::RunIds) {
         self.engine = engine;
+        let mut events = Vec::new();
+        for record in followed {
+            self.stream_events(record);
+            let position = ids.advance(record.position.silent > 0);
+            for mut event in self.stream.drain(..) {
+                event.id.position = position;
+                events.push(event);
+            }
+        }
+        self.engine.stand_at(ids.current());
+        self.hub.publish(events);
     }
 
     pub fn hub(&self) -> &Arc<StreamHub> {
@@ -194,6 +209,12 @@ impl Pipeline {
                 }
                 Submission::Events(events) => {
                     Completion::Inbound(self.apply_all(events, now, &mut batch))
+                }
+                Submission::LoadsElsewhere(loads) => {
+                    self.engine
+                        .apply(Input::LoadsElsewhere(loads), now, &mut self.outcome);
+                    self.collect(now, &mut batch);
+                    Completion::Command(Ok(Reply::default()))
                 }
             });
         }

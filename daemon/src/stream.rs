@@ -22,10 +22,11 @@ use crate::engine::{
 /// Written `public.silent.index`. Clients treat it as opaque: ids are not consecutive for any
 /// one client, and the silent counter never moves for an agent (it only grows on records an
 /// agent cannot see, and its events are not for agents), so an agent's ids are the same
-/// whether or not a supervisor monitored silently. The text leaves room for a cluster, whose
-/// ids will carry one position per partition (`partition:public.silent.index`, comma
-/// separated); one daemon's ids are those of partition `0`, which `parse` also accepts
-/// written with the `0:` prefix.
+/// whether or not a supervisor monitored silently. A cluster node's ids are its own count of
+/// the records it followed, marked with its run ([`RunIds`]). The text leaves room for ids
+/// that carry one position per partition (`partition:public.silent.index`, comma separated);
+/// one daemon's ids are those of partition `0`, which `parse` also accepts written with the
+/// `0:` prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamId {
     pub position: Position,
@@ -111,6 +112,40 @@ impl StreamId {
                 index: u32::MAX,
             },
         }
+    }
+}
+
+/// A cluster node's stream ids: its run in the high 32 bits of `public`, then the records it
+/// followed, counted as a single daemon counts its own (a public record moves `public`, a
+/// silent one `silent`), so that ids keep the single daemon's order and meaning within a run.
+#[derive(Clone, Copy, Debug)]
+pub struct RunIds {
+    next: Position,
+}
+
+impl RunIds {
+    pub fn new(run: u32) -> Self {
+        Self {
+            next: Position {
+                public: u64::from(run) << 32,
+                silent: 0,
+            },
+        }
+    }
+
+    /// The position of the last record followed (before the first: the run's start).
+    pub fn current(&self) -> Position {
+        self.next
+    }
+
+    /// The position this run gives the next followed record.
+    pub fn advance(&mut self, silent: bool) -> Position {
+        self.next = self.next.next(silent);
+        self.next
+    }
+
+    fn is_of(run: u32, id: StreamId) -> bool {
+        id.position.public >> 32 == u64::from(run)
     }
 }
 
@@ -262,6 +297,8 @@ pub struct StreamHub {
     sender: broadcast::Sender<Arc<StreamEvent>>,
     recent: Mutex<Window>,
     window: usize,
+    /// A cluster node's run (see [`StreamHub::for_run`]); `None` on a single daemon.
+    run: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -287,6 +324,18 @@ impl StreamHub {
                 },
             }),
             window: window.max(1),
+            run: None,
+        }
+    }
+
+    /// A cluster node's hub. A node numbers the events it follows from every partition in its
+    /// own order, so its ids carry its `run` in the high half of `public` (see
+    /// [`RunIds`]): an id from another node, or from an earlier run of this one, cannot be
+    /// placed in this order, and a client resuming from one gets `gap` (it reloads).
+    pub fn for_run(window: usize, run: u32) -> Self {
+        Self {
+            run: Some(run),
+            ..Self::new(window, RunIds::new(run).current())
         }
     }
 
@@ -356,7 +405,8 @@ impl StreamHub {
                 live,
             };
         };
-        let gap = after < recent.floor;
+        let foreign = self.run.is_some_and(|run| !RunIds::is_of(run, after));
+        let gap = foreign || after < recent.floor;
         let replay = recent
             .events
             .iter()

@@ -82,6 +82,7 @@ fn setup() -> Setup {
             presence: Presence::Available,
             capacity: 1_000,
             used: 0,
+            elsewhere: 0,
             queues: vec![queues[a % queues.len()].id.clone()],
             teams: Vec::new(),
             bot: false,

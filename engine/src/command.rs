@@ -587,7 +587,7 @@ impl Step<'_> {
                 presence: agent.presence,
             });
         }
-        let exceeded_by = (agent.used + units).saturating_sub(agent.capacity);
+        let exceeded_by = (agent.held() + units).saturating_sub(agent.capacity);
         if exceeded_by > 0 {
             if !override_capacity {
                 return Err(Refusal::new(
@@ -685,7 +685,7 @@ impl Step<'_> {
             ));
         }
         let units = self.engine.policy(conversation.channel).capacity_units;
-        let exceeded_by = (agent.used + units).saturating_sub(agent.capacity);
+        let exceeded_by = (agent.held() + units).saturating_sub(agent.capacity);
         let active = conversation.state == ConversationState::Active;
         let channel = Self::channel_audience(conversation);
         let queue = conversation.queue.clone();

@@ -702,14 +702,23 @@ pub struct Agent {
     pub capacity: u32,
     /// Units held by conversations right now.
     pub used: u32,
+    /// Units held by conversations that other engines hold (a cluster's other partitions), as
+    /// last told ([`crate::Input::LoadsElsewhere`]); 0 for a single engine.
+    #[serde(default)]
+    pub elsewhere: u32,
     pub queues: Vec<QueueId>,
     pub teams: Vec<TeamId>,
     pub bot: bool,
 }
 
 impl Agent {
+    /// Units held, here and elsewhere.
+    pub fn held(&self) -> u32 {
+        self.used + self.elsewhere
+    }
+
     pub fn free(&self) -> u32 {
-        self.capacity.saturating_sub(self.used)
+        self.capacity.saturating_sub(self.held())
     }
 }
 

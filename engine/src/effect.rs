@@ -157,6 +157,11 @@ pub enum Change {
         agent: AgentId,
         presence: Presence,
     },
+    /// The units an agent holds in a cluster's other partitions.
+    LoadElsewhere {
+        agent: AgentId,
+        units: u32,
+    },
     /// A closed conversation left the engine (it stays in the store).
     Evicted {
         id: ConversationId,
@@ -196,7 +201,10 @@ impl Change {
             | Self::CapacityReleased { id }
             | Self::Activity { id, .. }
             | Self::Evicted { id } => Some(*id),
-            Self::PresenceChanged { .. } | Self::Seen { .. } | Self::Answered { .. } => None,
+            Self::PresenceChanged { .. }
+            | Self::LoadElsewhere { .. }
+            | Self::Seen { .. }
+            | Self::Answered { .. } => None,
         }
     }
 }

@@ -19,6 +19,9 @@ pub enum Input {
     /// Time passed: inactivity timeouts, wrap-up capacity release, eviction of closed
     /// conversations. The time itself comes with every input.
     Tick,
+    /// In a cluster: the units each agent holds in the other partitions, so that this
+    /// partition's capacity checks count them (agents not listed hold none elsewhere).
+    LoadsElsewhere(Vec<(AgentId, u32)>),
 }
 
 /// A canonical event, as a plugin decodes it from provider traffic or a routing platform

@@ -137,6 +137,13 @@ impl Engine {
         &self.state
     }
 
+    /// Places a read-only view (a merge of several engines' states, which has no log of its
+    /// own) at `position`, the position its reader gives the records it has seen: a read of
+    /// the view then names where a stream resumes from.
+    pub fn stand_at(&mut self, position: Position) {
+        self.state.position = position;
+    }
+
     pub fn setup(&self) -> &Setup {
         &self.setup
     }
@@ -170,6 +177,10 @@ impl Engine {
             Input::Command(command) => step.command(command),
             Input::Tick => {
                 step.tick();
+                step.out.reply = Some(Ok(Reply::default()));
+            }
+            Input::LoadsElsewhere(loads) => {
+                step.loads_elsewhere(loads);
                 step.out.reply = Some(Ok(Reply::default()));
             }
         }
@@ -269,6 +280,24 @@ impl Engine {
 }
 
 impl Step<'_> {
+    /// Records each agent's units elsewhere that changed (agents not listed: none).
+    fn loads_elsewhere(&mut self, loads: Vec<(AgentId, u32)>) {
+        let told: Map<AgentId, u32> = loads.into_iter().collect();
+        let changed: Vec<(AgentId, u32)> = self
+            .engine
+            .state
+            .agents
+            .values()
+            .filter_map(|agent| {
+                let units = told.get(&agent.id).copied().unwrap_or(0);
+                (agent.elsewhere != units).then(|| (agent.id.clone(), units))
+            })
+            .collect();
+        for (agent, units) in changed {
+            self.change(Change::LoadElsewhere { agent, units });
+        }
+    }
+
     /// Records a change and applies it at once, so that later rules of the same input see it.
     fn change(&mut self, change: Change) {
         if let Target::Live(engine) = &mut self.engine {

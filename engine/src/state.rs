@@ -91,7 +91,11 @@ impl Snapshot {
                     Some(&index) => merged.agents[index].used += agent.used,
                     None => {
                         agents.insert(agent.id.clone(), merged.agents.len());
-                        merged.agents.push(agent);
+                        // The sum of every part's own units is the whole load.
+                        merged.agents.push(Agent {
+                            elsewhere: 0,
+                            ..agent
+                        });
                     }
                 }
             }
@@ -169,6 +173,7 @@ impl State {
             if let Some(current) = self.agents.get_mut(&agent.id) {
                 current.presence = agent.presence;
                 current.used = agent.used;
+                current.elsewhere = agent.elsewhere;
             }
         }
         for conversation in snapshot.conversations {
@@ -493,6 +498,11 @@ impl State {
             Change::PresenceChanged { agent, presence } => {
                 if let Some(agent) = self.agents.get_mut(agent) {
                     agent.presence = *presence;
+                }
+            }
+            Change::LoadElsewhere { agent, units } => {
+                if let Some(agent) = self.agents.get_mut(agent) {
+                    agent.elsewhere = *units;
                 }
             }
             Change::Evicted { id } => {

@@ -22,6 +22,7 @@ pub fn demo_setup() -> Setup {
         presence,
         capacity,
         used: 0,
+        elsewhere: 0,
         queues: queues.iter().map(|queue| QueueId::from(*queue)).collect(),
         teams: Vec::new(),
         bot,

@@ -176,6 +176,23 @@ impl Node {
     }
 }
 
+/// `curl -N` on a node's `GET /v1/stream` for `seconds`, into `file`.
+fn stream_from(node: &Node, token: &str, after: Option<&str>, seconds: u32, file: &Path) -> Child {
+    let mut command = Command::new("curl");
+    command
+        .args(["-sN", "-m", &seconds.to_string()])
+        .arg(format!("http://127.0.0.1:{}/v1/stream", node.port))
+        .args(["-H", &format!("Authorization: Bearer {token}")]);
+    if let Some(after) = after {
+        command.args(["-H", &format!("Last-Event-ID: {after}")]);
+    }
+    command
+        .stdout(std::fs::File::create(file).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn conversations() -> usize {
     std::env::var("SWITCHBOARD_CLUSTER_CONVERSATIONS")
         .ok()
@@ -305,6 +322,9 @@ async fn three_nodes_lose_nothing_and_apply_nothing_twice_across_kill_9_and_sigs
         .confirm_select(lapin::options::ConfirmSelectOptions::default())
         .await
         .unwrap();
+    // A supervisor's live stream on node-0, for the first seconds of the run.
+    let stream_file = dir.join("stream.txt");
+    let mut stream = stream_from(&nodes[0], &token, None, 8, &stream_file);
     let total = conversations();
     let started = Instant::now();
     let mut closes: Vec<(usize, String)> = Vec::new();
@@ -366,6 +386,43 @@ async fn three_nodes_lose_nothing_and_apply_nothing_twice_across_kill_9_and_sigs
         }
     }
     nodes[2].start();
+    // The stream carried what the partitions committed, summaries and timeline lines; resumed
+    // on the same node it goes on from the last id, and on another node it says `gap` (ids
+    // are each node's own: the client reloads the report).
+    stream.wait().unwrap();
+    let seen = std::fs::read_to_string(&stream_file).unwrap();
+    let count = |text: &str, kind: &str| {
+        text.lines()
+            .filter(|line| *line == format!("event: {kind}"))
+            .count()
+    };
+    assert!(
+        count(&seen, "conversation") > 0 && count(&seen, "timeline") > 0,
+        "{seen}"
+    );
+    assert_eq!(count(&seen, "gap"), 0, "{seen}");
+    let last = seen
+        .lines()
+        .filter_map(|line| line.strip_prefix("id: "))
+        .next_back()
+        .unwrap()
+        .to_owned();
+    let resumed_file = dir.join("resumed.txt");
+    stream_from(&nodes[0], &token, Some(&last), 2, &resumed_file)
+        .wait()
+        .unwrap();
+    let resumed = std::fs::read_to_string(&resumed_file).unwrap();
+    assert_eq!(count(&resumed, "gap"), 0, "{resumed}");
+    assert!(
+        !resumed.contains(&format!("id: {last}\n")),
+        "the last event seen came again: {resumed}"
+    );
+    let elsewhere_file = dir.join("elsewhere.txt");
+    stream_from(&nodes[1], &token, Some(&last), 2, &elsewhere_file)
+        .wait()
+        .unwrap();
+    let elsewhere = std::fs::read_to_string(&elsewhere_file).unwrap();
+    assert_eq!(count(&elsewhere, "gap"), 1, "{elsewhere}");
     eprintln!("published {} events in {:?}", total * 3, started.elapsed());
 
     // A node paused past its lease: the others take its partitions over; resumed, it finds

@@ -90,6 +90,10 @@ impl Front {
                     Err(SubmitError::Unavailable(error.to_string()))
                 }
             },
+            // A node sends these to the partitions itself (`cluster::serve`).
+            Submission::LoadsElsewhere(_) => Err(SubmitError::Unavailable(
+                "agents' loads are not submitted on a cluster node".to_owned(),
+            )),
             Submission::Events(events) => {
                 let count = events.len();
                 let base = events

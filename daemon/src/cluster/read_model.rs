@@ -4,10 +4,11 @@
 //! eventually consistent, by design (a read never waits for another node), while commands are
 //! answered by the owner after its commit.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::engine::report::{ConversationSummary, ReportFilter};
-use crate::engine::{Actor, ConversationId, Engine, Millis, Partitioning, Setup};
+use crate::engine::{Actor, AgentId, ConversationId, Engine, Millis, Partitioning, Record, Setup};
 use crate::store::StoreError;
 use crate::store::postgres::{Database, PostgresStore};
 
@@ -54,10 +55,12 @@ impl ReadModel {
         })
     }
 
-    /// Applies what every partition committed since the last refresh; whether anything
-    /// changed.
-    pub fn refresh(&self) -> Result<bool, StoreError> {
+    /// Applies what every partition committed since the last refresh; returns those records
+    /// (partition by partition), or `None` when nothing changed. A follower restarted from a
+    /// snapshot returns only the records after it.
+    pub fn refresh(&self) -> Result<Option<Vec<Record>>, StoreError> {
         let mut changed = false;
+        let mut followed = Vec::new();
         for follower in &self.partitions {
             let seq = lock(&follower.engine).state().last_seq();
             let (snapshot, records) = follower.store.records_after(seq)?;
@@ -73,8 +76,9 @@ impl ReadModel {
                     changed = true;
                 }
             }
+            followed.extend(records);
         }
-        Ok(changed)
+        Ok(changed.then_some(followed))
     }
 
     /// Every partition as one read-only engine, for reads that the single daemon's engine
@@ -92,6 +96,24 @@ impl ReadModel {
             Some(crate::engine::Snapshot::merge(parts)),
             &[],
         )
+    }
+
+    /// For each partition, the units each agent holds in the other partitions (those with
+    /// none left out), as the followers see them now.
+    pub fn loads_elsewhere(&self) -> Vec<Vec<(AgentId, u32)>> {
+        let own: Vec<BTreeMap<AgentId, u32>> = self
+            .partitions
+            .iter()
+            .map(|follower| {
+                lock(&follower.engine)
+                    .state()
+                    .agents()
+                    .filter(|agent| agent.used > 0)
+                    .map(|agent| (agent.id.clone(), agent.used))
+                    .collect()
+            })
+            .collect();
+        elsewhere(&own)
     }
 
     /// The store of `partition`, read-only.
@@ -129,6 +151,26 @@ impl ReadModel {
             Partitioning::of_conversation(self.partitions.len() as u32, parsed) as usize;
         lock(&self.partitions[partition].engine).find(actor, id, now)
     }
+}
+
+/// From each partition's own units per agent, each partition's units elsewhere: the total
+/// over every partition less its own.
+pub fn elsewhere(own: &[BTreeMap<AgentId, u32>]) -> Vec<Vec<(AgentId, u32)>> {
+    let mut total: BTreeMap<&AgentId, u32> = BTreeMap::new();
+    for units in own.iter().flat_map(|partition| partition.iter()) {
+        *total.entry(units.0).or_default() += units.1;
+    }
+    own.iter()
+        .map(|partition| {
+            total
+                .iter()
+                .filter_map(|(agent, total)| {
+                    let units = total - partition.get(*agent).copied().unwrap_or(0);
+                    (units > 0).then(|| ((*agent).clone(), units))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -118,6 +118,23 @@ impl Router {
     }
 }
 
+impl Router {
+    /// Tells `partition` the units each agent holds in the other partitions, once the broker
+    /// confirmed it.
+    pub async fn send_loads(
+        &self,
+        partition: u32,
+        loads: Vec<(crate::engine::AgentId, u32)>,
+    ) -> Result<(), TransportError> {
+        let body = serde_json::to_vec(&PartitionInput::Loads { loads })
+            .map_err(|error| TransportError::Rejected(error.to_string()))?;
+        self.queues
+            .route(partition, &format!("loads@{partition}"), &body)
+            .await?
+            .await
+    }
+}
+
 /// Inputs published to their partitions, not yet confirmed.
 #[derive(Debug)]
 pub struct Sent {

@@ -27,12 +27,13 @@ use super::worker::{InboundDuty, PartitionContext};
 use super::{Keeper, Ownership};
 use crate::admin::Authenticator;
 use crate::config::{ClusterConfig, Config};
+use crate::engine::Engine;
 use crate::metrics::{Metrics, family};
 use crate::pipeline::Pipeline;
 use crate::service::{SNAPSHOT_EVERY, Service};
 use crate::store::Store;
 use crate::store::postgres::{Database, Leases};
-use crate::stream::{STREAM_WINDOW, StreamHub};
+use crate::stream::{RunIds, STREAM_WINDOW, StreamHub};
 use crate::transport::TransportError;
 use crate::transport::amqp::partition::Partitions;
 use crate::transport::amqp::{AmqpTransport, InboundPublisher};
@@ -145,10 +146,13 @@ pub async fn run(
     ));
     let store: Arc<dyn Store> = Arc::new(FrontStore::new(&database, cluster.partitions));
     let view = tokio::task::block_in_place(|| read_model.view());
-    let hub = Arc::new(StreamHub::new(STREAM_WINDOW, Default::default()));
-    let pipeline = Pipeline::new(view, plugins.clone(), store.clone())
+    let run = stream_run(&cluster.node_id);
+    let hub = Arc::new(StreamHub::for_run(STREAM_WINDOW, run));
+    let mut ids = RunIds::new(run);
+    let mut pipeline = Pipeline::new(Engine::new(setup.clone()), plugins.clone(), store.clone())
         .with_observers(hub, metrics.clone())
         .with_payload_limit(config.server.body_limit);
+    pipeline.show(view, &[], &mut ids);
     let service = Arc::new(Service::clustered(
         pipeline,
         store,
@@ -160,7 +164,12 @@ pub async fn run(
     let refresh = tokio::spawn(keep_fresh(
         service.clone(),
         read_model,
-        cluster.partitions,
+        Balance {
+            router: router.clone(),
+            ownership: ownership.clone(),
+            sent: Vec::new(),
+        },
+        ids,
         refresh_stop.clone(),
     ));
 
@@ -217,6 +226,10 @@ pub async fn run(
         service.clone(),
         service.attendance().clone(),
         config.engine.monitor_lease,
+        Some(crate::attendance::ClusterAttendance {
+            shared: crate::store::postgres::SharedAttendance::new(&database, &cluster.node_id),
+            ownership: ownership.clone(),
+        }),
         seats_stop.clone(),
     ));
     service.set_broker_up(true);
@@ -275,6 +288,66 @@ pub async fn run(
     }
 }
 
+/// Agent capacity across partitions: each partition's engine checks an agent's capacity
+/// against the units it holds itself plus the units the agent holds in the other partitions,
+/// as the node that decodes (the owner of partition 0) last told it from its read model. A
+/// partition's check is linearizable within the partition; across partitions it is as fresh
+/// as that news (a refresh, a fraction of a second): two assignments of one agent in two
+/// partitions within that time can both pass, and the agent is then over capacity by those.
+struct Balance {
+    router: Router,
+    ownership: Arc<Ownership>,
+    /// What each partition was last told (by this node, while it decodes).
+    sent: Vec<Option<Vec<(crate::engine::AgentId, u32)>>>,
+}
+
+impl Balance {
+    async fn tell(&mut self, read_model: &ReadModel) {
+        if !self
+            .ownership
+            .held()
+            .contains_key(&super::worker::DECODING_PARTITION)
+        {
+            // Another node tells them; should this one become the teller, it starts afresh.
+            self.sent.clear();
+            return;
+        }
+        let loads = read_model.loads_elsewhere();
+        self.sent.resize(loads.len(), None);
+        for (partition, loads) in loads.into_iter().enumerate() {
+            if self.sent[partition].as_ref() == Some(&loads) {
+                continue;
+            }
+            match self
+                .router
+                .send_loads(partition as u32, loads.clone())
+                .await
+            {
+                Ok(()) => self.sent[partition] = Some(loads),
+                Err(error) => {
+                    tracing::warn!(partition, %error, "could not tell a partition its agents' loads elsewhere; trying again");
+                }
+            }
+        }
+    }
+}
+
+/// This run's mark in its stream ids: different for every node and every start (the clock
+/// and the process, hashed with the node id), so that an id another node or an earlier run
+/// issued is recognized as foreign.
+fn stream_run(node_id: &str) -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write(node_id.as_bytes());
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos()),
+    );
+    hasher.finish() as u32
+}
+
 /// The broker URL with an AMQP heartbeat of a quarter of the lease (at least a second),
 /// unless it names one: a node paused past its lease is then dropped by the broker — and with
 /// it its place as the partition queues' single active consumer — at about half the lease,
@@ -294,9 +367,11 @@ fn with_heartbeat(url: &crate::config::Secret, lease: Duration) -> crate::config
 async fn keep_fresh(
     service: Arc<Service>,
     read_model: Arc<ReadModel>,
-    partitions: u32,
+    mut balance: Balance,
+    mut ids: RunIds,
     stop: CancellationToken,
 ) {
+    let partitions = read_model.partitions();
     let mut ticker = tokio::time::interval(REFRESH);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fresh_at = std::time::Instant::now();
@@ -307,15 +382,18 @@ async fn keep_fresh(
         }
         let model = read_model.clone();
         let refreshed = tokio::task::spawn_blocking(move || {
-            model.refresh().map(|changed| changed.then(|| model.view()))
+            model
+                .refresh()
+                .map(|followed| followed.map(|records| (model.view(), records)))
         })
         .await;
         match refreshed {
             Ok(Ok(view)) => {
                 fresh_at = std::time::Instant::now();
-                if let Some(view) = view {
-                    service.show(view).await;
+                if let Some((view, followed)) = view {
+                    service.show(view, &followed, &mut ids).await;
                 }
+                balance.tell(&read_model).await;
             }
             Ok(Err(error)) => tracing::warn!(%error, "the read model could not refresh"),
             Err(error) => tracing::warn!(%error, "the read model's refresh failed"),

@@ -888,12 +888,61 @@ fn the_read_model_follows_every_partition_across_snapshots() {
         .unwrap();
     ids.extend(open(&mut owners, 1, 1));
     assert_eq!(seen(&model).len(), 5, "not refreshed yet");
-    model.refresh().unwrap();
+    let followed = model.refresh().unwrap().expect("something changed");
     let mut expected = ids.clone();
     expected.sort();
     assert_eq!(seen(&model), expected);
+    // What was followed comes with its timeline entries (the stream carries them): partition
+    // 1's last record as its owner made it; partition 0's records after its snapshot.
+    let (_, harness, _) = &owners[1];
+    let last = harness.records.last().unwrap();
+    assert!(!last.timeline.is_empty());
+    assert!(followed.iter().any(|record| record.seq == last.seq
+        && record.timeline == last.timeline
+        && record.changes == last.changes));
+    assert!(model.refresh().unwrap().is_none(), "nothing new");
+    // The merged view holds every conversation, and an agent's load over both partitions.
+    let view = model.view();
+    let held = |engine: &crate::engine::Engine| {
+        engine
+            .state()
+            .agents()
+            .find(|agent| agent.id.as_str() == "a-1")
+            .map(|agent| agent.used)
+            .unwrap()
+    };
+    assert_eq!(
+        held(&view),
+        held(&owners[0].1.engine) + held(&owners[1].1.engine)
+    );
+    assert!(held(&owners[1].1.engine) > 0);
+    for id in &ids {
+        assert!(view.state().conversation(*id).is_some());
+    }
     for id in &ids {
         let found = model.find(&supervisor, &id.to_string(), now);
         assert_eq!(found.map(|row| row.id), Some(*id));
     }
+}
+
+#[test]
+fn each_partition_learns_the_units_its_agents_hold_in_the_others() {
+    use crate::cluster::read_model::elsewhere;
+    use crate::engine::AgentId;
+    let own = |pairs: &[(&str, u32)]| -> std::collections::BTreeMap<AgentId, u32> {
+        pairs
+            .iter()
+            .map(|(agent, units)| ((*agent).into(), *units))
+            .collect()
+    };
+    let told = elsewhere(&[own(&[("a-1", 1), ("a-2", 2)]), own(&[("a-1", 2)]), own(&[])]);
+    let of = |pairs: &[(&str, u32)]| -> Vec<(AgentId, u32)> {
+        pairs
+            .iter()
+            .map(|(agent, units)| ((*agent).into(), *units))
+            .collect()
+    };
+    assert_eq!(told[0], of(&[("a-1", 2)]));
+    assert_eq!(told[1], of(&[("a-1", 1), ("a-2", 2)]));
+    assert_eq!(told[2], of(&[("a-1", 3), ("a-2", 2)]));
 }

@@ -364,6 +364,10 @@ pub enum PartitionInput {
     Events { events: Vec<ChannelEvent> },
     /// A supervisor's or gateway's command, answered to its `reply_to` after the commit.
     Command { command: Command },
+    /// The units each agent holds in the other partitions (see `cluster::serve`).
+    Loads {
+        loads: Vec<(crate::engine::AgentId, u32)>,
+    },
 }
 
 /// A partition input as the pipeline takes it. The router wrote it, so one that does not
@@ -373,6 +377,7 @@ fn submission(message: &PartitionMessage) -> Option<Submission> {
     match serde_json::from_slice::<PartitionInput>(&message.body) {
         Ok(PartitionInput::Events { events }) => Some(Submission::Events(events)),
         Ok(PartitionInput::Command { command }) => Some(Submission::Command(command)),
+        Ok(PartitionInput::Loads { loads }) => Some(Submission::LoadsElsewhere(loads)),
         Err(error) => {
             tracing::error!(message_id = ?message.message_id, %error, "a partition input that does not decode; skipped");
             None

@@ -712,6 +712,7 @@ fn agents(
             presence,
             capacity: agent.capacity.unwrap_or(DEFAULT_AGENT_CAPACITY),
             used: 0,
+            elsewhere: 0,
             queues: agent
                 .queues
                 .iter()

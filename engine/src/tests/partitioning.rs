@@ -50,3 +50,68 @@ fn an_engine_serving_a_partition_opens_conversations_in_it() {
     assert_eq!(Partitioning::of_conversation(7, placed), 6);
     assert!(placed.key() < 1 << 80);
 }
+
+/// Agent capacity across partitions: units an agent holds in other partitions count against
+/// its capacity here (assignment refuses, the queue's available agents drop it), the news is
+/// recorded (it survives replay and a snapshot), and an agent left out of the news holds none
+/// elsewhere any more.
+#[test]
+fn units_held_in_other_partitions_count_against_an_agents_capacity() {
+    let mut h = Harness::new();
+    let sup = supervisor("sup-1", &["support"]);
+    let id = h.open("web-chat");
+    // a-1 has 2 units; another partition holds both.
+    let told = h.input(Input::LoadsElsewhere(vec![("a-1".into(), 2)]));
+    assert_eq!(told.changes.len(), 1);
+    assert_eq!(h.agent("a-1").used, 0);
+    assert_eq!(h.agent("a-1").free(), 0);
+    let assign = Action::Assign {
+        conversation: id,
+        target: AssignTarget::Agent("a-1".into()),
+        override_presence: false,
+        override_capacity: false,
+    };
+    let refusal = h
+        .command(&sup, assign.clone())
+        .refused(Code::CapacityExceeded)
+        .clone();
+    assert!(refusal.detail.contains("0 of 2"), "{}", refusal.detail);
+    // The same news again changes nothing.
+    assert!(
+        h.input(Input::LoadsElsewhere(vec![("a-1".into(), 2)]))
+            .changes
+            .is_empty()
+    );
+    h.assert_replays();
+    let restored = Engine::restore(
+        h.engine.setup().clone(),
+        Some(h.engine.state().snapshot()),
+        &[],
+    );
+    let agent = |engine: &Engine| {
+        engine
+            .state()
+            .agents()
+            .find(|agent| agent.id.as_str() == "a-1")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(agent(&restored).elsewhere, 2);
+    // The other partition released them: the assignment goes through.
+    h.input(Input::LoadsElsewhere(Vec::new()));
+    assert_eq!(h.agent("a-1").elsewhere, 0);
+    h.command(&sup, assign).ok();
+    assert_eq!(h.agent("a-1").used, 1);
+    // A merged view counts each partition's own units once.
+    let merged = Engine::restore(
+        h.engine.setup().clone(),
+        Some(Snapshot::merge([
+            h.engine.state().snapshot(),
+            restored.state().snapshot(),
+        ])),
+        &[],
+    );
+    assert_eq!(agent(&merged).used, 1);
+    assert_eq!(agent(&merged).elsewhere, 0);
+    h.assert_invariants();
+}

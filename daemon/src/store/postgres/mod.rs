@@ -9,6 +9,7 @@
 //! client asynchronous: calls run on the database's own small runtime ([`Database`]), which
 //! also keeps the connections' tasks alive whichever runtime the caller is on.
 
+mod attendance;
 mod lease;
 mod schema;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, IsolationLevel, NoTls};
 
+pub use self::attendance::SharedAttendance;
 pub use self::lease::{Lease, LeaseHolder, Leases};
 pub use self::schema::SCHEMA_VERSION;
 use super::{
@@ -296,9 +298,9 @@ impl PostgresStore {
         )
     }
 
-    /// What a follower at `seq` is missing: the records after it, or, when the log behind a
-    /// newer snapshot is already gone, that snapshot and the records after it (the follower
-    /// starts again from the snapshot).
+    /// What a follower at `seq` is missing: the records after it (with their timeline
+    /// entries), or, when the log behind a newer snapshot is already gone, that snapshot and
+    /// the records after it (the follower starts again from the snapshot).
     pub fn records_after(&self, seq: u64) -> Result<(Option<Snapshot>, Vec<Record>), StoreError> {
         let partition = self.partition();
         self.read(async |transaction| {
@@ -337,7 +339,26 @@ impl PostgresStore {
                 }
                 false => (None, seq as i64),
             };
-            let records = log_after(transaction, partition, after).await?;
+            let mut records = log_after(transaction, partition, after).await?;
+            // The log keeps records without their timeline; a follower's stream needs it.
+            let entries = transaction
+                .query(
+                    "SELECT seq, entry FROM timeline WHERE partition = $1 AND seq > $2 \
+                     ORDER BY seq, entry_index",
+                    &[&partition, &after],
+                )
+                .await
+                .map_err(read_error)?;
+            let mut records_by_seq = records.iter_mut().peekable();
+            for row in &entries {
+                let seq = row.get::<_, i64>(0) as u64;
+                while records_by_seq.next_if(|record| record.seq < seq).is_some() {}
+                if let Some(record) = records_by_seq.peek_mut()
+                    && record.seq == seq
+                {
+                    record.timeline.push(decode(row.get(1), "timeline entry")?);
+                }
+            }
             Ok((snapshot, records))
         })
     }

@@ -79,6 +79,21 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (partition, id)
     );
     "#,
+    // 2: a partition's timeline entries in log order, for the nodes that follow its log (their
+    // live stream carries each record's entries).
+    r#"
+    CREATE INDEX timeline_by_partition ON timeline (partition, seq, entry_index);
+    "#,
+    // 3: who each node last heard from (open streams, requests), so that the monitor lease
+    // holds while a supervisor is there on any node.
+    r#"
+    CREATE TABLE attendance (
+        node_id text NOT NULL,
+        user_id text NOT NULL,
+        seen_at timestamptz NOT NULL,
+        PRIMARY KEY (node_id, user_id)
+    );
+    "#,
 ];
 
 /// The schema version this binary writes, and the newest it reads.

@@ -275,3 +275,29 @@ fn a_url_requiring_tls_or_a_schema_that_is_not_an_identifier_is_refused_before_c
         .to_string();
     assert!(schema.contains("lower-case identifier"), "{schema}");
 }
+
+/// The monitor lease across nodes: whom any node heard from within the lease is present for
+/// all of them; a user heard from long ago by one node is not, and is again once any node
+/// hears from them.
+#[test]
+fn every_node_sees_whom_any_node_heard_from_within_the_lease() {
+    use super::SharedAttendance;
+    let Some(schema) = TestSchema::new("attendance") else {
+        return;
+    };
+    let a = SharedAttendance::new(&schema.database, "node-a");
+    let b = SharedAttendance::new(&schema.database, "node-b");
+    a.record(&["sup-1".to_owned(), "sup-2".to_owned()]).unwrap();
+    b.record(&["sup-3".to_owned()]).unwrap();
+    b.record(&[]).unwrap();
+    let lease = Duration::from_secs(120);
+    let mut present: Vec<String> = b.present(lease).unwrap().into_iter().collect();
+    present.sort();
+    assert_eq!(present, ["sup-1", "sup-2", "sup-3"]);
+    schema.execute(
+        "UPDATE attendance SET seen_at = now() - interval '5 minutes' WHERE user_id = 'sup-1'",
+    );
+    assert!(!a.present(lease).unwrap().contains("sup-1"));
+    b.record(&["sup-1".to_owned()]).unwrap();
+    assert!(a.present(lease).unwrap().contains("sup-1"));
+}
