@@ -513,9 +513,10 @@ async fn three_nodes_lose_nothing_and_apply_nothing_twice_across_kill_9_and_sigs
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eprintln!(
-        "{} conversations, {} force-closed, {expected} ongoing on every node",
+        "{} conversations, {} force-closed, {expected} ongoing on every node, {:?} after the first event (two kills, a pause, a restart and the checks included)",
         total,
-        closed.len()
+        closed.len(),
+        started.elapsed()
     );
     let ids = |rows: &[Value]| -> BTreeSet<String> {
         rows.iter()

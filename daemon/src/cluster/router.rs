@@ -219,8 +219,24 @@ pub async fn consume_inbound(
     prefetch: u16,
     stop: &CancellationToken,
 ) -> Result<(), TransportError> {
-    let mut deliveries = transport.consume("switchboard-cluster").await?;
+    // On a channel of its own, closed when this node stops decoding: what it had been handed
+    // and not acknowledged goes back to the queue at once for the next decoder, ahead of what
+    // came after it.
+    let mut deliveries = transport.consume_apart("switchboard-cluster").await?;
     tracing::info!("decoding the inbound queue for the cluster");
+    let ended = decode_until(router, transport, &mut deliveries, prefetch, stop).await;
+    deliveries.stop().await;
+    ended
+}
+
+/// [`consume_inbound`]'s loop.
+async fn decode_until(
+    router: &Router,
+    transport: &AmqpTransport,
+    deliveries: &mut crate::transport::amqp::Deliveries,
+    prefetch: u16,
+    stop: &CancellationToken,
+) -> Result<(), TransportError> {
     loop {
         let first = tokio::select! {
             () = stop.cancelled() => return Ok(()),

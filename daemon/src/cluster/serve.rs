@@ -1,9 +1,9 @@
 //! Cluster mode's wiring (`[cluster]`, README "Run several daemons"): configuration ->
-//! PostgreSQL (migrated) and RabbitMQ -> plugins -> the node's keeper and partition workers,
-//! the inbound queue decoded and routed to partitions by the owner of partition 0, the read model refreshed into
-//! the admin API's view, the admin API and the webhook door over a [`Front`], the delivery
-//! worker on the shared delivery queue, and the voice connections on whichever node holds
-//! partition 0.
+//! PostgreSQL (migrated) and RabbitMQ -> plugins -> the node's keeper and partition workers
+//! (the owner of partition 0 also decodes the inbound queue and routes it to the partitions),
+//! the read model refreshed into the admin API's view, the admin API and the webhook door over
+//! a [`Front`], the delivery worker on the shared delivery queue, and the voice connections
+//! and the agents' loads on whichever node holds partition 0.
 //!
 //! A node is crash-only towards the broker: when its connection is lost it exits with an
 //! error, and its supervisor starts it again; the other nodes take its partitions over
@@ -31,8 +31,8 @@ use crate::engine::Engine;
 use crate::metrics::{Metrics, family};
 use crate::pipeline::Pipeline;
 use crate::service::{SNAPSHOT_EVERY, Service};
-use crate::store::Store;
 use crate::store::postgres::{Database, Leases};
+use crate::store::{Store, StoreError};
 use crate::stream::{RunIds, STREAM_WINDOW, StreamHub};
 use crate::transport::TransportError;
 use crate::transport::amqp::partition::Partitions;
@@ -106,9 +106,23 @@ pub async fn run(
         queues.clone(),
         cluster.partitions,
     );
-    let leases = Leases::new(&database, &cluster.node_id, cluster.lease);
-    let keeper = tokio::task::block_in_place(|| Keeper::join(leases, cluster.partitions))
-        .context("joining the cluster")?;
+    // A node restarted right after it died finds its former process's heartbeat still young:
+    // it waits for it to age past a lease. A second live daemon with this id keeps it
+    // waiting, and never serving, with the reason in the log.
+    let keeper = loop {
+        let leases = Leases::new(&database, &cluster.node_id, cluster.lease);
+        match tokio::task::block_in_place(|| Keeper::join(leases, cluster.partitions)) {
+            Ok(keeper) => break keeper,
+            Err(StoreError::NodeIdInUse(why)) => {
+                tracing::warn!(retry_in = ?cluster.lease / 3, "not joining the cluster yet: {why}");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(cluster.lease / 3) => {}
+                }
+            }
+            Err(error) => return Err(error).context("joining the cluster"),
+        }
+    };
     let ownership = Arc::new(Ownership::default());
     let node_stop = CancellationToken::new();
     let node = tokio::spawn(run_node(

@@ -190,6 +190,10 @@ pub enum StoreError {
     /// The store was written by a newer version, or for another cluster layout.
     #[error("{0}")]
     Incompatible(String),
+    /// A cluster's node id is held by a process heard from within a lease: another live
+    /// daemon, or this node's former process, killed moments ago.
+    #[error("{0}")]
+    NodeIdInUse(String),
 }
 
 fn write_error(error: impl std::fmt::Display) -> StoreError {

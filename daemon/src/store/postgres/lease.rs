@@ -98,7 +98,7 @@ impl Leases {
         })?;
         match taken {
             None => Ok(()),
-            Some(age) => Err(StoreError::Incompatible(format!(
+            Some(age) => Err(StoreError::NodeIdInUse(format!(
                 "node_id `{}` is in use by another live daemon (its heartbeat {age:.1} s ago): \
                  each node of a cluster needs a node_id of its own",
                 self.node

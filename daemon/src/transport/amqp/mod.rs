@@ -61,6 +61,25 @@ fn is_locked(error: &lapin::Error) -> bool {
     )
 }
 
+/// Consumes the inbound queue on `channel`; `own`: the channel is the consumer's own.
+async fn consume_inbound_on(
+    channel: &Channel,
+    names: &AmqpConfig,
+    tag: &str,
+    own: Option<Channel>,
+) -> Result<Deliveries, TransportError> {
+    let consumer = channel
+        .basic_consume(
+            names.inbound_queue.as_str().into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker)?;
+    Ok(Deliveries { consumer, own })
+}
+
 /// A daemon's mark on the inbound queue (see [`AmqpTransport::claim_inbound`]).
 #[derive(Debug)]
 pub struct Mark {
@@ -335,17 +354,19 @@ impl AmqpTransport {
 
     /// Starts consuming the inbound queue.
     pub async fn consume(&self, tag: &str) -> Result<Deliveries, TransportError> {
-        let consumer = self
-            .consume
-            .basic_consume(
-                self.names.inbound_queue.as_str().into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+        consume_inbound_on(&self.consume, &self.names, tag, None).await
+    }
+
+    /// Starts consuming the inbound queue on a channel of its own (prefetch as configured),
+    /// for a consumer that gives the queue up while the connection lives on (a cluster's
+    /// decoder handing over): [`Deliveries::stop`] closes the channel.
+    pub async fn consume_apart(&self, tag: &str) -> Result<Deliveries, TransportError> {
+        let channel = self.connection.create_channel().await.map_err(broker)?;
+        channel
+            .basic_qos(self.names.prefetch, BasicQosOptions::default())
             .await
             .map_err(broker)?;
-        Ok(Deliveries { consumer })
+        consume_inbound_on(&channel.clone(), &self.names, tag, Some(channel)).await
     }
 
     /// Sends a message the daemon cannot handle to the dead queue, with its reason, and waits
@@ -604,6 +625,9 @@ impl AmqpAck {
 /// The inbound queue's deliveries.
 pub struct Deliveries {
     consumer: Consumer,
+    /// The channel consumed on, when it is this consumer's own (see
+    /// [`AmqpTransport::consume_apart`]).
+    own: Option<Channel>,
 }
 
 impl std::fmt::Debug for Deliveries {
@@ -613,6 +637,17 @@ impl std::fmt::Debug for Deliveries {
 }
 
 impl Deliveries {
+    /// Stops consuming. On a channel of its own, the channel is closed, so that what was
+    /// delivered and not acknowledged goes back to the queue at once, ahead of the rest, for
+    /// the next consumer.
+    pub async fn stop(self) {
+        if let Some(channel) = self.own {
+            let _ = channel
+                .close(200, "switchboard: consumer stopped".into())
+                .await;
+        }
+    }
+
     /// The next delivery; `None` when the consumer ended (cancelled by the server, channel
     /// closed): the caller consumes again.
     pub async fn next(&mut self) -> Option<Result<InboundMessage, TransportError>> {
