@@ -140,7 +140,7 @@ pub async fn keep_leases(
         }
         let now = crate::clock::now();
         // In a cluster: who is here goes to the others; who is anywhere comes back.
-        let elsewhere: std::collections::HashSet<String> = match &cluster {
+        let present_anywhere: std::collections::HashSet<String> = match &cluster {
             None => Default::default(),
             Some(cluster) => {
                 let here = attendance.present(lease, now);
@@ -177,7 +177,7 @@ pub async fn keep_leases(
             .await;
         for supervisor in holders {
             if !attendance.lapsed(supervisor.as_str(), lease, now)
-                || elsewhere.contains(supervisor.as_str())
+                || present_anywhere.contains(supervisor.as_str())
             {
                 continue;
             }

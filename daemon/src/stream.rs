@@ -120,13 +120,14 @@ impl StreamId {
 /// silent one `silent`), so that ids keep the single daemon's order and meaning within a run.
 #[derive(Clone, Copy, Debug)]
 pub struct RunIds {
-    next: Position,
+    /// The position of the last record followed (at first, the run's start).
+    last: Position,
 }
 
 impl RunIds {
     pub fn new(run: u32) -> Self {
         Self {
-            next: Position {
+            last: Position {
                 public: u64::from(run) << 32,
                 silent: 0,
             },
@@ -135,13 +136,13 @@ impl RunIds {
 
     /// The position of the last record followed (before the first: the run's start).
     pub fn current(&self) -> Position {
-        self.next
+        self.last
     }
 
-    /// The position this run gives the next followed record.
+    /// Gives the next followed record its position.
     pub fn advance(&mut self, silent: bool) -> Position {
-        self.next = self.next.next(silent);
-        self.next
+        self.last = self.last.next(silent);
+        self.last
     }
 
     fn is_of(run: u32, id: StreamId) -> bool {
