@@ -8,18 +8,60 @@
 //! any node and sends their events to the partitions; `read_model` follows every partition for
 //! the reads any node answers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::engine::{ConversationId, Partitioning};
 use crate::store::StoreError;
 use crate::store::postgres::{Lease, Leases};
 
 pub mod front;
+pub mod import;
 pub mod node;
 pub mod read_model;
 pub mod router;
 pub mod serve;
 pub mod worker;
+
+/// Where each conversation lives: in the partition its id names
+/// ([`Partitioning::of_conversation`]: an engine serving a partition draws its ids from that
+/// partition's residue class), except the conversations an embedded store brought into the
+/// cluster, whose ids were drawn before there were partitions: they live with their thread,
+/// and the store lists them (`Database::moved_conversations`). Read once at start: conversations
+/// move only into a new cluster, before its nodes start (`import`).
+#[derive(Clone, Debug)]
+pub struct Placement {
+    count: u32,
+    moved: Arc<HashMap<ConversationId, u32>>,
+}
+
+impl Placement {
+    /// A cluster of `count` partitions where every conversation lives where its id says.
+    pub fn new(count: u32) -> Self {
+        Self::with_moved(count, HashMap::new())
+    }
+
+    pub fn with_moved(count: u32, moved: HashMap<ConversationId, u32>) -> Self {
+        Self {
+            count: count.max(1),
+            moved: Arc::new(moved),
+        }
+    }
+
+    /// How many partitions there are.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The partition that holds conversation `id`.
+    pub fn of_conversation(&self, id: ConversationId) -> u32 {
+        self.moved
+            .get(&id)
+            .copied()
+            .unwrap_or_else(|| Partitioning::of_conversation(self.count, id))
+    }
+}
 
 /// The partitions this node serves right now, as `/readyz` and the metrics show them (the
 /// node loop updates it after every round).

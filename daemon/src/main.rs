@@ -57,6 +57,26 @@ enum Command {
         #[command(subcommand)]
         command: PluginsCommand,
     },
+    /// Cluster mode's tools.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Move a single daemon's embedded store into the new cluster the configuration names
+    /// (before its nodes start; the single daemon stopped).
+    Import {
+        /// The embedded store's directory (the single daemon's `store.path`).
+        #[arg(long)]
+        from: PathBuf,
+        /// Leave the outbox behind: for a daemon whose outbox an outside worker read
+        /// (`[delivery] enabled = false`), whose entries the cluster would send again.
+        #[arg(long)]
+        skip_outbox: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +200,13 @@ fn main() -> ExitCode {
                 }
             );
             Output::Text(summary)
+        }),
+        Command::Cluster {
+            command: ClusterCommand::Import { from, skip_outbox },
+        } => load(&cli.config).and_then(|config| {
+            switchboard::cluster::import::import(&config, &from, skip_outbox)
+                .map(|imported| Output::Json(serde_json::json!(imported)))
+                .map_err(|error| Failure::Failed(format!("{error:#}")))
         }),
         Command::Plugins { command } => match command {
             PluginsCommand::List => load(&cli.config)

@@ -20,9 +20,21 @@ use crate::outbox::OutboxFeed;
 use crate::plugin::{ChannelNotification, InboundRequest, Plugin};
 use crate::store::{Batch, OutboxEntry, Store, StoreError, outbox_id};
 use crate::stream::{
-    STREAM_WINDOW, StoredEvent, StreamAudience, StreamEvent, StreamHub, StreamId, StreamPayload,
+    Passed, STREAM_WINDOW, StoredEvent, StreamAudience, StreamEvent, StreamHub, StreamId,
+    StreamPayload,
 };
 use crate::transport::InboundMessage;
+
+/// What a cluster node's follower of one partition took from its log since it last looked:
+/// the records (in order) and the partition's position after them.
+#[derive(Debug)]
+pub struct Followed {
+    pub partition: u32,
+    pub records: Vec<Record>,
+    pub position: crate::engine::Position,
+    /// Some records before these were not seen (the follower restarted from a snapshot).
+    pub skipped: bool,
+}
 
 /// What to do with one inbound message once the batch is committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,21 +176,28 @@ impl Pipeline {
 
     /// Replaces the engine with a read-only view (a cluster node's merged read model): such a
     /// pipeline is read, never submitted to. `followed` are the records the view took since
-    /// the last one, from every partition: their stream events go to the hub as a single
-    /// daemon's commits' do, under this node's own ids (`ids`), summaries as of the view.
-    pub fn show(&mut self, engine: Engine, followed: &[Record], ids: &mut crate::stream::RunIds) {
+    /// the last one, partition by partition: their stream events go to the hub as a single
+    /// daemon's commits' do, under their partition's durable positions (so that a client's
+    /// cursor means the same place on every node), summaries as of the view.
+    pub fn show(&mut self, engine: Engine, followed: &[Followed]) {
         self.engine = engine;
         let mut events = Vec::new();
-        for record in followed {
-            self.stream_events(record);
-            let position = ids.advance(record.position.silent > 0);
-            for mut event in self.stream.drain(..) {
-                event.id.position = position;
-                events.push(event);
+        let mut passed = Vec::with_capacity(followed.len());
+        for partition in followed {
+            for record in &partition.records {
+                self.stream_events(record);
+                events.extend(self.stream.drain(..).map(|event| StreamEvent {
+                    partition: partition.partition,
+                    ..event
+                }));
             }
+            passed.push(Passed {
+                partition: partition.partition,
+                position: partition.position,
+                skipped: partition.skipped,
+            });
         }
-        self.engine.stand_at(ids.current());
-        self.hub.publish(events);
+        self.hub.publish(events, &passed);
     }
 
     pub fn hub(&self) -> &Arc<StreamHub> {
@@ -273,7 +292,17 @@ impl Pipeline {
             .observe_duration(family::COMMIT_SECONDS, &[], started.elapsed());
         self.metrics
             .observe(family::COMMIT_BATCH_SIZE, &[], inputs as f64);
-        self.hub.publish(stream);
+        let passed: Vec<Passed> = batch
+            .records
+            .last()
+            .map(|record| Passed {
+                partition: 0,
+                position: record.position,
+                skipped: false,
+            })
+            .into_iter()
+            .collect();
+        self.hub.publish(stream, &passed);
         if let Some(feed) = &self.feed {
             feed.committed(batch.outbox);
         }
@@ -463,6 +492,7 @@ impl Pipeline {
                 _ => None,
             };
             self.stream.push(StreamEvent {
+                partition: 0,
                 id: next_id(),
                 conversation: entry.conversation,
                 team: conversation
@@ -486,6 +516,7 @@ impl Pipeline {
             };
             let summary = self.engine.summary(conversation, record.at);
             self.stream.push(StreamEvent {
+                partition: 0,
                 id: next_id(),
                 conversation: id,
                 team: summary.team.clone(),
@@ -507,6 +538,7 @@ impl Pipeline {
             }
         };
         Some(StreamEvent {
+            partition: 0,
             id: stored.id,
             conversation: stored.conversation,
             team: stored.team,

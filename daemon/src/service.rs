@@ -203,13 +203,8 @@ impl Service {
 
     /// Cluster mode: shows `engine` (the read model's newest merged view) to readers, and the
     /// stream events of the records it `followed` to the stream's subscribers.
-    pub async fn show(
-        &self,
-        engine: Engine,
-        followed: &[crate::engine::Record],
-        ids: &mut crate::stream::RunIds,
-    ) {
-        self.pipeline.write().await.show(engine, followed, ids);
+    pub async fn show(&self, engine: Engine, followed: &[crate::pipeline::Followed]) {
+        self.pipeline.write().await.show(engine, followed);
     }
 
     /// The feed of committed entries (`None` on the embedded transport without delivery).

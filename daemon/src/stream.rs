@@ -15,18 +15,16 @@ use crate::engine::{
     Actor, AgentId, ConversationId, Position, Role, SupervisionMode, TeamId, TimelineEntry,
 };
 
-/// A stream event's position: the [`Position`] of the record that caused it and its index
-/// among the record's events. Comparable and stable across restarts (positions are durable),
-/// so a client's `Last-Event-ID` means the same thing after the daemon restarted.
+/// A stream event's place in its partition's log: the [`Position`] of the record that caused
+/// it and its index among the record's events. Comparable and stable across restarts and
+/// nodes (positions are durable), so a client's `Last-Event-ID` means the same thing after the
+/// daemon restarted, or on another node of a cluster. What a client holds is a [`Cursor`]:
+/// one such id per partition (a single daemon has one partition).
 ///
-/// Written `public.silent.index`. Clients treat it as opaque: ids are not consecutive for any
-/// one client, and the silent counter never moves for an agent (it only grows on records an
-/// agent cannot see, and its events are not for agents), so an agent's ids are the same
-/// whether or not a supervisor monitored silently. A cluster node's ids are its own count of
-/// the records it followed, marked with its run ([`RunIds`]). The text leaves room for ids
-/// that carry one position per partition (`partition:public.silent.index`, comma separated);
-/// one daemon's ids are those of partition `0`, which `parse` also accepts written with the
-/// `0:` prefix.
+/// Written `public.silent.index`. Clients treat ids as opaque: they are not consecutive for
+/// any one client, and the silent counter never moves for an agent (it only grows on records
+/// an agent cannot see, and its events are not for agents), so an agent's ids are the same
+/// whether or not a supervisor monitored silently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamId {
     pub position: Position,
@@ -44,12 +42,9 @@ impl fmt::Display for StreamId {
 }
 
 impl StreamId {
-    /// Parses a `Last-Event-ID`: `public.silent.index` (optionally `0:`-prefixed), or
-    /// `seq.index` as versions before record positions wrote it (their records stand at
-    /// their log position, so it means the same place).
+    /// Parses `public.silent.index`, or `seq.index` as versions before record positions wrote
+    /// it (their records stand at their log position, so it means the same place).
     pub fn parse(text: &str) -> Option<Self> {
-        let text = text.trim();
-        let text = text.strip_prefix("0:").unwrap_or(text);
         let parts: Vec<&str> = text.split('.').collect();
         let (public, silent, index) = match parts[..] {
             [public, index] => (public, "0", index),
@@ -115,38 +110,79 @@ impl StreamId {
     }
 }
 
-/// A cluster node's stream ids: its run in the high 32 bits of `public`, then the records it
-/// followed, counted as a single daemon counts its own (a public record moves `public`, a
-/// silent one `silent`), so that ids keep the single daemon's order and meaning within a run.
-#[derive(Clone, Copy, Debug)]
-pub struct RunIds {
-    /// The position of the last record followed (at first, the run's start).
-    last: Position,
-}
+/// Where a reader of the stream stands: for each partition, the id of the last event it has
+/// passed. Since ids are positions in each partition's durable log, a cursor means the same
+/// place on every node of a cluster, whatever order a node interleaved the partitions in: a
+/// stream resumed from it on any node replays, partition by partition, what came after.
+///
+/// Written as its ids: a single daemon's cursor is its one id (`public.silent.index`); with
+/// several partitions each id is prefixed with its partition (`3:public.silent.index`) and the
+/// ids are joined with commas, leaving out partitions the cursor has passed nothing of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor(Vec<StreamId>);
 
-impl RunIds {
-    pub fn new(run: u32) -> Self {
-        Self {
-            last: Position {
-                public: u64::from(run) << 32,
-                silent: 0,
-            },
+impl Cursor {
+    /// Just after the records at `positions` (one per partition).
+    pub fn after(positions: impl IntoIterator<Item = Position>) -> Self {
+        Self(positions.into_iter().map(StreamId::after_record).collect())
+    }
+
+    /// Parses a `Last-Event-ID` or a read's `stream_id` for a hub of `partitions`. An id
+    /// without a partition prefix is partition 0's (a single daemon's, or an earlier
+    /// version's); a partition the cursor leaves out stands before its first record. `None`
+    /// when the text is not a cursor or names a partition this hub does not have.
+    pub fn parse(text: &str, partitions: usize) -> Option<Self> {
+        let mut cursor = Self::after(vec![Position::default(); partitions.max(1)]);
+        for entry in text.trim().split(',') {
+            let (partition, id) = match entry.split_once(':') {
+                Some((partition, id)) => (partition.parse::<usize>().ok()?, id),
+                None => (0, entry),
+            };
+            *cursor.0.get_mut(partition)? = StreamId::parse(id)?;
+        }
+        Some(cursor)
+    }
+
+    /// The id of `partition` (before its first record if the cursor has none).
+    fn at(&self, partition: u32) -> StreamId {
+        self.0
+            .get(partition as usize)
+            .copied()
+            .unwrap_or(StreamId::after_record(Position::default()))
+    }
+
+    /// Moves past `event` (never back).
+    pub fn pass(&mut self, event: &StreamEvent) {
+        self.pass_id(event.partition, event.id);
+    }
+
+    fn pass_id(&mut self, partition: u32, id: StreamId) {
+        if let Some(at) = self.0.get_mut(partition as usize) {
+            *at = (*at).max(id);
         }
     }
 
-    /// The position of the last record followed (before the first: the run's start).
-    pub fn current(&self) -> Position {
-        self.last
+    /// Whether `event` comes after this cursor.
+    pub fn precedes(&self, event: &StreamEvent) -> bool {
+        event.id > self.at(event.partition)
     }
+}
 
-    /// Gives the next followed record its position.
-    pub fn advance(&mut self, silent: bool) -> Position {
-        self.last = self.last.next(silent);
-        self.last
-    }
-
-    fn is_of(run: u32, id: StreamId) -> bool {
-        id.position.public >> 32 == u64::from(run)
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let [only] = &self.0[..] {
+            return write!(f, "{only}");
+        }
+        let start = StreamId::after_record(Position::default());
+        let mut written = 0;
+        for (partition, id) in self.0.iter().enumerate() {
+            if *id != start || (written == 0 && partition + 1 == self.0.len()) {
+                let separator = if written == 0 { "" } else { "," };
+                write!(f, "{separator}{partition}:{id}")?;
+                written += 1;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -179,6 +215,8 @@ pub enum StreamPayload {
 /// One event of the live stream, filtered per subscriber.
 #[derive(Clone, Debug)]
 pub struct StreamEvent {
+    /// The partition whose log holds the record (0 on a single daemon).
+    pub partition: u32,
     pub id: StreamId,
     pub conversation: ConversationId,
     /// The team owning the conversation's queue.
@@ -284,12 +322,15 @@ impl StreamEvent {
 /// How a subscription starts.
 #[derive(Debug)]
 pub struct Subscription {
-    /// Events after the client's `Last-Event-ID` that are still in the window, oldest first.
+    /// Events after the client's `Last-Event-ID` that are still in the window, in the hub's
+    /// order.
     pub replay: Vec<Arc<StreamEvent>>,
     /// The client's `Last-Event-ID` is older than the window: some events are gone and the
     /// client should reload its view.
     pub gap: bool,
     pub live: broadcast::Receiver<Arc<StreamEvent>>,
+    /// Where the subscriber starts: its `Last-Event-ID`, or the hub's head when it gave none.
+    pub cursor: Cursor,
 }
 
 /// Fan-out of committed changes with a window of recent events.
@@ -298,46 +339,53 @@ pub struct StreamHub {
     sender: broadcast::Sender<Arc<StreamEvent>>,
     recent: Mutex<Window>,
     window: usize,
-    /// A cluster node's run (see [`StreamHub::for_run`]); `None` on a single daemon.
-    run: Option<u32>,
 }
 
 #[derive(Debug)]
 struct Window {
     events: VecDeque<Arc<StreamEvent>>,
-    /// Events at or before this id may be gone (evicted from the window, or committed before
-    /// this process started): a client resuming from before it has a gap.
-    floor: StreamId,
+    /// Per partition, events at or before this id may be gone (evicted from the window,
+    /// committed before this process started, or skipped by a follower that restarted from
+    /// a snapshot): a client resuming from before it has a gap.
+    floor: Cursor,
+    /// Per partition, just after the last record whose events were published: what a read
+    /// reflects (see [`StreamHub::head`]).
+    head: Cursor,
 }
 
 impl StreamHub {
-    /// A hub that keeps the last `window` events for resumption; `start` is the position of
-    /// the last record when the daemon started (events of earlier records cannot be replayed).
+    /// A single daemon's hub, which keeps the last `window` events for resumption; `start` is
+    /// the position of the last record when the daemon started (events of earlier records
+    /// cannot be replayed).
     pub fn new(window: usize, start: Position) -> Self {
+        Self::partitioned(window, vec![start])
+    }
+
+    /// The hub of a cluster node, which publishes what it follows of every partition: `starts`
+    /// are each partition's last position when it started following.
+    pub fn partitioned(window: usize, starts: Vec<Position>) -> Self {
         let (sender, _) = broadcast::channel(window.clamp(16, 65_536));
+        let start = Cursor::after(starts);
         Self {
             sender,
             recent: Mutex::new(Window {
                 events: VecDeque::with_capacity(window.min(65_536)),
-                floor: StreamId {
-                    position: start,
-                    index: u32::MAX,
-                },
+                floor: start.clone(),
+                head: start,
             }),
             window: window.max(1),
-            run: None,
         }
     }
 
-    /// A cluster node's hub. A node numbers the events it follows from every partition in its
-    /// own order, so its ids carry its `run` in the high half of `public` (see
-    /// [`RunIds`]): an id from another node, or from an earlier run of this one, cannot be
-    /// placed in this order, and a client resuming from one gets `gap` (it reloads).
-    pub fn for_run(window: usize, run: u32) -> Self {
-        Self {
-            run: Some(run),
-            ..Self::new(window, RunIds::new(run).current())
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// How many partitions the hub's cursors have.
+    pub fn partitions(&self) -> usize {
+        self.lock().head.0.len()
     }
 
     /// Fills the window with the events a previous run of the daemon stored (oldest first,
@@ -350,14 +398,11 @@ impl StreamHub {
         stored: StoredWindow,
         mut revive: impl FnMut(StoredEvent) -> Option<StreamEvent>,
     ) {
-        let mut recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut recent = self.lock();
         let Some(first) = stored.events.first().map(|event| event.id) else {
             return;
         };
-        recent.floor = stored.floor.unwrap_or(first.before());
+        recent.floor = Cursor(vec![stored.floor.unwrap_or(first.before())]);
         let keep = stored.events.len().saturating_sub(self.window);
         recent.events = stored
             .events
@@ -368,63 +413,77 @@ impl StreamHub {
             .collect();
     }
 
-    /// Publishes events of a committed batch, in order.
-    pub fn publish(&self, events: Vec<StreamEvent>) {
-        if events.is_empty() {
-            return;
-        }
+    /// Publishes the events of committed records, in order; `passed` names, per partition, the
+    /// last of those records (whether or not it had events). With `skipped`, the records
+    /// before it were not all seen (a follower restarted from a snapshot): a client resuming
+    /// from before it gets `gap`.
+    pub fn publish(&self, events: Vec<StreamEvent>, passed: &[Passed]) {
         // Under the window's lock, so that a subscriber sees each event exactly once: either in
         // its replay or on its live receiver.
-        let mut recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut recent = self.lock();
         for event in events {
             let event = Arc::new(event);
             if recent.events.len() == self.window
                 && let Some(evicted) = recent.events.pop_front()
             {
-                recent.floor = evicted.id;
+                recent.floor.pass(&evicted);
             }
+            recent.head.pass(&event);
             recent.events.push_back(event.clone());
             // No receiver is not an error: nobody is watching.
             let _ = self.sender.send(event);
         }
+        for passed in passed {
+            let id = StreamId::after_record(passed.position);
+            recent.head.pass_id(passed.partition, id);
+            if passed.skipped {
+                recent.floor.pass_id(passed.partition, id);
+            }
+        }
     }
 
     /// Subscribes; with `after`, replays what followed it from the window.
-    pub fn subscribe(&self, after: Option<StreamId>) -> Subscription {
-        let recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+    pub fn subscribe(&self, after: Option<Cursor>) -> Subscription {
+        let recent = self.lock();
         let live = self.sender.subscribe();
         let Some(after) = after else {
             return Subscription {
                 replay: Vec::new(),
                 gap: false,
                 live,
+                cursor: recent.head.clone(),
             };
         };
-        let foreign = self.run.is_some_and(|run| !RunIds::is_of(run, after));
-        let gap = foreign || after < recent.floor;
+        let gap = (0..recent.floor.0.len() as u32)
+            .any(|partition| after.at(partition) < recent.floor.at(partition));
         let replay = recent
             .events
             .iter()
-            .filter(|event| event.id > after)
+            .filter(|event| after.precedes(event))
             .cloned()
             .collect();
-        Subscription { replay, gap, live }
+        Subscription {
+            replay,
+            gap,
+            live,
+            cursor: after,
+        }
     }
 
-    /// The id of the newest event, if any.
-    pub fn last_id(&self) -> Option<StreamId> {
-        let recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        recent.events.back().map(|event| event.id)
+    /// Just after the last record of each partition whose events were published: a read taken
+    /// while no commit is being published reflects exactly the events up to it, so a stream
+    /// resumed from it repeats nothing the read showed and misses nothing after.
+    pub fn head(&self) -> Cursor {
+        self.lock().head.clone()
     }
+}
+
+/// A partition's last record among those published (see [`StreamHub::publish`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Passed {
+    pub partition: u32,
+    pub position: Position,
+    pub skipped: bool,
 }
 
 #[cfg(test)]
@@ -449,6 +508,7 @@ mod tests {
 
     fn event(seq: u64, audience: StreamAudience) -> StreamEvent {
         StreamEvent {
+            partition: 0,
             id: id(seq),
             conversation: ConversationId::from_key(1),
             team: Some(TeamId::new("support")),
@@ -497,8 +557,10 @@ mod tests {
             (1..=5)
                 .map(|seq| event(seq, StreamAudience::Supervisors))
                 .collect(),
+            &[],
         );
-        let resumed = hub.subscribe(Some(id(3)));
+        let at = |seq| Some(Cursor(vec![id(seq)]));
+        let resumed = hub.subscribe(at(3));
         let seqs: Vec<u64> = resumed
             .replay
             .iter()
@@ -506,12 +568,12 @@ mod tests {
             .collect();
         assert_eq!(seqs, [4, 5]);
         assert!(!resumed.gap);
-        let too_old = hub.subscribe(Some(id(1)));
+        let too_old = hub.subscribe(at(1));
         assert!(too_old.gap);
         assert_eq!(too_old.replay.len(), 3);
         // After a restart, a client that last saw an event of an earlier process has a gap.
         let restarted = StreamHub::new(3, id(5).position);
-        assert!(restarted.subscribe(Some(id(4))).gap);
+        assert!(restarted.subscribe(at(4)).gap);
         // ... unless it restored the window the store kept.
         let stored = StoredWindow {
             floor: Some(id(2)),
@@ -522,6 +584,7 @@ mod tests {
         let restored = StreamHub::new(3, id(5).position);
         restored.restore(stored.clone(), |stored| {
             Some(StreamEvent {
+                partition: 0,
                 id: stored.id,
                 conversation: stored.conversation,
                 team: stored.team,
@@ -530,17 +593,17 @@ mod tests {
                 agent: stored.agent,
             })
         });
-        let resumed = restored.subscribe(Some(id(3)));
+        let resumed = restored.subscribe(at(3));
         assert!(!resumed.gap);
         assert_eq!(resumed.replay.len(), 2);
-        assert!(restored.subscribe(Some(id(1))).gap);
+        assert!(restored.subscribe(at(1)).gap);
         let json = serde_json::to_string(&stored.events[0]).unwrap();
         assert_eq!(
             serde_json::from_str::<StoredEvent>(&json).unwrap(),
             stored.events[0]
         );
         let mut fresh = hub.subscribe(None);
-        hub.publish(vec![event(6, StreamAudience::Supervisors)]);
+        hub.publish(vec![event(6, StreamAudience::Supervisors)], &[]);
         assert_eq!(
             fresh
                 .live
@@ -554,7 +617,6 @@ mod tests {
             index,
         };
         assert_eq!(StreamId::parse("12.0.3"), Some(twelve(0, 3)));
-        assert_eq!(StreamId::parse("0:12.2.3"), Some(twelve(2, 3)));
         assert_eq!(
             StreamId::parse("12.3"),
             Some(twelve(0, 3)),
@@ -564,5 +626,70 @@ mod tests {
         for bad in ["nope", "1.2.3.4", "1:2.3.4", "-1.0.0"] {
             assert_eq!(StreamId::parse(bad), None, "{bad}");
         }
+    }
+
+    fn in_partition(partition: u32, public: u64, silent: u32) -> StreamEvent {
+        StreamEvent {
+            partition,
+            id: StreamId {
+                position: Position { public, silent },
+                index: 0,
+            },
+            ..event(public, StreamAudience::Supervisors)
+        }
+    }
+
+    /// Two nodes follow the same partitions and interleave them differently: a cursor from
+    /// one resumes on the other with exactly what came after it, partition by partition.
+    #[test]
+    fn a_cursor_resumes_on_a_node_that_interleaved_the_partitions_otherwise() {
+        let start = vec![Position::default(); 3];
+        let first = StreamHub::partitioned(100, start.clone());
+        let second = StreamHub::partitioned(100, start);
+        let a = || (1..=4).map(|public| in_partition(0, public, 0));
+        let b = || (1..=3).map(|public| in_partition(2, public, 0));
+        first.publish(a().chain(b()).collect(), &[]);
+        second.publish(b().chain(a()).collect(), &[]);
+        // A client of the first node saw partition 0's first three events and partition 2's
+        // first: its cursor carries both, partition 1 left out.
+        let mut cursor = Cursor::after(vec![Position::default(); 3]);
+        for seen in [in_partition(0, 3, 0), in_partition(2, 1, 0)] {
+            cursor.pass(&seen);
+        }
+        let text = cursor.to_string();
+        assert_eq!(text, "0:3.0.0,2:1.0.0");
+        let parsed = Cursor::parse(&text, 3).unwrap();
+        assert_eq!(parsed, cursor);
+        let resumed = second.subscribe(Some(parsed));
+        assert!(!resumed.gap);
+        let replayed: Vec<(u32, u64)> = resumed
+            .replay
+            .iter()
+            .map(|event| (event.partition, event.id.position.public))
+            .collect();
+        assert_eq!(replayed, [(2, 2), (2, 3), (0, 4)]);
+        // Partition 1 ran past its window (here: its follower restarted from a snapshot at
+        // public 7), so a cursor that never passed anything of it has a gap there.
+        second.publish(
+            Vec::new(),
+            &[Passed {
+                partition: 1,
+                position: Position {
+                    public: 7,
+                    silent: 0,
+                },
+                skipped: true,
+            }],
+        );
+        assert!(second.subscribe(Cursor::parse(&text, 3)).gap);
+        let head = second.head();
+        assert_eq!(head.to_string(), "0:4.0.0,1:7.0.4294967295,2:3.0.0");
+        assert!(!second.subscribe(Some(head)).gap);
+        // A partition the hub does not have, or text that is not a cursor, is no cursor.
+        assert_eq!(Cursor::parse("3:1.0.0", 3), None);
+        assert_eq!(Cursor::parse("0:1.0.0,x", 3), None);
+        // A single daemon's cursor is its one id, without a partition.
+        let single = Cursor::parse("0:12.2.3", 1).unwrap();
+        assert_eq!(single.to_string(), "12.2.3");
     }
 }

@@ -137,13 +137,6 @@ impl Engine {
         &self.state
     }
 
-    /// Places a read-only view (a merge of several engines' states, which has no log of its
-    /// own) at `position`, the position its reader gives the records it has seen: a read of
-    /// the view then names where a stream resumes from.
-    pub fn stand_at(&mut self, position: Position) {
-        self.state.position = position;
-    }
-
     pub fn setup(&self) -> &Setup {
         &self.setup
     }

@@ -104,6 +104,65 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// A single engine's state cut into a new cluster's `count` partitions (moving an embedded
+    /// store into a cluster): each conversation goes to its thread's partition, where the
+    /// thread's next events will be routed; each part holds every agent, with the units held by
+    /// its own conversations and those held in the others as `elsewhere`. Deduplication windows
+    /// and stored answers go to every part (a repeated event or command may arrive at any).
+    /// Every part stands at the whole state's position, and at `last_seq`: their records then
+    /// come after everything the state's outbox and stream ids named, so no id repeats.
+    pub fn split(self, count: u32, last_seq: u64) -> Vec<Snapshot> {
+        let count = count.max(1);
+        let mut parts: Vec<Snapshot> = (0..count)
+            .map(|_| Snapshot {
+                last_seq,
+                position: self.position,
+                conversations: Vec::new(),
+                agents: Vec::new(),
+                seen: self.seen.clone(),
+                answers: self.answers.clone(),
+            })
+            .collect();
+        let mut units: Vec<HashMap<&AgentId, u32>> = vec![HashMap::new(); count as usize];
+        for conversation in &self.conversations {
+            let partition = crate::Partitioning::of_thread(
+                count,
+                conversation.external.plugin.as_str(),
+                &conversation.external.key,
+            ) as usize;
+            if let Some(hold) = &conversation.capacity {
+                *units[partition].entry(&hold.agent).or_default() += hold.units;
+            }
+        }
+        for agent in &self.agents {
+            let total: u32 = units.iter().filter_map(|part| part.get(&agent.id)).sum();
+            for (part, own) in parts.iter_mut().zip(&units) {
+                let used = own.get(&agent.id).copied().unwrap_or(0);
+                part.agents.push(Agent {
+                    used,
+                    elsewhere: total - used,
+                    ..agent.clone()
+                });
+            }
+        }
+        for conversation in self.conversations {
+            let partition = crate::Partitioning::of_thread(
+                count,
+                conversation.external.plugin.as_str(),
+                &conversation.external.key,
+            ) as usize;
+            parts[partition].conversations.push(conversation);
+        }
+        parts
+    }
+
+    /// The conversations the snapshot holds.
+    pub fn conversations(&self) -> &[Conversation] {
+        &self.conversations
+    }
+}
+
 impl PartialEq for State {
     fn eq(&self, other: &Self) -> bool {
         self.by_id.len() == other.by_id.len()

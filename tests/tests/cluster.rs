@@ -5,7 +5,8 @@
 //! with their `Idempotency-Key` when refused as retryable; then a node is paused with SIGSTOP
 //! past its lease and resumed. Afterwards the history is checked Jepsen-style: every
 //! conversation exists once, with each of its messages once and in order, each force-close
-//! applied exactly once, and every node answers the same report.
+//! applied exactly once, and every node answers the same report; a client's stream cursor from
+//! one node resumes on the others.
 //!
 //! The size is `SWITCHBOARD_CLUSTER_CONVERSATIONS` conversations of three events each (CI: 300;
 //! `.ci/bench` runs 6 667, the 20 000 events of the full run).
@@ -176,23 +177,26 @@ impl Node {
     }
 }
 
+fn count_events(text: &str, kind: &str) -> usize {
+    text.lines()
+        .filter(|line| *line == format!("event: {kind}"))
+        .count()
+}
+
+fn head(text: &str) -> String {
+    text.chars().take(600).collect()
+}
+
 /// The stream `seen` on node-0 carried what the partitions committed, summaries and timeline
 /// lines; resumed on the same node right away it goes on from the last id (the window still
-/// holds it), and on another node it says `gap` (ids are each node's own: the client reloads
-/// the report).
+/// holds it).
 fn check_stream(nodes: &[Node], token: &str, dir: &Path, seen: &str) {
-    let count = |text: &str, kind: &str| {
-        text.lines()
-            .filter(|line| *line == format!("event: {kind}"))
-            .count()
-    };
-    let head = |text: &str| text.chars().take(600).collect::<String>();
     assert!(
-        count(seen, "conversation") > 0 && count(seen, "timeline") > 0,
+        count_events(seen, "conversation") > 0 && count_events(seen, "timeline") > 0,
         "{}",
         head(seen)
     );
-    assert_eq!(count(seen, "gap"), 0, "{}", head(seen));
+    assert_eq!(count_events(seen, "gap"), 0, "{}", head(seen));
     let last = seen
         .lines()
         .filter_map(|line| line.strip_prefix("id: "))
@@ -204,22 +208,115 @@ fn check_stream(nodes: &[Node], token: &str, dir: &Path, seen: &str) {
         .wait()
         .unwrap();
     let resumed = std::fs::read_to_string(&resumed_file).unwrap();
-    assert_eq!(count(&resumed, "gap"), 0, "{}", head(&resumed));
+    assert_eq!(count_events(&resumed, "gap"), 0, "{}", head(&resumed));
     assert!(
         !resumed.contains(&format!("id: {last}\n")),
         "the last event seen came again: {}",
         head(&resumed)
     );
-    let other = nodes[1..]
-        .iter()
-        .find(|node| node.child.is_some())
-        .expect("a node besides node-0 is up");
-    let elsewhere_file = dir.join("elsewhere.txt");
-    stream_from(other, token, Some(&last), 2, &elsewhere_file)
-        .wait()
-        .unwrap();
-    let elsewhere = std::fs::read_to_string(&elsewhere_file).unwrap();
-    assert_eq!(count(&elsewhere, "gap"), 1, "{}", head(&elsewhere));
+}
+
+/// A stream cursor (`partition:public.silent.index`, comma separated) as a map.
+fn cursor(text: &str) -> BTreeMap<u32, (u64, u32, u32)> {
+    text.split(',')
+        .map(|entry| {
+            let (partition, id) = entry
+                .split_once(':')
+                .unwrap_or_else(|| panic!("a partition per entry: {text:?}"));
+            let parts: Vec<&str> = id.split('.').collect();
+            (
+                partition.parse().unwrap(),
+                (
+                    parts[0].parse().unwrap(),
+                    parts[1].parse().unwrap(),
+                    parts[2].parse().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The events of a stream an admin read, each named by the entry of the cursor it moved (its
+/// partition and its id there: the same on every node), starting from `from`.
+fn stream_events(text: &str, from: &str) -> Vec<(u32, (u64, u32, u32))> {
+    let mut at = cursor(from);
+    let mut events = Vec::new();
+    for id in text.lines().filter_map(|line| line.strip_prefix("id: ")) {
+        let next = cursor(id);
+        let moved: Vec<_> = next
+            .iter()
+            .filter(|(partition, id)| at.get(partition) != Some(id))
+            .map(|(partition, id)| (*partition, *id))
+            .collect();
+        assert_eq!(
+            moved.len(),
+            1,
+            "an event moves one partition: {from} -> {id}"
+        );
+        events.extend(moved);
+        at = next;
+    }
+    events
+}
+
+/// A client's stream cursor from one node resumes on another: the second replays exactly what
+/// followed the cursor in each partition, however the two interleaved the partitions. Runs
+/// when every node is up and has followed the same partitions since its start; `publish`
+/// makes new events while the first stream is open.
+async fn check_stream_across_nodes(
+    nodes: &[Node],
+    token: &str,
+    dir: &Path,
+    publish: impl AsyncFnOnce(),
+) {
+    let (status, report) = call(nodes[1].port, token, "GET", "/v1/conversations?limit=1", "");
+    assert_eq!(status, 200, "{report}");
+    let from = report["stream_id"].as_str().unwrap().to_owned();
+    let first_file = dir.join("across-first.txt");
+    let mut first = stream_from(&nodes[1], token, Some(&from), 6, &first_file);
+    publish().await;
+    first.wait().unwrap();
+    let first = std::fs::read_to_string(&first_file).unwrap();
+    assert_eq!(count_events(&first, "gap"), 0, "{}", head(&first));
+    let seen = stream_events(&first, &from);
+    assert!(seen.len() >= 4, "the stream carried {} events", seen.len());
+    let ids: Vec<&str> = first
+        .lines()
+        .filter_map(|line| line.strip_prefix("id: "))
+        .collect();
+    let middle = ids[ids.len() / 2 - 1].to_owned();
+    let after_middle: BTreeSet<_> = seen[ids.len() / 2..].iter().copied().collect();
+    for other in [&nodes[2], &nodes[0]] {
+        let file = dir.join(format!("across-{}.txt", other.id));
+        stream_from(other, token, Some(&middle), 2, &file)
+            .wait()
+            .unwrap();
+        let resumed = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(count_events(&resumed, "gap"), 0, "{}", head(&resumed));
+        let replayed = stream_events(&resumed, &middle);
+        let unique: BTreeSet<_> = replayed.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            replayed.len(),
+            "an event came twice on {}",
+            other.id
+        );
+        let missing: Vec<_> = after_middle.difference(&unique).collect();
+        assert!(
+            missing.is_empty(),
+            "{} did not replay {missing:?}",
+            other.id
+        );
+        // Anything else came after the first stream ended (a later change, live).
+        let end = cursor(ids[ids.len() - 1]);
+        for (partition, id) in unique.difference(&after_middle) {
+            assert!(
+                end.get(partition).is_none_or(|last| id > last),
+                "{} replayed {partition}:{id:?}, at or before the cursor",
+                other.id
+            );
+        }
+    }
 }
 
 /// `curl -N` on a node's `GET /v1/stream` for `seconds`, into `file`.
@@ -237,6 +334,30 @@ fn stream_from(node: &Node, token: &str, after: Option<&str>, seconds: u32, file
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// Publishes conversation `i`'s events to the inbound exchange, each confirmed.
+async fn publish(channel: &lapin::Channel, exchange: &str, i: usize) {
+    for (id, event) in events(i) {
+        channel
+            .basic_publish(
+                exchange.into(),
+                "canonical".into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &serde_json::to_vec(&event).unwrap(),
+                BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_message_id(id.into())
+                    .with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
 }
 
 fn conversations() -> usize {
@@ -314,29 +435,12 @@ fn force_close(nodes: &[Node], token: &str, id: &str, first: usize) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::print_stderr)]
 async fn three_nodes_lose_nothing_and_apply_nothing_twice_across_kill_9_and_sigstop() {
-    let Some(client) = broker_client().await else {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(client) = services().await else {
         return;
     };
-    if psql("SELECT 1").is_none() {
-        assert!(
-            std::env::var("SWITCHBOARD_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-            "SWITCHBOARD_REQUIRE_POSTGRES=1 but PostgreSQL does not answer at {}",
-            postgres_url()
-        );
-        eprintln!(
-            "SKIPPED: no PostgreSQL at the test URL; set SWITCHBOARD_REQUIRE_POSTGRES=1 to fail instead"
-        );
-        return;
-    }
     let names = amqp_names("cluster");
-    let schema = format!(
-        "cluster_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
+    let schema = fresh_schema("cluster");
     let amqp = switchboard_tests::amqp_table(&names);
     let dir = switchboard_tests::temp_dir("cluster");
     let mut nodes: Vec<Node> = (0..3)
@@ -378,26 +482,7 @@ async fn three_nodes_lose_nothing_and_apply_nothing_twice_across_kill_9_and_sigs
     let mut closes: Vec<(usize, String)> = Vec::new();
     let mut closed: BTreeMap<usize, Value> = BTreeMap::new();
     for i in 0..total {
-        for (id, event) in events(i) {
-            channel
-                .basic_publish(
-                    names.inbound_exchange.as_str().into(),
-                    "canonical".into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &serde_json::to_vec(&event).unwrap(),
-                    BasicProperties::default()
-                        .with_content_type("application/json".into())
-                        .with_message_id(id.into())
-                        .with_delivery_mode(2),
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
+        publish(&channel, &names.inbound_exchange, i).await;
         if !stream_checked && stream.try_wait().unwrap().is_some() {
             let seen = std::fs::read_to_string(&stream_file).unwrap();
             check_stream(&nodes, &token, &dir, &seen);
@@ -659,7 +744,253 @@ async fn three_nodes_lose_nothing_and_apply_nothing_twice_across_kill_9_and_sigs
     }
     assert_eq!(dead_inbound, 0, "inbound messages were dead-lettered");
 
+    // With every node up, a stream's cursor from one node resumes on the others.
+    check_stream_across_nodes(&nodes, &token, &dir, async || {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for i in total..total + 20 {
+            publish(&channel, &names.inbound_exchange, i).await;
+        }
+    })
+    .await;
+
     drop(nodes);
+    let _ = psql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+    let _ = channel
+        .exchange_delete(names.inbound_exchange.as_str().into(), Default::default())
+        .await;
+}
+
+/// One cluster test at a time: each starts several daemons on the two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Whether RabbitMQ and PostgreSQL answer (failing where CI requires them, saying so where it
+/// does not).
+async fn services() -> Option<lapin::Connection> {
+    let client = broker_client().await?;
+    if psql("SELECT 1").is_none() {
+        assert!(
+            std::env::var("SWITCHBOARD_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "SWITCHBOARD_REQUIRE_POSTGRES=1 but PostgreSQL does not answer at {}",
+            postgres_url()
+        );
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!(
+                "SKIPPED: no PostgreSQL at the test URL; set SWITCHBOARD_REQUIRE_POSTGRES=1 to fail instead"
+            );
+        }
+        return None;
+    }
+    Some(client)
+}
+
+/// A fresh schema name for one test run.
+fn fresh_schema(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    )
+}
+
+/// `switchboard cluster import`: a single daemon's embedded store (killed, so its journal is
+/// left as a crash leaves it) moves into a new cluster, whose node then answers the same
+/// report and timelines under the same conversation ids, routes a command and a thread's next
+/// message to the conversations that moved, and refuses a second import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_store_moves_into_a_new_cluster() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(client) = services().await else {
+        return;
+    };
+    let dir = switchboard_tests::temp_dir("cluster-import");
+    // The single daemon, as it ran before: conversations, messages, two force-closed.
+    let single_dir = dir.join("single");
+    std::fs::create_dir_all(&single_dir).unwrap();
+    let single_port = free_port();
+    let single_config = single_dir.join("switchboard.toml");
+    std::fs::write(
+        &single_config,
+        shipped_config_text(&single_dir, single_port),
+    )
+    .unwrap();
+    let mut single = switchboard_tests::ServingBinary::start(single_config, single_port);
+    let ingest = single.token(&["--sub", "gateway", "--role", "ingest"]);
+    let admin = single.token(&["--sub", "sup-import", "--role", "admin"]);
+    const CONVERSATIONS: usize = 24;
+    for i in 0..CONVERSATIONS {
+        for (_, event) in events(i) {
+            let (status, answer) =
+                single.call(&ingest, "POST", "/v1/inbound/canonical", &event.to_string());
+            assert!(matches!(status, 200 | 202), "{status}: {answer}");
+        }
+    }
+    let report = |port: u16, token: &str| -> Vec<Value> {
+        let (status, page) = call(port, token, "GET", "/v1/conversations?limit=1000", "");
+        assert_eq!(status, 200, "{page}");
+        page["conversations"].as_array().unwrap().clone()
+    };
+    let rows = report(single_port, &admin);
+    assert_eq!(rows.len(), CONVERSATIONS);
+    for row in &rows[..2] {
+        let id = row["id"].as_str().unwrap();
+        let (status, answer) = single.call(
+            &admin,
+            "POST",
+            &format!("/v1/conversations/{id}/force-close"),
+            r#"{"reason": "before the move", "confirm": true}"#,
+        );
+        assert_eq!(status, 200, "{answer}");
+    }
+    let timelines = |port: u16, token: &str, rows: &[Value]| -> BTreeMap<String, Value> {
+        rows.iter()
+            .map(|row| {
+                let id = row["id"].as_str().unwrap();
+                let (status, detail) =
+                    call(port, token, "GET", &format!("/v1/conversations/{id}"), "");
+                assert_eq!(status, 200, "{detail}");
+                (id.to_owned(), detail["timeline"].clone())
+            })
+            .collect()
+    };
+    let shape = |rows: &[Value]| -> BTreeMap<String, (Value, Value, Value)> {
+        rows.iter()
+            .map(|row| {
+                (
+                    row["id"].as_str().unwrap().to_owned(),
+                    (
+                        row["customer"].clone(),
+                        row["state"].clone(),
+                        row["queue"].clone(),
+                    ),
+                )
+            })
+            .collect()
+    };
+    let before = report(single_port, &admin);
+    assert_eq!(before.len(), CONVERSATIONS - 2);
+    let before_timelines = timelines(single_port, &admin, &before);
+    single.child.kill().unwrap();
+    single.child.wait().unwrap();
+
+    // The cluster's configuration, and the import into it.
+    let names = amqp_names("cluster-import");
+    let amqp = switchboard_tests::amqp_table(&names);
+    let schema = fresh_schema("cluster_import");
+    let mut node = Node::new(&dir, "node-0", &dir, &amqp, &schema);
+    let import = |node: &Node| {
+        Command::new(switchboard_tests::switchboard_binary())
+            .args(["cluster", "import", "--config"])
+            .arg(&node.config)
+            .arg("--from")
+            .arg(single_dir.join("data"))
+            .output()
+            .unwrap()
+    };
+    let imported = import(&node);
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&imported.stdout).unwrap();
+    assert_eq!(summary["conversations"], CONVERSATIONS, "{summary}");
+    assert_eq!(
+        summary["partitions"].as_array().unwrap().len(),
+        PARTITIONS as usize
+    );
+    assert!(summary["moved"].as_u64().unwrap() > 0, "{summary}");
+    assert!(summary["timeline_entries"].as_u64().unwrap() >= 3 * CONVERSATIONS as u64);
+    let again = import(&node);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds conversations"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // A node of the new cluster answers what the single daemon answered.
+    node.start();
+    let token = node.token();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut after = node.report(&token);
+    while after.len() != before.len() {
+        assert!(Instant::now() < deadline, "{} rows", after.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        after = node.report(&token);
+    }
+    assert_eq!(shape(&after), shape(&before));
+    assert_eq!(timelines(node.port, &token, &after), before_timelines);
+
+    // The thread's next message reaches the conversation that moved, and a command on it
+    // reaches its partition.
+    let channel = client.create_channel().await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let moved = after
+        .iter()
+        .find(|row| row["customer"]["id"] == "cust-5")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let message = json!({"id": "cluster-5-m3", "source": "canonical", "type": "message",
+        "conversation": {"plugin": "web-chat", "key": "cluster-5"}, "channel": "web",
+        "sender": {"kind": "customer"}, "text": "third of 5"});
+    channel
+        .basic_publish(
+            names.inbound_exchange.as_str().into(),
+            "canonical".into(),
+            BasicPublishOptions::default(),
+            &serde_json::to_vec(&message).unwrap(),
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_message_id("cluster-5-m3".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, detail) = call(
+            node.port,
+            &token,
+            "GET",
+            &format!("/v1/conversations/{moved}"),
+            "",
+        );
+        let texts: Vec<&str> = detail["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|line| line["details"]["text"].as_str())
+            .collect();
+        if texts.contains(&"third of 5") {
+            assert_eq!(texts, ["first of 5", "second of 5", "third of 5"]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the message never arrived: {texts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        node.report(&token).len(),
+        before.len(),
+        "no new conversation"
+    );
+    let answer = force_close(std::slice::from_ref(&node), &token, &moved, 0);
+    assert_eq!(answer["conversation"], moved.as_str(), "{answer}");
+    assert_eq!(answer["state"], "closed", "{answer}");
+
+    node.kill_9();
     let _ = psql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
     let _ = channel
         .exchange_delete(names.inbound_exchange.as_str().into(), Default::default())

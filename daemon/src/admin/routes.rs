@@ -382,7 +382,7 @@ pub(super) async fn conversations(
                             api::Conversation::from(summary).with_actions(&actions)
                         })
                         .collect();
-                    (rows, pinned_at(engine, now))
+                    (rows, pinned_at(context.service.hub(), now))
                 })
                 .await;
             context
@@ -403,14 +403,12 @@ pub(super) async fn conversations(
     )
 }
 
-/// What a read reflects: the stream position of the engine's last record (every event up to
-/// it is in the answer) and the server's clock. Read under the engine's lock, which the
-/// writer holds while it commits and publishes, so the two agree.
-fn pinned_at(engine: &crate::engine::Engine, now: crate::engine::Millis) -> Pinned {
+/// What a read reflects: the stream's head (every event up to it is in the answer) and the
+/// server's clock. Read under the engine's lock, which the writer holds while it commits and
+/// publishes, so the two agree.
+fn pinned_at(hub: &crate::stream::StreamHub, now: crate::engine::Millis) -> Pinned {
     Pinned {
-        stream_id: Some(
-            crate::stream::StreamId::after_record(engine.state().position()).to_string(),
-        ),
+        stream_id: Some(hub.head().to_string()),
         server_time: now.rfc3339(),
     }
 }
@@ -482,7 +480,7 @@ pub(super) async fn conversation(
                 actions,
                 targets,
                 timeline,
-                pinned_at(engine, now),
+                pinned_at(context.service.hub(), now),
             ))
         })
         .await;
@@ -664,7 +662,10 @@ async fn roster_page<T: Clone + Send + Sync + 'static>(
         .service
         .read(|engine| {
             let now = crate::clock::now();
-            (list(engine, actor, now), pinned_at(engine, now))
+            (
+                list(engine, actor, now),
+                pinned_at(context.service.hub(), now),
+            )
         })
         .await;
     Ok(context

@@ -29,7 +29,7 @@ use super::auth::TokenExpiry;
 use super::problem::Problem;
 use super::{Shared, api};
 use crate::engine::{Actor, Role};
-use crate::stream::{StreamEvent, StreamId, StreamPayload};
+use crate::stream::{Cursor, StreamEvent, StreamPayload};
 
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// How long a stream ticket can be used.
@@ -130,8 +130,24 @@ fn until(expiry: TokenExpiry) -> Duration {
     Duration::from_secs(expiry.0).saturating_sub(now)
 }
 
+/// What a subscriber at `cursor` receives of `event`, moving its cursor: the event as SSE when
+/// it is for `actor`, with the whole cursor as its id (on a cluster, one id per partition, so
+/// that the stream resumes on any node). An event not for `actor` moves the cursor only when
+/// its record is public: a subscriber's ids never carry a silent record's count that it could
+/// not see (silent monitoring stays silent), and resuming replays such records, filtered again.
+fn sent(event: &StreamEvent, actor: &Actor, cursor: &mut Cursor) -> Option<Event> {
+    let Some(view) = event.view_for(actor) else {
+        if event.id.position.silent == 0 {
+            cursor.pass(event);
+        }
+        return None;
+    };
+    cursor.pass(event);
+    Some(sse_event(event, view, cursor))
+}
+
 /// An event as SSE, its data in the API's wire types (the same shapes the REST routes answer).
-fn event(event: &StreamEvent, view: StreamPayload) -> Event {
+fn sse_event(event: &StreamEvent, view: StreamPayload, cursor: &Cursor) -> Event {
     let data = match view {
         StreamPayload::Conversation(summary) => {
             serde_json::to_string(&api::Conversation::from(summary))
@@ -142,7 +158,7 @@ fn event(event: &StreamEvent, view: StreamPayload) -> Event {
         }),
     };
     Event::default()
-        .id(event.id.to_string())
+        .id(cursor.to_string())
         .event(event.kind())
         .data(data.unwrap_or_default())
 }
@@ -178,7 +194,7 @@ pub(super) async fn stream(
                 .flatten()
                 .map(str::to_owned)
         })
-        .and_then(|text| StreamId::parse(&text));
+        .and_then(|text| Cursor::parse(&text, context.service.hub().partitions()));
     let present = context
         .service
         .attendance()
@@ -191,18 +207,27 @@ pub(super) async fn stream(
             "{\"detail\":\"events after your Last-Event-ID are no longer kept; reload the report\"}",
         ));
     }
+    let mut cursor = subscription.cursor;
     first.extend(
         subscription
             .replay
             .iter()
-            .filter_map(|replayed| replayed.view_for(&actor).map(|view| event(replayed, view))),
+            .filter_map(|replayed| sent(replayed, &actor, &mut cursor)),
     );
     let stop = context.service.stopping.clone();
     let expires = Box::pin(tokio::time::sleep(until(expiry)));
     let live = futures_util::stream::unfold(
         // `present` rides in the state, held as long as the stream is: the user is there.
-        (subscription.live, actor, stop, expires, false, present),
-        |(mut live, actor, stop, mut expires, expired, present)| async move {
+        (
+            subscription.live,
+            actor,
+            stop,
+            expires,
+            false,
+            present,
+            cursor,
+        ),
+        |(mut live, actor, stop, mut expires, expired, present, mut cursor)| async move {
             if expired {
                 return None;
             }
@@ -215,15 +240,15 @@ pub(super) async fn stream(
                         let notice = Event::default().event("reauthenticate").data(
                             "{\"detail\":\"the token that opened this stream has expired; reconnect with a fresh token and Last-Event-ID\"}",
                         );
-                        return Some((notice, (live, actor, stop, expires, true, present)));
+                        return Some((notice, (live, actor, stop, expires, true, present, cursor)));
                     }
                     received = live.recv() => received,
                 };
                 match received {
                     Ok(next) => {
-                        if let Some(view) = next.view_for(&actor) {
-                            let sse = event(&next, view);
-                            return Some((sse, (live, actor, stop, expires, false, present)));
+                        if let Some(sse) = sent(&next, &actor, &mut cursor) {
+                            let state = (live, actor, stop, expires, false, present, cursor);
+                            return Some((sse, state));
                         }
                     }
                     // Too slow: end the stream; the client reconnects with its Last-Event-ID

@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use super::Ownership;
 use super::router::{Answered, COMMAND_TIMEOUT, RouteError, Router};
-use crate::engine::{ConversationId, Millis, Partitioning, Snapshot, TimelineEntry};
+use super::{Ownership, Placement};
+use crate::engine::{ConversationId, Millis, Snapshot, TimelineEntry};
 use crate::pipeline::{Completion, Disposition, Submission};
 use crate::service::SubmitError;
 use crate::store::postgres::{Database, PostgresStore};
@@ -125,14 +125,16 @@ impl Front {
 #[derive(Debug)]
 pub struct FrontStore {
     readers: Vec<PostgresStore>,
+    placement: Placement,
 }
 
 impl FrontStore {
-    pub fn new(database: &Database, partitions: u32) -> Self {
+    pub fn new(database: &Database, placement: Placement) -> Self {
         Self {
-            readers: (0..partitions)
+            readers: (0..placement.count())
                 .map(|partition| PostgresStore::reader(database, partition))
                 .collect(),
+            placement,
         }
     }
 
@@ -193,8 +195,7 @@ impl Store for FrontStore {
     }
 
     fn timeline(&self, conversation: ConversationId) -> Result<Vec<TimelineEntry>, StoreError> {
-        let partition =
-            Partitioning::of_conversation(self.readers.len() as u32, conversation) as usize;
+        let partition = self.placement.of_conversation(conversation) as usize;
         match self.readers.get(partition) {
             Some(reader) => reader.timeline(conversation),
             None => Ok(Vec::new()),

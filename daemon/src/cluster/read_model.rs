@@ -7,8 +7,12 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use super::Placement;
 use crate::engine::report::{ConversationSummary, ReportFilter};
-use crate::engine::{Actor, AgentId, ConversationId, Engine, Millis, Partitioning, Record, Setup};
+use crate::engine::{
+    Actor, AgentId, ConversationId, Engine, Millis, Partitioning, Position, Setup,
+};
+use crate::pipeline::Followed;
 use crate::store::StoreError;
 use crate::store::postgres::{Database, PostgresStore};
 
@@ -16,6 +20,7 @@ use crate::store::postgres::{Database, PostgresStore};
 #[derive(Debug)]
 pub struct ReadModel {
     partitions: Vec<Follower>,
+    placement: Placement,
     /// The roster and policies, without a partition: the setup of the merged view.
     setup: Setup,
 }
@@ -29,7 +34,12 @@ struct Follower {
 
 impl ReadModel {
     /// Rebuilds every partition from PostgreSQL.
-    pub fn open(database: &Database, setup: &Setup, count: u32) -> Result<Self, StoreError> {
+    pub fn open(
+        database: &Database,
+        setup: &Setup,
+        placement: Placement,
+    ) -> Result<Self, StoreError> {
+        let count = placement.count();
         let partitions = (0..count)
             .map(|partition| {
                 let store = PostgresStore::reader(database, partition);
@@ -48,6 +58,7 @@ impl ReadModel {
             .collect::<Result<_, StoreError>>()?;
         Ok(Self {
             partitions,
+            placement,
             setup: Setup {
                 partitioning: None,
                 ..setup.clone()
@@ -55,30 +66,39 @@ impl ReadModel {
         })
     }
 
-    /// Applies what every partition committed since the last refresh; returns those records
-    /// (partition by partition), or `None` when nothing changed. A follower restarted from a
-    /// snapshot returns only the records after it.
-    pub fn refresh(&self) -> Result<Option<Vec<Record>>, StoreError> {
-        let mut changed = false;
+    /// Applies what every partition committed since the last refresh; returns, for each
+    /// partition that moved, the records it took, or `None` when nothing changed. A follower
+    /// restarted from a snapshot returns only the records after it, and says so.
+    pub fn refresh(&self) -> Result<Option<Vec<Followed>>, StoreError> {
         let mut followed = Vec::new();
-        for follower in &self.partitions {
+        for (partition, follower) in (0u32..).zip(&self.partitions) {
             let seq = lock(&follower.engine).state().last_seq();
             let (snapshot, records) = follower.store.records_after(seq)?;
             let mut engine = lock(&follower.engine);
+            let skipped = snapshot.is_some();
             match snapshot {
                 Some(snapshot) => {
                     *engine = Engine::restore(follower.setup.clone(), Some(snapshot), &records);
-                    changed = true;
                 }
-                None if records.is_empty() => {}
-                None => {
-                    engine.follow(&records);
-                    changed = true;
-                }
+                None if records.is_empty() => continue,
+                None => engine.follow(&records),
             }
-            followed.extend(records);
+            followed.push(Followed {
+                partition,
+                records,
+                position: engine.state().position(),
+                skipped,
+            });
         }
-        Ok(changed.then_some(followed))
+        Ok((!followed.is_empty()).then_some(followed))
+    }
+
+    /// Each partition's position as its follower stands now.
+    pub fn positions(&self) -> Vec<Position> {
+        self.partitions
+            .iter()
+            .map(|follower| lock(&follower.engine).state().position())
+            .collect()
     }
 
     /// Every partition as one read-only engine, for reads that the single daemon's engine
@@ -147,9 +167,8 @@ impl ReadModel {
     /// One conversation, from the partition its id names.
     pub fn find(&self, actor: &Actor, id: &str, now: Millis) -> Option<ConversationSummary> {
         let parsed = ConversationId::parse(id)?;
-        let partition =
-            Partitioning::of_conversation(self.partitions.len() as u32, parsed) as usize;
-        lock(&self.partitions[partition].engine).find(actor, id, now)
+        let partition = self.placement.of_conversation(parsed) as usize;
+        lock(&self.partitions.get(partition)?.engine).find(actor, id, now)
     }
 }
 

@@ -10,8 +10,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::Placement;
 use super::worker::{PartitionInput, Route, route};
-use crate::engine::{ChannelEvent, Command, Millis, Partitioning, Refusal, Reply};
+use crate::engine::{ChannelEvent, Command, Millis, Refusal, Reply};
 use crate::metrics::Metrics;
 use crate::pipeline::{DecodeError, decode};
 use crate::plugin::Plugin;
@@ -39,7 +40,7 @@ pub struct Router {
     payload_limit: usize,
     metrics: Arc<Metrics>,
     queues: Arc<Partitions>,
-    partitions: u32,
+    placement: Placement,
 }
 
 impl Router {
@@ -48,7 +49,7 @@ impl Router {
         payload_limit: usize,
         metrics: Arc<Metrics>,
         queues: Arc<Partitions>,
-        partitions: u32,
+        placement: Placement,
     ) -> Self {
         Self {
             plugins: plugins
@@ -58,7 +59,7 @@ impl Router {
             payload_limit,
             metrics,
             queues,
-            partitions,
+            placement,
         }
     }
 
@@ -99,7 +100,7 @@ impl Router {
         events: Vec<ChannelEvent>,
         base: &str,
     ) -> Result<Sent, TransportError> {
-        let inputs = split(events, self.partitions);
+        let inputs = split(events, &self.placement);
         let mut sent = Sent {
             partitions: Vec::with_capacity(inputs.len()),
             confirms: Vec::with_capacity(inputs.len()),
@@ -180,8 +181,8 @@ impl Router {
         timeout: std::time::Duration,
     ) -> Result<Answered, RouteError> {
         let partitions: Vec<u32> = match command.action.conversation() {
-            Some(id) => vec![Partitioning::of_conversation(self.partitions, id)],
-            None => (0..self.partitions).collect(),
+            Some(id) => vec![self.placement.of_conversation(id)],
+            None => (0..self.placement.count()).collect(),
         };
         let body = serde_json::to_vec(&PartitionInput::Command {
             command: command.clone(),
@@ -297,13 +298,13 @@ async fn decode_until(
 
 /// Events grouped by partition, each group in the message's order; an event for every
 /// partition (an agent's presence) goes into each.
-pub fn split(events: Vec<ChannelEvent>, partitions: u32) -> BTreeMap<u32, Vec<ChannelEvent>> {
+pub fn split(events: Vec<ChannelEvent>, placement: &Placement) -> BTreeMap<u32, Vec<ChannelEvent>> {
     let mut inputs: BTreeMap<u32, Vec<ChannelEvent>> = BTreeMap::new();
     for event in events {
-        match route(&event, partitions) {
+        match route(&event, placement) {
             Route::Partition(partition) => inputs.entry(partition).or_default().push(event),
             Route::Every => {
-                for partition in 0..partitions {
+                for partition in 0..placement.count() {
                     inputs.entry(partition).or_default().push(event.clone());
                 }
             }

@@ -24,7 +24,7 @@ use super::node::run_node;
 use super::read_model::ReadModel;
 use super::router::Router;
 use super::worker::{InboundDuty, PartitionContext};
-use super::{Keeper, Ownership};
+use super::{Keeper, Ownership, Placement};
 use crate::admin::Authenticator;
 use crate::config::{ClusterConfig, Config};
 use crate::engine::Engine;
@@ -33,7 +33,7 @@ use crate::pipeline::Pipeline;
 use crate::service::{SNAPSHOT_EVERY, Service};
 use crate::store::postgres::{Database, Leases};
 use crate::store::{Store, StoreError};
-use crate::stream::{RunIds, STREAM_WINDOW, StreamHub};
+use crate::stream::{STREAM_WINDOW, StreamHub};
 use crate::transport::TransportError;
 use crate::transport::amqp::partition::Partitions;
 use crate::transport::amqp::{AmqpTransport, InboundPublisher};
@@ -60,6 +60,11 @@ pub async fn run(
         Database::open(cluster.postgres_url.expose(), &cluster.postgres_schema)
     })
     .context("opening the cluster's PostgreSQL (store.postgres_url)")?;
+    let placement = Placement::with_moved(
+        cluster.partitions,
+        tokio::task::block_in_place(|| database.moved_conversations())
+            .context("reading where moved conversations live")?,
+    );
     let metrics = Arc::new(Metrics::new());
     let node_name = format!("switchboard-{}", cluster.node_id);
 
@@ -104,7 +109,7 @@ pub async fn run(
         config.server.body_limit,
         metrics.clone(),
         queues.clone(),
-        cluster.partitions,
+        placement.clone(),
     );
     // A node restarted right after it died finds its former process's heartbeat still young:
     // it waits for it to age past a lease. A second live daemon with this id keeps it
@@ -148,7 +153,7 @@ pub async fn run(
     ));
 
     let read_model = Arc::new(
-        tokio::task::block_in_place(|| ReadModel::open(&database, &setup, cluster.partitions))
+        tokio::task::block_in_place(|| ReadModel::open(&database, &setup, placement.clone()))
             .context("reading the partitions")?,
     );
     let front = Arc::new(Front::new(
@@ -158,15 +163,16 @@ pub async fn run(
         cluster.node_id.clone(),
         cluster.partitions,
     ));
-    let store: Arc<dyn Store> = Arc::new(FrontStore::new(&database, cluster.partitions));
+    let store: Arc<dyn Store> = Arc::new(FrontStore::new(&database, placement));
     let view = tokio::task::block_in_place(|| read_model.view());
-    let run = stream_run(&cluster.node_id);
-    let hub = Arc::new(StreamHub::for_run(STREAM_WINDOW, run));
-    let mut ids = RunIds::new(run);
+    let hub = Arc::new(StreamHub::partitioned(
+        STREAM_WINDOW,
+        read_model.positions(),
+    ));
     let mut pipeline = Pipeline::new(Engine::new(setup.clone()), plugins.clone(), store.clone())
         .with_observers(hub, metrics.clone())
         .with_payload_limit(config.server.body_limit);
-    pipeline.show(view, &[], &mut ids);
+    pipeline.show(view, &[]);
     let service = Arc::new(Service::clustered(
         pipeline,
         store,
@@ -183,7 +189,6 @@ pub async fn run(
             ownership: ownership.clone(),
             sent: Vec::new(),
         },
-        ids,
         refresh_stop.clone(),
     ));
 
@@ -346,22 +351,6 @@ impl Balance {
     }
 }
 
-/// This run's mark in its stream ids: different for every node and every start (the clock
-/// and the process, hashed with the node id), so that an id another node or an earlier run
-/// issued is recognized as foreign.
-fn stream_run(node_id: &str) -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write(node_id.as_bytes());
-    hasher.write_u32(std::process::id());
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_nanos()),
-    );
-    hasher.finish() as u32
-}
-
 /// The broker URL with an AMQP heartbeat of a quarter of the lease (at least a second),
 /// unless it names one: a node paused past its lease is then dropped by the broker — and with
 /// it its place as the partition queues' single active consumer — at about half the lease,
@@ -382,7 +371,6 @@ async fn keep_fresh(
     service: Arc<Service>,
     read_model: Arc<ReadModel>,
     mut balance: Balance,
-    mut ids: RunIds,
     stop: CancellationToken,
 ) {
     let partitions = read_model.partitions();
@@ -405,7 +393,7 @@ async fn keep_fresh(
             Ok(Ok(view)) => {
                 fresh_at = std::time::Instant::now();
                 if let Some((view, followed)) = view {
-                    service.show(view, &followed, &mut ids).await;
+                    service.show(view, &followed).await;
                 }
                 balance.tell(&read_model).await;
             }

@@ -259,7 +259,7 @@ async fn a_taken_over_partition_is_applied_once_by_its_next_owner() {
         let events = events.to_vec();
         async move {
             for event in events {
-                assert_eq!(route(&event, 2), Route::Partition(1));
+                assert_eq!(route(&event, &Placement::new(2)), Route::Partition(1));
                 let body = serde_json::to_vec(&crate::cluster::worker::PartitionInput::Events {
                     events: vec![event.clone()],
                 })
@@ -368,7 +368,7 @@ async fn send_openings(
     for _ in 0..count {
         let partition = *next % partitions;
         let event = opening_in(partition, partitions, next);
-        let Route::Partition(partition) = route(&event, partitions) else {
+        let Route::Partition(partition) = route(&event, &Placement::new(partitions)) else {
             unreachable!("an opening names its thread");
         };
         let body = serde_json::to_vec(&PartitionInput::Events {
@@ -573,7 +573,7 @@ fn a_messages_events_go_to_their_partitions_in_order_and_presence_to_every_one()
             second.clone(),
             third.clone(),
         ],
-        3,
+        &Placement::new(3),
     );
     assert_eq!(inputs[&0], [first, presence.clone(), third]);
     assert_eq!(inputs[&1], std::slice::from_ref(&presence));
@@ -602,7 +602,7 @@ async fn routed_messages_are_applied_once_in_their_partitions() {
         1 << 20,
         metrics.clone(),
         queues.clone(),
-        PARTITIONS,
+        Placement::new(PARTITIONS),
     );
     let leases = Leases::new(&schema.database, "node-a", Duration::from_secs(30));
     let keeper = tokio::task::block_in_place(|| Keeper::join(leases, PARTITIONS)).unwrap();
@@ -874,7 +874,7 @@ fn the_read_model_follows_every_partition_across_snapshots() {
         seen.sort();
         seen
     };
-    let model = ReadModel::open(&schema.database, &demo_setup(), 2).unwrap();
+    let model = ReadModel::open(&schema.database, &demo_setup(), Placement::new(2)).unwrap();
     let mut expected = ids.clone();
     expected.sort();
     assert_eq!(seen(&model), expected);
@@ -892,14 +892,26 @@ fn the_read_model_follows_every_partition_across_snapshots() {
     let mut expected = ids.clone();
     expected.sort();
     assert_eq!(seen(&model), expected);
-    // What was followed comes with its timeline entries (the stream carries them): partition
-    // 1's last record as its owner made it; partition 0's records after its snapshot.
+    // What was followed comes with its timeline entries (the stream carries them), partition
+    // by partition: partition 1's last record as its owner made it, and the partition's
+    // position after it; partition 0's records after its snapshot, which says some were
+    // skipped (a stream client from before them has a gap).
     let (_, harness, _) = &owners[1];
     let last = harness.records.last().unwrap();
     assert!(!last.timeline.is_empty());
-    assert!(followed.iter().any(|record| record.seq == last.seq
+    let one = followed.iter().find(|part| part.partition == 1).unwrap();
+    assert!(!one.skipped);
+    assert_eq!(one.position, last.position);
+    assert!(one.records.iter().any(|record| record.seq == last.seq
         && record.timeline == last.timeline
         && record.changes == last.changes));
+    let zero = followed.iter().find(|part| part.partition == 0).unwrap();
+    assert!(zero.skipped);
+    assert_eq!(
+        zero.position,
+        owners[0].1.engine.state().position(),
+        "partition 0's follower stands where its owner does"
+    );
     assert!(model.refresh().unwrap().is_none(), "nothing new");
     // The merged view holds every conversation, and an agent's load over both partitions.
     let view = model.view();

@@ -394,19 +394,19 @@ pub enum Route {
     Every,
 }
 
-pub fn route(event: &ChannelEvent, partitions: u32) -> Route {
+pub fn route(event: &ChannelEvent, placement: &super::Placement) -> Route {
     use crate::engine::{ConversationRef, EventConversation};
     match event.body.conversation() {
         Some(EventConversation::Thread(thread))
         | Some(EventConversation::Reference(ConversationRef::External(thread))) => {
             Route::Partition(Partitioning::of_thread(
-                partitions,
+                placement.count(),
                 thread.plugin.as_str(),
                 &thread.key,
             ))
         }
         Some(EventConversation::Reference(ConversationRef::Id { id })) => {
-            Route::Partition(Partitioning::of_conversation(partitions, *id))
+            Route::Partition(placement.of_conversation(*id))
         }
         None => Route::Every,
     }

@@ -115,3 +115,74 @@ fn units_held_in_other_partitions_count_against_an_agents_capacity() {
     assert_eq!(agent(&merged).elsewhere, 0);
     h.assert_invariants();
 }
+
+/// Moving a single engine's state into a new cluster: each conversation lands in its thread's
+/// partition (where the thread's next events go), agents' units are counted where their
+/// conversations are and elsewhere, every part stands after the whole state's position, and
+/// the parts merged again are the state that was split.
+#[test]
+fn a_single_engines_state_splits_into_a_clusters_partitions() {
+    let mut h = Harness::new();
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        ids.push(h.active("web-chat", "a-1"));
+        ids.push(h.open("sms-twilio"));
+    }
+    h.command(
+        &supervisor("sup-1", &["support"]),
+        Action::ForceClose {
+            conversation: ids[2],
+            reason: None,
+            confirm: true,
+        },
+    )
+    .ok();
+    let whole = h.engine.state().snapshot();
+    let position = h.engine.state().position();
+    let count = 4;
+    let parts = whole.clone().split(count, 1);
+    assert_eq!(parts.len(), count as usize);
+    let mut placed = 0;
+    for (partition, part) in (0..count).zip(&parts) {
+        let engine = Engine::restore(
+            Setup {
+                partitioning: Some(Partitioning { partition, count }),
+                ..h.engine.setup().clone()
+            },
+            Some(part.clone()),
+            &[],
+        );
+        let state = engine.state();
+        assert_eq!(state.position(), position);
+        assert_eq!(state.last_seq(), 1);
+        for conversation in state.conversations() {
+            let thread = &conversation.external;
+            assert_eq!(
+                Partitioning::of_thread(count, thread.plugin.as_str(), &thread.key),
+                partition
+            );
+            if conversation.state != ConversationState::Closed {
+                assert_eq!(
+                    state.live_thread(thread).map(|live| live.id),
+                    Some(conversation.id),
+                    "the thread's next event finds its conversation"
+                );
+            }
+            placed += 1;
+        }
+        let a1 = state.agent("a-1").unwrap();
+        assert_eq!(a1.held(), h.agent("a-1").used, "partition {partition}");
+    }
+    assert_eq!(placed, whole.conversations().len());
+    let merged = Engine::restore(h.engine.setup().clone(), Some(Snapshot::merge(parts)), &[]);
+    for id in &ids {
+        assert_eq!(
+            merged.state().conversation(*id),
+            h.engine.state().conversation(*id)
+        );
+    }
+    assert_eq!(
+        merged.state().agent("a-1").unwrap().used,
+        h.agent("a-1").used
+    );
+}

@@ -168,32 +168,7 @@ impl Leases {
             })?;
         self.connection.run(async |client| {
             let transaction = client.transaction().await.map_err(write_error)?;
-            transaction
-                .execute(
-                    "INSERT INTO cluster (partitions) VALUES ($1) ON CONFLICT DO NOTHING",
-                    &[&wanted],
-                )
-                .await
-                .map_err(write_error)?;
-            let existing: i32 = transaction
-                .query_one("SELECT partitions FROM cluster", &[])
-                .await
-                .map_err(read_error)?
-                .get(0);
-            if existing != wanted {
-                return Err(StoreError::Incompatible(format!(
-                    "the cluster was created with {existing} partitions and this node is configured \
-                     with {wanted}: the count is fixed when a cluster is created"
-                )));
-            }
-            transaction
-                .execute(
-                    "INSERT INTO partition_lease (partition)
-                     SELECT generate_series(0, $1 - 1) ON CONFLICT DO NOTHING",
-                    &[&wanted],
-                )
-                .await
-                .map_err(write_error)?;
+            create_or_check(&transaction, wanted).await?;
             transaction.commit().await.map_err(write_error)
         })
     }
@@ -293,4 +268,39 @@ impl Leases {
                 .collect())
         })
     }
+}
+
+/// In `transaction`: creates the cluster with `partitions` partitions (its row and a lease row
+/// per partition), or checks that the existing one has as many.
+pub(super) async fn create_or_check(
+    transaction: &tokio_postgres::Transaction<'_>,
+    partitions: i32,
+) -> Result<(), StoreError> {
+    transaction
+        .execute(
+            "INSERT INTO cluster (partitions) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&partitions],
+        )
+        .await
+        .map_err(write_error)?;
+    let existing: i32 = transaction
+        .query_one("SELECT partitions FROM cluster", &[])
+        .await
+        .map_err(read_error)?
+        .get(0);
+    if existing != partitions {
+        return Err(StoreError::Incompatible(format!(
+            "the cluster was created with {existing} partitions and this configuration names \
+             {partitions}: the count is fixed when a cluster is created"
+        )));
+    }
+    transaction
+        .execute(
+            "INSERT INTO partition_lease (partition)
+             SELECT generate_series(0, $1 - 1) ON CONFLICT DO NOTHING",
+            &[&partitions],
+        )
+        .await
+        .map_err(write_error)?;
+    Ok(())
 }

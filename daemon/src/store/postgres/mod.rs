@@ -10,6 +10,7 @@
 //! also keeps the connections' tasks alive whichever runtime the caller is on.
 
 mod attendance;
+mod import;
 mod lease;
 mod schema;
 
@@ -21,6 +22,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, IsolationLevel, NoTls};
 
 pub use self::attendance::SharedAttendance;
+pub use self::import::ImportedPartition;
 pub use self::lease::{Lease, LeaseHolder, Leases};
 pub use self::schema::SCHEMA_VERSION;
 use super::{

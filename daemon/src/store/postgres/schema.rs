@@ -94,6 +94,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (node_id, user_id)
     );
     "#,
+    // 4: conversations that live in another partition than their id names: those an embedded
+    // store brought into the cluster (their ids were drawn before there were partitions).
+    r#"
+    CREATE TABLE moved_conversation (
+        conversation bytea PRIMARY KEY,
+        partition integer NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this binary writes, and the newest it reads.

@@ -208,7 +208,7 @@ fn a_cluster_refuses_a_node_configured_with_another_partition_count() {
     let refused = leases(&schema, "node-b").join_cluster(4).unwrap_err();
     assert!(
         refused.to_string().contains("created with 8 partitions")
-            && refused.to_string().contains("configured with 4"),
+            && refused.to_string().contains("configuration names 4"),
         "{refused}"
     );
 }
@@ -300,4 +300,115 @@ fn every_node_sees_whom_any_node_heard_from_within_the_lease() {
     assert!(!a.present(lease).unwrap().contains("sup-1"));
     b.record(&["sup-1".to_owned()]).unwrap();
     assert!(a.present(lease).unwrap().contains("sup-1"));
+}
+
+/// Moving an embedded store in: all or nothing, only into a new cluster no node serves, and
+/// what it wrote is what a partition's owner recovers and a reader follows: the snapshot, the
+/// timelines ahead of the partition's own records, the outbox to send, the dead deliveries,
+/// and where moved conversations live.
+#[test]
+fn an_import_writes_a_new_cluster_whole_or_not_at_all() {
+    let Some(schema) = TestSchema::new("import") else {
+        return;
+    };
+    let mut h = Harness::with(demo_setup());
+    let ids = [h.open("web-chat"), h.open("web-chat")];
+    let timeline: Vec<TimelineEntry> = h
+        .records
+        .iter()
+        .flat_map(|record| record.timeline.iter().cloned())
+        .filter(|entry| entry.conversation == ids[1])
+        .collect();
+    assert!(!timeline.is_empty());
+    let snapshots = h.engine.state().snapshot().split(2, 1);
+    let pending = entry(h.records.last().unwrap());
+    let dead = DeadDelivery {
+        entry: OutboxEntry {
+            id: "dead-1".to_owned(),
+            ..entry(&h.records[0])
+        },
+        code: "delivery-failed".to_owned(),
+        detail: "gave up".to_owned(),
+        attempts: 3,
+        failed_at: Millis(1),
+    };
+    let parts: Vec<ImportedPartition> = snapshots
+        .into_iter()
+        .enumerate()
+        .map(|(partition, snapshot)| ImportedPartition {
+            timelines: snapshot
+                .conversations()
+                .iter()
+                .filter(|conversation| conversation.id == ids[1])
+                .map(|conversation| (conversation.id, timeline.clone()))
+                .collect(),
+            snapshot: Some(snapshot),
+            outbox: if partition == 1 {
+                vec![pending.clone()]
+            } else {
+                Vec::new()
+            },
+            dead: if partition == 0 {
+                vec![dead.clone()]
+            } else {
+                Vec::new()
+            },
+        })
+        .collect();
+    let home = |id: ConversationId| {
+        parts
+            .iter()
+            .position(|part| {
+                part.snapshot
+                    .as_ref()
+                    .is_some_and(|snapshot| snapshot.conversations().iter().any(|c| c.id == id))
+            })
+            .unwrap() as u32
+    };
+    let moved: Vec<(ConversationId, u32)> = ids.iter().map(|id| (*id, home(*id))).collect();
+    let lease = Duration::from_secs(10);
+
+    // A cluster created with another count, or with a live node, is refused.
+    let other = leases(&schema, "node-a");
+    other.join_cluster(3).unwrap();
+    let refused = schema.database.import(&parts, &moved, lease).unwrap_err();
+    assert!(refused.to_string().contains("3 partitions"), "{refused}");
+    let fresh = TestSchema::new("import_fresh").unwrap();
+    let running = leases(&fresh, "node-b");
+    running.register().unwrap();
+    let refused = fresh.database.import(&parts, &moved, lease).unwrap_err();
+    assert!(refused.to_string().contains("node-b"), "{refused}");
+    running.leave().unwrap();
+
+    // Into a new cluster: written, and read back as owners and readers read.
+    fresh.database.import(&parts, &moved, lease).unwrap();
+    let found = fresh.database.moved_conversations().unwrap();
+    assert_eq!(found.len(), 2);
+    assert!(
+        moved
+            .iter()
+            .all(|(id, partition)| found.get(id) == Some(partition))
+    );
+    let partition = home(ids[1]);
+    let reader = PostgresStore::reader(&fresh.database, partition);
+    assert_eq!(reader.timeline(ids[1]).unwrap(), timeline);
+    let (snapshot, records) = reader.records_after(0).unwrap();
+    assert!(records.is_empty());
+    let snapshot = snapshot.expect("a follower from nothing finds the snapshot");
+    assert!(snapshot.conversations().iter().any(|c| c.id == ids[1]));
+    assert_eq!(
+        PostgresStore::reader(&fresh.database, 1)
+            .outbox_after(None, 10)
+            .unwrap(),
+        [pending]
+    );
+    assert_eq!(
+        PostgresStore::reader(&fresh.database, 0)
+            .dead_deliveries(10)
+            .unwrap(),
+        [dead]
+    );
+    // Once is all: the cluster now holds conversations.
+    let again = fresh.database.import(&parts, &moved, lease).unwrap_err();
+    assert!(again.to_string().contains("already holds"), "{again}");
 }
