@@ -434,3 +434,16 @@ impl ServingBinary {
             .to_owned()
     }
 }
+
+/// Runs `rabbitmqctl` (installed with the broker), failing the test when it fails.
+pub fn rabbitmqctl(args: &[&str]) {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl is installed with the broker");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -115,8 +115,19 @@ pub enum Change {
     Lost { partition: u32 },
 }
 
-/// This node's leases, kept round after round (a round every third of the lease's length,
-/// so that two rounds can fail before a lease runs out).
+/// How often a node's keeper runs a round at most: a round every [`ROUND`], or every third of
+/// the lease when that is shorter (so that two rounds can fail before a lease runs out).
+/// Frequent rounds keep a dead node's heartbeat and leases at most a round old when it dies,
+/// and notice their expiry within a round: a take-over comes a lease after the death, give or
+/// take a round, instead of anywhere up to a lease and a third.
+pub const ROUND: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The interval between a node's keeper rounds for leases of `lease`.
+pub fn round_interval(lease: std::time::Duration) -> std::time::Duration {
+    (lease / 3).min(ROUND)
+}
+
+/// This node's leases, kept round after round (see [`round_interval`]).
 #[derive(Debug)]
 pub struct Keeper {
     leases: Leases,

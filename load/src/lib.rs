@@ -47,9 +47,9 @@ pub struct LoadPlan {
     pub messages: usize,
     /// Messages per second; `None` as fast as confirms allow.
     pub rate: Option<u32>,
-    /// The daemon's process (Linux): its CPU time and the bytes it wrote are counted over the
-    /// end-to-end phase.
-    pub daemon_pid: Option<u32>,
+    /// The daemon's processes (Linux; several for a cluster's nodes): their CPU time and the
+    /// bytes they wrote are counted, summed, over the end-to-end phase.
+    pub daemon_pids: Vec<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,7 +68,8 @@ pub struct LoadReport {
     pub relay_ratio: f64,
     /// End-to-end throughput as a share of the relay's: the daemon's own cost.
     pub throughput_ratio_to_relay: f64,
-    /// What the daemon spent per event end to end (with `--daemon-pid`, Linux).
+    /// What the daemon (or a cluster's daemons together) spent per event end to end (with
+    /// `--daemon-pid`, Linux).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub daemon: Option<DaemonCost>,
     /// The relay's client alone, per event: this tool's CPU in the relay phase less its CPU
@@ -102,6 +103,18 @@ fn cpu_nanos(pid: &str) -> Option<u64> {
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(ticks * 10_000_000)
+}
+
+/// The CPU time and written bytes of `pids` so far, summed; `None` without pids or when one
+/// cannot be read.
+fn daemons_cost(pids: &[u32]) -> Option<(u64, u64)> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().try_fold((0, 0), |(cpu, written), pid| {
+        let pid = pid.to_string();
+        Some((cpu + cpu_nanos(&pid)?, written + written_bytes(&pid)?))
+    })
 }
 
 /// The bytes a process caused to be written to storage so far (`/proc/<pid>/io`).
@@ -217,10 +230,7 @@ pub async fn run(config: &AmqpConfig, plan: &LoadPlan) -> Result<LoadReport, Tra
         )
         .await
         .map_err(broker)?;
-    let daemon_pid = plan.daemon_pid.map(|pid| pid.to_string());
-    let daemon_before = daemon_pid
-        .as_deref()
-        .and_then(|pid| Some((cpu_nanos(pid)?, written_bytes(pid)?)));
+    let daemon_before = daemons_cost(&plan.daemon_pids);
     let end_to_end = measure(
         &connection,
         &subscriber,
@@ -236,20 +246,17 @@ pub async fn run(config: &AmqpConfig, plan: &LoadPlan) -> Result<LoadReport, Tra
         },
     )
     .await?;
-    let daemon = match (daemon_pid.as_deref(), daemon_before) {
-        (Some(pid), Some((cpu_before, written_before))) => {
+    let daemon = match daemon_before {
+        Some((cpu_before, written_before)) => {
             tokio::time::sleep(SETTLE).await;
             let events = plan.messages.max(1) as f64;
-            match (cpu_nanos(pid), written_bytes(pid)) {
-                (Some(cpu), Some(written)) => Some(DaemonCost {
-                    cpu_us_per_event: cpu.saturating_sub(cpu_before) as f64 / 1000.0 / events,
-                    bytes_written_per_event: written.saturating_sub(written_before) as f64 / events,
-                    settle_seconds: SETTLE.as_secs_f64(),
-                }),
-                _ => None,
-            }
+            daemons_cost(&plan.daemon_pids).map(|(cpu, written)| DaemonCost {
+                cpu_us_per_event: cpu.saturating_sub(cpu_before) as f64 / 1000.0 / events,
+                bytes_written_per_event: written.saturating_sub(written_before) as f64 / events,
+                settle_seconds: SETTLE.as_secs_f64(),
+            })
         }
-        _ => None,
+        None => None,
     };
 
     // Baseline: the same bytes through a quorum queue of its own, nothing else.

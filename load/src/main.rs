@@ -23,8 +23,9 @@ struct Cli {
     rate: Option<u32>,
     /// The daemon's process id (Linux): report its CPU time and the bytes it wrote per event
     /// over the end-to-end phase (e.g. `--daemon-pid "$(pgrep -f 'switchboard serve')"`).
-    #[arg(long)]
-    daemon_pid: Option<u32>,
+    /// Repeat it for a cluster's nodes: their costs are summed.
+    #[arg(long = "daemon-pid")]
+    daemon_pids: Vec<u32>,
 }
 
 #[allow(clippy::print_stdout, clippy::print_stderr)]
@@ -54,7 +55,7 @@ fn main() -> ExitCode {
     let plan = LoadPlan {
         messages: cli.messages,
         rate: cli.rate,
-        daemon_pid: cli.daemon_pid,
+        daemon_pids: cli.daemon_pids,
     };
     match runtime.block_on(run(&amqp, &plan)) {
         Ok(report) => {

@@ -338,26 +338,39 @@ fn stream_from(node: &Node, token: &str, after: Option<&str>, seconds: u32, file
 
 /// Publishes conversation `i`'s events to the inbound exchange, each confirmed.
 async fn publish(channel: &lapin::Channel, exchange: &str, i: usize) {
-    for (id, event) in events(i) {
-        channel
-            .basic_publish(
-                exchange.into(),
-                "canonical".into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &serde_json::to_vec(&event).unwrap(),
-                BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_message_id(id.into())
-                    .with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+    for (_, event) in events(i) {
+        send(channel, exchange, &event).await;
     }
+}
+
+/// Publishes one canonical event (its `id` as the message id) to the inbound exchange,
+/// persistent, and waits for the broker's confirm.
+async fn send(channel: &lapin::Channel, exchange: &str, event: &Value) {
+    channel
+        .basic_publish(
+            exchange.into(),
+            "canonical".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &serde_json::to_vec(event).unwrap(),
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_message_id(event["id"].as_str().unwrap().into())
+                .with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// A customer's later message on conversation `i`'s thread: `{nth} of {i}`.
+fn later_message(i: usize, nth: &str) -> Value {
+    json!({"id": format!("cluster-{i}-{nth}"), "source": "canonical", "type": "message",
+        "conversation": {"plugin": "web-chat", "key": format!("cluster-{i}")},
+        "channel": "web", "sender": {"kind": "customer"}, "text": format!("{nth} of {i}")})
 }
 
 fn conversations() -> usize {
@@ -799,7 +812,9 @@ fn fresh_schema(prefix: &str) -> String {
 /// `switchboard cluster import`: a single daemon's embedded store (killed, so its journal is
 /// left as a crash leaves it) moves into a new cluster, whose node then answers the same
 /// report and timelines under the same conversation ids, routes a command and a thread's next
-/// message to the conversations that moved, and refuses a second import.
+/// message to the conversations that moved, and refuses a second import. Then the broker's
+/// connections are forced closed mid-stream: the node exits, is restarted, and nothing is
+/// lost or applied twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_store_moves_into_a_new_cluster() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -939,23 +954,12 @@ async fn an_embedded_store_moves_into_a_new_cluster() {
         .as_str()
         .unwrap()
         .to_owned();
-    let message = json!({"id": "cluster-5-m3", "source": "canonical", "type": "message",
-        "conversation": {"plugin": "web-chat", "key": "cluster-5"}, "channel": "web",
-        "sender": {"kind": "customer"}, "text": "third of 5"});
-    channel
-        .basic_publish(
-            names.inbound_exchange.as_str().into(),
-            "canonical".into(),
-            BasicPublishOptions::default(),
-            &serde_json::to_vec(&message).unwrap(),
-            BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_message_id("cluster-5-m3".into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    send(
+        &channel,
+        &names.inbound_exchange,
+        &later_message(5, "third"),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, detail) = call(
@@ -989,6 +993,84 @@ async fn an_embedded_store_moves_into_a_new_cluster() {
     let answer = force_close(std::slice::from_ref(&node), &token, &moved, 0);
     assert_eq!(answer["conversation"], moved.as_str(), "{answer}");
     assert_eq!(answer["state"], "closed", "{answer}");
+
+    // The broker's connections forced closed mid-stream: the node exits with an error
+    // (crash-only: its state is in PostgreSQL), is started again as its supervisor would, and
+    // what was published before and after is applied once each, in order.
+    let streamed = 8..18;
+    for i in streamed.clone() {
+        send(
+            &channel,
+            &names.inbound_exchange,
+            &later_message(i, "third"),
+        )
+        .await;
+    }
+    switchboard_tests::rabbitmqctl(&["close_all_connections", "cluster test: forced closed"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exited = loop {
+        if let Some(status) = node.child.as_mut().unwrap().try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the node never noticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !exited.success(),
+        "a node that lost its broker exits with an error"
+    );
+    node.child = None;
+    node.start();
+    let client = broker_client().await.unwrap();
+    let channel = client.create_channel().await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for i in streamed.clone() {
+        send(
+            &channel,
+            &names.inbound_exchange,
+            &later_message(i, "fourth"),
+        )
+        .await;
+    }
+    let rows = node.report(&token);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in streamed {
+        let id = rows
+            .iter()
+            .find(|row| row["customer"]["id"] == format!("cust-{i}").as_str())
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        loop {
+            let (_, detail) = call(
+                node.port,
+                &token,
+                "GET",
+                &format!("/v1/conversations/{id}"),
+                "",
+            );
+            let texts: Vec<String> = detail["timeline"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|line| line["details"]["text"].as_str().map(str::to_owned))
+                .collect();
+            if texts.len() >= 4 {
+                let expected: Vec<String> = ["first", "second", "third", "fourth"]
+                    .iter()
+                    .map(|text| format!("{text} of {i}"))
+                    .collect();
+                assert_eq!(texts, expected);
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id}: {texts:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 
     node.kill_9();
     let _ = psql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));

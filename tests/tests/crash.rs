@@ -19,8 +19,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use switchboard::config::AmqpConfig;
 use switchboard_tests::{
-    Lifetime, amqp_header, amqp_names, amqp_url, broker_client, free_port, shipped_config_text,
-    subscribe, switchboard_binary,
+    Lifetime, amqp_header, amqp_names, amqp_url, broker_client, free_port, rabbitmqctl,
+    shipped_config_text, subscribe, switchboard_binary,
 };
 
 const MESSAGES: usize = 10_000;
@@ -320,18 +320,6 @@ async fn wait_for_readyz(port: u16, status: u16, daemon: &mut Child, what: &str)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let output = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl is installed with the broker");
-    assert!(
-        output.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// Puts the broker back as the test found it, even when an assertion failed midway.

@@ -438,7 +438,7 @@ async fn the_load_tool_measures_end_to_end_the_baseline_and_the_relay() {
     let plan = LoadPlan {
         messages: 300,
         rate: None,
-        daemon_pid: Some(std::process::id()),
+        daemon_pids: vec![std::process::id()],
     };
     let report = tokio::time::timeout(Duration::from_secs(120), load::run(&daemon.names, &plan))
         .await

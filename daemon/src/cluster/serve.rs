@@ -148,7 +148,7 @@ pub async fn run(
                 prefetch: amqp.prefetch,
             }),
         },
-        cluster.lease / 3,
+        super::round_interval(cluster.lease),
         node_stop.clone(),
     ));
 

@@ -96,7 +96,7 @@ pub(crate) struct Cluster {
     /// 16, at most 1024.
     pub partitions: Option<Spanned<u32>>,
     /// How long a partition's lease lasts without renewal: a dead node's partitions are taken
-    /// over after it. Renewed every third of it. Default `10s`, at least `3s`.
+    /// over after it (give or take a keeper round: a second). Default `8s`, at least `3s`.
     pub lease: Option<Spanned<String>>,
 }
 

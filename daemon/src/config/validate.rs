@@ -269,14 +269,16 @@ fn cluster(
             if let Some(raw) = &raw.lease {
                 sink.at_spanned(
                     raw,
-                    "`cluster.lease` must be at least 3s (renewed every third of it)".to_owned(),
+                    "`cluster.lease` must be at least 3s (a paused node's broker heartbeat, a quarter of it, must end its place as a consumer well before the lease can be taken)".to_owned(),
                 );
             }
             None
         }
         Some(lease) => Some(lease),
         None if raw.lease.is_some() => None,
-        None => Some(Duration::from_secs(10)),
+        // A dead node's partitions are served again within 10 s (a lease and a keeper round),
+        // while a node paused for a few seconds (a busy machine) keeps them.
+        None => Some(Duration::from_secs(8)),
     };
     let postgres_url = match url {
         Some(url) => {
