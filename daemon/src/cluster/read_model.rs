@@ -70,9 +70,16 @@ impl ReadModel {
     /// partition that moved, the records it took, or `None` when nothing changed. A follower
     /// restarted from a snapshot returns only the records after it, and says so.
     pub fn refresh(&self) -> Result<Option<Vec<Followed>>, StoreError> {
+        let Some(first) = self.partitions.first() else {
+            return Ok(None);
+        };
+        let newest = first.store.newest_seqs(self.partitions())?;
         let mut followed = Vec::new();
-        for (partition, follower) in (0u32..).zip(&self.partitions) {
+        for ((partition, follower), newest) in (0u32..).zip(&self.partitions).zip(newest) {
             let seq = lock(&follower.engine).state().last_seq();
+            if newest <= seq {
+                continue;
+            }
             let (snapshot, records) = follower.store.records_after(seq)?;
             let mut engine = lock(&follower.engine);
             let skipped = snapshot.is_some();

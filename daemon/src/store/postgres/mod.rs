@@ -300,6 +300,29 @@ impl PostgresStore {
         )
     }
 
+    /// The newest `seq` of each of the cluster's `partitions` partitions (its log's, or its
+    /// snapshot's when the log is empty; 0 for one that holds nothing), in one query whichever
+    /// partition's store asks: a follower reads only the partitions that moved, so an idle
+    /// cluster's followers cost the database one query per refresh instead of several per
+    /// partition.
+    pub fn newest_seqs(&self, partitions: u32) -> Result<Vec<u64>, StoreError> {
+        self.read(async |transaction| {
+            Ok(transaction
+                .query(
+                    "SELECT greatest(
+                         (SELECT max(seq) FROM log WHERE partition = p),
+                         (SELECT last_seq FROM snapshot WHERE partition = p), 0)
+                     FROM generate_series(0, $1 - 1) AS p ORDER BY p",
+                    &[&(partitions as i32)],
+                )
+                .await
+                .map_err(read_error)?
+                .iter()
+                .map(|row| row.get::<_, i64>(0) as u64)
+                .collect())
+        })
+    }
+
     /// What a follower at `seq` is missing: the records after it (with their timeline
     /// entries), or, when the log behind a newer snapshot is already gone, that snapshot and
     /// the records after it (the follower starts again from the snapshot).

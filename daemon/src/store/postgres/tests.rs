@@ -395,6 +395,11 @@ fn an_import_writes_a_new_cluster_whole_or_not_at_all() {
     let (snapshot, records) = reader.records_after(0).unwrap();
     assert!(records.is_empty());
     let snapshot = snapshot.expect("a follower from nothing finds the snapshot");
+    assert_eq!(
+        reader.newest_seqs(2).unwrap(),
+        [1, 1],
+        "every part stands at seq 1, as the followers see it"
+    );
     assert!(snapshot.conversations().iter().any(|c| c.id == ids[1]));
     assert_eq!(
         PostgresStore::reader(&fresh.database, 1)
