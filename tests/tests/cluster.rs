@@ -896,15 +896,25 @@ async fn an_embedded_store_moves_into_a_new_cluster() {
     let amqp = switchboard_tests::amqp_table(&names);
     let schema = fresh_schema("cluster_import");
     let mut node = Node::new(&dir, "node-0", &dir, &amqp, &schema);
-    let import = |node: &Node| {
+    let import_from = |node: &Node, from: &Path| {
         Command::new(switchboard_tests::switchboard_binary())
             .args(["cluster", "import", "--config"])
             .arg(&node.config)
             .arg("--from")
-            .arg(single_dir.join("data"))
+            .arg(from)
             .output()
             .unwrap()
     };
+    let import = |node: &Node| import_from(node, &single_dir.join("data"));
+    // A path that holds no store is refused, and leaves the cluster new.
+    let mistyped = import_from(&node, &single_dir.join("dta"));
+    assert_eq!(mistyped.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&mistyped.stderr).contains("holds no embedded store"),
+        "{}",
+        String::from_utf8_lossy(&mistyped.stderr)
+    );
+    assert!(!single_dir.join("dta").exists());
     let imported = import(&node);
     assert!(
         imported.status.success(),

@@ -44,6 +44,14 @@ pub fn import(config: &Config, from: &Path, skip_outbox: bool) -> anyhow::Result
     let cluster = config.cluster.as_ref().context(
         "the configuration has no [cluster]: name the cluster to import into (its store.postgres_url and [cluster])",
     )?;
+    // Opening creates a store where there is none: a mistyped path would import nothing and
+    // leave the cluster no longer new.
+    anyhow::ensure!(
+        from.join(RedbStore::FILE).is_file(),
+        "{} holds no embedded store ({} not found): give the single daemon's store.path",
+        from.display(),
+        RedbStore::FILE
+    );
     let store = RedbStore::open(from).with_context(|| {
         format!(
             "opening the embedded store in {} (stop the daemon that uses it first)",

@@ -157,6 +157,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl RedbStore {
+    /// The store's file in its directory.
+    pub const FILE: &str = "switchboard.redb";
+
     /// Opens (or creates) `dir/switchboard.redb`, replays what a crash left in the journal and
     /// starts the indexer.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -192,7 +195,7 @@ impl RedbStore {
                     );
                 }
             })
-            .create(dir.join("switchboard.redb"))
+            .create(dir.join(Self::FILE))
             .map_err(|error| failed(error.to_string()))?;
         let database_opened = started.elapsed();
         let found = stored_format(&database).map_err(|error| failed(error.to_string()))?;
@@ -429,7 +432,7 @@ fn move_keyed_timeline(transaction: &redb::WriteTransaction) -> Result<u64, Stor
 /// Writes `format` as the store's format (tests: a store from a newer version).
 #[cfg(test)]
 pub(super) fn write_format(dir: &Path, format: u64) -> Result<(), StoreError> {
-    let database = Database::create(dir.join("switchboard.redb")).map_err(write_error)?;
+    let database = Database::create(dir.join(RedbStore::FILE)).map_err(write_error)?;
     let transaction = database.begin_write().map_err(write_error)?;
     {
         let mut meta = transaction.open_table(META).map_err(write_error)?;
