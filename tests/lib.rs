@@ -339,6 +339,40 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         .any(|window| window == needle)
 }
 
+/// `bytes`, a file of the embedded store, followed by every compressed value found in it,
+/// expanded: the store writes its JSON compressed with LZ4 (the byte 0x01, the JSON's length
+/// and the block's, each u32 little endian, then the block), which would hide text from a
+/// search of the raw files. Read here from that description, not with the daemon's code.
+pub fn with_stored_values_expanded(bytes: &[u8]) -> Vec<u8> {
+    const LARGEST: usize = 64 << 20;
+    let mut out = bytes.to_vec();
+    let mut at = 0;
+    while let Some(offset) = bytes[at..].iter().position(|&byte| byte == 0x01) {
+        let start = at + offset;
+        at = start + 1;
+        let Some(header) = bytes.get(start + 1..start + 9) else {
+            break;
+        };
+        let json_len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+        let block_len = u32::from_le_bytes(header[4..].try_into().unwrap()) as usize;
+        // LZ4 expands a block at most 255 times.
+        if block_len == 0 || json_len <= block_len || json_len > LARGEST.min(block_len * 255) {
+            continue;
+        }
+        let Some(block) = bytes.get(start + 9..start + 9 + block_len) else {
+            continue;
+        };
+        let mut json = vec![0; json_len];
+        if lz4_flex::block::decompress_into(block, &mut json)
+            .is_ok_and(|written| written == json_len)
+        {
+            out.extend_from_slice(&json);
+            at = start + 9 + block_len;
+        }
+    }
+    out
+}
+
 /// Every file under `dir`, at any depth.
 pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut files = Vec::new();

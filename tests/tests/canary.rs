@@ -17,7 +17,7 @@ use serde_json::Value;
 use switchboard_plugin_sdk::signature;
 use switchboard_tests::{
     amqp_names, broker_client, contains, curl, files_under, fixture, free_port, secret_forms,
-    shipped_config_with_door, switchboard_binary, temp_dir,
+    shipped_config_with_door, switchboard_binary, temp_dir, with_stored_values_expanded,
 };
 
 const HS256: &str = "canary-hs256-secret-3f9a1c2e7b5d4a608e1f2c3b";
@@ -320,9 +320,15 @@ async fn no_secret_reaches_the_store_the_broker_the_logs_or_an_answer() {
             .map(|message| ("a broker message".to_owned(), message)),
     );
     haystack.push(("the log".to_owned(), std::fs::read(&log).unwrap()));
+    // The store's files with their compressed values expanded; the supervisor's message is in
+    // them (the search reaches what the store compressed).
+    let mut store = Vec::new();
     for file in files_under(&dir.join("data")) {
-        haystack.push((file.display().to_string(), std::fs::read(&file).unwrap()));
+        let bytes = with_stored_values_expanded(&std::fs::read(&file).unwrap());
+        store.extend_from_slice(&bytes);
+        haystack.push((file.display().to_string(), bytes));
     }
+    assert!(contains(&store, b"Hello from the canary"));
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(log_text.lines().count() > 20, "debug logging ran");
     // The search finds a secret where one is: in its own file.

@@ -22,7 +22,7 @@ use switchboard_tests::emulators::{
 };
 use switchboard_tests::{
     ServingBinary, call, contains, curl, files_under, fixture, free_port, secret_forms,
-    shipped_config_with_door, temp_dir,
+    shipped_config_with_door, temp_dir, with_stored_values_expanded,
 };
 
 const ACCOUNT: &str = "AC00000000000000000000000000000000";
@@ -558,7 +558,7 @@ async fn supervisor_messages_reach_the_providers_with_their_credentials_and_outc
     haystack.extend(
         files_under(&dir.join("data"))
             .into_iter()
-            .map(|file| std::fs::read(&file).unwrap_or_default()),
+            .map(|file| with_stored_values_expanded(&std::fs::read(&file).unwrap_or_default())),
     );
     // The search would find the token inside the Basic header the worker sends.
     let basic =
@@ -944,7 +944,7 @@ async fn genesys_tokens_are_fetched_with_client_credentials_reused_and_renewed()
     haystack.extend(
         files_under(&dir.join("data"))
             .into_iter()
-            .map(|file| std::fs::read(&file).unwrap_or_default()),
+            .map(|file| with_stored_values_expanded(&std::fs::read(&file).unwrap_or_default())),
     );
     for secret in [CLIENT_SECRET, tokens[0].as_str(), tokens[1].as_str()] {
         for form in secret_forms(secret) {

@@ -74,6 +74,7 @@ const OWNERS: &[(&str, &str)] = &[
     ("utoipa", "daemon/src/admin/"),
     ("utoipa_axum", "daemon/src/admin/"),
     ("redb", "daemon/src/store/"),
+    ("lz4_flex", "daemon/src/store/"),
     ("tokio_postgres", "daemon/src/store/postgres/"),
     ("vader_sentiment", "daemon/src/sentiment.rs"),
     ("toml", "daemon/src/config/"),

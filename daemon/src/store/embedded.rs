@@ -2,7 +2,8 @@
 //! group commit); an indexer thread folds them into one redb file under `store.path` every
 //! [`FOLD_INTERVAL`] (or sooner when many are waiting) in one durable redb commit, then deletes
 //! the journal segments redb now holds. Records, timeline and outbox are JSON values in redb
-//! tables (an outbox body as a JSON string when it is UTF-8, see `OutboxEntry`); readers fold
+//! tables (an outbox body as a JSON string when it is UTF-8, see `OutboxEntry`), compressed
+//! with LZ4 when that is smaller (`compact`), as are journal frames and snapshots; readers fold
 //! what is waiting first (a non-durable redb commit), so they always see every commit. On open,
 //! the segments a crash left behind are replayed into redb: applying a frame twice changes
 //! nothing (every write is keyed), so a crash between redb's commit and a segment's deletion is
@@ -28,7 +29,7 @@ use redb::{
 use super::journal::{self, Frame, Journal};
 use super::{
     Batch, DeadDelivery, LoggedRecord, OutboxEntry, Recovery, STREAM_WINDOW, Store, StoreError,
-    decode, encode, read_error, write_error,
+    decode, encode_compressed, read_error, write_error,
 };
 use crate::engine::{ConversationId, Position, Record, Snapshot, TimelineEntry};
 use crate::stream::{StoredEvent, StoredWindow, StreamId};
@@ -75,9 +76,12 @@ const STREAM_FLOOR: TableDefinition<'_, u8, (u64, u32, u32)> = TableDefinition::
 ///   repeating it, in the journal and in `stream` (format 2's events, whole, read as they are).
 /// - 4: timeline entries keyed by conversation ordinal ([`TIMELINE`], [`ORDINALS`]) instead of
 ///   conversation id (`timeline`, moved on open).
-pub const STORE_FORMAT: u64 = 4;
+/// - 5: values, journal frames and the snapshot file are JSON compressed with LZ4 when that is
+///   smaller (`compact`); format 4's plain JSON reads as it is.
+pub const STORE_FORMAT: u64 = 5;
 
-/// The latest snapshot, beside the database.
+/// The latest snapshot, beside the database (its name from when it was plain JSON; now compressed
+/// as `compact` says).
 pub(super) const SNAPSHOT_FILE: &str = "snapshot.json";
 /// Log records dropped per transaction behind a snapshot: commits get the write lock between
 /// two of them.
@@ -357,7 +361,7 @@ fn stored_format(database: &Database) -> Result<Option<u64>, redb::Error> {
 /// and the snapshot once, so that a store this version cannot read is refused here, with the
 /// entry named, rather than half-applied later. 2 -> 3 transforms nothing either: format 2's
 /// stream events, whole, read as they are. 3 -> 4 moves the timeline to conversation
-/// ordinals.
+/// ordinals. 4 -> 5 transforms nothing: plain JSON reads as it is beside compressed values.
 fn migrate(database: &Database, dir: &Path, found: Option<u64>) -> Result<(), StoreError> {
     let from = found.unwrap_or(STORE_FORMAT);
     if from < 2 {
@@ -515,17 +519,20 @@ fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Resu
         for (position, batch) in batches.iter().enumerate() {
             for event in &batch.stream {
                 stream
-                    .insert(stream_key(event.id), encode(event)?.as_slice())
+                    .insert(stream_key(event.id), encode_compressed(event)?.as_slice())
                     .map_err(write_error)?;
             }
             for record in &batch.records {
-                log.insert(record.seq, encode(&LoggedRecord::of(record))?.as_slice())
-                    .map_err(write_error)?;
+                log.insert(
+                    record.seq,
+                    encode_compressed(&LoggedRecord::of(record))?.as_slice(),
+                )
+                .map_err(write_error)?;
                 for (index, entry) in record.timeline.iter().enumerate() {
                     let ordinal = ordinals.of(entry.conversation.key())?;
                     let key = (ordinal, record.seq, index as u32);
                     timeline
-                        .insert(key, encode(entry)?.as_slice())
+                        .insert(key, encode_compressed(entry)?.as_slice())
                         .map_err(write_error)?;
                 }
             }
@@ -534,7 +541,7 @@ fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Resu
                     continue;
                 }
                 outbox
-                    .insert(entry.id.as_str(), encode(entry)?.as_slice())
+                    .insert(entry.id.as_str(), encode_compressed(entry)?.as_slice())
                     .map_err(write_error)?;
             }
             for id in &batch.sent {
@@ -546,8 +553,11 @@ fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Resu
                     outbox
                         .remove(buried.entry.id.as_str())
                         .map_err(write_error)?;
-                    dead.insert(buried.entry.id.as_str(), encode(buried)?.as_slice())
-                        .map_err(write_error)?;
+                    dead.insert(
+                        buried.entry.id.as_str(),
+                        encode_compressed(buried)?.as_slice(),
+                    )
+                    .map_err(write_error)?;
                 }
                 for id in &batch.resent {
                     let Some(bytes) = dead.remove(id.as_str()).map_err(write_error)? else {
@@ -555,7 +565,7 @@ fn apply(database: &Database, batches: &[Batch], durability: Durability) -> Resu
                     };
                     let buried: DeadDelivery = decode(bytes.value(), "dead delivery")?;
                     outbox
-                        .insert(id.as_str(), encode(&buried.entry)?.as_slice())
+                        .insert(id.as_str(), encode_compressed(&buried.entry)?.as_slice())
                         .map_err(write_error)?;
                 }
             }
@@ -1018,7 +1028,7 @@ impl Store for RedbStore {
         if snapshot.last_seq <= *written {
             return Ok(());
         }
-        let encoded = encode(snapshot)?;
+        let encoded = encode_compressed(snapshot)?;
         self.shared.write_snapshot_file(&encoded)?;
         *written = snapshot.last_seq;
         // The snapshot is durable: the log behind it may go, once every record it covers is

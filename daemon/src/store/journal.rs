@@ -9,7 +9,8 @@
 //! rates, where batches hold 4–6 messages. An append and an `fdatasync` cost a fraction of it.
 //!
 //! A segment is `journal-<n>.log`, `n` increasing. A frame is the payload's length (u32, little
-//! endian), its XXH3-64 (u64, little endian), then the payload. A crash can leave the newest
+//! endian), its XXH3-64 (u64, little endian), then the payload (the commit's JSON, compressed
+//! as `compact` says). A crash can leave the newest
 //! segment with a torn last frame: nothing after it was acknowledged, so replay stops there.
 //! A bad frame anywhere else is corruption and is reported.
 
@@ -95,12 +96,13 @@ impl Journal {
 pub(super) struct Frame(Vec<u8>);
 
 impl Frame {
-    /// `value` as JSON, serialized straight behind room for the header (a commit's bytes are
-    /// not copied once more to put the header in front).
+    /// `value` as JSON, compressed (`compact`) behind room for the header.
     pub(super) fn json<T: serde::Serialize>(value: &T) -> Result<Self, StoreError> {
-        let mut bytes = vec![0; HEADER];
-        serde_json::to_writer(&mut bytes, value)
-            .map_err(|error| StoreError::Write(error.to_string()))?;
+        let json =
+            serde_json::to_vec(value).map_err(|error| StoreError::Write(error.to_string()))?;
+        let mut bytes = Vec::with_capacity(HEADER + json.len() / 2);
+        bytes.resize(HEADER, 0);
+        super::compact::append(&json, &mut bytes);
         Self::seal(bytes)
     }
 

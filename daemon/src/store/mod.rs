@@ -9,6 +9,7 @@
 //! PostgreSQL, shared by every node and fenced by the partition's lease. Both pass the same
 //! store test suite (`tests`).
 
+mod compact;
 mod embedded;
 mod journal;
 pub mod postgres;
@@ -204,16 +205,25 @@ fn read_error(error: impl std::fmt::Display) -> StoreError {
     StoreError::Read(error.to_string())
 }
 
-/// What both stores write: JSON (records, entries, events, snapshots).
+/// What both stores write: JSON (records, entries, events, snapshots). PostgreSQL keeps it
+/// as it is; the embedded store compresses it ([`encode_compressed`]).
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(write_error)
 }
 
+/// JSON compressed with LZ4 when that is smaller (`compact`): what the embedded store writes.
+fn encode_compressed<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    encode(value).map(compact::compress)
+}
+
+/// Reads what either encoding wrote.
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
+    let corrupt = |reason: String| StoreError::Corrupt {
         what: what.to_owned(),
-        reason: error.to_string(),
-    })
+        reason,
+    };
+    let json = compact::expand(bytes).map_err(corrupt)?;
+    serde_json::from_slice(&json).map_err(|error| corrupt(error.to_string()))
 }
 
 /// Durable storage of the engine's log, snapshots, timeline and outbox.

@@ -938,11 +938,15 @@ fn stream_events_keep_their_timeline_entry_by_reference_and_come_back_whole() {
                 ..Batch::default()
             })
             .unwrap();
-        // In the journal, each whisper's text is in its record once, not again in its event.
-        let journal: String = journal_files(&dir)
-            .iter()
-            .map(|file| String::from_utf8_lossy(&std::fs::read(file).unwrap()).into_owned())
-            .collect();
+        // In the journal's frames (expanded), each whisper's text is in its record once, not
+        // again in its event.
+        let mut journal = String::new();
+        for segment in super::journal::segments(&dir).unwrap() {
+            for payload in super::journal::read_segment(&dir, segment, true).unwrap() {
+                let json = super::compact::expand(&payload).unwrap();
+                journal.push_str(std::str::from_utf8(&json).unwrap());
+            }
+        }
         let in_records = serde_json::to_string(&h.records)
             .unwrap()
             .matches("empathy first")
