@@ -10,9 +10,9 @@
 //!
 //! A segment is `journal-<n>.log`, `n` increasing. A frame is the payload's length (u32, little
 //! endian), its XXH3-64 (u64, little endian), then the payload (the commit's JSON, compressed
-//! as `compact` says). A crash can leave the newest
-//! segment with a torn last frame: nothing after it was acknowledged, so replay stops there.
-//! A bad frame anywhere else is corruption and is reported.
+//! as `compact` says). A crash can leave the newest segment with a torn last frame: nothing
+//! after it was acknowledged, so replay stops there. A bad frame anywhere else is corruption
+//! and is reported.
 
 use std::fs::File;
 use std::io::Write as _;
